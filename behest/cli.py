@@ -13,8 +13,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-broker_app = typer.Typer(help="Run a local single-node Kafka (KRaft) on 127.0.0.1.", no_args_is_help=True)
-topics_app = typer.Typer(help="Manage the event topic and its dead-letter topic.", no_args_is_help=True)
+broker_app = typer.Typer(
+    help="Run a local single-node Kafka (KRaft) on 127.0.0.1.", no_args_is_help=True
+)
+topics_app = typer.Typer(
+    help="Manage the event topic and its dead-letter topic.", no_args_is_help=True
+)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 

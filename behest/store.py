@@ -1,0 +1,320 @@
+"""The RocksDB state store (rocksdict): key layouts, atomic batches, and reads.
+
+One RocksDB per projection, one column family per kind of record:
+
+| family    | key                                  | value                                  |
+|-----------|--------------------------------------|----------------------------------------|
+| states    | entity key (a run id: 16 bytes)      | the projection's encoded state         |
+| events    | run id ‖ sequence (8 bytes, BE)      | the event's bytes as stored on the log |
+| snapshots | run id ‖ sequence                    | encoded state after folding `sequence` |
+| snaptimes | run id ‖ timestamp (8 bytes, BE, µs) | sequence of the snapshot at that time  |
+| index     | projection-defined (e.g. `s`‖session‖…) | empty                               |
+| heads     | run id                               | last folded sequence ‖ gap count       |
+| offsets   | topic ‖ 0x00 ‖ partition (4 bytes)   | next offset to read (8 bytes, BE)      |
+
+Big-endian integers make RocksDB's byte order the numeric order, so a prefix
+scan yields a run's events in sequence order. Everything a batch of Kafka
+records changes, offsets included, is written in ONE `WriteBatch`: state and
+position can never disagree, which is what makes the fold exactly-once.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch
+
+from behest.errors import StateLockedError, StoreError
+
+STATES: Final = "states"
+EVENTS: Final = "events"
+SNAPSHOTS: Final = "snapshots"
+SNAPTIMES: Final = "snaptimes"
+INDEX: Final = "index"
+HEADS: Final = "heads"
+OFFSETS: Final = "offsets"
+FAMILIES: Final = (STATES, EVENTS, SNAPSHOTS, SNAPTIMES, INDEX, HEADS, OFFSETS)
+
+RUN_KEY_SIZE: Final = 16
+_U64 = struct.Struct(">Q")
+_HEAD = struct.Struct(">QQ")
+_PARTITION = struct.Struct(">I")
+
+
+# --- key layouts: one function to build and one to parse each ---------------------------------
+
+
+def run_key(run_id: uuid.UUID | str) -> bytes:
+    """The 16 bytes of a run id, the prefix of all of that run's records."""
+    return (run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(run_id)).bytes
+
+
+def parse_run_key(key: bytes) -> uuid.UUID:
+    """The run id a 16-byte run key (or the prefix of a longer key) stands for."""
+    return uuid.UUID(bytes=key[:RUN_KEY_SIZE])
+
+
+def sequence_key(run: bytes, sequence: int) -> bytes:
+    """`run ‖ sequence`: the key of an event or a snapshot."""
+    return run + _U64.pack(sequence)
+
+
+def parse_sequence_key(key: bytes) -> tuple[bytes, int]:
+    """`(run, sequence)` of an event or snapshot key."""
+    return key[:RUN_KEY_SIZE], _U64.unpack_from(key, RUN_KEY_SIZE)[0]
+
+
+def time_key(run: bytes, micros: int) -> bytes:
+    """`run ‖ timestamp`: the key of a snapshot's entry in the time index."""
+    return run + _U64.pack(micros)
+
+
+def encode_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def decode_u64(data: bytes) -> int:
+    value: int = _U64.unpack(data)[0]
+    return value
+
+
+def encode_head(last_sequence: int, gaps: int) -> bytes:
+    """Per-run bookkeeping: the last folded sequence and how many gaps were seen."""
+    return _HEAD.pack(last_sequence, gaps)
+
+
+def decode_head(data: bytes) -> tuple[int, int]:
+    last, gaps = _HEAD.unpack(data)
+    return int(last), int(gaps)
+
+
+def offset_key(topic: str, partition: int) -> bytes:
+    """`topic ‖ 0x00 ‖ partition`: where a partition's next offset is kept."""
+    return topic.encode() + b"\x00" + _PARTITION.pack(partition)
+
+
+def parse_offset_key(key: bytes) -> tuple[str, int]:
+    topic, _, partition = key.rpartition(b"\x00")
+    return topic.decode(), int(_PARTITION.unpack(partition)[0])
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with `prefix`."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        raise ValueError("a prefix of only 0xff bytes has no upper bound")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    options.set_max_background_jobs(2)
+    return options
+
+
+class StateStore:
+    """A projection's RocksDB: the projector writes it, queries read it.
+
+    Open it once per process for writing; another process (a query server) opens it
+    with `secondary=True` and calls `catch_up()` to see the writer's progress without
+    blocking it.
+    """
+
+    def __init__(self, path: Path | str, *, secondary: bool = False) -> None:
+        self.path = Path(path)
+        self.secondary = secondary
+        families = {name: Options(raw_mode=True) for name in FAMILIES}
+        try:
+            if secondary:
+                if not (self.path / "CURRENT").exists():
+                    raise StoreError(
+                        f"no projection state at {self.path}: run `behest project` first "
+                        "(or point BEHEST_STATE_DIR at the projector's state directory)"
+                    )
+                secondary_path = self.path.parent / f".{self.path.name}.secondary-{uuid.uuid4()}"
+                self._db = Rdict(
+                    str(self.path),
+                    _options(),
+                    column_families=families,
+                    access_type=AccessType.secondary(str(secondary_path)),
+                )
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._db = Rdict(str(self.path), _options(), column_families=families)
+        except StoreError:
+            raise
+        except Exception as error:  # rocksdict raises plain Exception
+            message = str(error)
+            if "lock" in message.lower():
+                raise StateLockedError(
+                    f"the state directory {self.path} is in use by another projector; stop "
+                    "it, or give this one its own BEHEST_STATE_DIR"
+                ) from None
+            raise StoreError(f"cannot open the state directory {self.path}: {message}") from None
+        self.states = self._db.get_column_family(STATES)
+        self.events = self._db.get_column_family(EVENTS)
+        self.snapshots = self._db.get_column_family(SNAPSHOTS)
+        self.snaptimes = self._db.get_column_family(SNAPTIMES)
+        self.index = self._db.get_column_family(INDEX)
+        self.heads = self._db.get_column_family(HEADS)
+        self.offsets = self._db.get_column_family(OFFSETS)
+        self._handles = {name: self._db.get_column_family_handle(name) for name in FAMILIES}
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and release the RocksDB (and its lock)."""
+        self._db.close()
+
+    def catch_up(self) -> None:
+        """Secondary instances only: see everything the writer has written so far."""
+        if self.secondary:
+            self._db.try_catch_up_with_primary()
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def batch(self) -> StoreBatch:
+        """A new atomic batch; nothing is visible until `write(batch)`."""
+        return StoreBatch(self._handles)
+
+    def write(self, batch: StoreBatch) -> None:
+        """Apply every change of `batch` atomically."""
+        if not batch.is_empty():
+            self._db.write(batch.raw)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get_state(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.states.get(key)
+        return value
+
+    def get_states(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Multi-get: one RocksDB call for many keys."""
+        if not keys:
+            return []
+        values: list[bytes | None] = self.states.get(list(keys)) or []
+        return values
+
+    def get_head(self, run: bytes) -> tuple[int, int] | None:
+        value = self.heads.get(run)
+        return None if value is None else decode_head(value)
+
+    def get_heads(self, runs: Sequence[bytes]) -> list[tuple[int, int] | None]:
+        if not runs:
+            return []
+        values: list[bytes | None] = self.heads.get(list(runs)) or []
+        return [None if v is None else decode_head(v) for v in values]
+
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to read for each partition of `topic` this store has folded."""
+        prefix = topic.encode() + b"\x00"
+        return {
+            parse_offset_key(key)[1]: decode_u64(value)
+            for key, value in self._scan(self.offsets, prefix)
+        }
+
+    def iter_events(
+        self, run: bytes, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """`(sequence, event bytes)` of one run in sequence order, within the bounds."""
+        start = sequence_key(run, from_sequence)
+        for key, value in self._scan(self.events, run, start):
+            sequence = parse_sequence_key(key)[1]
+            if to_sequence is not None and sequence > to_sequence:
+                return
+            yield sequence, value
+
+    def snapshot_at_or_before(self, run: bytes, sequence: int) -> tuple[int, bytes] | None:
+        """The latest snapshot of `run` taken at or before `sequence`."""
+        found = self._seek_for_prev(self.snapshots, run, sequence_key(run, sequence))
+        if found is None:
+            return None
+        return parse_sequence_key(found[0])[1], found[1]
+
+    def snapshot_sequence_at_or_before_time(self, run: bytes, micros: int) -> int | None:
+        """Sequence of the latest snapshot of `run` whose last event is at or before `micros`."""
+        found = self._seek_for_prev(self.snaptimes, run, time_key(run, micros))
+        return None if found is None else decode_u64(found[1])
+
+    def scan_index(self, prefix: bytes, after: bytes | None = None) -> Iterator[bytes]:
+        """Index keys that start with `prefix`, in order, strictly after `after`."""
+        start = prefix if after is None else after + b"\x00"
+        for key, _ in self._scan(self.index, prefix, start):
+            yield key
+
+    def _scan(self, family: Rdict, prefix: bytes, start: bytes | None = None) -> Iterator[Any]:
+        iterator = family.iter()
+        iterator.seek(start if start is not None else prefix)
+        while iterator.valid():
+            key = iterator.key()
+            if not key.startswith(prefix):
+                return
+            yield key, iterator.value()
+            iterator.next()
+
+    def _seek_for_prev(
+        self, family: Rdict, prefix: bytes, key: bytes
+    ) -> tuple[bytes, bytes] | None:
+        iterator = family.iter()
+        iterator.seek_for_prev(key)
+        if iterator.valid() and iterator.key().startswith(prefix):
+            return iterator.key(), iterator.value()
+        return None
+
+
+class StoreBatch:
+    """Changes to apply in one atomic RocksDB write."""
+
+    def __init__(self, handles: dict[str, Any]) -> None:
+        self.raw = WriteBatch(raw_mode=True)
+        self._h = handles
+
+    def is_empty(self) -> bool:
+        empty: bool = self.raw.is_empty()
+        return empty
+
+    def put_state(self, key: bytes, state: bytes) -> None:
+        self.raw.put(key, state, self._h[STATES])
+
+    def delete_state(self, key: bytes) -> None:
+        self.raw.delete(key, self._h[STATES])
+
+    def put_event(self, run: bytes, sequence: int, data: bytes) -> None:
+        self.raw.put(sequence_key(run, sequence), data, self._h[EVENTS])
+
+    def put_snapshot(self, run: bytes, sequence: int, micros: int, state: bytes) -> None:
+        self.raw.put(sequence_key(run, sequence), state, self._h[SNAPSHOTS])
+        self.raw.put(time_key(run, micros), encode_u64(sequence), self._h[SNAPTIMES])
+
+    def put_head(self, run: bytes, last_sequence: int, gaps: int) -> None:
+        self.raw.put(run, encode_head(last_sequence, gaps), self._h[HEADS])
+
+    def put_index(self, key: bytes) -> None:
+        self.raw.put(key, b"", self._h[INDEX])
+
+    def delete_index(self, key: bytes) -> None:
+        self.raw.delete(key, self._h[INDEX])
+
+    def put_offset(self, topic: str, partition: int, next_offset: int) -> None:
+        self.raw.put(offset_key(topic, partition), encode_u64(next_offset), self._h[OFFSETS])
+
+    def delete_run(self, run: bytes) -> None:
+        """Every record of a run except index entries (which the caller derives from state)."""
+        end = prefix_end(run)
+        self.raw.delete(run, self._h[STATES])
+        self.raw.delete(run, self._h[HEADS])
+        for family in (EVENTS, SNAPSHOTS, SNAPTIMES):
+            self.raw.delete_range(run, end, self._h[family])

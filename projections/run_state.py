@@ -1,0 +1,193 @@
+"""`RunState`, folded from a run's events exactly as the seed's `RunState::apply` does.
+
+The seed's rules (shared/seeds/state.rs.txt):
+
+- `RunStarted` sets status `session_loaded`, provider and model (and, here, the
+  session and metadata it carries, so a state is rebuilt from events alone);
+- `ModelStarted` sets `iteration` and status `calling_model`;
+- `UsageRecorded` adds its tokens (total = input + output);
+- `RunCompleted` / `RunFailed` / `RunCancelled` set the terminal status, and
+  `last_finish` / `last_error`;
+- every event moves `updated_at` to its own time and counts in `event_count`;
+  `sequence` is the last folded sequence.
+
+A run whose first event is not `RunStarted` starts `pending` with an unknown (nil)
+session and empty provider and model; `created_at` is its first event's time.
+
+The state is a plain dict in the contract's JSON shape, with times kept as UTC
+microseconds while folding; it is stored as the contract's JSON (RFC 3339 times),
+so the query layer can serve stored bytes as they are.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final, TypedDict
+
+import orjson
+
+from behest.events import EventRecord, RunStatus
+
+NIL_SESSION: Final = str(uuid.UUID(int=0))
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_U64 = struct.Struct(">Q")
+
+STATUS_CODES: Final = {status.value: bytes([code]) for code, status in enumerate(RunStatus)}
+TERMINAL: Final = frozenset(s.value for s in RunStatus if s.is_terminal)
+
+INDEX_ALL: Final = b"a"
+INDEX_ACTIVE: Final = b"x"
+INDEX_SESSION: Final = b"s"
+INDEX_STATUS: Final = b"t"
+
+
+class Usage(TypedDict):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class RunStateData(TypedDict):
+    """A run's state while folding: the contract's fields, times as UTC microseconds."""
+
+    run_id: str
+    session_id: str
+    status: str
+    provider: str
+    model: str
+    metadata: Any
+    iteration: int
+    total_usage: Usage
+    last_finish: str | dict[str, str] | None
+    last_error: str | None
+    event_count: int
+    created_at: int
+    updated_at: int
+    sequence: int
+
+
+def _initial(event: EventRecord) -> RunStateData:
+    return {
+        "run_id": event["run_id"],
+        "session_id": NIL_SESSION,
+        "status": RunStatus.PENDING.value,
+        "provider": "",
+        "model": "",
+        "metadata": None,
+        "iteration": 0,
+        "total_usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        "last_finish": None,
+        "last_error": None,
+        "event_count": 0,
+        "created_at": event["timestamp"],
+        "updated_at": event["timestamp"],
+        "sequence": event["sequence"],
+    }
+
+
+def apply(state: RunStateData | None, event: EventRecord) -> RunStateData:
+    """The state after one more event (a new dict; `state` is left as it was)."""
+    new: RunStateData = _initial(event) if state is None else state.copy()
+    name, body = event["payload"]
+    variant = name[7:] if name.startswith("behest.") else name
+    if variant == "RunStarted":
+        new["status"] = RunStatus.SESSION_LOADED.value
+        new["session_id"] = body["session_id"]
+        new["provider"] = body["provider"]
+        new["model"] = body["model"]
+        new["metadata"] = orjson.loads(body.get("metadata", "null"))
+    elif variant == "ModelStarted":
+        new["iteration"] = body["iteration"]
+        new["status"] = RunStatus.CALLING_MODEL.value
+    elif variant == "UsageRecorded":
+        usage = body["usage"]
+        total = new["total_usage"]
+        input_tokens = total["input_tokens"] + usage["input_tokens"]
+        output_tokens = total["output_tokens"] + usage["output_tokens"]
+        new["total_usage"] = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+    elif variant == "RunCompleted":
+        new["status"] = RunStatus.COMPLETED.value
+        reason = body["finish_reason"]
+        new["last_finish"] = dict(reason[1]) if isinstance(reason, tuple) else reason
+    elif variant == "RunFailed":
+        new["status"] = RunStatus.FAILED.value
+        new["last_error"] = body["error"]
+    elif variant == "RunCancelled":
+        new["status"] = RunStatus.CANCELLED.value
+    new["updated_at"] = event["timestamp"]
+    new["event_count"] += 1
+    new["sequence"] = event["sequence"]
+    return new
+
+
+def format_micros(micros: int) -> str:
+    """RFC 3339 UTC with microseconds, e.g. `2026-11-20T14:03:07.000000Z`."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{fraction:06d}Z"
+
+
+def parse_micros(text: str) -> int:
+    """UTC microseconds of an RFC 3339 time."""
+    moment = datetime.fromisoformat(text)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def to_json_dict(state: RunStateData) -> dict[str, Any]:
+    """The contract's JSON shape (§2): times as RFC 3339 strings."""
+    data: dict[str, Any] = dict(state)
+    data["created_at"] = format_micros(state["created_at"])
+    data["updated_at"] = format_micros(state["updated_at"])
+    return data
+
+
+def from_json_dict(data: dict[str, Any]) -> RunStateData:
+    """A folding state back from the contract's JSON shape."""
+    state = dict(data)
+    state["created_at"] = parse_micros(data["created_at"])
+    state["updated_at"] = parse_micros(data["updated_at"])
+    return state  # type: ignore[return-value]
+
+
+class RunStateProjection:
+    """The run-state projection: one `RunState` per run, indexed by session and status."""
+
+    name = "run_state"
+    run_keyed = True
+
+    def key(self, event: EventRecord) -> bytes:
+        return uuid.UUID(event["run_id"]).bytes
+
+    def apply(self, state: RunStateData | None, event: EventRecord) -> RunStateData:
+        return apply(state, event)
+
+    def encode_state(self, state: RunStateData) -> bytes:
+        return orjson.dumps(to_json_dict(state))
+
+    def decode_state(self, data: bytes) -> RunStateData:
+        return from_json_dict(orjson.loads(data))
+
+    def index_keys(self, state: RunStateData) -> Iterable[bytes]:
+        """By creation time: all runs, active runs, runs of a session, runs per status."""
+        suffix = _U64.pack(state["created_at"]) + uuid.UUID(state["run_id"]).bytes
+        keys = [
+            INDEX_ALL + suffix,
+            INDEX_SESSION + uuid.UUID(state["session_id"]).bytes + suffix,
+            INDEX_STATUS + STATUS_CODES[state["status"]] + suffix,
+        ]
+        if state["status"] not in TERMINAL:
+            keys.append(INDEX_ACTIVE + suffix)
+        return keys
+
+
+def index_run_id(key: bytes) -> uuid.UUID:
+    """The run an index key of this projection lists (its last 16 bytes)."""
+    return uuid.UUID(bytes=key[-16:])

@@ -1,0 +1,668 @@
+"""A real single-node Kafka (KRaft) on 127.0.0.1 that behest starts by itself, without Docker.
+
+The jars come from Maven Central once (a generated POM and
+`mvn dependency:copy-dependencies`) into `project_home()/kafka/<version>/libs`;
+the broker runs as a detached `java kafka.Kafka` process. A broker is known by
+its data dir, which holds everything about it:
+
+    <data dir>/server.properties   KRaft broker+controller config (rewritten each start)
+    <data dir>/log4j2.properties   quiet logging: warnings, plus the "started" line
+    <data dir>/kafka-logs/         the topics' data (survives stop/start)
+    <data dir>/broker.log          the JVM's stdout/stderr (previous run: broker.log.1)
+    <data dir>/broker.pid          pid of the running broker
+    <data dir>/broker.json         port, controller port, pid, bootstrap, version
+
+so several brokers can run side by side, each in its own data dir.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from behest.config import DEFAULT_BROKER_PORT, project_home
+from behest.errors import BrokerError
+
+__all__ = [
+    "HEAP",
+    "KAFKA_VERSION",
+    "LOG4J_VERSION",
+    "MIN_JAVA",
+    "BrokerStatus",
+    "LocalBroker",
+    "default_data_dir",
+    "fetch_kafka_jars",
+    "free_port",
+    "new_cluster_id",
+    "parse_java_major",
+    "port_in_use",
+    "render_log4j2_properties",
+    "render_pom",
+    "render_server_properties",
+    "tail",
+]
+
+# The newest 4.x whose whole dependency tree resolves from Maven Central (4.4.0 is listed but
+# its kafka-tools-api jar is missing there). LOG4J_VERSION is the log4j2 release kafka-server
+# 4.3.1 itself depends on; the SLF4J 1.x binding must match it.
+KAFKA_VERSION = "4.3.1"
+LOG4J_VERSION = "2.25.4"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+MIN_JAVA = 17
+HEAP = "512m"
+HOST = "127.0.0.1"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 20.0
+MAVEN_TIMEOUT = 900.0
+LOG_TAIL_LINES = 30
+
+_JVM_FLAGS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
+# Starts java in the background and prints its pid, then exits: the broker is orphaned at once,
+# so it never lingers as our zombie and outlives the command that started it.
+_LAUNCHER = 'java="$1"; log="$2"; shift 2; "$java" "$@" >>"$log" 2>&1 </dev/null & echo $!'
+
+
+def default_data_dir() -> Path:
+    """The data dir `behest broker` uses when none is given."""
+    return project_home() / "broker"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """Whether the broker of a data dir runs, where, and under which pid."""
+
+    running: bool
+    data_dir: Path
+    pid: int | None = None
+    port: int | None = None
+    already_running: bool = False
+
+    @property
+    def bootstrap(self) -> str | None:
+        """The `host:port` clients connect to, if it runs."""
+        return f"{HOST}:{self.port}" if self.running and self.port else None
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """True if binding `host:port` fails, as it would for the broker.
+
+    SO_REUSEADDR matches what the JVM does, so TIME_WAIT leftovers of a stopped broker do
+    not count as taken, while any listening socket (on this address or 0.0.0.0) does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, as `kafka-storage random-uuid` makes it, without a JVM."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):  # Kafka avoids ids a CLI would read as a flag
+            return cluster_id
+
+
+def parse_java_major(version_output: str) -> int | None:
+    """The major version in `java -version` output: `"1.8.0_292"` is 8, `"17.0.15"` is 17."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if not match:
+        return None
+    major = int(match.group(1))
+    if major == 1 and match.group(2):
+        return int(match.group(2))
+    return major
+
+
+def render_server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
+    """KRaft single node (broker and controller) on loopback, with replication factors of 1.
+
+    Topic auto-creation is off: behest creates its topics explicitly, so a missing topic is
+    a clear error instead of a silently made one-partition topic.
+    """
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(log_dir),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+    }
+    lines = ["# Written by behest.broker on every start; edits are overwritten."]
+    lines += [f"{key}={_escape_property(value)}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _escape_property(value: str) -> str:
+    """Java .properties escaping for the characters a path may contain."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def render_pom(kafka_version: str = KAFKA_VERSION, log4j_version: str = LOG4J_VERSION) -> str:
+    """A throwaway POM whose runtime dependencies are exactly the broker's classpath.
+
+    The SLF4J binding is not a dependency of the broker, so it is added: the 1.x binding
+    (`log4j-slf4j-impl`), because Kafka pins slf4j-api 1.7.36.
+    """
+    deps = [
+        ("org.apache.kafka", "kafka_2.13", kafka_version),
+        ("org.apache.logging.log4j", "log4j-slf4j-impl", log4j_version),
+        ("org.apache.logging.log4j", "log4j-api", log4j_version),
+        ("org.apache.logging.log4j", "log4j-core", log4j_version),
+    ]
+    rendered = "\n".join(
+        "    <dependency>"
+        f"<groupId>{escape(group)}</groupId>"
+        f"<artifactId>{escape(artifact)}</artifactId>"
+        f"<version>{escape(version)}</version>"
+        "</dependency>"
+        for group, artifact, version in deps
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>behest.local</groupId>
+  <artifactId>kafka-broker-classpath</artifactId>
+  <version>{escape(kafka_version)}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+{rendered}
+  </dependencies>
+</project>
+"""
+
+
+def render_log4j2_properties() -> str:
+    """Warnings and errors only, plus the one line that says the server started."""
+    return """\
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = INFO
+"""
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a text file, or a note that it is missing."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- jars -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Serialize processes working on the same folder (two starts, two downloads)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch_kafka_jars(
+    cache_dir: Path,
+    kafka_version: str = KAFKA_VERSION,
+    log4j_version: str = LOG4J_VERSION,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """The folder of the broker's jars, downloaded with Maven on first use only.
+
+    A marker file is written after the copy completes, so an interrupted download is redone.
+    """
+    libs = cache_dir / "libs"
+    marker = cache_dir / "libs.complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            f"Maven (`mvn`) is needed once to download the Kafka {kafka_version} jars into "
+            f"{libs}, and it is not on PATH: install it (e.g. `sudo apt-get install maven`), "
+            "or set BEHEST_BOOTSTRAP_SERVERS to use a Kafka you already run."
+        )
+    with _locked(cache_dir / ".lock"):
+        if marker.exists():  # another process finished the download while we waited
+            return libs
+        if progress:
+            progress(f"Downloading Kafka {kafka_version} jars with Maven into {libs} (once)...")
+        shutil.rmtree(libs, ignore_errors=True)
+        pom = cache_dir / "pom.xml"
+        pom.write_text(render_pom(kafka_version, log4j_version))
+        command = [
+            mvn,
+            "-B",
+            "-q",
+            "-Dstyle.color=never",
+            "-f",
+            str(pom),
+            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={libs}",
+        ]
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+                command, capture_output=True, text=True, timeout=MAVEN_TIMEOUT, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(
+                f"Maven did not finish downloading the Kafka {kafka_version} jars within "
+                f"{MAVEN_TIMEOUT:.0f} s; check access to Maven Central and run again."
+            ) from exc
+        if done.returncode != 0:
+            output = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
+            raise BrokerError(
+                f"Maven could not download the Kafka {kafka_version} jars (exit "
+                f"{done.returncode}); check access to Maven Central (or the mirrors in "
+                f"~/.m2/settings.xml) and run again. Maven said:\n{output}"
+            )
+        jars = sorted(path.name for path in libs.glob("*.jar"))
+        if f"kafka_2.13-{kafka_version}.jar" not in jars:
+            raise BrokerError(f"Maven finished but {libs} lacks kafka_2.13-{kafka_version}.jar.")
+        marker.write_text(json.dumps({"kafka": kafka_version, "jars": jars}, indent=1) + "\n")
+    return libs
+
+
+# --- the broker -------------------------------------------------------------------------------
+
+
+class LocalBroker:
+    """A Kafka broker process owned by a data dir: start it, stop it, ask whether it runs."""
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        kafka_version: str = KAFKA_VERSION,
+        log4j_version: str = LOG4J_VERSION,
+        heap: str = HEAP,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve() if data_dir else default_data_dir().resolve()
+        self.kafka_version = kafka_version
+        self.log4j_version = log4j_version
+        self.heap = heap
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"LocalBroker({str(self.data_dir)!r})"
+
+    # paths
+
+    @property
+    def properties_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "kafka-logs"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "broker.json"
+
+    @property
+    def jar_cache_dir(self) -> Path:
+        return project_home() / "kafka" / self.kafka_version
+
+    # public API
+
+    def status(self) -> BrokerStatus:
+        """Whether this data dir's broker process is alive (it is not probed over the network)."""
+        pid = self._read_pid()
+        if pid is None or not self._is_our_process(pid):
+            return BrokerStatus(running=False, data_dir=self.data_dir)
+        port = self._read_state().get("port")
+        return BrokerStatus(
+            running=True,
+            data_dir=self.data_dir,
+            pid=pid,
+            port=port if isinstance(port, int) else None,
+        )
+
+    def start(
+        self, port: int = DEFAULT_BROKER_PORT, *, timeout: float = START_TIMEOUT
+    ) -> BrokerStatus:
+        """Start the broker on `port` (0 picks a free one) and wait until it answers.
+
+        Idempotent: if this data dir's broker already runs and answers, that one is
+        returned (with `already_running=True`), whatever port was asked for.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.data_dir / ".lock"):
+            current = self.status()
+            if current.running and current.pid is not None and current.port is not None:
+                self._wait_until_ready(current.pid, current.port, timeout, launched=False)
+                return BrokerStatus(
+                    running=True,
+                    data_dir=self.data_dir,
+                    pid=current.pid,
+                    port=current.port,
+                    already_running=True,
+                )
+            self._forget_pid()
+            port = port or free_port()
+            if port_in_use(port):
+                raise BrokerError(
+                    f"port {port} on {HOST} is already in use (another broker or program); "
+                    "pick another with --port, or stop what holds it (`behest broker status "
+                    "--data-dir ...` shows brokers behest started)."
+                )
+            java = self._find_java()
+            controller_port = self._controller_port(port)
+            libs = fetch_kafka_jars(
+                self.jar_cache_dir, self.kafka_version, self.log4j_version, progress=self.progress
+            )
+            self._write_config(port, controller_port)
+            self._format_storage(java, libs)
+            pid = self._launch(java, libs)
+            self._write_state(pid=pid, port=port, controller_port=controller_port)
+            self._wait_until_ready(pid, port, timeout, launched=True)
+            return BrokerStatus(running=True, data_dir=self.data_dir, pid=pid, port=port)
+
+    def stop(self, *, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop the broker (SIGTERM, then SIGKILL after `timeout`); False if it was not running."""
+        if not self.data_dir.exists():
+            return False
+        with _locked(self.data_dir / ".lock"):
+            pid = self._read_pid()
+            was_running = pid is not None and self._is_our_process(pid)
+            if pid is not None and was_running:
+                self._terminate(pid, timeout)
+            self._forget_pid()
+            return was_running
+
+    # start-up steps
+
+    def _find_java(self) -> str:
+        """The `java` to use ($JAVA_HOME first, then PATH), checked to be 17 or newer."""
+        java_home = os.environ.get("JAVA_HOME")
+        candidate = Path(java_home) / "bin" / "java" if java_home else None
+        java = str(candidate) if candidate and candidate.is_file() else shutil.which("java")
+        if java is None:
+            raise BrokerError(
+                f"Java {MIN_JAVA}+ is needed to run the local Kafka broker, and `java` is not "
+                "on PATH (nor in $JAVA_HOME/bin): install it, e.g. `sudo apt-get install "
+                "openjdk-17-jre-headless`, or set BEHEST_BOOTSTRAP_SERVERS to use a Kafka you "
+                "already run."
+            )
+        try:
+            probe = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+                [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BrokerError(f"`{java} -version` failed ({exc}); check the Java install.") from exc
+        major = parse_java_major(probe.stderr + probe.stdout)
+        if major is not None and major < MIN_JAVA:
+            raise BrokerError(
+                f"{java} is Java {major}, and Kafka {self.kafka_version} needs Java {MIN_JAVA}+: "
+                "install a newer one (e.g. `sudo apt-get install openjdk-17-jre-headless`) "
+                "or point JAVA_HOME at it."
+            )
+        return java
+
+    def _controller_port(self, port: int) -> int:
+        """The controller port of the last run if still free (a stable quorum address)."""
+        previous = self._read_state().get("controller_port")
+        if isinstance(previous, int) and previous != port and not port_in_use(previous):
+            return previous
+        while True:
+            candidate = free_port()
+            if candidate != port:
+                return candidate
+
+    def _write_config(self, port: int, controller_port: int) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_path.write_text(
+            render_server_properties(
+                port=port, controller_port=controller_port, log_dir=self.log_dir
+            )
+        )
+        (self.data_dir / "log4j2.properties").write_text(render_log4j2_properties())
+
+    def _java_args(self, libs: Path) -> list[str]:
+        """Classpath and logging flags shared by the storage tool and the broker."""
+        return [
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            str(libs / "*"),
+        ]
+
+    def _format_storage(self, java: str, libs: Path) -> None:
+        """Format the log dir for KRaft once; an already formatted dir is left as is."""
+        if (self.log_dir / "meta.properties").exists():
+            return
+        command = [
+            java,
+            "-Xmx256m",
+            *self._java_args(libs),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            new_cluster_id(),
+            "-c",
+            str(self.properties_path),
+            "-g",
+        ]
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+                command, capture_output=True, text=True, timeout=120, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(f"formatting {self.log_dir} took over 120 s; try again.") from exc
+        if done.returncode != 0:
+            output = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
+            raise BrokerError(
+                f"kafka StorageTool could not format {self.log_dir} (exit {done.returncode}); "
+                f"delete that folder if it holds nothing you need, and start again:\n{output}"
+            )
+
+    def _launch(self, java: str, libs: Path) -> int:
+        """Start the JVM detached (own session, output to broker.log) and return its pid."""
+        if self.log_path.exists():
+            self.log_path.replace(self.log_path.with_name("broker.log.1"))
+        command = [
+            java,
+            str(self.log_path),
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            *_JVM_FLAGS,
+            *self._java_args(libs),
+            "kafka.Kafka",
+            str(self.properties_path),
+        ]
+        done = subprocess.run(  # noqa: S603 - fixed arguments, no shell interpolation
+            ["/bin/sh", "-c", _LAUNCHER, "behest-broker", *command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            start_new_session=True,
+        )
+        if done.returncode != 0 or not done.stdout.strip().isdigit():
+            raise BrokerError(f"could not launch {java}: {done.stderr.strip() or done.stdout}")
+        pid = int(done.stdout.strip())
+        self.pid_path.write_text(f"{pid}\n")
+        return pid
+
+    def _wait_until_ready(self, pid: int, port: int, timeout: float, *, launched: bool) -> None:
+        """Poll until the broker answers a metadata request; fail fast if the process dies."""
+        deadline = time.monotonic() + timeout
+        bootstrap = f"{HOST}:{port}"
+        while True:
+            if not self._is_our_process(pid):
+                self._forget_pid()
+                raise BrokerError(
+                    f"the Kafka broker (pid {pid}) exited during start-up; see {self.log_path}. "
+                    f"Its last lines:\n{tail(self.log_path)}"
+                )
+            if _answers(bootstrap):
+                return
+            if time.monotonic() > deadline:
+                if launched:
+                    self._terminate(pid, STOP_TIMEOUT)
+                    self._forget_pid()
+                    what = "was stopped"
+                else:
+                    what = f"still runs: `behest broker stop --data-dir {self.data_dir}`"
+                raise BrokerError(
+                    f"the Kafka broker (pid {pid}) did not answer at {bootstrap} within "
+                    f"{timeout:.0f} s and {what}; see {self.log_path}. Its last lines:\n"
+                    f"{tail(self.log_path)}"
+                )
+            time.sleep(0.25)
+
+    # process bookkeeping
+
+    def _terminate(self, pid: int, timeout: float) -> None:
+        """SIGTERM (Kafka shuts down cleanly), SIGKILL if it takes longer than `timeout`."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not self._is_our_process(pid):
+                    return
+                time.sleep(0.1)
+        raise BrokerError(f"Kafka broker pid {pid} survived SIGKILL; check `ps -p {pid}`.")
+
+    def _is_our_process(self, pid: int) -> bool:
+        """True if `pid` is alive and is the broker of this data dir (not a reused pid)."""
+        proc = Path("/proc") / str(pid)
+        if Path("/proc/self").exists():
+            try:
+                stat = (proc / "stat").read_text()
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                return False
+            if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+                return False
+            args = [arg.decode(errors="replace") for arg in cmdline]
+            return "kafka.Kafka" in args and str(self.properties_path) in args
+        try:  # no /proc (macOS): liveness only
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+        return True
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _write_state(self, *, pid: int | None, port: int, controller_port: int) -> None:
+        state = {
+            "pid": pid,
+            "port": port,
+            "controller_port": controller_port,
+            "bootstrap": f"{HOST}:{port}",
+            "kafka_version": self.kafka_version,
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        self.state_path.write_text(json.dumps(state, indent=1) + "\n")
+
+    def _forget_pid(self) -> None:
+        """Drop the pid (file and state entry), keeping the ports for the next start."""
+        self.pid_path.unlink(missing_ok=True)
+        state = self._read_state()
+        if state.get("pid") is not None:
+            state["pid"] = None
+            self.state_path.write_text(json.dumps(state, indent=1) + "\n")
+
+
+def _answers(bootstrap: str) -> bool:
+    """True once the broker serves metadata (and lists itself) at `bootstrap`."""
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            pass
+    except OSError:
+        return False  # not listening yet: skip the client and its log noise
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        metadata = admin.list_topics(timeout=2.0)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)

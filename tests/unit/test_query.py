@@ -1,0 +1,486 @@
+"""RunStateQuery against a real RocksDB filled by the projector's own batch fold."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from behest.codec import decode_record, encode
+from behest.errors import InvalidQueryError, WaitTimeoutError
+from behest.events import (
+    AgentEvent,
+    ModelStarted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    RunState,
+    RunStatus,
+    TextDelta,
+    TokenUsage,
+    UsageRecorded,
+)
+from behest.projection import fold
+from behest.projector import BatchFolder
+from behest.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, parse_time
+from behest.store import StateStore
+from projections.run_state import RunStateProjection
+
+TOPIC = "behest.test-events"
+T0 = datetime(2026, 11, 20, 14, 0, 0, tzinfo=UTC)
+PROJECTION = RunStateProjection()
+
+
+@dataclass(frozen=True)
+class Record:
+    """A Kafka record as the batch fold reads it."""
+
+    run: str
+    data: bytes | None
+    at: int
+    part: int = 0
+
+    def partition(self) -> int:
+        return self.part
+
+    def offset(self) -> int:
+        return self.at
+
+    def key(self) -> bytes:
+        return self.run.encode()
+
+    def value(self) -> bytes | None:
+        return self.data
+
+
+class Log:
+    """Appends events to an imaginary partition 0 and folds them into a store."""
+
+    def __init__(self, store: StateStore, snapshot_every: int = 4) -> None:
+        self.folder = BatchFolder(store, PROJECTION, topic=TOPIC, snapshot_every=snapshot_every)
+        self.next_offset = 0
+
+    def append(self, events: Sequence[AgentEvent]) -> None:
+        records = []
+        for event in events:
+            records.append(Record(str(event.run_id), encode(event), self.next_offset))
+            self.next_offset += 1
+        self.folder.process(records)
+
+
+def run_events(
+    *,
+    session: uuid.UUID | None = None,
+    start: datetime = T0,
+    steps: int = 3,
+    end: str | None = None,
+    run_id: uuid.UUID | None = None,
+) -> list[AgentEvent]:
+    """A run: RunStarted, `steps` model calls with usage, then an optional terminal event."""
+    run = run_id or uuid.uuid4()
+    payloads: list[Any] = [
+        RunStarted(session_id=session or uuid.uuid4(), provider="openai", model="gpt-4o")
+    ]
+    for i in range(1, steps + 1):
+        payloads.append(ModelStarted(provider="openai", model="gpt-4o", iteration=i))
+        payloads.append(UsageRecorded(usage=TokenUsage.new(10 * i, i)))
+    if end == "completed":
+        payloads.append(RunCompleted(finish_reason="stop", iterations=steps))
+    elif end == "failed":
+        payloads.append(RunFailed(error="provider timeout"))
+    elif end == "cancelled":
+        payloads.append(RunCancelled())
+    return [
+        AgentEvent(
+            run_id=run, sequence=n, timestamp=start + timedelta(milliseconds=n), payload=payload
+        )
+        for n, payload in enumerate(payloads)
+    ]
+
+
+def reference(events: Sequence[AgentEvent]) -> dict[str, Any] | None:
+    """The state folded straight from the events, no store involved."""
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in events])
+    return None if state is None else orjson.loads(PROJECTION.encode_state(state))
+
+
+def as_dict(state: RunState | None) -> dict[str, Any] | None:
+    return None if state is None else state.to_json_dict()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    with StateStore(tmp_path / "run_state") as store:
+        yield store
+
+
+@pytest.fixture
+def query(store: StateStore) -> RunStateQuery:
+    return RunStateQuery(store, topic=TOPIC)
+
+
+# --- point in time: a property against the plain fold ---------------------------------------
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> tuple[list[AgentEvent], int]:
+    """A run of random length with non-decreasing (often equal) timestamps, maybe gaps in
+    its sequences, and the snapshot interval to fold it with."""
+    length = draw(st.integers(1, 40))
+    run = uuid.uuid4()
+    sequence = draw(st.integers(0, 2))
+    moment = T0
+    events = []
+    for n in range(length):
+        payload: Any
+        if n == 0 and draw(st.booleans()):
+            payload = RunStarted(session_id=uuid.uuid4(), provider="p", model="m")
+        else:
+            payload = draw(
+                st.sampled_from(
+                    [
+                        ModelStarted(provider="p", model="m", iteration=n),
+                        UsageRecorded(usage=TokenUsage.new(n, 2 * n)),
+                        TextDelta(delta="x"),
+                        RunFailed(error=f"e{n}"),
+                        RunCompleted(finish_reason="stop", iterations=n),
+                    ]
+                )
+            )
+        events.append(AgentEvent(run_id=run, sequence=sequence, timestamp=moment, payload=payload))
+        sequence += draw(st.sampled_from([1, 1, 1, 2]))
+        moment += timedelta(microseconds=draw(st.sampled_from([0, 1, 5, 1000])))
+    return events, draw(st.integers(1, 8))
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateStore]:
+    with StateStore(tmp_path_factory.mktemp("prop") / "run_state") as store:
+        yield store
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(run=runs(), data=st.data())
+def test_get_at_equals_the_fold_up_to_the_point(
+    shared_store: StateStore, run: tuple[list[AgentEvent], int], data: st.DataObject
+) -> None:
+    events, every = run
+    Log(shared_store, snapshot_every=every).append(events)
+    query = RunStateQuery(shared_store, topic=TOPIC)
+    run_id = events[0].run_id
+    last = events[-1].sequence
+    stamps = [e.timestamp for e in events]
+    for _ in range(6):
+        n = data.draw(st.integers(0, last + 3), label="at_sequence")
+        expected = reference([e for e in events if e.sequence <= n])
+        assert as_dict(query.get_at(run_id, at_sequence=n)) == expected
+        as_json = query.get_at_json(run_id, at_sequence=n)
+        assert (None if as_json is None else orjson.loads(as_json)) == expected
+
+        moment = data.draw(
+            st.one_of(
+                st.sampled_from(stamps),
+                st.integers(-3, 3).map(lambda d: stamps[0] + timedelta(microseconds=d)),
+                st.integers(-3, 3).map(lambda d: stamps[-1] + timedelta(microseconds=d)),
+                st.integers(0, 3000).map(lambda d: stamps[0] + timedelta(microseconds=d)),
+            ),
+            label="as_of",
+        )
+        expected = reference([e for e in events if e.timestamp <= moment])
+        assert as_dict(query.get_at(run_id, as_of=moment)) == expected
+    assert as_dict(query.get(run_id)) == reference(events)
+
+
+def test_get_at_accepts_any_time_zone_and_defaults_to_current(
+    store: StateStore, query: RunStateQuery
+) -> None:
+    events = run_events(steps=20, end="completed")
+    Log(store).append(events)
+    run_id = events[0].run_id
+    paris = events[10].timestamp.astimezone(timezone(timedelta(hours=1)))
+    assert as_dict(query.get_at(run_id, as_of=paris)) == reference(events[:11])
+    assert query.get_at(run_id) == query.get(run_id)
+    assert query.get_at(run_id, as_of=T0 - timedelta(days=365 * 100)) is None
+    assert query.get_at(uuid.uuid4(), at_sequence=3) is None
+
+
+# --- current and batch ------------------------------------------------------------------------
+
+
+def test_get_serves_the_stored_bytes(store: StateStore, query: RunStateQuery) -> None:
+    events = run_events(end="failed")
+    Log(store).append(events)
+    run_id = events[0].run_id
+    state = query.get(run_id)
+    assert state is not None
+    assert state.status is RunStatus.FAILED
+    assert state.last_error == "provider timeout"
+    assert state.total_usage.total_tokens == 66
+    assert query.get_json(str(run_id)) == store.get_state(run_id.bytes)
+    assert query.get(uuid.uuid4()) is None
+    assert query.get_json(str(uuid.uuid4())) is None
+
+
+def test_get_many_keeps_the_order_asked_and_marks_unknown_runs(
+    store: StateStore, query: RunStateQuery
+) -> None:
+    first, second = run_events(), run_events(end="completed")
+    Log(store).append(first + second)
+    unknown = uuid.uuid4()
+    a, b = first[0].run_id, second[0].run_id
+    found = query.get_many([str(b), unknown, a, str(b)])
+    assert list(found) == [b, unknown, a]
+    assert found[unknown] is None
+    assert as_dict(found[a]) == reference(first)
+    assert as_dict(found[b]) == reference(second)
+
+    then = query.get_many([a, b], as_of=first[1].timestamp)
+    assert as_dict(then[a]) == reference(first[:2])
+    assert then[b] is None or as_dict(then[b]) == reference(
+        [e for e in second if e.timestamp <= first[1].timestamp]
+    )
+    assert query.get_many([]) == {}
+
+
+def test_get_many_refuses_more_than_the_batch_limit(query: RunStateQuery) -> None:
+    with pytest.raises(InvalidQueryError, match=f"at most {MAX_BATCH}"):
+        query.get_many([uuid.uuid4() for _ in range(MAX_BATCH + 1)])
+    with pytest.raises(InvalidQueryError, match="not one string"):
+        query.get_many(str(uuid.uuid4()))
+    with pytest.raises(InvalidQueryError, match="not a run id"):
+        query.get_many([uuid.uuid4(), "nope"])
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(store: StateStore) -> dict[str, Any]:
+    """Nine runs one second apart over two sessions, in every kind of end state."""
+    sessions = [uuid.uuid4(), uuid.uuid4()]
+    ends = [None, "completed", "failed", "cancelled", None, "completed", None, "failed", None]
+    all_events: list[list[AgentEvent]] = [
+        run_events(session=sessions[i % 2], start=T0 + timedelta(seconds=i), end=end)
+        for i, end in enumerate(ends)
+    ]
+    Log(store).append([e for events in all_events for e in events])
+    states = [reference(events) for events in all_events]
+    return {"sessions": sessions, "states": states}
+
+
+def _ids(states: Sequence[RunState]) -> list[str]:
+    return [str(s.run_id) for s in states]
+
+
+def _newest_first(states: Sequence[dict[str, Any] | None]) -> list[str]:
+    return [s["run_id"] for s in reversed(states) if s is not None]
+
+
+def test_list_runs_pages_newest_first_through_every_run(
+    query: RunStateQuery, fleet: dict[str, Any]
+) -> None:
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page, cursor = query.list_runs(limit=4, cursor=cursor)
+        seen += _ids(page)
+        pages += 1
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == _newest_first(fleet["states"])
+    everything, cursor = query.list_runs(limit=9)
+    assert cursor is None
+    assert _ids(everything) == seen
+
+
+@pytest.mark.parametrize(
+    ("filters", "keep"),
+    [
+        ({"status": "completed"}, lambda s, _: s["status"] == "completed"),
+        ({"status": RunStatus.CALLING_MODEL}, lambda s, _: s["status"] == "calling_model"),
+        ({"active": True}, lambda s, _: s["status"] == "calling_model"),
+        ({"active": False}, lambda s, _: s["status"] in {"completed", "failed", "cancelled"}),
+        ({"session": 0}, lambda s, ses: s["session_id"] == str(ses[0])),
+        (
+            {"session": 1, "status": "failed"},
+            lambda s, ses: s["session_id"] == str(ses[1]) and s["status"] == "failed",
+        ),
+        (
+            {"session": 0, "active": False},
+            lambda s, ses: s["session_id"] == str(ses[0]) and s["status"] != "calling_model",
+        ),
+        ({"status": "completed", "active": True}, lambda s, _: False),
+        ({"status": "pending"}, lambda s, _: False),
+    ],
+)
+def test_list_runs_filters(
+    query: RunStateQuery, fleet: dict[str, Any], filters: dict[str, Any], keep: Any
+) -> None:
+    sessions = fleet["sessions"]
+    if "session" in filters:
+        filters["session_id"] = sessions[filters.pop("session")]
+    expected = _newest_first([s for s in fleet["states"] if keep(s, sessions)])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = query.list_runs(limit=2, cursor=cursor, **filters)
+        seen += _ids(page)
+        if cursor is None:
+            break
+    assert seen == expected
+
+
+def test_list_runs_refuses_bad_input(query: RunStateQuery) -> None:
+    with pytest.raises(InvalidQueryError, match="unknown status 'done'"):
+        query.list_runs(status="done")
+    for limit in (0, MAX_LIMIT + 1, -5):
+        with pytest.raises(InvalidQueryError, match="limit must be"):
+            query.list_runs(limit=limit)
+    for cursor in ("garbage!", "", "AQ", "AA" * 20):
+        with pytest.raises(InvalidQueryError, match="not one this API issued"):
+            query.list_runs(cursor=cursor)
+    with pytest.raises(InvalidQueryError, match="session_id 'x' is not a UUID"):
+        query.list_runs(session_id="x")
+
+
+def test_list_events_in_sequence_order(store: StateStore, query: RunStateQuery) -> None:
+    events = run_events(steps=5, end="completed")
+    Log(store).append(events)
+    run_id = events[0].run_id
+    assert query.list_events(run_id) == events
+    assert query.list_events(run_id, from_sequence=3, limit=4) == events[3:7]
+    assert query.list_events(run_id, from_sequence=100) == []
+    assert query.list_events(uuid.uuid4()) == []
+
+
+# --- input checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"at_sequence": -1}, "at_sequence must be between 0"),
+        ({"at_sequence": 2**63}, "at_sequence must be between 0"),
+        ({"at_sequence": "3"}, "at_sequence must be an integer"),
+        ({"as_of": datetime(2026, 1, 1)}, "has no time zone"),  # noqa: DTZ001
+        ({"as_of": "2026-01-01T00:00:00Z"}, "as_of must be a datetime"),
+        ({"as_of": T0, "at_sequence": 1}, "not both"),
+    ],
+)
+def test_get_at_refuses_bad_points(
+    query: RunStateQuery, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidQueryError, match=message):
+        query.get_at(uuid.uuid4(), **kwargs)
+
+
+@pytest.mark.parametrize("bad", ["", "123", "3f2c9a1e-8b4d-4c6f-9e2a", "zz" * 16])
+def test_every_read_refuses_a_malformed_run_id(query: RunStateQuery, bad: str) -> None:
+    for call in (
+        lambda: query.get(bad),
+        lambda: query.get_json(bad),
+        lambda: query.get_at(bad, at_sequence=0),
+        lambda: query.list_events(bad),
+    ):
+        with pytest.raises(InvalidQueryError, match="not a run id"):
+            call()
+
+
+def test_list_events_refuses_bad_bounds(query: RunStateQuery) -> None:
+    with pytest.raises(InvalidQueryError, match="from_sequence"):
+        query.list_events(uuid.uuid4(), from_sequence=-1)
+    with pytest.raises(InvalidQueryError, match="limit"):
+        query.list_events(uuid.uuid4(), limit=MAX_LIMIT + 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-20T14:03:07Z", datetime(2026, 11, 20, 14, 3, 7, tzinfo=UTC)),
+        ("2026-11-20T15:03:07.5+01:00", datetime(2026, 11, 20, 14, 3, 7, 500000, tzinfo=UTC)),
+        ("2026-11-20T15:03:07 01:00", datetime(2026, 11, 20, 14, 3, 7, tzinfo=UTC)),
+        ("2026-11-20 14:03:07.000001Z", datetime(2026, 11, 20, 14, 3, 7, 1, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_reads_rfc3339(text: str, expected: datetime) -> None:
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-11-20T14:03:07", "2026-11-20", "17e8"])
+def test_parse_time_refuses_anything_else(text: str) -> None:
+    with pytest.raises(InvalidQueryError):
+        parse_time(text)
+
+
+# --- following the projector: secondary, freshness, read-your-writes --------------------------
+
+
+def test_a_secondary_follows_the_writer_within_max_staleness(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "run_state") as writer:
+        log = Log(writer)
+        first = run_events()
+        log.append(first)
+        reader = StateStore(tmp_path / "run_state", secondary=True)
+        query = RunStateQuery(reader, topic=TOPIC, max_staleness=3600, owns_store=True)
+        with query:
+            query.refresh(force=True)
+            assert query.get(first[0].run_id) is not None
+            assert query.freshness().offsets == {0: len(first)}
+            second = run_events()
+            log.append(second)
+            assert query.get(second[0].run_id) is None  # not yet synced: within staleness
+            before = query.freshness().synced_at
+            query.wait_for((0, log.next_offset - 1), timeout=5)
+            assert query.get(second[0].run_id) is not None
+            fresh = query.freshness()
+            assert fresh.offsets == {0: log.next_offset}
+            assert fresh.synced_at > before
+            assert fresh.to_json_dict()["offsets"] == {"0": log.next_offset}
+
+
+def test_wait_for_times_out_then_sees_a_later_write(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "run_state") as writer:
+        log = Log(writer)
+        log.append(run_events())
+        with RunStateQuery(
+            StateStore(tmp_path / "run_state", secondary=True), owns_store=True, topic=TOPIC
+        ) as query:
+            target = log.next_offset + 2
+            with pytest.raises(WaitTimeoutError, match=f"not yet past {target}"):
+                query.wait_for((0, target), timeout=0.05)
+
+            late = run_events()
+            timer = threading.Timer(0.2, log.append, args=(late,))
+            timer.start()
+            started = time.monotonic()
+            query.wait_for(Delivered(TOPIC, 0, target), timeout=10)
+            timer.join()
+            assert time.monotonic() - started >= 0.15
+            assert query.get(late[0].run_id) is not None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    topic: str
+    partition: int
+    offset: int
+
+
+def test_wait_for_refuses_another_topic_and_bad_positions(query: RunStateQuery) -> None:
+    with pytest.raises(InvalidQueryError, match="topic 'other'"):
+        query.wait_for(Delivered("other", 0, 1))
+    with pytest.raises(InvalidQueryError, match="no such position"):
+        query.wait_for((0, -1))

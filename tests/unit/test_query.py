@@ -32,51 +32,15 @@ from behest.events import (
     UsageRecorded,
 )
 from behest.projection import fold
-from behest.projector import BatchFolder
 from behest.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, parse_time
 from behest.store import StateStore
+from behest.testing import ProjectionDriver
 from projections.run_state import RunStateProjection
+from tests.unit.strategies import run_histories
 
 TOPIC = "behest.test-events"
 T0 = datetime(2026, 11, 20, 14, 0, 0, tzinfo=UTC)
 PROJECTION = RunStateProjection()
-
-
-@dataclass(frozen=True)
-class Record:
-    """A Kafka record as the batch fold reads it."""
-
-    run: str
-    data: bytes | None
-    at: int
-    part: int = 0
-
-    def partition(self) -> int:
-        return self.part
-
-    def offset(self) -> int:
-        return self.at
-
-    def key(self) -> bytes:
-        return self.run.encode()
-
-    def value(self) -> bytes | None:
-        return self.data
-
-
-class Log:
-    """Appends events to an imaginary partition 0 and folds them into a store."""
-
-    def __init__(self, store: StateStore, snapshot_every: int = 4) -> None:
-        self.folder = BatchFolder(store, PROJECTION, topic=TOPIC, snapshot_every=snapshot_every)
-        self.next_offset = 0
-
-    def append(self, events: Sequence[AgentEvent]) -> None:
-        records = []
-        for event in events:
-            records.append(Record(str(event.run_id), encode(event), self.next_offset))
-            self.next_offset += 1
-        self.folder.process(records)
 
 
 def run_events(
@@ -120,23 +84,24 @@ def as_dict(state: RunState | None) -> dict[str, Any] | None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    with StateStore(tmp_path / "run_state") as store:
-        yield store
+def driver(tmp_path: Path) -> Iterator[ProjectionDriver[Any]]:
+    """The run-state store, filled through the Projector's own batch fold."""
+    with ProjectionDriver(PROJECTION, tmp_path, topic=TOPIC, snapshot_every=4) as driver:
+        yield driver
 
 
 @pytest.fixture
-def query(store: StateStore) -> RunStateQuery:
-    return RunStateQuery(store, topic=TOPIC)
+def query(driver: ProjectionDriver[Any]) -> RunStateQuery:
+    return RunStateQuery(driver.store, topic=TOPIC)
 
 
 # --- point in time: a property against the plain fold ---------------------------------------
 
 
 @st.composite
-def runs(draw: st.DrawFn) -> tuple[list[AgentEvent], int]:
-    """A run of random length with non-decreasing (often equal) timestamps, maybe gaps in
-    its sequences, and the snapshot interval to fold it with."""
+def runs(draw: st.DrawFn) -> list[AgentEvent]:
+    """A run with non-decreasing, often equal timestamps, maybe gaps in its sequences and
+    maybe no RunStarted: the edges that `run_histories` rarely reaches."""
     length = draw(st.integers(1, 40))
     run = uuid.uuid4()
     sequence = draw(st.integers(0, 2))
@@ -161,23 +126,41 @@ def runs(draw: st.DrawFn) -> tuple[list[AgentEvent], int]:
         events.append(AgentEvent(run_id=run, sequence=sequence, timestamp=moment, payload=payload))
         sequence += draw(st.sampled_from([1, 1, 1, 2]))
         moment += timedelta(microseconds=draw(st.sampled_from([0, 1, 5, 1000])))
-    return events, draw(st.integers(1, 8))
+    return events
 
 
 @pytest.fixture(scope="module")
-def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateStore]:
-    with StateStore(tmp_path_factory.mktemp("prop") / "run_state") as store:
-        yield store
+def drivers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Any]]:
+    """One store per snapshot interval, shared by every example."""
+    opened: dict[int, ProjectionDriver[Any]] = {}
+    root = tmp_path_factory.mktemp("prop")
+    for every in range(1, 9):
+        opened[every] = ProjectionDriver(PROJECTION, root / str(every), snapshot_every=every)
+    yield opened
+    for driver in opened.values():
+        driver.close()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(run=runs(), data=st.data())
+@given(
+    events=runs() | run_histories(max_events=30).filter(lambda h: h[0].timestamp >= _EPOCH),
+    every=st.integers(1, 8),
+    data=st.data(),
+)
 def test_get_at_equals_the_fold_up_to_the_point(
-    shared_store: StateStore, run: tuple[list[AgentEvent], int], data: st.DataObject
+    drivers: dict[int, ProjectionDriver[Any]],
+    events: list[AgentEvent],
+    every: int,
+    data: st.DataObject,
 ) -> None:
-    events, every = run
-    Log(shared_store, snapshot_every=every).append(events)
-    query = RunStateQuery(shared_store, topic=TOPIC)
+    driver = drivers[every]
+    fresh = uuid.uuid4()  # the stores are shared by every example: one new run each
+    events = [e.model_copy(update={"run_id": fresh}) for e in events]
+    driver.feed(events)
+    query = RunStateQuery(driver.store)
     run_id = events[0].run_id
     last = events[-1].sequence
     stamps = [e.timestamp for e in events]
@@ -203,10 +186,10 @@ def test_get_at_equals_the_fold_up_to_the_point(
 
 
 def test_get_at_accepts_any_time_zone_and_defaults_to_current(
-    store: StateStore, query: RunStateQuery
+    driver: ProjectionDriver[Any], query: RunStateQuery
 ) -> None:
     events = run_events(steps=20, end="completed")
-    Log(store).append(events)
+    driver.feed(events)
     run_id = events[0].run_id
     paris = events[10].timestamp.astimezone(timezone(timedelta(hours=1)))
     assert as_dict(query.get_at(run_id, as_of=paris)) == reference(events[:11])
@@ -218,25 +201,25 @@ def test_get_at_accepts_any_time_zone_and_defaults_to_current(
 # --- current and batch ------------------------------------------------------------------------
 
 
-def test_get_serves_the_stored_bytes(store: StateStore, query: RunStateQuery) -> None:
+def test_get_serves_the_stored_bytes(driver: ProjectionDriver[Any], query: RunStateQuery) -> None:
     events = run_events(end="failed")
-    Log(store).append(events)
+    driver.feed(events)
     run_id = events[0].run_id
     state = query.get(run_id)
     assert state is not None
     assert state.status is RunStatus.FAILED
     assert state.last_error == "provider timeout"
     assert state.total_usage.total_tokens == 66
-    assert query.get_json(str(run_id)) == store.get_state(run_id.bytes)
+    assert query.get_json(str(run_id)) == driver.store.get_state(run_id.bytes)
     assert query.get(uuid.uuid4()) is None
     assert query.get_json(str(uuid.uuid4())) is None
 
 
 def test_get_many_keeps_the_order_asked_and_marks_unknown_runs(
-    store: StateStore, query: RunStateQuery
+    driver: ProjectionDriver[Any], query: RunStateQuery
 ) -> None:
     first, second = run_events(), run_events(end="completed")
-    Log(store).append(first + second)
+    driver.feed(first + second)
     unknown = uuid.uuid4()
     a, b = first[0].run_id, second[0].run_id
     found = query.get_many([str(b), unknown, a, str(b)])
@@ -266,7 +249,7 @@ def test_get_many_refuses_more_than_the_batch_limit(query: RunStateQuery) -> Non
 
 
 @pytest.fixture
-def fleet(store: StateStore) -> dict[str, Any]:
+def fleet(driver: ProjectionDriver[Any]) -> dict[str, Any]:
     """Nine runs one second apart over two sessions, in every kind of end state."""
     sessions = [uuid.uuid4(), uuid.uuid4()]
     ends = [None, "completed", "failed", "cancelled", None, "completed", None, "failed", None]
@@ -274,7 +257,7 @@ def fleet(store: StateStore) -> dict[str, Any]:
         run_events(session=sessions[i % 2], start=T0 + timedelta(seconds=i), end=end)
         for i, end in enumerate(ends)
     ]
-    Log(store).append([e for events in all_events for e in events])
+    driver.feed([e for events in all_events for e in events])
     states = [reference(events) for events in all_events]
     return {"sessions": sessions, "states": states}
 
@@ -356,9 +339,9 @@ def test_list_runs_refuses_bad_input(query: RunStateQuery) -> None:
         query.list_runs(session_id="x")
 
 
-def test_list_events_in_sequence_order(store: StateStore, query: RunStateQuery) -> None:
+def test_list_events_in_sequence_order(driver: ProjectionDriver[Any], query: RunStateQuery) -> None:
     events = run_events(steps=5, end="completed")
-    Log(store).append(events)
+    driver.feed(events)
     run_id = events[0].run_id
     assert query.list_events(run_id) == events
     assert query.list_events(run_id, from_sequence=3, limit=4) == events[3:7]
@@ -428,48 +411,59 @@ def test_parse_time_refuses_anything_else(text: str) -> None:
 # --- following the projector: secondary, freshness, read-your-writes --------------------------
 
 
-def test_a_secondary_follows_the_writer_within_max_staleness(tmp_path: Path) -> None:
-    with StateStore(tmp_path / "run_state") as writer:
-        log = Log(writer)
-        first = run_events()
-        log.append(first)
-        reader = StateStore(tmp_path / "run_state", secondary=True)
-        query = RunStateQuery(reader, topic=TOPIC, max_staleness=3600, owns_store=True)
-        with query:
-            query.refresh(force=True)
-            assert query.get(first[0].run_id) is not None
-            assert query.freshness().offsets == {0: len(first)}
-            second = run_events()
-            log.append(second)
-            assert query.get(second[0].run_id) is None  # not yet synced: within staleness
-            before = query.freshness().synced_at
-            query.wait_for((0, log.next_offset - 1), timeout=5)
-            assert query.get(second[0].run_id) is not None
-            fresh = query.freshness()
-            assert fresh.offsets == {0: log.next_offset}
-            assert fresh.synced_at > before
-            assert fresh.to_json_dict()["offsets"] == {"0": log.next_offset}
+def _secondary(driver: ProjectionDriver[Any], **kwargs: Any) -> RunStateQuery:
+    reader = StateStore(driver.store.path, secondary=True)
+    return RunStateQuery(reader, topic=TOPIC, owns_store=True, **kwargs)
 
 
-def test_wait_for_times_out_then_sees_a_later_write(tmp_path: Path) -> None:
-    with StateStore(tmp_path / "run_state") as writer:
-        log = Log(writer)
-        log.append(run_events())
-        with RunStateQuery(
-            StateStore(tmp_path / "run_state", secondary=True), owns_store=True, topic=TOPIC
-        ) as query:
-            target = log.next_offset + 2
-            with pytest.raises(WaitTimeoutError, match=f"not yet past {target}"):
-                query.wait_for((0, target), timeout=0.05)
+def test_a_secondary_follows_the_writer_within_max_staleness(
+    driver: ProjectionDriver[Any],
+) -> None:
+    first = run_events()
+    driver.feed(first)
+    with _secondary(driver, max_staleness=3600) as query:
+        query.refresh(force=True)
+        assert query.get(first[0].run_id) is not None
+        assert query.freshness().offsets == {0: len(first)}
+        second = run_events()
+        driver.feed(second)
+        assert query.get(second[0].run_id) is None  # within max_staleness: not synced yet
+        before = query.freshness().synced_at
+        last_offset = len(first) + len(second) - 1
+        query.wait_for((0, last_offset), timeout=5)
+        assert query.get(second[0].run_id) is not None
+        fresh = query.freshness()
+        assert fresh.offsets == {0: last_offset + 1}
+        assert fresh.synced_at > before
+        assert fresh.to_json_dict()["offsets"] == {"0": last_offset + 1}
 
-            late = run_events()
-            timer = threading.Timer(0.2, log.append, args=(late,))
-            timer.start()
-            started = time.monotonic()
-            query.wait_for(Delivered(TOPIC, 0, target), timeout=10)
-            timer.join()
-            assert time.monotonic() - started >= 0.15
-            assert query.get(late[0].run_id) is not None
+
+def test_a_secondary_syncs_by_itself_once_max_staleness_passed(
+    driver: ProjectionDriver[Any],
+) -> None:
+    with _secondary(driver, max_staleness=0.05) as query:
+        events = run_events()
+        driver.feed(events)
+        time.sleep(0.06)
+        assert query.get(events[0].run_id) is not None
+
+
+def test_wait_for_times_out_then_sees_a_later_write(driver: ProjectionDriver[Any]) -> None:
+    first = run_events()
+    driver.feed(first)
+    with _secondary(driver) as query:
+        target = len(first) + 2
+        with pytest.raises(WaitTimeoutError, match=f"not yet past {target}"):
+            query.wait_for((0, target), timeout=0.05)
+
+        late = run_events()
+        timer = threading.Timer(0.2, driver.feed, args=(late,))
+        timer.start()
+        started = time.monotonic()
+        query.wait_for(Delivered(TOPIC, 0, target), timeout=10)
+        timer.join()
+        assert time.monotonic() - started >= 0.15
+        assert query.get(late[0].run_id) is not None
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,96 @@ def broker_status(
 
 # --- topics -----------------------------------------------------------------
 
+_BOOTSTRAP_HELP = "Kafka bootstrap servers (default: $BEHEST_BOOTSTRAP_SERVERS, else local)."
+_TOPIC_HELP = "The event topic (default: $BEHEST_TOPIC, else behest.agent-events)."
+
+
+def _settings_with(bootstrap_servers: str | None, topic: str | None) -> Settings:
+    """Settings from the environment, with the command's flags on top."""
+    base = settings()
+    update: dict[str, str] = {}
+    if bootstrap_servers:
+        update["bootstrap_servers"] = bootstrap_servers
+    if topic:
+        update["topic"] = topic
+    return base.model_copy(update=update) if update else base
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    """Print an error (no traceback) to stderr and give the exit to raise."""
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of new topics."),
+    bootstrap_servers: str | None = typer.Option(None, "--bootstrap-servers", help=_BOOTSTRAP_HELP),
+    topic: str | None = typer.Option(None, "--topic", help=_TOPIC_HELP),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the broker."),
+) -> None:
+    """Create the event topic and its dead-letter topic (infinite retention); idempotent."""
+    from behest.admin import create_topics
+    from behest.errors import BehestError
+
+    config = _settings_with(bootstrap_servers, topic)
+    try:
+        results = create_topics(config, partitions=partitions, timeout=timeout)
+    except BehestError as exc:
+        raise _fail(exc) from None
+    for result in results:
+        typer.echo(f"{result} at {config.bootstrap}")
+    for result in results:
+        if not result.created and result.partitions != partitions:
+            typer.echo(
+                f"note: {result.name} keeps its {result.partitions} partitions "
+                f"(asked for {partitions}); existing topics are not changed",
+                err=True,
+            )
+
+
 # --- simulate ---------------------------------------------------------------
+
+
+@app.command("simulate")
+def simulate_command(
+    runs: int = typer.Option(100, "--runs", min=0, help="How many agent runs to simulate."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Runs in progress at once."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for the same traffic again."),
+    bootstrap_servers: str | None = typer.Option(None, "--bootstrap-servers", help=_BOOTSTRAP_HELP),
+    topic: str | None = typer.Option(None, "--topic", help=_TOPIC_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Produce realistic agent-run traffic (half via confluent-kafka, half via aiokafka)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from behest.errors import BehestError
+    from behest.simulate import simulate
+
+    config = _settings_with(bootstrap_servers, topic)
+    try:
+        summary = simulate(config, runs, concurrency=concurrency, seed=seed, progress=progress)
+    except BehestError as exc:
+        raise _fail(exc) from None
+    console = Console()
+    console.print(
+        f"produced [bold]{summary.events}[/] events of {summary.runs} runs to "
+        f"{config.topic} at {config.bootstrap} in {summary.seconds:.1f} s "
+        f"({summary.events_per_second:,.0f} events/s; seed {summary.seed})"
+    )
+    statuses = Table("status", "runs", title="runs by outcome", title_justify="left")
+    for status, count in summary.statuses.items():
+        statuses.add_row(status, str(count))
+    console.print(statuses)
+    positions = Table("partition", "last offset", title="last delivery", title_justify="left")
+    for partition, delivery in summary.last_delivery.items():
+        positions.add_row(str(partition), str(delivery.offset))
+    console.print(positions)
+    console.print("by producer: " + ", ".join(f"{k} {v}" for k, v in summary.by_producer.items()))
+    if summary.run_ids:
+        console.print(f"first run id: {summary.run_ids[0]}  (behest state RUN_ID)")
+
 
 # --- project ----------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""Topic administration: the event topic and its dead-letter topic, and questions about them.
+
+The event topic is the source of truth, so it keeps everything (`retention.ms=-1`,
+`cleanup.policy=delete`: a tombstone removes a run from projections, not from the log).
+Every call first checks that a broker answers, within seconds, so a missing broker is a
+clear `KafkaUnavailableError` instead of a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, not in __all__
+    AdminClient,
+    ClusterMetadata,
+    ConfigResource,
+    NewTopic,
+)
+
+from behest.config import DEFAULT_TOPIC, Settings
+from behest.errors import KafkaUnavailableError, TopicMissingError
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "TOPIC_CONFIG",
+    "TopicResult",
+    "admin_client",
+    "create_topics",
+    "ensure_topic_exists",
+    "partition_count",
+    "topic_config",
+]
+
+log = logging.getLogger("behest.admin")
+
+DEFAULT_PARTITIONS: Final = 6
+CONNECT_TIMEOUT: Final = 5.0
+TOPIC_CONFIG: Final[dict[str, str]] = {"retention.ms": "-1", "cleanup.policy": "delete"}
+"""The log is the truth: keep every event forever."""
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    """What `create_topics` found or did for one topic."""
+
+    name: str
+    created: bool
+    partitions: int
+
+    def __str__(self) -> str:
+        verb = "created" if self.created else "already exists"
+        return f"{self.name}: {verb} ({self.partitions} partitions)"
+
+
+def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
+    """A confluent-kafka admin client for `settings`, logging through Python's `logging`
+    (not to stderr) so command-line output stays readable."""
+    return AdminClient(settings.librdkafka(logger=log, **overrides))
+
+
+def _metadata(
+    admin: AdminClient, settings: Settings, topic: str | None, timeout: float
+) -> ClusterMetadata:
+    try:
+        return admin.list_topics(topic=topic, timeout=timeout)
+    except KafkaException as error:
+        raise KafkaUnavailableError(
+            f"no Kafka broker answered at {settings.bootstrap} within {timeout:g}s "
+            f"({error.args[0].str()}): start one with `behest broker start` or set "
+            "BEHEST_BOOTSTRAP_SERVERS"
+        ) from None
+
+
+def _partitions_of(metadata: ClusterMetadata, topic: str) -> int | None:
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return len(found.partitions)
+
+
+def create_topics(
+    settings: Settings,
+    partitions: int = DEFAULT_PARTITIONS,
+    *,
+    replication_factor: int = -1,
+    timeout: float = CONNECT_TIMEOUT,
+) -> list[TopicResult]:
+    """Create the event topic and `<topic>.dlq` (infinite retention); a topic that exists
+    already is left as it is and reported. Waits until both are usable.
+
+    `replication_factor=-1` takes the broker's default (1 on a local single node).
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be 1 or more, got {partitions}")
+    admin = admin_client(settings)
+    names = [settings.topic, settings.dlq_topic]
+    existing = _metadata(admin, settings, None, timeout)
+    missing = [name for name in names if _partitions_of(existing, name) is None]
+    created: set[str] = set()
+    if missing:
+        new = [
+            NewTopic(name, partitions, replication_factor, config=dict(TOPIC_CONFIG))
+            for name in missing
+        ]
+        for name, future in admin.create_topics(new, request_timeout=timeout).items():
+            try:
+                future.result()
+                created.add(name)
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race: fine
+                    raise KafkaUnavailableError(
+                        f"cannot create topic {name!r} at {settings.bootstrap}: "
+                        f"{error.args[0].str()}"
+                    ) from None
+    counts = _wait_until_visible(admin, settings, names, timeout=max(timeout, 10.0))
+    return [TopicResult(name, name in created, counts[name]) for name in names]
+
+
+def _wait_until_visible(
+    admin: AdminClient, settings: Settings, names: list[str], *, timeout: float
+) -> dict[str, int]:
+    """Partition counts of `names`, once every partition has a leader (a topic is not
+    writable the instant CreateTopics returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = _metadata(admin, settings, None, timeout)
+        counts: dict[str, int] = {}
+        for name in names:
+            found = metadata.topics.get(name)
+            if (
+                found is not None
+                and found.error is None
+                and found.partitions
+                and all(p.leader >= 0 for p in found.partitions.values())
+            ):
+                counts[name] = len(found.partitions)
+        if len(counts) == len(names):
+            return counts
+        if time.monotonic() > deadline:
+            waiting = sorted(set(names) - counts.keys())
+            raise KafkaUnavailableError(
+                f"topics {waiting} at {settings.bootstrap} have no leader after {timeout:g}s; "
+                "check the broker's log"
+            )
+        time.sleep(0.1)
+
+
+def partition_count(
+    settings: Settings, topic: str | None = None, *, timeout: float = CONNECT_TIMEOUT
+) -> int:
+    """How many partitions the event topic (or `topic`) has; `TopicMissingError` if none."""
+    name = topic or settings.topic
+    metadata = _metadata(admin_client(settings), settings, None, timeout)
+    count = _partitions_of(metadata, name)
+    if count is None:
+        raise TopicMissingError(
+            f"topic {name!r} does not exist at {settings.bootstrap}: run `behest topics "
+            + ("create`" if name == DEFAULT_TOPIC else f"create --topic {name}`")
+        )
+    return count
+
+
+def ensure_topic_exists(settings: Settings, *, timeout: float = CONNECT_TIMEOUT) -> int:
+    """Raise `TopicMissingError` unless the event topic exists; returns its partition count."""
+    return partition_count(settings, timeout=timeout)
+
+
+def topic_config(
+    settings: Settings, topic: str | None = None, *, timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """The effective configuration of a topic (e.g. `retention.ms`), as the broker reports it."""
+    name = topic or settings.topic
+    admin = admin_client(settings)
+    partition_count(settings, name, timeout=timeout)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result(
+            timeout=timeout
+        )
+    except KafkaException as error:
+        raise KafkaUnavailableError(
+            f"cannot read the configuration of topic {name!r} at {settings.bootstrap}: "
+            f"{error.args[0].str()}"
+        ) from None
+    return {key: entry.value for key, entry in entries.items() if entry.value is not None}

@@ -1,0 +1,457 @@
+"""Emit `AgentEvent`s from asyncio services: the asynchronous producer (aiokafka).
+
+    async with AsyncEventProducer(Settings()) as producer:
+        recorder = producer.run(session_id=session_id)
+        recorder.start(provider="openai", model="gpt-4o")
+        delivery = await recorder.emit(TextDelta(delta="Hello"))
+
+Same wire format, keys, partitions and guarantees as `EventProducer` (idempotent,
+`acks=all`, Java's murmur2 partitioner). `emit` queues without awaiting and hands back a
+future, so a runtime can fire events and move on; one sender task feeds aiokafka in emit
+order, so a run's events reach the log in sequence order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
+from aiokafka.helpers import create_ssl_context
+
+from behest.config import Settings
+from behest.errors import ConfigError, ProduceError
+from behest.events import AgentEvent
+from behest.partitioner import murmur2
+from behest.producer import (
+    DEFAULT_DELIVERY_TIMEOUT_MS,
+    PRODUCER_DEFAULTS,
+    Delivery,
+    KeyedEncoder,
+    check_event,
+)
+
+if TYPE_CHECKING:
+    from behest.recorder import AsyncRunRecorder
+
+__all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
+
+log = logging.getLogger("behest.aio")
+
+_RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
+
+# librdkafka property → aiokafka keyword, for the settings both clients understand.
+_DIRECT: Final[Mapping[str, str]] = {
+    "bootstrap.servers": "bootstrap_servers",
+    "client.id": "client_id",
+    "acks": "acks",
+    "enable.idempotence": "enable_idempotence",
+    "linger.ms": "linger_ms",
+    "compression.type": "compression_type",
+    "batch.size": "max_batch_size",
+    "message.max.bytes": "max_request_size",
+    "message.timeout.ms": "request_timeout_ms",
+    "delivery.timeout.ms": "request_timeout_ms",
+    "request.timeout.ms": "request_timeout_ms",
+    "retry.backoff.ms": "retry_backoff_ms",
+    "metadata.max.age.ms": "metadata_max_age_ms",
+    "connections.max.idle.ms": "connections_max_idle_ms",
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "sasl.kerberos.service.name": "sasl_kerberos_service_name",
+}
+_SSL_FILES: Final[Mapping[str, str]] = {
+    "ssl.ca.location": "cafile",
+    "ssl.certificate.location": "certfile",
+    "ssl.key.location": "keyfile",
+    "ssl.key.password": "password",
+}
+_INTS: Final = frozenset(
+    {
+        "linger_ms",
+        "max_batch_size",
+        "max_request_size",
+        "request_timeout_ms",
+        "retry_backoff_ms",
+        "metadata_max_age_ms",
+        "connections_max_idle_ms",
+    }
+)
+_AIOKAFKA_DEFAULTS: Final[Mapping[str, Any]] = {"max_batch_size": 512 * 1024}
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "yes"}
+    return bool(value)
+
+
+def aiokafka_config(
+    settings: Settings, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`AIOKafkaProducer` keywords from behest's defaults, `Settings.kafka_config` and
+    `overrides`, in that order. librdkafka names are translated where aiokafka has an
+    equivalent and skipped otherwise; aiokafka keywords (`request_timeout_ms`) are taken
+    from `overrides` as they are."""
+    kwargs: dict[str, Any] = dict(_AIOKAFKA_DEFAULTS)
+    ssl_files: dict[str, str] = {}
+    layers = [PRODUCER_DEFAULTS, settings.librdkafka(), overrides or {}]
+    for depth, layer in enumerate(layers):
+        for name, value in layer.items():
+            if name in _DIRECT:
+                kwargs[_DIRECT[name]] = value
+            elif "." not in name and depth == len(layers) - 1 and name != "partitioner":
+                kwargs[name] = value  # an aiokafka keyword, given as an override
+            elif name in _SSL_FILES:
+                ssl_files[_SSL_FILES[name]] = value
+            else:
+                log.debug("setting %s has no aiokafka equivalent; ignored", name)
+    for name in _INTS & kwargs.keys():
+        kwargs[name] = int(kwargs[name])
+    if "enable_idempotence" in kwargs:
+        kwargs["enable_idempotence"] = _bool(kwargs["enable_idempotence"])
+    if str(kwargs.get("acks")) in {"all", "-1"}:
+        kwargs["acks"] = "all"
+    elif "acks" in kwargs:
+        kwargs["acks"] = int(kwargs["acks"])
+    if kwargs.get("compression_type") in {"none", ""}:
+        kwargs["compression_type"] = None
+    if "security_protocol" in kwargs:
+        kwargs["security_protocol"] = str(kwargs["security_protocol"]).upper()
+    if "sasl_mechanism" in kwargs:
+        kwargs["sasl_mechanism"] = str(kwargs["sasl_mechanism"]).upper()
+    if ssl_files and "ssl_context" not in kwargs:
+        try:
+            kwargs["ssl_context"] = create_ssl_context(**ssl_files)
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"cannot build a TLS context from {sorted(ssl_files)}: {error}; check the "
+                "ssl.*.location paths in BEHEST_KAFKA_CONFIG"
+            ) from None
+    kwargs.setdefault("request_timeout_ms", DEFAULT_DELIVERY_TIMEOUT_MS)
+    return kwargs
+
+
+class JavaPartitioner:
+    """aiokafka partitioner that places keys as Java does, remembering the hash of each
+    key it has seen (aiokafka's own computes murmur2 in Python for every record)."""
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return random.choice(available or all_partitions)  # noqa: S311 - not security
+        positive = self._hashes.get(key)
+        if positive is None:
+            if len(self._hashes) >= 65_536:
+                self._hashes.clear()
+            positive = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return positive % len(all_partitions)
+
+
+class _Item:
+    """Records queued by one `emit`/`emit_many` call, waiting for the sender task;
+    `deliveries` is None for a single event (its future gets the `Delivery` itself)."""
+
+    __slots__ = ("deliveries", "future", "pending", "records")
+
+    def __init__(
+        self,
+        records: list[tuple[bytes, bytes | None]],
+        future: asyncio.Future[Any],
+        *,
+        many: bool,
+    ) -> None:
+        self.records = records
+        self.future = future
+        self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
+        self.pending = len(records)
+
+
+class AsyncEventProducer:
+    """Emits `AgentEvent`s with aiokafka. Use it from one event loop, as
+    `async with AsyncEventProducer(settings) as producer:` or `start()`/`stop()`.
+
+    `overrides` are aiokafka keywords (`request_timeout_ms=3000`) or librdkafka names
+    (`message.timeout.ms`), applied last. A broker that cannot be reached does not fail
+    `start()`: like confluent-kafka, the producer keeps trying, and events that are not
+    acknowledged within the delivery timeout fail with `ProduceError`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        topic: str | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.topic = topic or self.settings.topic
+        self.config = aiokafka_config(self.settings, overrides)
+        self.delivery_timeout = int(self.config["request_timeout_ms"]) / 1000
+        self._encode = KeyedEncoder()
+        self._queue: deque[_Item] = deque()
+        self._client: AIOKafkaProducer | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outstanding = 0
+        self._closing = False
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the sender task (it connects to Kafka, retrying within the timeout)."""
+        if self._closed:
+            raise ProduceError("the producer is closed; create a new AsyncEventProducer")
+        if self._sender is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sender = self._loop.create_task(self._send_loop(), name="behest-aio-sender")
+
+    async def flush(self, timeout: float | None = None) -> int:  # noqa: ASYNC109 - as sync
+        """Wait until every queued event is acknowledged or failed (or `timeout` seconds);
+        returns how many are still waiting (0: all done)."""
+        if self._idle is None:
+            return 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._outstanding
+
+    async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - as sync
+        """Flush (up to `timeout`, default the delivery timeout), fail what is left with a
+        `ProduceError`, and disconnect. Idempotent."""
+        if self._closed:
+            return
+        if self._sender is None:
+            self._closed = True
+            return
+        await self.flush(self.delivery_timeout if timeout is None else timeout)
+        self._closing = True
+        self._closed = True
+        closed = ProduceError(
+            "an event was dropped because the producer was stopped before Kafka acknowledged it"
+        )
+        while self._queue:
+            self._fail(self._queue.popleft(), closed)
+        self._sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sender
+        if self._client is not None:
+            await self._client.stop()
+            self._client = None
+
+    close = stop
+
+    async def __aenter__(self) -> AsyncEventProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        """Events queued or in flight, not yet acknowledged."""
+        return self._outstanding
+
+    def __repr__(self) -> str:
+        return f"AsyncEventProducer(bootstrap={self.settings.bootstrap!r}, topic={self.topic!r})"
+
+    # --- emitting --------------------------------------------------------------------------
+
+    def emit(self, event: AgentEvent) -> asyncio.Future[Delivery]:
+        """Queue one event (call from the producer's loop); the future resolves to where
+        Kafka stored it, or to a `ProduceError` after the delivery timeout."""
+        record = self._encode(check_event(event))
+        return self._enqueue([record])
+
+    def emit_many(self, events: Iterable[AgentEvent]) -> asyncio.Future[list[Delivery]]:
+        """Queue several events at once (in order); one future for all their deliveries.
+
+        Every event is encoded before any is queued, so a bad one raises and sends nothing.
+        """
+        encode = self._encode
+        records: list[tuple[bytes, bytes | None]] = [encode(check_event(event)) for event in events]
+        return self._enqueue(records, many=True)
+
+    def emit_tombstone(self, run_id: uuid.UUID | str) -> asyncio.Future[Delivery]:
+        """Queue a record with the run's key and no value: every projection deletes the run."""
+        return self._enqueue([(self._encode.key(run_id), None)])
+
+    def run(
+        self,
+        run_id: uuid.UUID | str | None = None,
+        *,
+        session_id: uuid.UUID | None = None,
+        next_sequence: int = 0,
+    ) -> AsyncRunRecorder:
+        """A recorder that stamps event ids, sequences and times for one run (a new run
+        unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
+        from behest.recorder import AsyncRunRecorder
+
+        return AsyncRunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
+
+    def _enqueue(
+        self, records: list[tuple[bytes, bytes | None]], *, many: bool = False
+    ) -> asyncio.Future[Any]:
+        if self._closed or self._closing:
+            raise ProduceError("the producer is closed; create a new AsyncEventProducer")
+        if self._loop is None or self._wakeup is None or self._idle is None:
+            raise ProduceError(
+                "the producer is not started: use `async with AsyncEventProducer(...)` "
+                "or `await producer.start()` first"
+            )
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if not records:
+            future.set_result([])
+            return future
+        self._queue.append(_Item(records, future, many=many))
+        if self._outstanding == 0:
+            self._idle.clear()
+        self._outstanding += len(records)
+        self._wakeup.set()
+        return future
+
+    # --- the sender task -------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is None:
+            raise RuntimeError("the sender runs only after start()")
+        while True:
+            if not self._queue:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            if self._client is None:
+                try:
+                    self._client = await self._connect()
+                except Exception as error:  # fail what waits; the next emit tries again
+                    failure = (
+                        error
+                        if isinstance(error, ProduceError)
+                        else ProduceError(
+                            f"cannot connect to Kafka at {self.settings.bootstrap}: {error!r}"
+                        )
+                    )
+                    while self._queue:
+                        self._fail(self._queue.popleft(), failure)
+                    continue
+            item = self._queue.popleft()
+            send = self._client.send
+            topic = self.topic
+            for index, (key, value) in enumerate(item.records):
+                try:
+                    ack = await send(topic, value, key=key)
+                except Exception as error:  # never let the sender die: report and go on
+                    self._settle(item, index, None, self._describe(error, key))
+                else:
+                    ack.add_done_callback(partial(self._on_ack, item, index, key))
+
+    async def _connect(self) -> AIOKafkaProducer:
+        """An aiokafka producer connected to the cluster, retried until the delivery
+        timeout so a broker that is starting up is waited for."""
+        deadline = time.monotonic() + self.delivery_timeout
+        last: Exception | None = None
+        for attempt in range(1_000_000):
+            client = AIOKafkaProducer(**self.config, partitioner=JavaPartitioner())
+            try:
+                await client.start()
+                return client
+            except KafkaError as error:
+                last = error
+                await client.stop()
+            except BaseException:
+                await client.stop()
+                raise
+            pause = _RETRY_BACKOFF[min(attempt, len(_RETRY_BACKOFF) - 1)]
+            if time.monotonic() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+        raise ProduceError(
+            f"no Kafka broker answered at {self.settings.bootstrap} within "
+            f"{self.delivery_timeout:g}s ({last}): is a broker running there? Start one with "
+            "`behest broker start` or set BEHEST_BOOTSTRAP_SERVERS"
+        )
+
+    def _on_ack(self, item: _Item, index: int, key: bytes, ack: asyncio.Future[Any]) -> None:
+        if ack.cancelled():
+            self._settle(item, index, None, f"the send of an event of run {key!r} was cancelled")
+            return
+        error = ack.exception()
+        if error is not None:
+            self._settle(item, index, None, self._describe(error, key))
+            return
+        metadata = ack.result()
+        self._settle(item, index, Delivery(self.topic, metadata.partition, metadata.offset), None)
+
+    def _settle(
+        self, item: _Item, index: int, delivery: Delivery | None, error: str | None
+    ) -> None:
+        """Record one record's outcome; resolve the caller's future once all are in."""
+        self._outstanding -= 1
+        if self._outstanding == 0 and self._idle is not None:
+            self._idle.set()
+        item.pending -= 1
+        future = item.future
+        if item.deliveries is None:  # a single event
+            if not future.done():
+                if error is None:
+                    future.set_result(delivery)
+                else:
+                    future.set_exception(ProduceError(error))
+            return
+        if error is None:
+            item.deliveries[index] = delivery
+        elif not future.done():
+            future.set_exception(
+                ProduceError(f"not every event of the batch was delivered: {error}")
+            )
+        if item.pending == 0 and not future.done():
+            future.set_result(item.deliveries)
+
+    def _fail(self, item: _Item, error: ProduceError) -> None:
+        """Fail every record of an item that was never handed to aiokafka."""
+        for index in range(len(item.records)):
+            self._settle(item, index, None, str(error))
+
+    def _describe(self, error: BaseException, key: bytes) -> str:
+        what = f"an event of run {key.decode(errors='replace')}"
+        at = self.settings.bootstrap
+        if isinstance(error, UnknownTopicOrPartitionError):
+            return (
+                f"topic {self.topic!r} does not exist at {at}, so {what} was not delivered: "
+                "run `behest topics create`"
+            )
+        if isinstance(error, KafkaTimeoutError):
+            return (
+                f"{what} was not acknowledged by Kafka at {at} within "
+                f"{self.delivery_timeout:g}s ({error}): is a broker running there, and does "
+                f"topic {self.topic!r} exist? Start one with `behest broker start`, create "
+                "the topic with `behest topics create`"
+            )
+        return f"{what} was not delivered to topic {self.topic!r} at {at}: {error!r}"

@@ -1,0 +1,428 @@
+"""Emit `AgentEvent`s to Kafka from any service: the synchronous producer (confluent-kafka).
+
+    with EventProducer(Settings()) as producer:
+        recorder = producer.run(session_id=session_id)
+        recorder.start(provider="openai", model="gpt-4o")
+        recorder.emit(ModelStarted(provider="openai", model="gpt-4o", iteration=1))
+        delivery = recorder.emit(RunCompleted(finish_reason="stop", iterations=1)).result()
+
+Every record is keyed by the run id's canonical text and placed by murmur2 (the Java
+client's partitioner), so a run's events stay in one partition and in order whoever
+produced them. Delivery is confirmed by every in-sync replica (`acks=all`) and
+idempotent (no duplicates on retry). A background thread serves delivery reports, so the
+futures `emit` returns resolve without the caller polling.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from behest import codec
+from behest.config import Settings
+from behest.errors import CodecError, ProduceError
+from behest.events import PAYLOAD_TYPES, AgentEvent
+
+if TYPE_CHECKING:
+    from behest.recorder import RunRecorder
+
+__all__ = [
+    "DEFAULT_DELIVERY_TIMEOUT_MS",
+    "PRODUCER_DEFAULTS",
+    "Delivery",
+    "EventProducer",
+    "check_event",
+]
+
+log = logging.getLogger("behest.producer")
+_librdkafka_log = logging.getLogger("behest.producer.librdkafka")
+
+DEFAULT_DELIVERY_TIMEOUT_MS: Final = 30_000
+"""How long an event may take to be acknowledged before `emit` reports a `ProduceError`."""
+
+PRODUCER_DEFAULTS: Final[Mapping[str, Any]] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "partitioner": "murmur2_random",
+    "message.timeout.ms": DEFAULT_DELIVERY_TIMEOUT_MS,
+    "queue.buffering.max.messages": 500_000,
+    "client.id": "behest-producer",
+}
+"""librdkafka settings behest uses unless `Settings.kafka_config` or overrides say otherwise.
+
+`murmur2_random` is Java's partitioner (confluent-kafka's default is CRC32), so every
+client puts a run on the same partition; lz4 is fast and aiokafka reads it via cramjam.
+"""
+
+_KEY_CACHE_SIZE: Final = 65_536
+_QUEUE_FULL_WAIT: Final = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where Kafka stored an event: a read-your-writes position for the query layer."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def check_event(event: object) -> AgentEvent:
+    """`event` itself if it is an `AgentEvent`, else a `TypeError` that says what to pass."""
+    if isinstance(event, AgentEvent):
+        return event
+    hint = (
+        " (a payload: stamp it into an envelope with `producer.run(...).emit(payload)`)"
+        if isinstance(event, PAYLOAD_TYPES)
+        else ""
+    )
+    raise TypeError(
+        f"emit() takes an AgentEvent, got {type(event).__name__}{hint}; build one with "
+        "AgentEvent(run_id=..., sequence=..., payload=...)"
+    )
+
+
+class KeyedEncoder:
+    """Event → (Kafka key, value bytes), remembering the keys of recently seen runs."""
+
+    __slots__ = ("_encode", "_keys")
+
+    def __init__(self) -> None:
+        self._keys: dict[uuid.UUID, bytes] = {}
+        self._encode = codec.encode
+
+    def __call__(self, event: AgentEvent) -> tuple[bytes, bytes]:
+        run_id = event.run_id
+        key = self._keys.get(run_id) if type(run_id) is uuid.UUID else None
+        if key is None:
+            key = self.key(run_id)
+        return key, self._encode(event)
+
+    def key(self, run_id: uuid.UUID | str) -> bytes:
+        """The Kafka key of a run (canonical lowercase UUID text), cached."""
+        try:
+            value = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+        except ValueError:
+            raise CodecError(
+                f"{run_id!r} is not a run id (a UUID); events made with model_construct() "
+                "skip validation: build them with AgentEvent(...)"
+            ) from None
+        key = self._keys.get(value)
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE_SIZE:
+                self._keys.clear()
+            key = self._keys[value] = str(value).encode()
+        return key
+
+
+class _Batch:
+    """The deliveries of one `emit_many` call, resolved into one future when all are in."""
+
+    __slots__ = ("describe", "done", "failure", "future", "positions", "topic", "total")
+
+    def __init__(
+        self, topic: str, total: int, describe: Callable[[KafkaError, bytes | None], str]
+    ) -> None:
+        self.topic = topic
+        self.total = total
+        self.describe = describe
+        self.future: Future[list[Delivery]] = Future()
+        self.future.set_running_or_notify_cancel()
+        self.positions: list[tuple[int, int] | None] = [None] * total
+        self.failure: str | None = None
+        self.done = itertools.count(1)  # next() is atomic: reports may come from two threads
+
+    def on_delivery(self, index: int, error: KafkaError | None, msg: Message) -> None:
+        """Delivery report of the `index`-th event (a librdkafka callback: must not raise)."""
+        if error is None:
+            self.positions[index] = (msg.partition(), msg.offset())  # type: ignore[assignment]
+        elif self.failure is None:
+            self.failure = self.describe(error, msg.key())
+        if next(self.done) == self.total:
+            self.finish()
+
+    def fail(self, index: int, reason: str) -> None:
+        """The `index`-th event was never queued."""
+        if self.failure is None:
+            self.failure = reason
+        if next(self.done) == self.total:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.failure is not None:
+            failed = self.positions.count(None)
+            self.future.set_exception(
+                ProduceError(f"{failed} of {self.total} events were not delivered: {self.failure}")
+            )
+            return
+        topic = self.topic
+        self.future.set_result(
+            [Delivery(topic, p, o) for p, o in self.positions]  # type: ignore[misc]
+        )
+
+
+class EventProducer:
+    """Emits `AgentEvent`s with confluent-kafka: thread-safe, one per process is plenty.
+
+    `overrides` are librdkafka settings applied last (e.g. `{"message.timeout.ms": 3000}`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        topic: str | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.topic = topic or self.settings.topic
+        self.config: dict[str, Any] = {
+            **PRODUCER_DEFAULTS,
+            **self.settings.librdkafka(),
+            **(overrides or {}),
+        }
+        self.delivery_timeout = self._delivery_timeout_s(self.config)
+        self._last_error: KafkaError | None = None
+        try:
+            self._producer = Producer(
+                {**self.config, "error_cb": self._on_client_error, "logger": _librdkafka_log}
+            )
+        except (KafkaException, ValueError, TypeError) as error:
+            raise ProduceError(
+                f"cannot create a Kafka producer with this configuration: {error}; check "
+                "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
+            ) from None
+        self._encode = KeyedEncoder()
+        self._closed = False
+        self._stop = threading.Event()
+        self._poll_interval = poll_interval
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="behest-producer-poll", daemon=True
+        )
+        self._poller.start()
+
+    @staticmethod
+    def _delivery_timeout_s(config: Mapping[str, Any]) -> float:
+        value = config.get("delivery.timeout.ms", config.get("message.timeout.ms"))
+        return int(value if value is not None else DEFAULT_DELIVERY_TIMEOUT_MS) / 1000
+
+    # --- emitting --------------------------------------------------------------------------
+
+    def emit(self, event: AgentEvent) -> Future[Delivery]:
+        """Queue one event; the future resolves to where Kafka stored it, or to a
+        `ProduceError` once the delivery timeout has passed without an acknowledgement."""
+        key, value = self._encode(check_event(event))
+        future: Future[Delivery] = Future()
+        future.set_running_or_notify_cancel()  # a queued event cannot be taken back
+        self._produce(key, value, partial(self._deliver, future))
+        return future
+
+    def emit_many(self, events: Iterable[AgentEvent]) -> Future[list[Delivery]]:
+        """Queue several events at once (in order); one future for all their deliveries, in
+        the order of the events. The fast path for bulk producing.
+
+        Every event is encoded before any is queued, so a bad one raises and sends nothing.
+        """
+        encode = self._encode
+        records = [encode(check_event(event)) for event in events]
+        batch = _Batch(self.topic, len(records), self._describe)
+        if not records:
+            batch.future.set_result([])
+            return batch.future
+        if self._closed:
+            raise ProduceError("the producer is closed; create a new EventProducer")
+        produce = self._producer.produce
+        topic = self.topic
+        on_delivery = batch.on_delivery
+        for index, (key, value) in enumerate(records):
+            callback = partial(on_delivery, index)
+            try:
+                produce(topic, value, key, on_delivery=callback)
+            except BufferError:
+                try:
+                    self._produce(key, value, callback)
+                except ProduceError as error:
+                    self._abandon(batch, index, error)
+            except KafkaException as error:
+                self._abandon(batch, index, ProduceError(self._describe(error.args[0], key)))
+        return batch.future
+
+    def _abandon(self, batch: _Batch, index: int, error: ProduceError) -> NoReturn:
+        """Fail the events of a batch from `index` on, which were never queued, and raise."""
+        for rest in range(index, batch.total):
+            batch.fail(rest, str(error))
+        raise ProduceError(
+            f"queued {index} of {batch.total} events, then: {error} (the queued ones are "
+            "still delivered; the batch's future reports the rest as failed)"
+        ) from None
+
+    def emit_tombstone(self, run_id: uuid.UUID | str) -> Future[Delivery]:
+        """Queue a record with the run's key and no value: every projection deletes the run."""
+        future: Future[Delivery] = Future()
+        future.set_running_or_notify_cancel()
+        self._produce(self._encode.key(run_id), None, partial(self._deliver, future))
+        return future
+
+    def run(
+        self,
+        run_id: uuid.UUID | str | None = None,
+        *,
+        session_id: uuid.UUID | None = None,
+        next_sequence: int = 0,
+    ) -> RunRecorder:
+        """A recorder that stamps event ids, sequences and times for one run (a new run
+        unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
+        from behest.recorder import RunRecorder
+
+        return RunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
+
+    def _produce(
+        self, key: bytes, value: bytes | None, on_delivery: Callable[[Any, Message], None]
+    ) -> None:
+        if self._closed:
+            raise ProduceError("the producer is closed; create a new EventProducer")
+        produce = self._producer.produce
+        try:
+            produce(self.topic, value, key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            pass
+        except KafkaException as error:
+            raise ProduceError(self._describe(error.args[0], key)) from None
+        # The local queue is full: wait for deliveries to drain it, up to the timeout.
+        deadline = time.monotonic() + self.delivery_timeout
+        while time.monotonic() < deadline:
+            self._producer.poll(_QUEUE_FULL_WAIT)
+            try:
+                produce(self.topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                continue
+            except KafkaException as error:
+                raise ProduceError(self._describe(error.args[0], key)) from None
+        raise ProduceError(
+            f"the local send queue stayed full for {self.delivery_timeout:g}s "
+            f"({len(self._producer)} events waiting): Kafka at {self.settings.bootstrap} "
+            "is not keeping up or not reachable"
+        )
+
+    # --- delivery reports (called on the poll thread) -------------------------------------
+
+    def _deliver(self, future: Future[Delivery], error: KafkaError | None, msg: Message) -> None:
+        if error is None:
+            future.set_result(Delivery(self.topic, msg.partition(), msg.offset()))  # type: ignore[arg-type]
+        else:
+            future.set_exception(ProduceError(self._describe(error, msg.key())))
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka retries transient errors itself; remember the last for messages."""
+        self._last_error = error
+        if error.fatal():
+            log.error("fatal Kafka producer error: %s", error.str())
+        else:
+            log.debug("Kafka client error (retrying): %s", error.str())
+
+    def _poll_loop(self) -> None:
+        poll = self._producer.poll
+        while not self._stop.is_set():
+            try:
+                poll(self._poll_interval)
+            except Exception:  # a delivery callback must never kill the poller
+                log.exception("error while serving Kafka delivery reports")
+
+    def _describe(self, error: KafkaError, key: bytes | str | None) -> str:
+        return describe_error(
+            error,
+            topic=self.topic,
+            bootstrap=self.settings.bootstrap,
+            key=key,
+            timeout_s=self.delivery_timeout,
+            last_error=self._last_error,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every queued event is acknowledged or failed (or `timeout` seconds);
+        returns how many are still waiting (0: all done)."""
+        return self._producer.flush(-1 if timeout is None else timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to `timeout`, default the delivery timeout), fail what is left with a
+        `ProduceError`, and stop the poll thread. Idempotent."""
+        if self._closed:
+            return
+        remaining = self.flush(self.delivery_timeout if timeout is None else timeout)
+        self._closed = True
+        if remaining:
+            self._producer.purge(in_queue=True, in_flight=True)
+            self._producer.flush(1.0)  # serve the purge reports: their futures fail
+        self._stop.set()
+        self._poller.join()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        """Events queued or in flight, not yet acknowledged."""
+        return len(self._producer)
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventProducer(bootstrap={self.settings.bootstrap!r}, topic={self.topic!r})"
+
+
+_TIMED_OUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+_NO_TOPIC = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
+_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+
+
+def describe_error(
+    error: KafkaError,
+    *,
+    topic: str,
+    bootstrap: str,
+    key: bytes | str | None,
+    timeout_s: float,
+    last_error: KafkaError | None = None,
+) -> str:
+    """A `ProduceError` message that says what failed and what to do about it."""
+    if isinstance(key, bytes):
+        key = key.decode(errors="replace")
+    what = f"an event of run {key}" if key else "an event"
+    code = error.code()
+    if code in _TIMED_OUT:
+        seen = f" (last broker error: {last_error.str()})" if last_error is not None else ""
+        return (
+            f"{what} was not acknowledged by Kafka at {bootstrap} within {timeout_s:g}s"
+            f"{seen}: is a broker running there, and does topic {topic!r} exist? Start a "
+            "broker with `behest broker start` (or set BEHEST_BOOTSTRAP_SERVERS) and create "
+            "the topic with `behest topics create`"
+        )
+    if code in _NO_TOPIC:
+        return (
+            f"topic {topic!r} does not exist at {bootstrap}, so {what} was not delivered: "
+            "run `behest topics create`"
+        )
+    if code in _PURGED:
+        return f"{what} was dropped because the producer was closed before Kafka acknowledged it"
+    return f"{what} was not delivered to topic {topic!r} at {bootstrap}: {error.str()}"

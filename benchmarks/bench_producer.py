@@ -1,0 +1,216 @@
+"""Producer throughput: behest's two producers beside raw confluent-kafka, in one run.
+
+    python -m benchmarks.bench_producer [seconds_budget]
+
+Sustained rate = events / (first produce call → last acknowledgement), `acks=all`,
+idempotent, behest's batching and compression, all to the same 6-partition topic. The
+raw reference produces the same events pre-encoded (no Avro, no futures, no callbacks),
+so the ratio says what encoding and delivery tracking cost. The variants run interleaved
+(raw, emit_many, emit, …) and each figure is the median of its repeats, so load from
+anything else on the machine hits all of them alike.
+
+Uses BEHEST_BOOTSTRAP_SERVERS, else starts a local broker (and stops it afterwards).
+`run(bootstrap, seconds_budget)` returns the rows for the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Producer
+
+from behest import codec
+from behest.admin import create_topics
+from behest.aio import AsyncEventProducer
+from behest.config import Settings
+from behest.events import AgentEvent
+from behest.producer import PRODUCER_DEFAULTS, EventProducer
+from behest.simulate import _stamped_chunks, plan_runs
+
+PARTITIONS = 6
+CHUNK = 1_000
+"""Events per `emit_many` call."""
+TARGET_RATE = 150_000.0
+TARGET_RAW_SHARE = 0.6
+RAW = "raw confluent-kafka produce, pre-encoded"
+
+
+def realistic_events(count: int, seed: int = 7) -> list[AgentEvent]:
+    """`count` events of interleaved simulated runs (the mix `behest simulate` produces)."""
+    events: list[AgentEvent] = []
+    runs = max(1, count // 35)
+    for chunk in _stamped_chunks(plan_runs(runs, seed), 32, seed):
+        events.extend(chunk)
+    while len(events) < count:  # the plan came up short: top up with a few more runs
+        seed += 1
+        for chunk in _stamped_chunks(plan_runs(max(1, runs // 10), seed), 32, seed):
+            events.extend(chunk)
+    return events[:count]
+
+
+# --- one measurement each: events per second, first produce to last acknowledgement ----------
+
+
+def raw_produce(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> float:
+    producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": settings.bootstrap})
+    producer.flush(10)
+    produce, poll, topic = producer.produce, producer.poll, settings.topic
+    start = time.perf_counter()
+    for key, value in records:
+        try:
+            produce(topic, value, key)
+        except BufferError:
+            poll(0.005)
+            produce(topic, value, key)
+    if producer.flush(120):
+        raise RuntimeError("raw produce: events still pending after 120 s")
+    return len(records) / (time.perf_counter() - start)
+
+
+def sync_many(settings: Settings, events: Sequence[AgentEvent]) -> float:
+    with EventProducer(settings) as producer:
+        producer.flush(10)
+        start = time.perf_counter()
+        futures = [producer.emit_many(events[i : i + CHUNK]) for i in range(0, len(events), CHUNK)]
+        for future in futures:
+            future.result(timeout=120)
+        return len(events) / (time.perf_counter() - start)
+
+
+def sync_single(settings: Settings, events: Sequence[AgentEvent]) -> float:
+    with EventProducer(settings) as producer:
+        producer.flush(10)
+        start = time.perf_counter()
+        futures = [producer.emit(event) for event in events]
+        for future in futures:
+            future.result(timeout=120)
+        return len(events) / (time.perf_counter() - start)
+
+
+async def _async_many(settings: Settings, events: Sequence[AgentEvent]) -> float:
+    async with AsyncEventProducer(settings) as producer:
+        await producer.emit_tombstone(uuid.UUID(int=0))  # connected and warm
+        start = time.perf_counter()
+        futures = [producer.emit_many(events[i : i + CHUNK]) for i in range(0, len(events), CHUNK)]
+        await asyncio.gather(*futures)
+        return len(events) / (time.perf_counter() - start)
+
+
+async def _async_single(settings: Settings, events: Sequence[AgentEvent]) -> float:
+    async with AsyncEventProducer(settings) as producer:
+        await producer.emit_tombstone(uuid.UUID(int=0))
+        start = time.perf_counter()
+        await asyncio.gather(*[producer.emit(event) for event in events])
+        return len(events) / (time.perf_counter() - start)
+
+
+def async_many(settings: Settings, events: Sequence[AgentEvent]) -> float:
+    return asyncio.run(_async_many(settings, events))
+
+
+def async_single(settings: Settings, events: Sequence[AgentEvent]) -> float:
+    return asyncio.run(_async_single(settings, events))
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def _row(
+    name: str, value: float, reference: str | None, reference_value: float | None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "value": value,
+        "unit": "events/s",
+        "reference": reference,
+        "reference_value": reference_value,
+        "ratio": value / reference_value if reference_value else None,
+    }
+
+
+def run(bootstrap: str, seconds_budget: float = 90.0, repeats: int = 3) -> list[dict[str, Any]]:
+    """Measure every variant `repeats` times (interleaved) within about `seconds_budget`."""
+    deadline = time.monotonic() + seconds_budget
+    settings = Settings(bootstrap_servers=bootstrap, topic=f"bench-producer-{uuid.uuid4().hex[:8]}")
+    create_topics(settings, partitions=PARTITIONS)
+    # Size the runs from a short raw calibration, so every variant fits the budget.
+    events = realistic_events(60_000)
+    records = [(str(e.run_id).encode(), codec.encode(e)) for e in events]
+    calibration = raw_produce(settings, records[:10_000])
+    variants: list[tuple[str, Callable[[Settings, Any], float], bool]] = [
+        (RAW, raw_produce, True),
+        ("EventProducer.emit_many (confluent-kafka)", sync_many, False),
+        ("EventProducer.emit (confluent-kafka)", sync_single, False),
+        ("AsyncEventProducer.emit_many (aiokafka)", async_many, False),
+        ("AsyncEventProducer.emit (aiokafka)", async_single, False),
+    ]
+    # Slower variants take longer per event; assume about a fifth of raw on average.
+    per_event = 1 / calibration + 4 * (len(variants) - 1) / calibration
+    remaining = deadline - time.monotonic()
+    count = int(min(len(events), max(5_000, 0.8 * remaining / repeats / per_event)))
+    results: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    for _ in range(repeats):
+        for name, measure, raw in variants:
+            if time.monotonic() > deadline and results[name]:
+                continue  # out of budget: keep what was measured
+            data = records[:count] if raw else events[:count]
+            results[name].append(measure(settings, data))
+    raw_rate = statistics.median(results[RAW])
+    rows = [_row(f"{RAW} ({count:,} events)", raw_rate, None, None)]
+    for name, _, raw in variants:
+        if not raw:
+            rows.append(_row(name, statistics.median(results[name]), RAW, raw_rate))
+    _drop(settings)
+    return rows
+
+
+def _drop(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    for future in admin.delete_topics([settings.topic, settings.dlq_topic]).values():
+        try:
+            future.result(timeout=30)
+        except Exception:  # noqa: S112 - best effort on a scratch topic
+            continue
+
+
+def main(argv: Sequence[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks.common import kafka_broker
+
+    budget = float(argv[0]) if argv else 90.0
+    console = Console()
+    started = time.monotonic()
+    with kafka_broker(progress=console.print) as (bootstrap, description):
+        rows = run(bootstrap, seconds_budget=budget)
+    table = Table("producer", "events/s", "reference", "ratio", title=f"producer on {description}")
+    for row in rows:
+        ratio = row["ratio"]
+        table.add_row(
+            row["name"],
+            f"{row['value']:,.0f}",
+            f"{row['reference_value']:,.0f}" if row["reference_value"] else "—",
+            f"{ratio:.0%}" if ratio is not None else "—",
+        )
+    console.print(table)
+    best = max(r["value"] for r in rows if r["name"].startswith("EventProducer"))
+    share = max(r["ratio"] or 0 for r in rows if r["name"].startswith("EventProducer"))
+    console.print(
+        f"target: EventProducer ≥ {TARGET_RATE:,.0f} events/s and ≥ {TARGET_RAW_SHARE:.0%} of raw; "
+        f"measured best {best:,.0f} events/s, {share:.0%} of raw "
+        f"({time.monotonic() - started:.0f} s in all)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,286 @@
+"""Both producers on a real broker: deliveries, partitions, order, tombstones, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+
+import confluent_kafka
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from behest import codec
+from behest.aio import AsyncEventProducer
+from behest.broker import free_port
+from behest.config import Settings
+from behest.errors import ProduceError
+from behest.events import AgentEvent, ModelStarted, RunId, TextDelta, TokenUsage, UsageRecorded
+from behest.partitioner import partition_for, run_key
+from behest.producer import Delivery, EventProducer
+from behest.recorder import RunStamper
+
+PARTITIONS = 3
+FAST = {"message.timeout.ms": 3000}
+
+
+def consume_all(settings: Settings, expected: int, timeout: float = 20.0) -> list[Message]:
+    """Every record of the topic from offset 0, once `expected` of them have arrived."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        consumer.assign(
+            [
+                TopicPartition(settings.topic, p, confluent_kafka.OFFSET_BEGINNING)
+                for p in range(PARTITIONS)
+            ]
+        )
+        records: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.5):
+                assert message.error() is None, message.error()
+                records.append(message)
+        # Anything beyond the expected count would be a duplicate: give it a moment to show.
+        records.extend(m for m in consumer.consume(500, timeout=0.5) if m.error() is None)
+        return records
+    finally:
+        consumer.close()
+
+
+def run_events(count: int, run_id: uuid.UUID | None = None) -> list[AgentEvent]:
+    stamper = RunStamper(run_id)
+    events = [stamper.stamp(stamper.run_started("openai", "gpt-4o", metadata={"n": count}))]
+    events.append(stamper.stamp(ModelStarted(provider="openai", model="gpt-4o", iteration=1)))
+    events += [stamper.stamp(TextDelta(delta=f"part {i} ")) for i in range(count - 3)]
+    events.append(stamper.stamp(UsageRecorded(usage=TokenUsage.new(10, 5))))
+    return events
+
+
+@pytest.fixture
+def sync_producer(settings: Settings) -> Iterator[EventProducer]:
+    with EventProducer(settings, FAST) as producer:
+        yield producer
+
+
+# --- delivery ----------------------------------------------------------------------------
+
+
+def test_sync_emit_reports_where_each_event_was_stored(
+    settings: Settings, sync_producer: EventProducer
+) -> None:
+    events = run_events(6)
+    deliveries = [sync_producer.emit(event).result(timeout=15) for event in events]
+    partition = partition_for(events[0].run_id, PARTITIONS)
+    assert {d.topic for d in deliveries} == {settings.topic}
+    assert {d.partition for d in deliveries} == {partition}
+    assert [d.offset for d in deliveries] == list(range(6))  # fresh topic: offsets from 0
+    records = consume_all(settings, 6)
+    assert [(m.partition(), m.offset()) for m in records] == [(partition, i) for i in range(6)]
+    for message, event in zip(records, events, strict=True):
+        assert message.key() == str(event.run_id).encode()
+        assert codec.decode(message.value()) == event
+
+
+async def test_async_emit_reports_where_each_event_was_stored(settings: Settings) -> None:
+    events = run_events(5)
+    async with AsyncEventProducer(settings, FAST) as producer:
+        futures = [producer.emit(event) for event in events]  # queued without awaiting
+        deliveries = await asyncio.gather(*futures)
+        assert await producer.flush(5) == 0
+    partition = partition_for(events[0].run_id, PARTITIONS)
+    assert deliveries == [Delivery(settings.topic, partition, i) for i in range(5)]
+    records = await asyncio.to_thread(consume_all, settings, 5)
+    assert [codec.decode(m.value()) for m in records] == events
+    assert {m.key() for m in records} == {str(events[0].run_id).encode()}
+
+
+def test_emit_many_resolves_in_event_order(
+    settings: Settings, sync_producer: EventProducer
+) -> None:
+    first, second = run_events(4), run_events(3)
+    mixed = [first[0], second[0], first[1], second[1], first[2], second[2], first[3]]
+    deliveries = sync_producer.emit_many(mixed).result(timeout=15)
+    assert [d.partition for d in deliveries] == [partition_for(e.run_id, PARTITIONS) for e in mixed]
+    assert sync_producer.emit_many([]).result(timeout=1) == []
+    assert sync_producer.flush(5) == 0
+    assert len(sync_producer) == 0
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for d in deliveries:
+        by_partition[d.partition].append(d.offset)
+    assert all(offsets == sorted(offsets) for offsets in by_partition.values())
+
+
+# --- partition agreement ----------------------------------------------------------------
+
+
+async def test_all_clients_and_the_java_formula_agree_on_partitions(
+    settings: Settings, sync_producer: EventProducer
+) -> None:
+    run_ids = [RunId(uuid.UUID(int=i * 7919 + 1, version=4)) for i in range(60)]
+    expected = [partition_for(run_id, PARTITIONS) for run_id in run_ids]
+    assert set(expected) == set(range(PARTITIONS))  # the sample covers every partition
+    # confluent's own Java-compatible hash agrees with the pure function
+    assert expected == [confluent_kafka.murmur2(run_key(r), PARTITIONS) for r in run_ids]
+
+    sync = [sync_producer.emit_tombstone(r).result(timeout=15).partition for r in run_ids]
+    async with AsyncEventProducer(settings, FAST) as producer:
+        aio = [d.partition for d in await asyncio.gather(*map(producer.emit_tombstone, run_ids))]
+    # aiokafka with its stock partitioner, which ports Java's DefaultPartitioner
+    stock = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await stock.start()
+    try:
+        acks = [await stock.send(settings.topic, b"x", key=run_key(r)) for r in run_ids]
+        plain = [(await ack).partition for ack in acks]
+    finally:
+        await stock.stop()
+    assert sync == expected
+    assert aio == expected
+    assert plain == expected
+
+
+# --- order and sequences ---------------------------------------------------------------
+
+
+async def test_per_run_order_and_sequences_survive_interleaving(
+    settings: Settings, sync_producer: EventProducer
+) -> None:
+    sync_runs = [run_events(12) for _ in range(4)]
+    async_runs = [run_events(9) for _ in range(4)]
+    # interleave the runs of each producer event by event
+    for round_ in range(12):
+        for events in sync_runs:
+            if round_ < len(events):
+                sync_producer.emit(events[round_])
+    async with AsyncEventProducer(settings, FAST) as producer:
+        futures = [producer.emit(events[round_]) for round_ in range(9) for events in async_runs]
+        await asyncio.gather(*futures)
+    assert sync_producer.flush(10) == 0
+    total = 4 * 12 + 4 * 9
+    records = await asyncio.to_thread(consume_all, settings, total)
+    assert len(records) == total  # none lost, none duplicated
+    seen: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)
+    for message in records:
+        event = codec.decode(message.value())
+        seen[message.key()].append((message.partition(), message.offset(), event.sequence))
+    assert len(seen) == 8
+    for key, placed in seen.items():
+        partitions = {p for p, _, _ in placed}
+        assert partitions == {partition_for(key, PARTITIONS)}
+        in_log_order = [sequence for _, _, sequence in sorted(placed)]
+        assert in_log_order == list(range(len(placed)))
+
+
+# --- tombstones ------------------------------------------------------------------------
+
+
+def test_tombstone_has_the_run_key_and_no_value(
+    settings: Settings, sync_producer: EventProducer
+) -> None:
+    run_id = uuid.uuid4()
+    sync_producer.emit(run_events(3, run_id)[0]).result(timeout=15)
+    delivery = sync_producer.emit_tombstone(str(run_id).upper()).result(timeout=15)
+    assert delivery.partition == partition_for(run_id, PARTITIONS)
+    records = consume_all(settings, 2)
+    assert [(m.key(), m.value() is None) for m in records] == [
+        (str(run_id).encode(), False),
+        (str(run_id).encode(), True),
+    ]
+
+
+# --- failures --------------------------------------------------------------------------
+
+
+def unreachable() -> Settings:
+    return Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="behest-nowhere")
+
+
+def test_sync_unreachable_broker_fails_within_the_timeout() -> None:
+    started = time.monotonic()
+    with EventProducer(unreachable(), FAST) as producer:
+        future = producer.emit(run_events(3)[0])
+        with pytest.raises(
+            ProduceError, match=r"not acknowledged .* within 3s.*behest broker start"
+        ):
+            future.result(timeout=15)
+    assert time.monotonic() - started < 8
+
+
+async def test_async_unreachable_broker_fails_within_the_timeout() -> None:
+    started = time.monotonic()
+    async with AsyncEventProducer(unreachable(), FAST) as producer:
+        future = producer.emit(run_events(3)[0])
+        batch = producer.emit_many(run_events(3))
+        with pytest.raises(ProduceError, match=r"no Kafka broker answered .* within 3s"):
+            await asyncio.wait_for(future, 15)
+        with pytest.raises(ProduceError, match="behest broker start"):
+            await asyncio.wait_for(batch, 15)
+    assert time.monotonic() - started < 8
+
+
+async def test_what_is_not_an_event_is_refused_before_kafka(settings: Settings) -> None:
+    garbage = {"run_id": "x", "payload": "y"}
+    with EventProducer(settings, FAST) as producer:
+        with pytest.raises(TypeError, match="takes an AgentEvent"):
+            producer.emit(garbage)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="a payload"):
+            producer.emit_many([TextDelta(delta="x")])  # type: ignore[list-item]
+        assert len(producer) == 0
+    with pytest.raises(ProduceError, match="closed"):
+        producer.emit(run_events(3)[0])
+    async with AsyncEventProducer(settings, FAST) as aio:
+        with pytest.raises(TypeError, match="takes an AgentEvent"):
+            aio.emit(garbage)  # type: ignore[arg-type]
+        assert len(aio) == 0
+    with pytest.raises(ProduceError, match="closed"):
+        aio.emit(run_events(3)[0])
+    with pytest.raises(ProduceError, match="not started"):
+        AsyncEventProducer(settings).emit(run_events(3)[0])
+
+
+def test_missing_topic_names_the_fix(bootstrap_servers: str) -> None:
+    missing = Settings(bootstrap_servers=bootstrap_servers, topic=f"missing-{uuid.uuid4().hex}")
+    with (
+        EventProducer(missing, {"message.timeout.ms": 2000}) as producer,
+        pytest.raises(ProduceError, match="behest topics create"),
+    ):
+        producer.emit(run_events(3)[0]).result(timeout=15)
+
+
+# --- recorders ---------------------------------------------------------------------------
+
+
+async def test_recorders_stamp_runs_for_both_producers(
+    settings: Settings, sync_producer: EventProducer
+) -> None:
+    recorder = sync_producer.run()
+    recorder.start("anthropic", "claude-sonnet-4", metadata={"app": "test"})
+    recorder.emit(ModelStarted(provider="anthropic", model="claude-sonnet-4", iteration=1))
+    last = recorder.complete().result(timeout=15)
+    async with AsyncEventProducer(settings, FAST) as producer:
+        arecorder = producer.run(session_id=recorder.session_id)
+        arecorder.start("openai", "gpt-4o")
+        arecorder.emit_many([TextDelta(delta="a"), TextDelta(delta="b")])
+        alast = await arecorder.fail("boom")
+    assert last.partition == partition_for(recorder.run_id, PARTITIONS)
+    assert alast.partition == partition_for(arecorder.run_id, PARTITIONS)
+    records = await asyncio.to_thread(consume_all, settings, 7)
+    events = sorted(
+        (codec.decode(m.value()) for m in records), key=lambda e: (str(e.run_id), e.sequence)
+    )
+    by_run: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for event in events:
+        by_run[event.run_id].append(f"{event.sequence}:{event.type}")
+    assert by_run == {
+        recorder.run_id: ["0:RunStarted", "1:ModelStarted", "2:RunCompleted"],
+        arecorder.run_id: ["0:RunStarted", "1:TextDelta", "2:TextDelta", "3:RunFailed"],
+    }

@@ -208,6 +208,122 @@ def simulate_command(
 
 # --- project ----------------------------------------------------------------
 
+
+@app.command("project")
+def project(
+    until_caught_up: bool = typer.Option(
+        False, "--until-caught-up", help="Stop once the log, as it was at start, is folded."
+    ),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="Drop the projection's state and fold the log from offset 0."
+    ),
+    projection: str = typer.Option(
+        "run_state", "--projection", help="Which projection: run_state or tool_usage."
+    ),
+    bootstrap_servers: str | None = typer.Option(
+        None, "--bootstrap-servers", help="Kafka bootstrap servers [env BEHEST_BOOTSTRAP_SERVERS]."
+    ),
+    topic: str | None = typer.Option(None, "--topic", help="Event topic [env BEHEST_TOPIC]."),
+    state_dir: str | None = typer.Option(
+        None, "--state-dir", help="RocksDB folder [env BEHEST_STATE_DIR]."
+    ),
+    group_id: str | None = typer.Option(
+        None, "--group-id", help="Consumer group; default behest.<projection>."
+    ),
+    batch_size: int = typer.Option(2000, "--batch-size", min=1, help="Records per RocksDB write."),
+) -> None:
+    """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
+    import logging
+    import pathlib
+    import signal
+    import time
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.logging import RichHandler
+
+    from behest.errors import BehestError
+    from behest.projector import Projector, ProjectorMetrics
+    from projections import PROJECTIONS
+
+    if projection not in PROJECTIONS:
+        typer.echo(
+            f"error: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    overrides: dict[str, object] = {"bootstrap_servers": bootstrap_servers, "topic": topic}
+    if state_dir is not None:
+        overrides["state_dir"] = pathlib.Path(state_dir)
+    config = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    logging.getLogger("behest.librdkafka").setLevel(logging.CRITICAL)  # errors: via error_cb
+    live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
+    rate = {"at": time.monotonic(), "folded": 0, "per_second": 0.0, "printed": time.monotonic()}
+
+    def render(metrics: ProjectorMetrics) -> str:
+        return (
+            f"[bold]{metrics.projection}[/] folded {metrics.events_folded:,} events · "
+            f"{rate['per_second']:,.0f} ev/s · lag {metrics.total_lag:,} · "
+            f"dead letters {metrics.dead_letters:,} · duplicates {metrics.duplicates:,} · "
+            f"gaps {metrics.gaps:,} · partitions {list(metrics.assigned)}"
+        )
+
+    def progress(metrics: ProjectorMetrics) -> None:
+        """The live line on a terminal; elsewhere (logs, pipes) a line every 10 s."""
+        now = time.monotonic()
+        if now - rate["at"] >= 1.0:
+            rate["per_second"] = (metrics.events_folded - rate["folded"]) / (now - rate["at"])
+            rate["at"], rate["folded"] = now, metrics.events_folded
+        if live is not None:
+            live.update(render(metrics))
+        elif now - rate["printed"] >= 10.0:
+            rate["printed"] = now
+            console.print(render(metrics))
+
+    try:
+        projector = Projector(
+            config,
+            PROJECTIONS[projection](),
+            group_id=group_id,
+            batch_size=batch_size,
+            on_progress=progress,
+        )
+    except BehestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    def stop(signum: int, _frame: object) -> None:
+        console.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")
+        projector.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with projector, live or nullcontext():
+            console.print(
+                f"projecting {config.topic!r} at {config.bootstrap} into {projector.path} "
+                f"(group {projector.group_id})"
+            )
+            if rebuild:
+                metrics = projector.rebuild(until_caught_up=until_caught_up)
+            else:
+                metrics = projector.run(until_caught_up=until_caught_up)
+    except BehestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print(render(metrics))
+    console.print("caught up." if until_caught_up else "stopped cleanly.")
+
+
 # --- serve / state ----------------------------------------------------------
 
 # --- demo -------------------------------------------------------------------

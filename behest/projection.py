@@ -29,11 +29,14 @@ class Projection(Protocol[S]):
     """Names the projection's consumer group and its state folder; never reuse one."""
 
     run_keyed: bool
-    """True when the key is the event's run: then tombstones delete the run's state, and
-    per-run snapshots make point-in-time reads cheap."""
+    """True when the entity is the run itself (`key` is the 16-byte run id): the projector
+    then also stores the run's events, snapshots every K events and deletes everything of
+    the run on a tombstone. False for projections across runs (e.g. per tool): their
+    states hold only aggregates, so a tombstone cannot take a run back out of them."""
 
     def key(self, event: EventRecord) -> bytes | None:
-        """The entity the event folds into, or None to skip the event."""
+        """The entity the event folds into, or None to skip the event. A run-keyed
+        projection returns `run_id.bytes`; the projector then uses the run key it has."""
         ...
 
     def apply(self, state: S | None, event: EventRecord) -> S:

@@ -2,15 +2,15 @@
 
 One RocksDB per projection, one column family per kind of record:
 
-| family    | key                                  | value                                  |
-|-----------|--------------------------------------|----------------------------------------|
-| states    | entity key (a run id: 16 bytes)      | the projection's encoded state         |
-| events    | run id ‖ sequence (8 bytes, BE)      | the event's bytes as stored on the log |
-| snapshots | run id ‖ sequence                    | encoded state after folding `sequence` |
-| snaptimes | run id ‖ timestamp (8 bytes, BE, µs) | sequence of the snapshot at that time  |
-| index     | projection-defined (e.g. `s`‖session‖…) | empty                               |
-| heads     | run id                               | last folded sequence ‖ gap count       |
-| offsets   | topic ‖ 0x00 ‖ partition (4 bytes)   | next offset to read (8 bytes, BE)      |
+| family    | key                                   | value                                  |
+|-----------|---------------------------------------|----------------------------------------|
+| states    | entity key (a run id: 16 bytes)       | the projection's encoded state         |
+| events    | run id ‖ sequence (8 bytes, BE)       | the event's bytes as stored on the log |
+| snapshots | run id ‖ sequence                     | encoded state after folding `sequence` |
+| snaptimes | run id ‖ time (µs + 2^63, 8 bytes BE) | sequence of the snapshot at that time  |
+| index     | projection-defined (`s`‖session‖…)    | empty                                  |
+| heads     | run id                                | last folded sequence ‖ gap count       |
+| offsets   | topic ‖ 0x00 ‖ partition (4 bytes BE) | next offset to read (8 bytes, BE)      |
 
 Big-endian integers make RocksDB's byte order the numeric order, so a prefix
 scan yields a run's events in sequence order. Everything a batch of Kafka
@@ -43,6 +43,7 @@ RUN_KEY_SIZE: Final = 16
 _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">QQ")
 _PARTITION = struct.Struct(">I")
+_TIME_BIAS = 1 << 63
 
 
 # --- key layouts: one function to build and one to parse each ---------------------------------
@@ -69,8 +70,9 @@ def parse_sequence_key(key: bytes) -> tuple[bytes, int]:
 
 
 def time_key(run: bytes, micros: int) -> bytes:
-    """`run ‖ timestamp`: the key of a snapshot's entry in the time index."""
-    return run + _U64.pack(micros)
+    """`run ‖ timestamp`: the key of a snapshot's entry in the time index. The time is
+    biased by 2**63, so byte order is time order for pre-1970 (negative) times too."""
+    return run + _U64.pack(micros + _TIME_BIAS)
 
 
 def encode_u64(value: int) -> bytes:
@@ -98,8 +100,10 @@ def offset_key(topic: str, partition: int) -> bytes:
 
 
 def parse_offset_key(key: bytes) -> tuple[str, int]:
-    topic, _, partition = key.rpartition(b"\x00")
-    return topic.decode(), int(_PARTITION.unpack(partition)[0])
+    """`(topic, partition)` of an offset key; the partition is the fixed-size tail (its
+    bytes may well contain 0x00, topic names never do)."""
+    size = _PARTITION.size
+    return key[: -size - 1].decode(), int(_PARTITION.unpack(key[-size:])[0])
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -168,6 +172,7 @@ class StateStore:
         self.heads = self._db.get_column_family(HEADS)
         self.offsets = self._db.get_column_family(OFFSETS)
         self._handles = {name: self._db.get_column_family_handle(name) for name in FAMILIES}
+        self._closed = False
 
     def __enter__(self) -> StateStore:
         return self
@@ -176,7 +181,17 @@ class StateStore:
         self.close()
 
     def close(self) -> None:
-        """Flush and release the RocksDB (and its lock)."""
+        """Flush and release the RocksDB (and its lock); idempotent.
+
+        rocksdict keeps the database, lock included, alive while any column family
+        object or handle of it lives, so those go first; the families are unusable after.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._handles.clear()
+        for name in FAMILIES:
+            delattr(self, name)
         self._db.close()
 
     def catch_up(self) -> None:
@@ -208,11 +223,17 @@ class StateStore:
         values: list[bytes | None] = self.states.get(list(keys)) or []
         return values
 
+    def iter_states(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every `(key, encoded state)`, in key order (for tests, exports and audits)."""
+        return self._scan(self.states, b"")
+
     def get_head(self, run: bytes) -> tuple[int, int] | None:
+        """`(last folded sequence, gaps seen)` of a run, or None if it has no events."""
         value = self.heads.get(run)
         return None if value is None else decode_head(value)
 
     def get_heads(self, runs: Sequence[bytes]) -> list[tuple[int, int] | None]:
+        """Multi-get of heads, in the order of `runs`."""
         if not runs:
             return []
         values: list[bytes | None] = self.heads.get(list(runs)) or []
@@ -301,6 +322,9 @@ class StoreBatch:
 
     def put_head(self, run: bytes, last_sequence: int, gaps: int) -> None:
         self.raw.put(run, encode_head(last_sequence, gaps), self._h[HEADS])
+
+    def delete_head(self, run: bytes) -> None:
+        self.raw.delete(run, self._h[HEADS])
 
     def put_index(self, key: bytes) -> None:
         self.raw.put(key, b"", self._h[INDEX])

@@ -1,0 +1,18 @@
+"""Ready-made projections, by the name `behest project --projection` takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from behest.projection import Projection
+from projections.run_state import RunStateProjection
+from projections.tool_usage import ToolUsageProjection
+
+__all__ = ["PROJECTIONS", "RunStateProjection", "ToolUsageProjection"]
+
+PROJECTIONS: dict[str, Callable[[], Projection[Any]]] = {
+    RunStateProjection.name: RunStateProjection,
+    ToolUsageProjection.name: ToolUsageProjection,
+}
+"""Each projection's factory, by its name (also its consumer group and state folder)."""

@@ -1,0 +1,748 @@
+"""The Projector: folds the event log into a projection's RocksDB, exactly once.
+
+Exactly once without Kafka transactions: every batch of records becomes ONE RocksDB
+`WriteBatch` holding the new states, the run's events, snapshots, index changes, per-run
+heads and the next offset of every partition the batch touched. On (re)assignment the
+consumer seeks to the offsets stored in RocksDB, so after any crash it resumes exactly
+where its last write left off. Kafka's committed offsets are written too, but only so
+that standard tools can show the group's lag.
+
+A batch goes through `BatchFolder.process`, which `behest.testing` runs as well, so a
+projection unit-tested without a broker takes the very code path it runs on in production:
+
+    records ─► decode (poison ─► dead letters) ─► per-run sequence check (duplicates
+    skipped, gaps recorded, tombstones reset) ─► group per entity ─► one multi-get of
+    states ─► fold ─► dead letters flushed ─► one write
+
+Run-keyed projections (`RunStateProjection`) also keep each run's events (`run ‖ seq` →
+the bytes as on the log), a snapshot every `snapshot_every` events, and delete all of a
+run on its tombstone. Projections keyed otherwise (`ToolUsageProjection`, per tool) keep
+only their states plus the per-run heads that make them exactly-once; a tombstone resets
+the run's head (a later event of that run id starts afresh) but cannot take the run back
+out of an aggregate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from behest.codec import decode_record
+from behest.config import Settings
+from behest.errors import (
+    BehestError,
+    CodecError,
+    KafkaUnavailableError,
+    ProduceError,
+    TopicMissingError,
+)
+from behest.projection import Projection
+from behest.store import StateStore, StoreBatch
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_SNAPSHOT_EVERY",
+    "BatchFolder",
+    "BatchResult",
+    "DeadLetter",
+    "LogRecord",
+    "Projector",
+    "ProjectorMetrics",
+]
+
+log = logging.getLogger(__name__)
+librdkafka_log = logging.getLogger("behest.librdkafka")
+"""librdkafka's own log lines (reconnect attempts and the like; the errors among them also
+reach the projector's error callback, which logs each kind once)."""
+
+S = TypeVar("S")
+
+DEFAULT_BATCH_SIZE: Final = 2000
+DEFAULT_SNAPSHOT_EVERY: Final = 64
+_KEY_CACHE_LIMIT: Final = 100_000
+
+HEADER_TOPIC: Final = "behest.source.topic"
+HEADER_PARTITION: Final = "behest.source.partition"
+HEADER_OFFSET: Final = "behest.source.offset"
+HEADER_ERROR: Final = "behest.error"
+
+
+class LogRecord(Protocol):
+    """What a batch fold needs of a Kafka record; `confluent_kafka.Message` is one."""
+
+    def partition(self) -> int: ...
+
+    def offset(self) -> int: ...
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the projection cannot fold, bound for the dead-letter topic as it was."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    error: str
+
+    def headers(self) -> list[tuple[str, str | bytes | None]]:
+        """Where the record came from and why it was refused."""
+        return [
+            (HEADER_TOPIC, self.topic.encode()),
+            (HEADER_PARTITION, str(self.partition).encode()),
+            (HEADER_OFFSET, str(self.offset).encode()),
+            (HEADER_ERROR, self.error.encode()),
+        ]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did; `positions` are the next offsets written, per partition."""
+
+    records: int = 0
+    folded: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    tombstones: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    positions: dict[int, int] = field(default_factory=dict)
+
+
+# (run key, sequence, decoded event or None for a tombstone, value bytes, partition, offset)
+_Item = tuple[bytes, int, Any, bytes, int, int]
+
+
+def _parse_key(key: bytes | None) -> tuple[str, bytes] | None:
+    """`(canonical text, 16 bytes)` of a record key that is a run id, else None."""
+    if key is None:
+        return None
+    try:
+        text = key.decode("ascii")
+        run = uuid.UUID(text)
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+    return (text, run.bytes) if str(run) == text else None
+
+
+def _same_run(text: str, run_id: Any) -> bool:
+    """Whether the event's run_id names the same UUID as the key (any letter case)."""
+    try:
+        return uuid.UUID(text) == uuid.UUID(str(run_id))
+    except ValueError:
+        return False
+
+
+class BatchFolder(Generic[S]):
+    """Folds a batch of log records into a projection's store with one atomic write.
+
+    The single code path of the `Projector` and of `behest.testing`: what a unit test sees
+    is what production does. Not thread-safe; one per store (RocksDB has one writer).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        projection: Projection[S],
+        *,
+        topic: str,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+        self.store = store
+        self.projection = projection
+        self.topic = topic
+        self.snapshot_every = snapshot_every
+        self._keys: dict[bytes | None, tuple[str, bytes]] = {}
+
+    def process(
+        self,
+        records: Sequence[LogRecord],
+        *,
+        dead_letter: Callable[[list[DeadLetter]], None] | None = None,
+    ) -> BatchResult:
+        """Fold `records` (in log order) and write the result in one RocksDB write.
+
+        `dead_letter` receives the batch's poison records before the write and must have
+        stored them durably when it returns (raise to abort the batch: nothing is written,
+        so the records are read again after a restart).
+        """
+        result = BatchResult(records=len(records))
+        items = self._decode(records, result)
+        batch = self.store.batch()
+        self._fold(items, batch, result)
+        for partition, next_offset in result.positions.items():
+            batch.put_offset(self.topic, partition, next_offset)
+        if result.dead_letters and dead_letter is not None:
+            dead_letter(result.dead_letters)
+        self.store.write(batch)
+        return result
+
+    def _dead(
+        self,
+        result: BatchResult,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        error: str,
+    ) -> None:
+        result.dead_letters.append(DeadLetter(self.topic, partition, offset, key, value, error))
+
+    def _decode(self, records: Sequence[LogRecord], result: BatchResult) -> list[_Item]:
+        """Decode and check every record; poison goes to `result.dead_letters`."""
+        items: list[_Item] = []
+        append = items.append
+        keys = self._keys
+        positions = result.positions
+        if len(keys) > _KEY_CACHE_LIMIT:
+            keys.clear()
+        for record in records:
+            partition = record.partition()
+            offset = record.offset()
+            positions[partition] = offset + 1
+            key = record.key()
+            value = record.value()
+            known = keys.get(key)
+            if known is None:
+                known = _parse_key(key)
+                if known is None:
+                    self._dead(
+                        result,
+                        partition,
+                        offset,
+                        key,
+                        value,
+                        f"record key {key!r} is not a run id (canonical lowercase UUID text)",
+                    )
+                    continue
+                keys[key] = known
+            text, run = known
+            if value is None:
+                append((run, -1, None, b"", partition, offset))
+                continue
+            try:
+                event: Any = decode_record(value)
+            except CodecError as error:
+                self._dead(result, partition, offset, key, value, str(error))
+                continue
+            run_id = event["run_id"]
+            sequence = event["sequence"]
+            if run_id != text and not _same_run(text, run_id):
+                error_text = f"record key {text} is not the event's run_id {run_id}"
+            elif sequence < 0:
+                error_text = f"event sequence {sequence} is negative"
+            else:
+                append((run, sequence, event, value, partition, offset))
+                continue
+            self._dead(result, partition, offset, key, value, error_text)
+        return items
+
+    def _fold(self, items: list[_Item], batch: StoreBatch, result: BatchResult) -> None:
+        """Sequence-check, group per entity, fold, and stage every change in `batch`."""
+        projection = self.projection
+        run_keyed = projection.run_keyed
+        runs = list(dict.fromkeys(item[0] for item in items))
+        heads = dict(zip(runs, self.store.get_heads(runs), strict=True))
+        changed: set[bytes] = set()
+        groups: dict[bytes, list[_Item]] = {}
+        for item in items:
+            run, sequence, event = item[0], item[1], item[2]
+            if event is None:
+                result.tombstones += 1
+                heads[run] = None
+                changed.add(run)
+                if run_keyed:
+                    groups.setdefault(run, []).append(item)
+                continue
+            head = heads[run]
+            if head is None:
+                heads[run] = (sequence, 0)
+            else:
+                last, gaps = head
+                if sequence <= last:
+                    result.duplicates += 1
+                    log.debug("run %s: duplicate sequence %d (at %d)", _text(run), sequence, last)
+                    continue
+                if sequence > last + 1:
+                    gaps += 1
+                    result.gaps += 1
+                    log.warning(
+                        "run %s: sequences %d..%d missing (got %d after %d); folded past the gap",
+                        _text(run),
+                        last + 1,
+                        sequence - 1,
+                        sequence,
+                        last,
+                    )
+                heads[run] = (sequence, gaps)
+            changed.add(run)
+            key = run if run_keyed else projection.key(event)
+            if key is not None:
+                groups.setdefault(key, []).append(item)
+
+        keys = list(groups)
+        stored = self.store.get_states(keys)
+        for key, data in zip(keys, stored, strict=True):
+            original = None if data is None else projection.decode_state(data)
+            state = self._fold_entity(key, original, groups[key], batch, result)
+            self._reindex(original, state, batch)
+            if state is not None:
+                batch.put_state(key, projection.encode_state(state))
+        for run in changed:
+            head = heads[run]
+            if head is None:
+                batch.delete_head(run)
+            else:
+                batch.put_head(run, head[0], head[1])
+
+    def _fold_entity(
+        self,
+        key: bytes,
+        state: S | None,
+        items: list[_Item],
+        batch: StoreBatch,
+        result: BatchResult,
+    ) -> S | None:
+        """Fold one entity's items in order; run-keyed: store events and snapshots too."""
+        projection = self.projection
+        apply = projection.apply
+        run_keyed = projection.run_keyed
+        every = self.snapshot_every
+        folded = 0
+        for run, sequence, event, value, partition, offset in items:
+            if event is None:  # a tombstone (run-keyed only): the run starts afresh
+                batch.delete_run(run)
+                state = None
+                continue
+            try:
+                state = apply(state, event)
+            except Exception as error:  # a fold that cannot take an event must not stall us
+                self._dead(
+                    result,
+                    partition,
+                    offset,
+                    str(uuid.UUID(bytes=run)).encode(),
+                    value,
+                    f"projection {projection.name!r} cannot fold this event: "
+                    f"{type(error).__name__}: {error}",
+                )
+                continue
+            folded += 1
+            if run_keyed:
+                batch.put_event(run, sequence, value)
+                if (sequence + 1) % every == 0:
+                    encoded = projection.encode_state(state)
+                    batch.put_snapshot(run, sequence, event["timestamp"], encoded)
+        result.folded += folded
+        return state
+
+    def _reindex(self, original: S | None, state: S | None, batch: StoreBatch) -> None:
+        """Delete the index entries the entity lost; add the ones it gained."""
+        index_keys = self.projection.index_keys
+        old = set() if original is None else set(index_keys(original))
+        new = set() if state is None else set(index_keys(state))
+        for key in old - new:
+            batch.delete_index(key)
+        for key in new - old:
+            batch.put_index(key)
+
+
+def _text(run: bytes) -> str:
+    return str(uuid.UUID(bytes=run))
+
+
+@dataclass(slots=True)
+class ProjectorMetrics:
+    """Counters and positions of a Projector, for `/metrics` and the CLI's live line.
+
+    `positions` are the next offsets folded per partition (what RocksDB holds); `lag` is
+    the partition's high watermark minus that, for the partitions this instance owns.
+    """
+
+    projection: str
+    group_id: str
+    topic: str
+    records: int = 0
+    events_folded: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    dead_letters: int = 0
+    tombstones: int = 0
+    batches: int = 0
+    last_batch_at: float | None = None
+    last_batch_seconds: float = 0.0
+    assigned: tuple[int, ...] = ()
+    positions: dict[int, int] = field(default_factory=dict)
+    lag: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def total_lag(self) -> int:
+        """Records the owned partitions hold beyond what is folded."""
+        return sum(self.lag.values())
+
+
+class Projector:
+    """Runs a projection as a consumer group member, writing its RocksDB exactly once.
+
+    `Projector(settings).run()` folds until `stop()` (or `stop_event`) is set; the CLI sets
+    it on SIGINT/SIGTERM. The store opens at construction, so a second projector on the
+    same state directory fails at once with `StateLockedError`. In the same process the
+    query layer may read `projector.store` (RocksDB reads are safe beside its writer).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        projection: Projection[Any] | None = None,
+        *,
+        group_id: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        on_progress: Callable[[ProjectorMetrics], None] | None = None,
+        poll_timeout: float = 0.5,
+        metadata_timeout: float = 10.0,
+    ) -> None:
+        if projection is None:
+            from projections.run_state import RunStateProjection
+
+            projection = RunStateProjection()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.settings = settings
+        self.projection = projection
+        self.topic = settings.topic
+        self.group_id = group_id or f"behest.{projection.name}"
+        self.path: Path = settings.state_dir / projection.name
+        self.batch_size = batch_size
+        self.snapshot_every = snapshot_every
+        self.on_progress = on_progress
+        self.poll_timeout = poll_timeout
+        self.metadata_timeout = metadata_timeout
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._assigned: set[int] = set()
+        self._dlq: Producer | None = None
+        self._errors_seen: set[int] = set()
+        self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
+        self._open_store()
+
+    def _open_store(self) -> None:
+        self._store = StateStore(self.path)
+        self._folder = BatchFolder(
+            self._store, self.projection, topic=self.topic, snapshot_every=self.snapshot_every
+        )
+        self._metrics.positions = self._store.stored_offsets(self.topic)
+
+    # --- what readers may ask -----------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        """The open store, for in-process readers (read methods only: this is its writer)."""
+        return self._store
+
+    @property
+    def metrics(self) -> ProjectorMetrics:
+        """A consistent copy of the counters, safe to read from another thread."""
+        with self._lock:
+            m = self._metrics
+            return replace(m, positions=dict(m.positions), lag=dict(m.lag))
+
+    def folded_position(self, partition: int) -> int:
+        """Next offset of `partition` this store has folded (0: nothing yet).
+
+        A produced record at `offset` is readable once `folded_position(p) > offset`.
+        """
+        with self._lock:
+            return self._metrics.positions.get(partition, 0)
+
+    def stop(self) -> None:
+        """Ask `run()` to finish the batch in hand, write it and return (signal-safe)."""
+        self._stopping.set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def run(
+        self, *, until_caught_up: bool = False, stop_event: threading.Event | None = None
+    ) -> ProjectorMetrics:
+        """Consume and fold until stopped, or, with `until_caught_up`, until every owned
+        partition is folded up to the high watermark it had when `run` began."""
+        self._stopping.clear()
+        consumer = Consumer(self._consumer_config())
+        try:
+            partitions = self._check_topic(consumer)
+            targets = self._watermarks(consumer, partitions) if until_caught_up else None
+            consumer.subscribe(
+                [self.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            while not (self._stopping.is_set() or (stop_event and stop_event.is_set())):
+                messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+                records = self._usable(messages) if messages else []
+                if records:
+                    self._process(consumer, records)
+                self._update_lag(consumer)
+                if self.on_progress is not None:
+                    self.on_progress(self.metrics)
+                if targets is not None and self._caught_up(consumer, targets, idle=not messages):
+                    break
+        finally:
+            with self._lock:
+                self._assigned.clear()
+                self._metrics.assigned = ()
+            consumer.close()
+        return self.metrics
+
+    def rebuild(
+        self, *, until_caught_up: bool = False, stop_event: threading.Event | None = None
+    ) -> ProjectorMetrics:
+        """Drop this projection's store and fold the whole log again from offset 0."""
+        self._store.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        with self._lock:
+            self._metrics = ProjectorMetrics(self.projection.name, self.group_id, self.topic)
+        self._open_store()
+        return self.run(until_caught_up=until_caught_up, stop_event=stop_event)
+
+    def close(self) -> None:
+        """Flush dead letters in flight and close the store (releasing its lock)."""
+        if self._dlq is not None:
+            self._dlq.flush(10)
+        self._store.close()
+
+    def __enter__(self) -> Projector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- Kafka --------------------------------------------------------------------------------
+
+    def _consumer_config(self) -> dict[str, Any]:
+        # Offsets live in RocksDB: librdkafka must neither commit nor remember them itself.
+        return self.settings.librdkafka(
+            **{
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+                "error_cb": self._on_error,
+                "logger": librdkafka_log,
+            }
+        )
+
+    def _on_error(self, error: KafkaError) -> None:
+        """Log each kind of client error once until a batch succeeds (librdkafka retries
+        on its own, reporting every failed attempt)."""
+        if error.code() not in self._errors_seen:
+            self._errors_seen.add(error.code())
+            log.warning("kafka: %s", error.str())
+
+    def _check_topic(self, consumer: Consumer) -> list[int]:
+        """The topic's partitions; clear errors when there is no broker or no topic."""
+        bootstrap = self.settings.bootstrap
+        try:
+            metadata = consumer.list_topics(timeout=self.metadata_timeout)
+        except KafkaException as error:
+            raise KafkaUnavailableError(
+                f"no Kafka broker answered at {bootstrap} within {self.metadata_timeout:g} s "
+                f"({error.args[0].str() if error.args else error}): start one with "
+                "`behest broker start`, or point BEHEST_BOOTSTRAP_SERVERS at yours"
+            ) from None
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise TopicMissingError(
+                f"the topic {self.topic!r} does not exist on {bootstrap}: "
+                "run `behest topics create` (or set BEHEST_TOPIC to the topic you use)"
+            )
+        if self.settings.dlq_topic not in metadata.topics:
+            log.warning(
+                "the dead-letter topic %r does not exist; `behest topics create` makes it",
+                self.settings.dlq_topic,
+            )
+        return sorted(topic.partitions)
+
+    def _watermarks(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
+        """Per partition, the offset to reach to be caught up (0 for an empty partition)."""
+        targets = {}
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=self.metadata_timeout
+            )
+            targets[partition] = high if high > low else 0
+        return targets
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Seek each new partition to RocksDB's next offset, or to the beginning."""
+        stored = self._store.stored_offsets(self.topic)
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        with self._lock:
+            self._assigned = {tp.partition for tp in partitions}
+            self._metrics.assigned = tuple(sorted(self._assigned))
+            self._metrics.positions.update(stored)
+        log.info(
+            "assigned %s: resuming at %s",
+            self._metrics.assigned,
+            {tp.partition: stored.get(tp.partition, 0) for tp in partitions},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is written before the next consume, so nothing is in flight here.
+        consumer.unassign()
+        with self._lock:
+            self._assigned.clear()
+            self._metrics.assigned = ()
+            self._metrics.lag.clear()
+        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+
+    def _usable(self, messages: list[Any]) -> list[Any]:
+        """The records of a consume call; errors are raised or logged."""
+        records = [m for m in messages if m.error() is None]
+        if len(records) == len(messages):
+            return records
+        for message in messages:
+            error = message.error()
+            if error is None or error.code() == KafkaError._PARTITION_EOF:
+                continue
+            if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise TopicMissingError(
+                    f"the topic {self.topic!r} disappeared: run `behest topics create`, "
+                    "then `behest project --rebuild`"
+                )
+            if error.fatal():
+                raise BehestError(f"fatal Kafka consumer error: {error.str()}")
+            log.warning("consume: %s", error.str())
+        return records
+
+    def _process(self, consumer: Consumer, records: list[Any]) -> None:
+        started = time.perf_counter()
+        result = self._folder.process(records, dead_letter=self._send_dead_letters)
+        elapsed = time.perf_counter() - started
+        self._errors_seen.clear()
+        with self._lock:
+            m = self._metrics
+            m.records += result.records
+            m.events_folded += result.folded
+            m.duplicates += result.duplicates
+            m.gaps += result.gaps
+            m.dead_letters += len(result.dead_letters)
+            m.tombstones += result.tombstones
+            m.batches += 1
+            m.last_batch_at = time.time()
+            m.last_batch_seconds = elapsed
+            m.positions.update(result.positions)
+        offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
+        with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
+            consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Produce and flush every dead letter, or raise: then the batch is not written."""
+        if self._dlq is None:
+            self._dlq = Producer(
+                self.settings.librdkafka(
+                    **{
+                        "acks": "all",
+                        "enable.idempotence": True,
+                        "linger.ms": 5,
+                        "message.timeout.ms": 30_000,
+                        "partitioner": "murmur2_random",
+                    }
+                )
+            )
+        producer = self._dlq
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, _message: Any) -> None:
+            if error is not None:
+                failures.append(error.str())
+
+        for letter in letters:
+            log.warning(
+                "dead-lettering %s[%d]@%d to %s: %s",
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                self.settings.dlq_topic,
+                letter.error,
+            )
+            while True:
+                try:
+                    producer.produce(
+                        self.settings.dlq_topic,
+                        key=letter.key,
+                        value=letter.value,
+                        headers=letter.headers(),
+                        on_delivery=delivered,
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        pending = producer.flush(40)
+        if pending or failures:
+            reason = failures[0] if failures else f"{pending} still pending after 40 s"
+            raise ProduceError(
+                f"could not dead-letter {len(letters)} record(s) to "
+                f"{self.settings.dlq_topic!r} ({reason}); the batch was not written, so its "
+                "records are read again on restart"
+            )
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""
+        with self._lock:
+            assigned = list(self._assigned)
+            positions = self._metrics.positions
+            lag = {}
+            for partition in assigned:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), cached=True
+                )
+                if high >= 0:
+                    lag[partition] = max(high - positions.get(partition, 0), 0)
+            self._metrics.lag = lag
+
+    def _caught_up(self, consumer: Consumer, targets: dict[int, int], *, idle: bool) -> bool:
+        """Whether every owned partition is folded up to its target.
+
+        A partition whose last offsets are not records (transaction markers, compacted or
+        aborted records) never shows them to us; when idle, the consumer's own position,
+        which moves past them, settles it.
+        """
+        with self._lock:
+            if not self._assigned:
+                return False
+            positions = self._metrics.positions
+            behind = [p for p in self._assigned if positions.get(p, 0) < targets.get(p, 0)]
+        if not behind:
+            return True
+        if not idle:
+            return False
+        current = consumer.position([TopicPartition(self.topic, p) for p in behind])
+        return all(tp.offset >= targets.get(tp.partition, 0) for tp in current)

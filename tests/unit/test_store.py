@@ -1,0 +1,166 @@
+"""The RocksDB store: key layouts round-trip and sort as numbers; reads see what batches wrote."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from behest.errors import StateLockedError, StoreError
+from behest.store import (
+    StateStore,
+    decode_head,
+    decode_u64,
+    encode_head,
+    encode_u64,
+    offset_key,
+    parse_offset_key,
+    parse_run_key,
+    parse_sequence_key,
+    prefix_end,
+    run_key,
+    sequence_key,
+    time_key,
+)
+
+U64 = st.integers(0, 2**64 - 1)
+SEQUENCES = st.integers(0, 2**63 - 1)
+MICROS = st.integers(-(2**62), 2**62)
+TOPICS = st.text("abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=40)
+
+
+@given(st.uuids(), SEQUENCES)
+def test_sequence_keys_round_trip(run_id: uuid.UUID, sequence: int) -> None:
+    run = run_key(run_id)
+    assert run == run_key(str(run_id)) == run_id.bytes
+    assert parse_run_key(sequence_key(run, sequence)) == run_id
+    assert parse_sequence_key(sequence_key(run, sequence)) == (run, sequence)
+
+
+@given(st.uuids(), SEQUENCES, SEQUENCES)
+def test_sequence_keys_sort_as_numbers(run_id: uuid.UUID, a: int, b: int) -> None:
+    run = run_id.bytes
+    assert (sequence_key(run, a) < sequence_key(run, b)) == (a < b)
+
+
+@given(st.uuids(), MICROS, MICROS)
+def test_time_keys_sort_as_times_before_1970_too(run_id: uuid.UUID, a: int, b: int) -> None:
+    run = run_id.bytes
+    assert (time_key(run, a) < time_key(run, b)) == (a < b)
+    assert time_key(run, a).startswith(run)
+
+
+@given(TOPICS, st.integers(0, 2**32 - 1))
+def test_offset_keys_round_trip_whatever_bytes_the_partition_has(
+    topic: str, partition: int
+) -> None:
+    assert parse_offset_key(offset_key(topic, partition)) == (topic, partition)
+
+
+@given(U64, U64)
+def test_numbers_and_heads_round_trip(a: int, b: int) -> None:
+    assert decode_u64(encode_u64(a)) == a
+    assert decode_head(encode_head(a, b)) == (a, b)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"),
+    [(b"a", b"b"), (b"a\xff", b"b"), (b"\x00\xff\xff", b"\x01"), (b"ab\x00", b"ab\x01")],
+)
+def test_prefix_end_bounds_every_key_with_the_prefix(prefix: bytes, end: bytes) -> None:
+    assert prefix_end(prefix) == end
+    assert prefix + b"\xff" * 8 < end
+
+
+def test_prefix_end_of_only_ff_is_unbounded() -> None:
+    with pytest.raises(ValueError, match="no upper bound"):
+        prefix_end(b"\xff\xff")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    with StateStore(tmp_path / "state") as opened:
+        yield opened
+
+
+def fill(store: StateStore, run: bytes) -> None:
+    batch = store.batch()
+    for sequence in range(10):
+        batch.put_event(run, sequence, f"event {sequence}".encode())
+    for sequence, micros in ((3, 1_000), (7, 2_000)):
+        batch.put_snapshot(run, sequence, micros, f"state {sequence}".encode())
+    batch.put_state(run, b"state 9")
+    batch.put_head(run, 9, 1)
+    batch.put_index(b"s" + run)
+    batch.put_offset("events", 0, 10)
+    batch.put_offset("events", 256, 3)
+    batch.put_offset("events.dlq", 1, 99)
+    store.write(batch)
+
+
+def test_reads_see_one_written_batch(store: StateStore) -> None:
+    run, other = uuid.uuid4().bytes, uuid.uuid4().bytes
+    fill(store, run)
+    fill(store, other)
+    assert list(store.iter_events(run, 4, 6)) == [(s, f"event {s}".encode()) for s in (4, 5, 6)]
+    assert [s for s, _ in store.iter_events(run)] == list(range(10))
+    assert store.snapshot_at_or_before(run, 2) is None
+    assert store.snapshot_at_or_before(run, 5) == (3, b"state 3")
+    assert store.snapshot_at_or_before(run, 100) == (7, b"state 7")
+    assert store.snapshot_sequence_at_or_before_time(run, 999) is None
+    assert store.snapshot_sequence_at_or_before_time(run, 1_999) == 3
+    assert store.snapshot_sequence_at_or_before_time(run, 10**12) == 7
+    assert store.get_state(run) == b"state 9"
+    assert store.get_states([run, b"\x00" * 16, other]) == [b"state 9", None, b"state 9"]
+    assert store.get_heads([run, b"\x00" * 16]) == [(9, 1), None]
+    assert store.stored_offsets("events") == {0: 10, 256: 3}
+    assert sorted(store.scan_index(b"s")) == sorted([b"s" + run, b"s" + other])
+    first = min(run, other)
+    assert list(store.scan_index(b"s", after=b"s" + first)) == [b"s" + max(run, other)]
+    assert dict(store.iter_states()) == {run: b"state 9", other: b"state 9"}
+
+
+def test_delete_run_leaves_other_runs_alone(store: StateStore) -> None:
+    run, other = uuid.uuid4().bytes, uuid.uuid4().bytes
+    fill(store, run)
+    fill(store, other)
+    batch = store.batch()
+    batch.delete_run(run)
+    store.write(batch)
+    assert store.get_state(run) is None
+    assert store.get_head(run) is None
+    assert list(store.iter_events(run)) == []
+    assert store.snapshot_at_or_before(run, 100) is None
+    assert store.snapshot_sequence_at_or_before_time(run, 10**12) is None
+    assert len(list(store.iter_events(other))) == 10
+    assert store.snapshot_at_or_before(other, 100) == (7, b"state 7")
+
+
+def test_a_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    first = StateStore(tmp_path / "state")
+    with pytest.raises(StateLockedError, match="in use by another projector"):
+        StateStore(tmp_path / "state")
+    first.close()
+    StateStore(tmp_path / "state").close()
+
+
+def test_a_secondary_reads_what_the_writer_wrote_after_catching_up(tmp_path: Path) -> None:
+    run = uuid.uuid4().bytes
+    with (
+        StateStore(tmp_path / "state") as writer,
+        StateStore(tmp_path / "state", secondary=True) as reader,
+    ):
+        assert reader.get_state(run) is None
+        fill(writer, run)
+        reader.catch_up()
+        assert reader.get_state(run) == b"state 9"
+        assert reader.stored_offsets("events") == {0: 10, 256: 3}
+
+
+def test_a_secondary_needs_an_existing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="run `behest project` first"):
+        StateStore(tmp_path / "nothing", secondary=True)

@@ -1,0 +1,498 @@
+"""The HTTP query API (contract §4): FastAPI over a `RunStateQuery`, OpenAPI at /openapi.json.
+
+    GET  /runs/{run_id}[?as_of=RFC3339 | ?at_sequence=N]   one state (404 if unknown)
+    POST /runs/batch {"run_ids": [...], "as_of"?: ...}     {"runs": [...], "missing": [...]}
+    GET  /runs?session_id=&status=&active=&limit=&cursor=  {"runs": [...], "next_cursor": ...}
+    GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
+    GET  /healthz · GET /metrics
+
+States are served as the bytes the projector stored (already the contract's JSON), so the
+hot path never builds a model. Every answer that is not a 2xx has one shape,
+`{"error": "<what is wrong and what to do>", "detail": <structured, or null>}`: 400 for
+bad input, 404 for an unknown run, 413 for an oversized body; 5xx only if the store
+itself fails (503) or on a bug (500, logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from behest.errors import (
+    InvalidQueryError,
+    QueryError,
+    RunNotFoundError,
+    StoreError,
+    WaitTimeoutError,
+)
+from behest.events import AgentEvent, RunState, RunStatus, format_time
+from behest.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
+from behest.query import (
+    DEFAULT_EVENTS_LIMIT,
+    DEFAULT_RUNS_LIMIT,
+    MAX_BATCH,
+    MAX_LIMIT,
+    MAX_SEQUENCE,
+    RunStateQuery,
+    parse_time,
+)
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "BackgroundServer",
+    "BatchRequest",
+    "BatchResponse",
+    "ErrorBody",
+    "EventList",
+    "Health",
+    "RunList",
+    "create_app",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 1 << 20
+"""Largest request body accepted; a full batch of ids is about 40 KiB."""
+
+JSON: Final = "application/json"
+
+
+# --- the wire models (they make /openapi.json; answers are built from stored bytes) ----------
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer."""
+
+    error: str = Field(description="What is wrong, and what to do about it.")
+    detail: JsonValue = Field(
+        default=None, description="Structured detail, e.g. one entry per invalid field."
+    )
+
+
+class BatchRequest(BaseModel):
+    """States of up to MAX_BATCH runs, now or as of a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_ids: list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]] = Field(
+        max_length=MAX_BATCH, description=f"Run ids, at most {MAX_BATCH}."
+    )
+    as_of: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = Field(
+        default=None, description="RFC 3339 time: each state after its events up to then."
+    )
+
+
+class BatchResponse(BaseModel):
+    runs: list[RunState] = Field(description="Known runs' states, in the order asked.")
+    missing: list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]] = Field(
+        description="Ids (canonical text) of runs unknown, or without an event by as_of."
+    )
+
+
+class RunList(BaseModel):
+    runs: list[RunState] = Field(description="Newest first, by creation time.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null after the last page."
+    )
+
+
+class EventList(BaseModel):
+    events: list[AgentEvent] = Field(description="In sequence order.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    topic: str
+    offsets: dict[str, int] = Field(description="Next offset folded, per partition.")
+    synced_at: datetime = Field(description="Answers include every write made before this.")
+    max_staleness_s: float
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+
+def _json(content: bytes, status: int = 200) -> Response:
+    return Response(content=content, status_code=status, media_type=JSON)
+
+
+def _error(status: int, error: str, detail: Any = None) -> Response:
+    return _json(orjson.dumps({"error": error, "detail": detail}), status)
+
+
+def _event_json(event: AgentEvent) -> dict[str, Any]:
+    data = event.model_dump(mode="json")
+    data["timestamp"] = format_time(event.timestamp)
+    return data
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    kind = {"query": "query parameter", "path": "path parameter", "body": "body field"}
+    if not loc:
+        return "request"
+    if loc[0] == "body" and len(loc) == 1:
+        return "request body"
+    place = kind.get(str(loc[0]), str(loc[0]))
+    return f"{place} {'.'.join(str(part) for part in loc[1:])!r}"
+
+
+def _validation_error(error: RequestValidationError) -> Response:
+    problems = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+        for e in error.errors()
+    ]
+    first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        message = 'the request body is not valid JSON: send e.g. {"run_ids": ["<uuid>"]}'
+    else:
+        message = f"{_where(first['loc'])}: {first['msg']}"
+        if len(problems) > 1:
+            message += f" (and {len(problems) - 1} more problem(s), see detail)"
+    return _error(400, message, problems)
+
+
+def _point(as_of: str | None, at_sequence: int | None) -> datetime | None:
+    if as_of is not None and at_sequence is not None:
+        raise InvalidQueryError("give as_of or at_sequence, not both")
+    return None if as_of is None else parse_time(as_of)
+
+
+class _Instrumented:
+    """ASGI middleware: times every request per route template, and refuses bodies larger
+    than `MAX_BODY_BYTES` before anything reads them."""
+
+    def __init__(self, app: ASGIApp, metrics: QueryMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refusal = _oversized(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], template, status, time.perf_counter() - started)
+
+
+def _oversized(scope: Scope) -> Response | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return _error(400, f"Content-Length {value!r} is not a number")
+            if length > MAX_BODY_BYTES:
+                return _error(
+                    413,
+                    f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit: "
+                    f"send at most {MAX_BATCH} run ids per batch",
+                )
+    return None
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+_BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
+    "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
+}
+_RUN_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    404: {"model": ErrorBody, "description": "Unknown run, or no event by the point asked."},
+    **_BAD_INPUT,
+}
+_RunId = Annotated[
+    str,
+    Path(description="The run id (a UUID).", json_schema_extra={"format": "uuid"}),
+]
+
+
+def _package_version() -> str:
+    try:
+        return version("behest")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "0+unknown"
+
+
+def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None) -> FastAPI:
+    """The HTTP API over `query`; `metrics_source` (e.g. `lambda: projector.metrics`) adds
+    the projector's lag and counters to /metrics."""
+    app = FastAPI(
+        title="behest",
+        version=_package_version(),
+        description="Current, point-in-time and batch states of agent runs.",
+    )
+    metrics = QueryMetrics(query, metrics_source)
+    app.add_middleware(_Instrumented, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, error: RequestValidationError) -> Response:
+        return _validation_error(error)
+
+    @app.exception_handler(InvalidQueryError)
+    async def invalid_query(_: Request, error: InvalidQueryError) -> Response:
+        return _error(400, str(error))
+
+    @app.exception_handler(RunNotFoundError)
+    async def not_found(_: Request, error: RunNotFoundError) -> Response:
+        return _error(404, str(error))
+
+    @app.exception_handler(WaitTimeoutError)
+    async def timed_out(_: Request, error: WaitTimeoutError) -> Response:
+        return _error(504, str(error))
+
+    @app.exception_handler(QueryError)
+    async def query_error(_: Request, error: QueryError) -> Response:
+        return _error(400, str(error))
+
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, error: StoreError) -> Response:
+        log.error("state store failed: %s", error)
+        return _error(503, f"the state store is unavailable: {error}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        where = f"{request.method} {request.url.path}"
+        if error.status_code == 404:
+            message = f"no endpoint {where}: /openapi.json lists them"
+        elif error.status_code == 405:
+            message = f"{where} is not allowed: /openapi.json lists the methods"
+        elif error.status_code == 400:  # FastAPI could not parse the body at all
+            message = f"the request body cannot be parsed as JSON ({error.detail})"
+        else:
+            message = str(error.detail)
+        return _error(error.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> Response:
+        log.exception("unhandled error answering %s %s", request.method, request.url.path)
+        return _error(500, "internal error: the server log has the details")
+
+    @app.get("/runs/batch", include_in_schema=False)
+    async def batch_is_post() -> Response:
+        return _error(405, 'use POST /runs/batch with {"run_ids": [...]}')
+
+    @app.get(
+        "/runs/{run_id}",
+        response_model=RunState,
+        responses=_RUN_ERRORS,
+        summary="A run's state: current, as of a time, or at a sequence",
+    )
+    async def get_run(
+        run_id: _RunId,
+        as_of: Annotated[
+            str | None,
+            Query(
+                description="RFC 3339 time: the state after every event up to then.",
+                json_schema_extra={"format": "date-time"},
+            ),
+        ] = None,
+        at_sequence: Annotated[
+            int | None,
+            Query(ge=0, le=MAX_SEQUENCE, description="The state after this sequence."),
+        ] = None,
+    ) -> Response:
+        moment = _point(as_of, at_sequence)
+        data = query.get_at_json(run_id, as_of=moment, at_sequence=at_sequence)
+        if data is None:
+            if (as_of is None and at_sequence is None) or query.get_json(run_id) is None:
+                raise RunNotFoundError(f"run {run_id} is unknown")
+            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
+            raise RunNotFoundError(f"run {run_id} had no event {point}")
+        return _json(data)
+
+    @app.post(
+        "/runs/batch",
+        response_model=BatchResponse,
+        responses=_BAD_INPUT,
+        summary="States of many runs in one call",
+    )
+    def get_batch(request: BatchRequest) -> Response:
+        moment = None if request.as_of is None else parse_time(request.as_of)
+        found = query.get_many_json(request.run_ids, as_of=moment)
+        states = [v for v in found.values() if v is not None]
+        missing = [str(run) for run, v in found.items() if v is None]
+        body = b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
+        return _json(body)
+
+    @app.get(
+        "/runs",
+        response_model=RunList,
+        responses=_BAD_INPUT,
+        summary="Runs newest first, by session, status or activity",
+    )
+    def list_runs(
+        session_id: Annotated[
+            str | None,
+            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
+        ] = None,
+        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+        active: Annotated[
+            bool | None,
+            Query(description="true: only runs not yet finished; false: only finished runs."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_RUNS_LIMIT,
+        cursor: Annotated[
+            str | None, Query(description="next_cursor of the previous page.")
+        ] = None,
+    ) -> Response:
+        states, next_cursor = query.list_runs_json(
+            session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
+        )
+        body = (
+            b'{"runs":['
+            + b",".join(states)
+            + b'],"next_cursor":'
+            + orjson.dumps(next_cursor)
+            + b"}"
+        )
+        return _json(body)
+
+    @app.get(
+        "/runs/{run_id}/events",
+        response_model=EventList,
+        responses=_RUN_ERRORS,
+        summary="A run's events in sequence order",
+    )
+    def list_events(
+        run_id: _RunId,
+        from_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_EVENTS_LIMIT,
+    ) -> Response:
+        events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
+        if not events and query.get_json(run_id) is None:
+            raise RunNotFoundError(f"run {run_id} is unknown")
+        return _json(orjson.dumps({"events": [_event_json(e) for e in events]}))
+
+    @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
+    def healthz() -> Response:
+        fresh = query.freshness()
+        return _json(orjson.dumps({"status": "ok", **fresh.to_json_dict()}))
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        summary="Prometheus metrics",
+    )
+    def prometheus() -> Response:
+        return Response(content=metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def _config(
+    query: RunStateQuery,
+    host: str,
+    port: int,
+    metrics_source: MetricsSource | None,
+    log_level: str,
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(query, metrics_source),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,  # /metrics counts requests; a line per request costs throughput
+        lifespan="off",
+    )
+
+
+def serve(
+    query: RunStateQuery,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    metrics_source: MetricsSource | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise."""
+    uvicorn.Server(_config(query, host, port, metrics_source, log_level)).run()
+
+
+class BackgroundServer:
+    """The API on a thread of this process, e.g. beside a projector or in tests.
+
+        with BackgroundServer(query) as server:
+            httpx.get(f"{server.url}/runs/{run_id}")
+
+    `port=0` picks a free port; `url` says which.
+    """
+
+    def __init__(
+        self,
+        query: RunStateQuery,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_source: MetricsSource | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self._server = uvicorn.Server(_config(query, host, self.port, metrics_source, log_level))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        """Start serving; returns once the server accepts connections."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the HTTP server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish in-flight requests and stop."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._socket.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -256,7 +256,7 @@ def test_compiled_writer_checks_integer_ranges() -> None:
     base = {"n": None, "b": True, "i": 0, "l": 0, "f": 0.0, "d": 0.0, "y": b"", "s": ""}
     base |= {"e": "A", "r": {"x": 0}, "again": {"x": 0}, "opt": None, "either": None}
     for field, value in (("l", 2**63), ("l", -(2**63) - 1), ("i", 2**31), ("i", -(2**31) - 1)):
-        with pytest.raises(CodecError, match="does not fit"):
+        with pytest.raises(CodecError, match=f"All.{field} = {value} does not fit"):
             WRITE_ALL(bytearray(), {**base, field: value})
 
 
@@ -344,6 +344,7 @@ def test_huge_declared_length_fails_fast_without_allocating() -> None:
     ("data", "message"),
     [
         (HEADER + b"\xff" * 20, "longer than 10 bytes"),
+        (HEADER + b"\xff" * 9 + b"\x02", "exceeds 64 bits"),
         (HEADER + b"\x01" + bytes(40), "declares -1 bytes"),
         (HEADER + b"\x48" + b"\x00" * 4, "truncated"),
     ],
@@ -447,7 +448,7 @@ def _constructed(**changes: Any) -> AgentEvent:
         (_constructed(payload=TextDelta.model_construct(delta=5)), "AttributeError"),
         (_constructed(sequence="7"), "TypeError"),
         (_constructed(sequence=2**63), "does not fit an Avro 64-bit integer"),
-        (_constructed(event_id=str(RUN)), "AttributeError"),
+        (_constructed(event_id=str(RUN)), "expected a UUID, not str"),
         (_constructed(timestamp=datetime(2026, 1, 1)), "TypeError"),  # noqa: DTZ001
         (_constructed(payload=TextDelta(delta="\ud800")), "surrogates not allowed"),
         (_constructed(payload=TokenUsage()), "KeyError"),

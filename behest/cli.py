@@ -326,4 +326,129 @@ def project(
 
 # --- serve / state ----------------------------------------------------------
 
+_STATE_DIR_HELP = "RocksDB folder the projector writes [env BEHEST_STATE_DIR]."
+_QUERY_TOPIC_HELP = "Event topic whose projection to read [env BEHEST_TOPIC]."
+
+
+def _query_settings(state_dir: str | None, topic: str | None) -> Settings:
+    """Settings from the environment, with --state-dir and --topic on top."""
+    import pathlib
+
+    update: dict[str, object] = {}
+    if state_dir is not None:
+        update["state_dir"] = pathlib.Path(state_dir)
+    if topic is not None:
+        update["topic"] = topic
+    return settings().model_copy(update=update)
+
+
+def _query_failed(exc: Exception) -> typer.Exit:
+    """Print a query or store error (no traceback) and give the exit to raise."""
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind; the default keeps the API on this host."
+    ),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
+    state_dir: str | None = typer.Option(None, "--state-dir", help=_STATE_DIR_HELP),
+    topic: str | None = typer.Option(None, "--topic", help=_QUERY_TOPIC_HELP),
+) -> None:
+    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
+    from behest.errors import BehestError
+    from behest.http import serve
+    from behest.query import RunStateQuery
+
+    config = _query_settings(state_dir, topic)
+    try:
+        query = RunStateQuery.open(config)
+    except BehestError as exc:
+        raise _query_failed(exc) from None
+    with query:
+        typer.echo(
+            f"serving {query.store.path} ({config.topic}) on http://{host}:{port} "
+            "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
+            err=True,
+        )
+        serve(query, host=host, port=port)
+
+
+@app.command("state")
+def state_command(
+    run_id: str = typer.Argument(..., help="The run id (a UUID)."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="RFC 3339 time, e.g. 2026-11-20T14:03:07Z: the state back then."
+    ),
+    at_sequence: int | None = typer.Option(
+        None, "--at-sequence", help="The state after folding events up to this sequence."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the contract's JSON instead."),
+    state_dir: str | None = typer.Option(None, "--state-dir", help=_STATE_DIR_HELP),
+    topic: str | None = typer.Option(None, "--topic", help=_QUERY_TOPIC_HELP),
+) -> None:
+    """Print one run's state: current, as of a time, or at a sequence."""
+    import orjson
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from behest.errors import BehestError
+    from behest.events import KnownFinishReason, RunState, format_time
+    from behest.query import RunStateQuery, parse_time
+
+    config = _query_settings(state_dir, topic)
+    try:
+        moment = None if as_of is None else parse_time(as_of)
+        with RunStateQuery.open(config) as query:
+            data = query.get_at_json(run_id, as_of=moment, at_sequence=at_sequence)
+            known = data is not None or query.get_json(run_id) is not None
+    except BehestError as exc:
+        raise _query_failed(exc) from None
+    if data is None:
+        point = f" as of {as_of}" if as_of else f" at sequence {at_sequence}"
+        why = f"had no event{point}" if known else f"is unknown in {config.state_dir}"
+        typer.echo(f"error: run {run_id} {why}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(data.decode())
+        return
+    state = RunState.model_validate_json(data)
+    colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}
+    usage = state.total_usage
+    finish = state.last_finish
+    if finish is None:
+        finish_text = "-"
+    elif isinstance(finish, KnownFinishReason):
+        finish_text = finish.value
+    else:
+        finish_text = f"unknown: {finish.unknown}"
+    table = Table(show_header=False, title=f"run {state.run_id}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("status", f"[{colour.get(state.status.value, 'cyan')}]{state.status.value}[/]"),
+        ("session", str(state.session_id)),
+        ("provider / model", f"{state.provider or '-'} / {state.model or '-'}"),
+        ("iteration", str(state.iteration)),
+        (
+            "tokens in / out / total",
+            f"{usage.input_tokens:,} / {usage.output_tokens:,} / {usage.total_tokens:,}",
+        ),
+        ("last finish", finish_text),
+        ("last error", state.last_error or "-"),
+        ("events / last sequence", f"{state.event_count} / {state.sequence}"),
+        ("created", format_time(state.created_at)),
+        ("updated", format_time(state.updated_at)),
+        ("metadata", orjson.dumps(state.metadata).decode()),
+    ]
+    for name, value in rows:
+        table.add_row(name, value if name == "status" else escape(value))
+    if as_of or at_sequence is not None:
+        table.caption = f"as of {as_of}" if as_of else f"at sequence {at_sequence}"
+    Console().print(table)
+
+
 # --- demo -------------------------------------------------------------------

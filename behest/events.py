@@ -435,7 +435,10 @@ class EventRecord(TypedDict):
     projections fold. Ids are canonical UUID text, `timestamp` is UTC microseconds since
     the epoch, and `payload` is `(variant full name, fields)`, e.g.
     `("behest.UsageRecorded", {"usage": {"input_tokens": 3, ...}})`; JSON-valued fields
-    (metadata, arguments, output) are still JSON text."""
+    (metadata, arguments, output) are still JSON text. Nested unions come the same way:
+    `result` is `("behest.ToolExecutionSuccess", {"output": "<json>"})` or
+    `("behest.ToolExecutionFailure", {"error": ...})`, and `finish_reason` is a known
+    reason's text (`"stop"`) or `("behest.UnknownFinishReason", {"unknown": ...})`."""
 
     event_id: str
     run_id: str

@@ -36,6 +36,9 @@ from behest.events import (
 )
 from tests.unit import strategies
 
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+"""No timing health checks: a shared, loaded machine must not fail a correct property."""
+
 SAMPLES = strategies.sample_events()
 HEADER = codec.MAGIC + codec.CURRENT.fingerprint
 RUN = RunId(uuid.UUID("3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"))
@@ -61,7 +64,7 @@ def envelope(payload_index: int, payload_body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("variant", PAYLOAD_TYPES, ids=lambda cls: cls.__name__)
-@settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow])
+@settings(RELAXED, max_examples=20)
 @given(data=st.data())
 def test_every_variant_round_trips(variant: type[Any], data: st.DataObject) -> None:
     event = data.draw(strategies.agent_events(payload=strategies.payloads(variant)))
@@ -71,7 +74,7 @@ def test_every_variant_round_trips(variant: type[Any], data: st.DataObject) -> N
     assert codec.encode_record(codec.decode_record(encoded)) == encoded
 
 
-@settings(max_examples=150)
+@settings(RELAXED, max_examples=150)
 @given(strategies.events())
 def test_compiled_codec_agrees_with_fastavro(event: AgentEvent) -> None:
     encoded = codec.encode(event)
@@ -240,7 +243,7 @@ ALL_VALUES = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150)
+@settings(RELAXED, max_examples=150)
 @given(ALL_VALUES)
 def test_compiled_reader_and_writer_agree_with_fastavro_on_every_supported_type(
     value: dict[str, Any],
@@ -401,7 +404,7 @@ def test_values_that_are_not_bytes_are_codec_errors(value: Any) -> None:
         codec.decode(value)
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(
     header=st.sampled_from(sorted(codec.VERSIONS)),
     body=st.binary(max_size=200),
@@ -413,7 +416,7 @@ def test_random_bytes_after_a_valid_header_raise_nothing_but_codec_error(
         codec.decode(codec.MAGIC + header + body)
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(
     event=st.sampled_from(SAMPLES),
     position=st.integers(min_value=codec.HEADER_SIZE, max_value=10_000),

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -22,16 +22,19 @@ from behest.events import (
 )
 from tests.unit import strategies
 
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+"""No timing health checks: a shared, loaded machine must not fail a correct property."""
+
 RUN = RunId(uuid.UUID("3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"))
 
 
-@settings(max_examples=150)
+@settings(RELAXED, max_examples=150)
 @given(strategies.events())
 def test_agent_event_round_trips_through_pydantic_json(event: AgentEvent) -> None:
     assert AgentEvent.model_validate_json(event.model_dump_json()) == event
 
 
-@settings(max_examples=100)
+@settings(RELAXED, max_examples=100)
 @given(strategies.run_states())
 def test_run_state_round_trips_through_pydantic_json(state: RunState) -> None:
     assert RunState.model_validate_json(state.model_dump_json()) == state
@@ -43,7 +46,7 @@ def test_payload_strategies_cover_every_variant_in_union_order() -> None:
     assert list(dict.fromkeys(samples)) == list(PAYLOAD_TYPES)
 
 
-@settings(max_examples=50)
+@settings(RELAXED, max_examples=50)
 @given(strategies.events())
 def test_event_timestamps_are_utc_and_within_the_wire_range(event: AgentEvent) -> None:
     assert event.timestamp.utcoffset() == timedelta(0)
@@ -51,7 +54,7 @@ def test_event_timestamps_are_utc_and_within_the_wire_range(event: AgentEvent) -
     assert -(2**63) <= micros < 2**63
 
 
-@settings(max_examples=30)
+@settings(RELAXED, max_examples=30)
 @given(strategies.run_histories(RUN))
 def test_run_histories_look_like_one_run(history: list[AgentEvent]) -> None:
     assert {event.run_id for event in history} == {RUN}
@@ -63,7 +66,7 @@ def test_run_histories_look_like_one_run(history: list[AgentEvent]) -> None:
 
 
 @given(st.data())
-@settings(max_examples=10)
+@settings(RELAXED, max_examples=10)
 def test_agent_events_can_fix_run_and_sequence(data: st.DataObject) -> None:
     event = data.draw(strategies.agent_events(RUN, sequence=7))
     assert (event.run_id, event.sequence) == (RUN, 7)

@@ -51,7 +51,7 @@ from behest.events import (
     format_time,
     parse_run_id,
 )
-from behest.store import StateStore, decode_u64, prefix_end, run_key
+from behest.store import StateStore, prefix_end, run_key
 from projections.run_state import (
     INDEX_ACTIVE,
     INDEX_ALL,
@@ -342,29 +342,10 @@ class RunStateQuery:
         self.refresh()
         return Freshness(
             topic=self.topic,
-            offsets=self._folded_offsets(),
+            offsets=self.store.stored_offsets(self.topic),
             synced_at=self._synced_at,
             max_staleness=self.max_staleness,
         )
-
-    def _folded_offsets(self) -> dict[int, int]:
-        """Next offset per partition, read from the store's offsets family.
-
-        Parsed here rather than with `StateStore.stored_offsets`, whose key parser splits at
-        the last 0x00 byte and so fails on partition numbers that contain one (e.g. 0).
-        """
-        prefix = self.topic.encode() + b"\x00"
-        iterator = self.store.offsets.iter()
-        iterator.seek(prefix)
-        offsets = {}
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                break
-            if len(key) == len(prefix) + 4:
-                offsets[int.from_bytes(key[-4:], "big")] = decode_u64(iterator.value())
-            iterator.next()
-        return offsets
 
     def wait_for(
         self, position: Position | tuple[int, int], timeout: float = DEFAULT_WAIT_TIMEOUT
@@ -389,7 +370,7 @@ class RunStateQuery:
         pause = _WAIT_FIRST_SLEEP
         while True:
             self.refresh(force=True)
-            folded = self._folded_offsets().get(partition, 0)
+            folded = self.store.stored_offsets(self.topic).get(partition, 0)
             if folded > offset:
                 return
             left = deadline - time.monotonic()

@@ -294,6 +294,7 @@ def test_every_truncation_of_every_sample_is_a_codec_error() -> None:
         (b"\x00" + codec.encode(SAMPLES[0])[1:], "not an Avro single-object"),
         (b'{"event_id": "3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"}', "not an Avro single-object"),
     ],
+    ids=["empty", "second-byte", "first-byte", "json"],
 )
 def test_wrong_marker_is_a_codec_error(data: bytes, message: str) -> None:
     with pytest.raises(CodecError, match=message):
@@ -351,6 +352,7 @@ def test_huge_declared_length_fails_fast_without_allocating() -> None:
         (HEADER + b"\x01" + bytes(40), "declares -1 bytes"),
         (HEADER + b"\x48" + b"\x00" * 4, "truncated"),
     ],
+    ids=["overlong-varint", "varint-over-64-bits", "negative-length", "short-string"],
 )
 def test_malformed_integers_and_lengths_are_codec_errors(data: bytes, message: str) -> None:
     with pytest.raises(CodecError, match=message):
@@ -564,6 +566,7 @@ def test_registry_decodes_ids_of_older_versions_it_did_not_register(registry_cod
         (b"\xc3\x01\x00\x00\x00\x01", CodecError, "not a Schema Registry framed event"),
         (b"\x00\x00\x00\x03\xe7\x00", UnknownSchemaError, "schema id 999"),
     ],
+    ids=["short", "single-object", "unknown-id"],
 )
 def test_registry_framing_rejects_bad_input(
     registry_codec: Any, data: bytes, error: type[Exception], message: str

@@ -156,19 +156,23 @@ class JavaPartitioner:
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         if key is None:
             return random.choice(available or all_partitions)  # noqa: S311 - not security
+        return self.partition(key, len(all_partitions))
+
+    def partition(self, key: bytes, count: int) -> int:
+        """`toPositive(murmur2(key)) % count`, the hash remembered per key."""
         positive = self._hashes.get(key)
         if positive is None:
             if len(self._hashes) >= 65_536:
                 self._hashes.clear()
             positive = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return positive % len(all_partitions)
+        return positive % count
 
 
 class _Item:
     """Records queued by one `emit`/`emit_many` call, waiting for the sender task;
     `deliveries` is None for a single event (its future gets the `Delivery` itself)."""
 
-    __slots__ = ("deliveries", "future", "pending", "records")
+    __slots__ = ("deliveries", "future", "pending", "records", "settled")
 
     def __init__(
         self,
@@ -181,6 +185,11 @@ class _Item:
         self.future = future
         self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
         self.pending = len(records)
+        self.settled = bytearray(len(records))
+
+
+_Member = tuple[_Item, int]
+"""One record of an item: the item and the record's index in it."""
 
 
 class AsyncEventProducer:
@@ -214,6 +223,7 @@ class AsyncEventProducer:
         self._outstanding = 0
         self._closing = False
         self._closed = False
+        self._partitioner = JavaPartitioner()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -249,11 +259,11 @@ class AsyncEventProducer:
         await self.flush(self.delivery_timeout if timeout is None else timeout)
         self._closing = True
         self._closed = True
-        closed = ProduceError(
-            "an event was dropped because the producer was stopped before Kafka acknowledged it"
-        )
         while self._queue:
-            self._fail(self._queue.popleft(), closed)
+            self._fail(
+                self._queue.popleft(),
+                "an event was dropped: the producer was stopped before Kafka acknowledged it",
+            )
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
@@ -359,18 +369,94 @@ class AsyncEventProducer:
                         )
                     )
                     while self._queue:
-                        self._fail(self._queue.popleft(), failure)
+                        self._fail(self._queue.popleft(), str(failure))
                     continue
-            item = self._queue.popleft()
-            send = self._client.send
-            topic = self.topic
+            items = list(self._queue)
+            self._queue.clear()
+            try:
+                await self._send_items(self._client, items)
+            except asyncio.CancelledError:
+                for item in items:  # stopped mid-way: what was not handed over fails
+                    self._fail(item, "the producer was stopped before the event was sent")
+                raise
+            except Exception as error:  # never let the sender die: report and go on
+                for item in items:
+                    self._fail(item, self._describe(error, None))
+
+    async def _send_items(self, client: AIOKafkaProducer, items: list[_Item]) -> None:
+        """Hand every record of `items` to aiokafka as one record batch per partition (in
+        emit order within each partition), bypassing its per-record `send` overhead."""
+        topic = self.topic
+        try:
+            count = len(await client.partitions_for(topic))
+        except KafkaError as error:
+            for item in items:
+                self._fail(item, self._describe(error, item.records[0][0]))
+            return
+        place = self._partitioner.partition
+        groups: dict[int, list[tuple[_Item, int, bytes, bytes | None]]] = {}
+        for item in items:
             for index, (key, value) in enumerate(item.records):
-                try:
-                    ack = await send(topic, value, key=key)
-                except Exception as error:  # never let the sender die: report and go on
-                    self._settle(item, index, None, self._describe(error, key))
-                else:
-                    ack.add_done_callback(partial(self._on_ack, item, index, key))
+                partition = place(key, count)
+                group = groups.get(partition)
+                if group is None:
+                    group = groups[partition] = []
+                group.append((item, index, key, value))
+        for partition, entries in groups.items():
+            builder = client.create_batch()
+            members: list[_Member] = []
+            for item, index, key, value in entries:
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    await self._submit(client, builder, partition, members)
+                    builder = client.create_batch()
+                    members = []
+                    if builder.append(key=key, value=value, timestamp=None) is None:
+                        self._settle(item, index, None, self._too_large(key, value))
+                        continue
+                members.append((item, index))
+            await self._submit(client, builder, partition, members)
+
+    async def _submit(
+        self, client: AIOKafkaProducer, builder: Any, partition: int, members: list[_Member]
+    ) -> None:
+        if not members:
+            return
+        try:
+            ack = await client.send_batch(builder, self.topic, partition=partition)
+        except KafkaError as error:
+            key = members[0][0].records[members[0][1]][0]
+            for item, index in members:
+                self._settle(item, index, None, self._describe(error, key))
+        else:
+            ack.add_done_callback(partial(self._on_batch_ack, members, partition))
+
+    def _too_large(self, key: bytes, value: bytes | None) -> str:
+        size = len(key) + len(value or b"")
+        return (
+            f"an event of run {key.decode(errors='replace')} is {size} bytes, more than one "
+            f"record batch holds ({self.config['max_batch_size']} bytes): raise "
+            "max_batch_size (and the topic's max.message.bytes)"
+        )
+
+    def _on_batch_ack(
+        self, members: list[_Member], partition: int, ack: asyncio.Future[Any]
+    ) -> None:
+        if ack.cancelled() or ack.exception() is not None:
+            error = ack.exception() if not ack.cancelled() else None
+            key = members[0][0].records[members[0][1]][0]
+            reason = (
+                self._describe(error, key)
+                if error is not None
+                else "the send was cancelled (the producer is stopping)"
+            )
+            for item, index in members:
+                self._settle(item, index, None, reason)
+            return
+        base = ack.result().offset
+        topic = self.topic
+        settle = self._settle
+        for offset, (item, index) in enumerate(members, start=base):
+            settle(item, index, Delivery(topic, partition, offset), None)
 
     async def _connect(self) -> AIOKafkaProducer:
         """An aiokafka producer connected to the cluster, retried until the delivery
@@ -378,7 +464,7 @@ class AsyncEventProducer:
         deadline = time.monotonic() + self.delivery_timeout
         last: Exception | None = None
         for attempt in range(1_000_000):
-            client = AIOKafkaProducer(**self.config, partitioner=JavaPartitioner())
+            client = AIOKafkaProducer(**self.config, partitioner=self._partitioner)
             try:
                 await client.start()
                 return client
@@ -398,21 +484,13 @@ class AsyncEventProducer:
             "`behest broker start` or set BEHEST_BOOTSTRAP_SERVERS"
         )
 
-    def _on_ack(self, item: _Item, index: int, key: bytes, ack: asyncio.Future[Any]) -> None:
-        if ack.cancelled():
-            self._settle(item, index, None, f"the send of an event of run {key!r} was cancelled")
-            return
-        error = ack.exception()
-        if error is not None:
-            self._settle(item, index, None, self._describe(error, key))
-            return
-        metadata = ack.result()
-        self._settle(item, index, Delivery(self.topic, metadata.partition, metadata.offset), None)
-
     def _settle(
         self, item: _Item, index: int, delivery: Delivery | None, error: str | None
     ) -> None:
         """Record one record's outcome; resolve the caller's future once all are in."""
+        if item.settled[index]:
+            return
+        item.settled[index] = 1
         self._outstanding -= 1
         if self._outstanding == 0 and self._idle is not None:
             self._idle.set()
@@ -434,13 +512,13 @@ class AsyncEventProducer:
         if item.pending == 0 and not future.done():
             future.set_result(item.deliveries)
 
-    def _fail(self, item: _Item, error: ProduceError) -> None:
-        """Fail every record of an item that was never handed to aiokafka."""
+    def _fail(self, item: _Item, reason: str) -> None:
+        """Fail every record of an item that has no outcome yet."""
         for index in range(len(item.records)):
-            self._settle(item, index, None, str(error))
+            self._settle(item, index, None, reason)
 
-    def _describe(self, error: BaseException, key: bytes) -> str:
-        what = f"an event of run {key.decode(errors='replace')}"
+    def _describe(self, error: BaseException, key: bytes | None) -> str:
+        what = f"an event of run {key.decode(errors='replace')}" if key else "an event"
         at = self.settings.bootstrap
         if isinstance(error, UnknownTopicOrPartitionError):
             return (

@@ -423,8 +423,10 @@ class RunState(_Model):
 
 
 def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a `Z`, e.g. `2026-11-20T14:03:07.000000Z`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds and a `Z`, e.g. `2026-11-20T14:03:07.000000Z`.
+    (`isoformat`, not `strftime`: glibc's `%Y` does not pad years before 1000 to 4 digits.)"""
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 ToolChoiceTool.model_rebuild()

@@ -3,6 +3,7 @@ every other test draws from."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ from behest.events import (
     RunStarted,
     RunState,
     TextDelta,
+    format_time,
 )
 from tests.unit import strategies
 
@@ -98,3 +100,11 @@ def test_payload_is_chosen_by_its_type_tag() -> None:
     assert event.type == "RunFailed"
     assert event.is_terminal
     assert {cls.__name__ for cls in PAYLOAD_TYPES} >= TERMINAL_TYPES
+
+
+@settings(RELAXED, max_examples=100)
+@given(strategies.utc_datetimes())
+def test_format_time_is_rfc3339_utc_with_microseconds_for_every_year(moment: datetime) -> None:
+    text = format_time(moment)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text)
+    assert datetime.fromisoformat(text) == moment

@@ -37,6 +37,7 @@ from behest.producer import (
     PRODUCER_DEFAULTS,
     Delivery,
     KeyedEncoder,
+    Record,
     check_event,
 )
 
@@ -176,7 +177,7 @@ class _Item:
 
     def __init__(
         self,
-        records: list[tuple[bytes, bytes | None]],
+        records: list[Record],
         future: asyncio.Future[Any],
         *,
         many: bool,
@@ -305,12 +306,12 @@ class AsyncEventProducer:
         Every event is encoded before any is queued, so a bad one raises and sends nothing.
         """
         encode = self._encode
-        records: list[tuple[bytes, bytes | None]] = [encode(check_event(event)) for event in events]
+        records: list[Record] = [encode(check_event(event)) for event in events]
         return self._enqueue(records, many=True)
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> asyncio.Future[Delivery]:
         """Queue a record with the run's key and no value: every projection deletes the run."""
-        return self._enqueue([(self._encode.key(run_id), None)])
+        return self._enqueue([(self._encode.key(run_id), None, 0)])
 
     def run(
         self,
@@ -325,9 +326,7 @@ class AsyncEventProducer:
 
         return AsyncRunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 
-    def _enqueue(
-        self, records: list[tuple[bytes, bytes | None]], *, many: bool = False
-    ) -> asyncio.Future[Any]:
+    def _enqueue(self, records: list[Record], *, many: bool = False) -> asyncio.Future[Any]:
         if self._closed or self._closing:
             raise ProduceError("the producer is closed; create a new AsyncEventProducer")
         if self._loop is None or self._wakeup is None or self._idle is None:
@@ -394,23 +393,24 @@ class AsyncEventProducer:
                 self._fail(item, self._describe(error, item.records[0][0]))
             return
         place = self._partitioner.partition
-        groups: dict[int, list[tuple[_Item, int, bytes, bytes | None]]] = {}
+        groups: dict[int, list[tuple[_Item, int, Record]]] = {}
         for item in items:
-            for index, (key, value) in enumerate(item.records):
-                partition = place(key, count)
+            for index, record in enumerate(item.records):
+                partition = place(record[0], count)
                 group = groups.get(partition)
                 if group is None:
                     group = groups[partition] = []
-                group.append((item, index, key, value))
+                group.append((item, index, record))
         for partition, entries in groups.items():
             builder = client.create_batch()
             members: list[_Member] = []
-            for item, index, key, value in entries:
-                if builder.append(key=key, value=value, timestamp=None) is None:
+            for item, index, (key, value, timestamp) in entries:
+                at = timestamp or None  # 0: now
+                if builder.append(key=key, value=value, timestamp=at) is None:
                     await self._submit(client, builder, partition, members)
                     builder = client.create_batch()
                     members = []
-                    if builder.append(key=key, value=value, timestamp=None) is None:
+                    if builder.append(key=key, value=value, timestamp=at) is None:
                         self._settle(item, index, None, self._too_large(key, value))
                         continue
                 members.append((item, index))

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -67,6 +68,8 @@ client puts a run on the same partition; lz4 is fast and aiokafka reads it via c
 """
 
 _KEY_CACHE_SIZE: Final = 65_536
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 _QUEUE_FULL_WAIT: Final = 0.005
 
 
@@ -94,8 +97,17 @@ def check_event(event: object) -> AgentEvent:
     )
 
 
+Record = tuple[bytes, bytes | None, int]
+"""What goes to Kafka for one event: key, value (None: a tombstone), timestamp in ms since
+the epoch (0: the time it is produced)."""
+
+
 class KeyedEncoder:
-    """Event → (Kafka key, value bytes), remembering the keys of recently seen runs."""
+    """Event → `Record`, remembering the keys of recently seen runs.
+
+    The record's Kafka timestamp is the event's own time, so the log's time index (e.g.
+    `offsets_for_times`) finds events by when they happened, even when replayed later.
+    """
 
     __slots__ = ("_encode", "_keys")
 
@@ -103,12 +115,13 @@ class KeyedEncoder:
         self._keys: dict[uuid.UUID, bytes] = {}
         self._encode = codec.encode
 
-    def __call__(self, event: AgentEvent) -> tuple[bytes, bytes]:
+    def __call__(self, event: AgentEvent) -> Record:
         run_id = event.run_id
         key = self._keys.get(run_id) if type(run_id) is uuid.UUID else None
         if key is None:
             key = self.key(run_id)
-        return key, self._encode(event)
+        value = self._encode(event)
+        return key, value, (event.timestamp - _EPOCH) // _MILLISECOND
 
     def key(self, run_id: uuid.UUID | str) -> bytes:
         """The Kafka key of a run (canonical lowercase UUID text), cached."""
@@ -224,10 +237,10 @@ class EventProducer:
     def emit(self, event: AgentEvent) -> Future[Delivery]:
         """Queue one event; the future resolves to where Kafka stored it, or to a
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
-        key, value = self._encode(check_event(event))
+        key, value, timestamp = self._encode(check_event(event))
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
-        self._produce(key, value, partial(self._deliver, future))
+        self._produce(key, value, partial(self._deliver, future), timestamp)
         return future
 
     def emit_many(self, events: Iterable[AgentEvent]) -> Future[list[Delivery]]:
@@ -247,13 +260,13 @@ class EventProducer:
         produce = self._producer.produce
         topic = self.topic
         on_delivery = batch.on_delivery
-        for index, (key, value) in enumerate(records):
+        for index, (key, value, timestamp) in enumerate(records):
             callback = partial(on_delivery, index)
             try:
-                produce(topic, value, key, on_delivery=callback)
+                produce(topic, value, key, on_delivery=callback, timestamp=timestamp)
             except BufferError:
                 try:
-                    self._produce(key, value, callback)
+                    self._produce(key, value, callback, timestamp)
                 except ProduceError as error:
                     self._abandon(batch, index, error)
             except KafkaException as error:
@@ -290,13 +303,17 @@ class EventProducer:
         return RunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 
     def _produce(
-        self, key: bytes, value: bytes | None, on_delivery: Callable[[Any, Message], None]
+        self,
+        key: bytes,
+        value: bytes | None,
+        on_delivery: Callable[[Any, Message], None],
+        timestamp: int = 0,
     ) -> None:
         if self._closed:
             raise ProduceError("the producer is closed; create a new EventProducer")
         produce = self._producer.produce
         try:
-            produce(self.topic, value, key, on_delivery=on_delivery)
+            produce(self.topic, value, key, on_delivery=on_delivery, timestamp=timestamp)
             return
         except BufferError:
             pass
@@ -307,7 +324,7 @@ class EventProducer:
         while time.monotonic() < deadline:
             self._producer.poll(_QUEUE_FULL_WAIT)
             try:
-                produce(self.topic, value, key, on_delivery=on_delivery)
+                produce(self.topic, value, key, on_delivery=on_delivery, timestamp=timestamp)
                 return
             except BufferError:
                 continue

@@ -7,11 +7,12 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import confluent_kafka
 import pytest
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, TopicPartition
 
 from behest import codec
 from behest.aio import AsyncEventProducer
@@ -57,6 +58,11 @@ def consume_all(settings: Settings, expected: int, timeout: float = 20.0) -> lis
         consumer.close()
 
 
+def millis(event: AgentEvent) -> int:
+    """The event's time as the Kafka record timestamp the producers give it."""
+    return (event.timestamp - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
 def run_events(count: int, run_id: uuid.UUID | None = None) -> list[AgentEvent]:
     stamper = RunStamper(run_id)
     events = [stamper.stamp(stamper.run_started("openai", "gpt-4o", metadata={"n": count}))]
@@ -89,6 +95,7 @@ def test_sync_emit_reports_where_each_event_was_stored(
     for message, event in zip(records, events, strict=True):
         assert message.key() == str(event.run_id).encode()
         assert codec.decode(message.value()) == event
+        assert message.timestamp() == (TIMESTAMP_CREATE_TIME, millis(event))
 
 
 async def test_async_emit_reports_where_each_event_was_stored(settings: Settings) -> None:
@@ -101,6 +108,7 @@ async def test_async_emit_reports_where_each_event_was_stored(settings: Settings
     assert deliveries == [Delivery(settings.topic, partition, i) for i in range(5)]
     records = await asyncio.to_thread(consume_all, settings, 5)
     assert [codec.decode(m.value()) for m in records] == events
+    assert [m.timestamp() for m in records] == [(TIMESTAMP_CREATE_TIME, millis(e)) for e in events]
     assert {m.key() for m in records} == {str(events[0].run_id).encode()}
 
 

@@ -37,8 +37,17 @@ unit: venv
 integration: venv
 	$(BIN)/python -m pytest tests/integration
 
-bench: venv
-	$(BIN)/python -m benchmarks
+## benchmarks against raw limits and Quix Streams, in .venv-bench: quixstreams pins an older
+## confluent-kafka, which must not downgrade .venv; there both sides share one librdkafka.
+## Arguments go in ARGS, e.g. `make bench ARGS=--quick`.
+bench: .venv-bench/.installed-stamp
+	.venv-bench/bin/python -m benchmarks $(ARGS)
+
+.venv-bench/.installed-stamp: pyproject.toml
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet --upgrade pip
+	.venv-bench/bin/python -m pip install --quiet -e '.[test,peers]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Peer frameworks doing behest's work their own way, measured on the same topic and broker."""

@@ -1,0 +1,373 @@
+"""The benchmark suite: every area against one broker, one table, each figure beside its
+reference measured in the same run.
+
+    python -m benchmarks [--quick] [--only AREA ...] [--markdown FILE]
+
+Areas run in a fixed order (the scaling curves last, so the optional 3M-event point can
+use what is left of the 10-minute budget). An area whose module is missing is skipped
+with a line saying so; an area that fails prints its error and makes the exit status 1.
+Nothing in the table is typed in: a row exists only if it was measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import confluent_kafka
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import (
+    TABLE_HEADERS,
+    BenchContext,
+    Row,
+    kafka_broker,
+    make_row,
+    markdown_table,
+    median,
+    table_cells,
+)
+
+AREAS = ("limits", "codec", "producer", "projector", "query", "scaling")
+"""In the order they run."""
+
+MODULES = {
+    "limits": "benchmarks.bench_limits",
+    "codec": "benchmarks.bench_codec",
+    "producer": "benchmarks.bench_producer",
+    "projector": "benchmarks.bench_projector",
+    "query": "benchmarks.bench_query",
+    "scaling": "benchmarks.bench_scaling",
+}
+
+SECONDS_BUDGET = {"codec": (20.0, 6.0), "producer": (60.0, 15.0), "query": (40.0, 10.0)}
+"""(full, quick) budgets offered to the areas whose `run` takes a `seconds_budget`."""
+
+TARGET_RAW_SHARE = 0.5
+TARGET_PEER_FACTOR = 3.0
+TARGET_REBUILD_SECONDS = 10.0
+MIB = 1024 * 1024
+
+
+# --- the projector against the raw limit and Quix Streams ---------------------------------------
+
+
+def projector_versus(ctx: BenchContext) -> list[Row]:
+    """Raw consume, the projector and Quix Streams over the same topic, interleaved.
+
+    The repeats alternate (raw, projector, Quix, raw, ...), so load from anything else on
+    the machine falls on all of them alike.
+    """
+    from benchmarks.bench_limits import consume_once
+    from benchmarks.bench_scaling import (
+        ProjectorSample,
+        log_sizes,
+        log_topic,
+        project_once,
+        size_label,
+    )
+    from benchmarks.peers import quix_run_state
+
+    events = log_sizes(ctx.quick)[0]
+    label, batches = log_topic(events)
+    topic, _ = ctx.topic(label, batches)
+    runs = sum(batch.count for batch in batches)
+    peers = quix_run_state.available()
+    if not peers:
+        ctx.note(
+            "skipped: Quix Streams rows: quixstreams not installed (`make bench` uses .venv-bench)"
+        )
+    # Quix Streams' default keeps a changelog topic; without it, its fastest configuration
+    changelog_variants = (True,) if ctx.quick else (True, False)
+    raw: list[float] = []
+    projector: list[tuple[float, int]] = []
+    quix: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+    ctx.log(f"projector vs raw consume vs Quix Streams over {events:,} events x{ctx.repeats}")
+    for _ in range(ctx.repeats):
+        raw.append(consume_once(ctx, topic, events).result["seconds"])
+        projector.append(project_once(ctx, topic, events, runs))
+        for changelog in changelog_variants if peers else ():
+            child = quix_run_state.fold_once(ctx, topic, events, changelog=changelog)
+            if child.result["events"] != events or child.result["runs"] != runs:
+                raise RuntimeError(f"Quix Streams folded {child.result}, not {events} events")
+            quix[changelog].append((child.result["seconds"], child.peak_rss_bytes))
+
+    sample = ProjectorSample(
+        events=events,
+        seconds=median([s for s, _ in projector]),
+        peak_rss_bytes=median([r for _, r in projector]),
+    )
+    ctx.memo[f"projector:{label}"] = sample  # the log curve's first point
+    name = f"projector (RunState → RocksDB), {size_label(events)} events"
+    raw_rate = events / median(raw)
+    rows = [
+        make_row(name, sample.rate, "events/s", "raw confluent-kafka consume, bytes only", raw_rate)
+    ]
+    ctx.note(
+        _target(
+            "projector ≥ 50% of raw consume",
+            sample.rate / raw_rate >= TARGET_RAW_SHARE,
+            f"{sample.rate / raw_rate:.0%}",
+        )
+    )
+    for changelog, label in ((True, "changelog on (its default)"), (False, "changelog off")):
+        if not quix[changelog]:
+            continue
+        quix_rate = events / median([s for s, _ in quix[changelog]])
+        rows.append(
+            make_row(name, sample.rate, "events/s", f"Quix Streams, same fold, {label}", quix_rate)
+        )
+        ctx.note(
+            _target(
+                f"projector ≥ 3x Quix Streams ({label})",
+                sample.rate / quix_rate >= TARGET_PEER_FACTOR,
+                f"{sample.rate / quix_rate:.2f}x",
+            )
+        )
+    if quix[True]:
+        rows.append(
+            make_row(
+                f"projector peak RSS, {size_label(events)} events",
+                sample.peak_rss_bytes / MIB,
+                "MiB",
+                "Quix Streams peak RSS (changelog on)",
+                median([r for _, r in quix[True]]) / MIB,
+            )
+        )
+    return rows
+
+
+def rebuild(ctx: BenchContext) -> list[Row]:
+    """A fresh state dir folding the whole 1M-event log, against raw consume of that log."""
+    from benchmarks.bench_limits import consume_once
+    from benchmarks.bench_scaling import log_sizes, log_topic, measure_projector, size_label
+
+    events = log_sizes(ctx.quick)[-1]
+    label, batches = log_topic(events)
+    sample = measure_projector(ctx, label, batches)
+    topic, _ = ctx.topic(label, batches)
+    raw = median([consume_once(ctx, topic, events).result["seconds"] for _ in range(ctx.repeats)])
+    ctx.note(
+        _target(
+            f"rebuild of {size_label(events)} events ≤ 10 s",
+            sample.seconds <= TARGET_REBUILD_SECONDS,
+            f"{sample.seconds:.1f} s",
+        )
+    )
+    return [
+        make_row(
+            f"rebuild: {size_label(events)} events into a fresh state dir",
+            sample.seconds,
+            "s",
+            "raw consume of the same log",
+            raw,
+        )
+    ]
+
+
+def _target(what: str, met: bool, figure: str) -> str:
+    return f"target {what}: {'met' if met else 'MISSED'} ({figure})"
+
+
+# --- areas ------------------------------------------------------------------------------------
+
+
+def _module(area: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(MODULES[area])
+    except ModuleNotFoundError as error:
+        if error.name and MODULES[area].startswith(error.name):
+            return None
+        raise
+
+
+def call_run(area: str, run: Callable[..., Any], ctx: BenchContext) -> list[Row]:
+    """Call an area's `run`, passing what its signature asks for by name."""
+    offered: dict[str, Any] = {
+        "ctx": ctx,
+        "context": ctx,
+        "bootstrap": ctx.bootstrap,
+        "bootstrap_servers": ctx.bootstrap,
+        "quick": ctx.quick,
+        "repeats": ctx.repeats,
+        "workdir": ctx.workdir,
+    }
+    if area in SECONDS_BUDGET:
+        offered["seconds_budget"] = SECONDS_BUDGET[area][ctx.quick]
+    kwargs = {}
+    for name, parameter in inspect.signature(run).parameters.items():
+        if name in offered:
+            kwargs[name] = offered[name]
+        elif parameter.default is inspect.Parameter.empty and parameter.kind not in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
+            raise TypeError(f"{run.__module__}.run needs {name!r}, which the suite cannot give")
+    return [_as_row(row) for row in run(**kwargs)]
+
+
+def _as_row(row: Any) -> Row:
+    data = dict(row)
+    return make_row(
+        str(data["name"]),
+        float(data["value"]),
+        str(data["unit"]),
+        data.get("reference"),
+        None if data.get("reference_value") is None else float(data["reference_value"]),
+    )
+
+
+def run_area(area: str, ctx: BenchContext) -> list[Row]:
+    """The rows of one area; the suite's own projector comparisons join bench_projector's."""
+    rows: list[Row] = []
+    if area == "projector":
+        rows += projector_versus(ctx)
+        rows += rebuild(ctx)
+    module = _module(area)
+    if module is None:
+        ctx.note(f"skipped: {MODULES[area]} not available")
+        return rows
+    return rows + call_run(area, module.run, ctx)
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def environment(broker: str) -> list[str]:
+    """Where and with what the figures were measured."""
+    memory = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f", {int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    versions = [f"{name} {metadata.version(name)}" for name in ("confluent-kafka",)]
+    versions.append(f"librdkafka {confluent_kafka.libversion()[0]}")
+    versions += [f"{name} {metadata.version(name)}" for name in ("fastavro", "rocksdict")]
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        versions.append(f"quixstreams {metadata.version('quixstreams')}")
+    return [
+        f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"machine: {os.cpu_count()} cores{memory}, {platform.system()} {platform.machine()}",
+        f"python: {platform.python_version()}; {', '.join(versions)}",
+        f"kafka: {broker}",
+    ]
+
+
+def print_table(console: Console, rows: Sequence[Row], title: str) -> None:
+    """The rich table, never squeezed below one line per row (logs go to pipes too)."""
+    console = Console(width=max(console.width, 200))
+    table = Table(title=title, title_justify="left")
+    for header in TABLE_HEADERS:
+        numeric = header in ("value", "reference", "ratio")
+        table.add_column(header, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*table_cells(row))
+    console.print(table)
+
+
+def markdown(rows: Sequence[Row], header: Sequence[str], notes: Sequence[str]) -> str:
+    lines = [*(f"- {line}" for line in header), "", markdown_table(rows)]
+    if notes:
+        lines += [*(f"- {note}" for note in notes), ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="behest's benchmarks against the raw limits and Quix Streams, one table.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: under 2 minutes")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=AREAS,
+        metavar="AREA",
+        help=f"run only this area (repeatable): {', '.join(AREAS)}",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="FILE",
+        help="write the Markdown table here instead of to stdout",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="repeats per measurement; the median is reported (default 3)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.repeats < 3:
+        raise SystemExit("--repeats must be at least 3: the table reports medians")
+    areas = [area for area in AREAS if not args.only or area in args.only]
+    console = Console()
+    log = console.log
+    rows: list[Row] = []
+    failed: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix="behest-bench-"))
+    started = time.monotonic()
+    try:
+        with kafka_broker(log) as (bootstrap, broker):
+            ctx = BenchContext(
+                bootstrap=bootstrap,
+                quick=args.quick,
+                workdir=workdir,
+                repeats=args.repeats,
+                log=log,
+            )
+            try:
+                for area in areas:
+                    log(f"[bold]{area}[/bold]")
+                    try:
+                        rows += run_area(area, ctx)
+                    except Exception:
+                        traceback.print_exc()
+                        failed.append(area)
+                        ctx.note(f"FAILED: {area} (traceback above); its rows are left out")
+            finally:
+                ctx.drop_topics()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    mode = "quick" if args.quick else "full"
+    command = (
+        "python -m benchmarks"
+        + (" --quick" if args.quick else "")
+        + "".join(f" --only {area}" for area in args.only or ())
+    )
+    header = [
+        *environment(broker),
+        f"command: `{command}` ({mode} mode, {elapsed:.0f} s)",
+        f"each figure is the median of {args.repeats} runs; ratio = value ÷ reference",
+    ]
+    print_table(console, rows, "behest benchmarks")
+    for line in [*header, *ctx.notes]:
+        console.print(line, markup=False, highlight=False)
+    text = markdown(rows, header, ctx.notes)
+    if args.markdown:
+        args.markdown.write_text(text)
+        log(f"wrote {args.markdown}")
+    else:
+        sys.stdout.write("\n" + text)
+    return 1 if failed else 0

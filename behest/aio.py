@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -91,6 +92,10 @@ _INTS: Final = frozenset(
     }
 )
 _AIOKAFKA_DEFAULTS: Final[Mapping[str, Any]] = {"max_batch_size": 512 * 1024}
+_AIOKAFKA_KEYWORDS: Final = frozenset(inspect.signature(AIOKafkaProducer).parameters) - {
+    "loop",
+    "partitioner",  # behest's, so every client places runs alike
+}
 
 
 def _bool(value: Any) -> bool:
@@ -142,6 +147,12 @@ def aiokafka_config(
                 "ssl.*.location paths in BEHEST_KAFKA_CONFIG"
             ) from None
     kwargs.setdefault("request_timeout_ms", DEFAULT_DELIVERY_TIMEOUT_MS)
+    unknown = sorted(kwargs.keys() - _AIOKAFKA_KEYWORDS)
+    if unknown:
+        raise ConfigError(
+            f"not AIOKafkaProducer settings: {', '.join(unknown)}; pass aiokafka keywords "
+            "(e.g. request_timeout_ms) or librdkafka names (e.g. message.timeout.ms)"
+        )
     return kwargs
 
 

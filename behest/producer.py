@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from behest import codec
 from behest.config import Settings
-from behest.errors import CodecError, ProduceError
+from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class EventProducer:
                 {**self.config, "error_cb": self._on_client_error, "logger": _librdkafka_log}
             )
         except (KafkaException, ValueError, TypeError) as error:
-            raise ProduceError(
+            raise ConfigError(
                 f"cannot create a Kafka producer with this configuration: {error}; check "
                 "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
             ) from None

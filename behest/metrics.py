@@ -131,10 +131,15 @@ class QueryMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], Histogram] = {}
         self.registry.register(_StoreCollector(query, source))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.latency.labels(method, route, str(status)).observe(seconds)
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:  # `labels()` costs more than `observe()`: look each up once
+            child = self._children[key] = self.latency.labels(method, route, str(status))
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

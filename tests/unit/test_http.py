@@ -300,9 +300,10 @@ def test_store_failures_are_503_and_bugs_500_both_json(
         BackgroundServer(broken) as server,
         httpx.Client(base_url=server.url, timeout=10) as client,
     ):
-        store_down = client.get(f"/runs/{RUN}/events")
-        assert store_down.status_code == 503
-        assert "disk on fire" in store_down.json()["error"]
+        for path in (f"/runs/{RUN}", f"/runs/{RUN}/events"):
+            store_down = client.get(path)
+            assert store_down.status_code == 503
+            assert "disk on fire" in store_down.json()["error"]
         bug = client.get("/runs")
         assert bug.status_code == 500
         assert bug.json() == {

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -42,7 +43,10 @@ __all__ = [
     "PRODUCER_DEFAULTS",
     "Delivery",
     "EventProducer",
+    "KeyedEncoder",
+    "Record",
     "check_event",
+    "describe_error",
 ]
 
 log = logging.getLogger("behest.producer")
@@ -176,9 +180,9 @@ class _Batch:
     def finish(self) -> None:
         if self.failure is not None:
             failed = self.positions.count(None)
-            self.future.set_exception(
-                ProduceError(f"{failed} of {self.total} events were not delivered: {self.failure}")
-            )
+            reason = f"{failed} of {self.total} events were not delivered: {self.failure}"
+            log.warning("%s", reason)  # also seen if nobody checks the future
+            self.future.set_exception(ProduceError(reason))
             return
         topic = self.topic
         self.future.set_result(
@@ -226,6 +230,10 @@ class EventProducer:
             target=self._poll_loop, name="behest-producer-poll", daemon=True
         )
         self._poller.start()
+        # Forgotten close(): still deliver what was queued before the interpreter exits.
+        self._at_exit = weakref.finalize(
+            self, _flush_at_exit, self._producer, self.settings.bootstrap, self.delivery_timeout
+        )
 
     @staticmethod
     def _delivery_timeout_s(config: Mapping[str, Any]) -> float:
@@ -342,7 +350,9 @@ class EventProducer:
         if error is None:
             future.set_result(Delivery(self.topic, msg.partition(), msg.offset()))  # type: ignore[arg-type]
         else:
-            future.set_exception(ProduceError(self._describe(error, msg.key())))
+            reason = self._describe(error, msg.key())
+            log.warning("event not delivered: %s", reason)  # also seen if nobody checks
+            future.set_exception(ProduceError(reason))
 
     def _on_client_error(self, error: KafkaError) -> None:
         """librdkafka retries transient errors itself; remember the last for messages."""
@@ -389,6 +399,7 @@ class EventProducer:
             self._producer.flush(1.0)  # serve the purge reports: their futures fail
         self._stop.set()
         self._poller.join()
+        self._at_exit.detach()
 
     @property
     def closed(self) -> bool:
@@ -406,6 +417,17 @@ class EventProducer:
 
     def __repr__(self) -> str:
         return f"EventProducer(bootstrap={self.settings.bootstrap!r}, topic={self.topic!r})"
+
+
+def _flush_at_exit(producer: Producer, bootstrap: str, timeout: float) -> None:
+    remaining = producer.flush(timeout)
+    if remaining:
+        log.error(
+            "%d events were never acknowledged by Kafka at %s: close the EventProducer "
+            "(or use it in a `with` block) before the process exits",
+            remaining,
+            bootstrap,
+        )
 
 
 _TIMED_OUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRunRecorder", "RunRecorder", "RunStamper"]
 
+_PAYLOAD_TYPES = frozenset(PAYLOAD_TYPES)
+
 
 class RunStamper:
     """The pure part: turns payloads into `AgentEvent`s of one run. No I/O."""
@@ -76,7 +78,7 @@ class RunStamper:
 
     def stamp(self, payload: Payload) -> AgentEvent:
         """The next event of this run carrying `payload`."""
-        if not isinstance(payload, PAYLOAD_TYPES):
+        if type(payload) not in _PAYLOAD_TYPES:
             raise TypeError(
                 f"a recorder emits payloads such as TextDelta(...), got {type(payload).__name__}"
                 + (

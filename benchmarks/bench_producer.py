@@ -135,8 +135,13 @@ def _row(
     }
 
 
-def run(bootstrap: str, seconds_budget: float = 90.0, repeats: int = 3) -> list[dict[str, Any]]:
-    """Measure every variant `repeats` times (interleaved) within about `seconds_budget`."""
+def run(
+    bootstrap: str, seconds_budget: float = 90.0, repeats: int = 3, quick: bool = False
+) -> list[dict[str, Any]]:
+    """Measure every variant `repeats` times (interleaved) within about `seconds_budget`
+    (30 s at most when `quick`)."""
+    if quick:
+        seconds_budget = min(seconds_budget, 30.0)
     deadline = time.monotonic() + seconds_budget
     settings = Settings(bootstrap_servers=bootstrap, topic=f"bench-producer-{uuid.uuid4().hex[:8]}")
     create_topics(settings, partitions=PARTITIONS)

@@ -57,11 +57,11 @@ HTTP_RATE = 1000.0
 HTTP_CONNECTIONS = 16
 TARGETS = {
     "get p99": (50.0, "µs"),
-    "get_many(1000)": (5.0, "ms"),
+    f"get_many({BATCH}) median": (5.0, "ms"),
     "get_at p99": (1.0, "ms"),
-    "HTTP p99": (5.0, "ms"),
+    "HTTP GET /runs/{id} p99": (5.0, "ms"),
 }
-"""The issue's targets: each a ceiling."""
+"""The issue's targets, by the start of the row name they apply to: each a ceiling."""
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 PROJECTION = RunStateProjection()
@@ -152,10 +152,12 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
     batches = [rng.sample(run_ids, BATCH) for _ in range(max(9, min(60, int(budget))))]
     many_raw: list[float] = []
     many_ours: list[float] = []
+    many_json: list[float] = []
     for batch in batches:
         batch_keys = [r.bytes for r in batch]
         many_raw += each_timed(states.get, [batch_keys])
         many_ours += each_timed(query.get_many, [batch])
+        many_json += each_timed(query.get_many_json, [batch])
 
     long_id = long_run[0].run_id
     first, last = long_run[0].timestamp, long_run[-1].timestamp
@@ -184,6 +186,8 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
         make_row("get_json p99 (stored bytes)", percentile(ours_json, 99) * us, "µs",
                  "raw rocksdict get p99", percentile(raw, 99) * us),
         make_row(f"get_many({BATCH}) median", median(many_ours) * ms, "ms",
+                 f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
+        make_row(f"get_many_json({BATCH}) median (stored bytes)", median(many_json) * ms, "ms",
                  f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
         make_row(f"get_at p50, {LONG_RUN_EVENTS // 1000}k-event run", percentile(at, 50) * ms,
                  "ms", "fold the run from sequence 0 (no snapshots)", median(replays) * ms),
@@ -323,9 +327,7 @@ def targets(rows: Sequence[Row]) -> list[str]:
     notes = []
     for key, (ceiling, unit) in TARGETS.items():
         for row in rows:
-            name = row["name"]
-            wanted = key.split()
-            if name.startswith(wanted[0] + " ") and all(w in name.split() for w in wanted[1:]):
+            if row["name"].startswith(key):
                 verdict = "met" if row["value"] <= ceiling else "MISSED"
                 notes.append(
                     f"target {key} ≤ {ceiling:g} {unit}: {verdict} ({row['value']:.3g} {unit})"

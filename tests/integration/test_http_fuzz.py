@@ -1,0 +1,86 @@
+"""A bounded schemathesis run from /openapi.json against the real server on 127.0.0.1.
+
+Valid and invalid requests alike (schemathesis' positive and negative generation) must
+never get a 5xx, and every answer must match what /openapi.json promises: status code,
+content type and body schema. Bounded: `MAX_EXAMPLES` cases per operation and mode,
+at most 180 requests in all, each with a timeout, so the run stays well under a minute.
+
+Each operation runs as its own Hypothesis test over schemathesis' strategy for it
+(`APIOperation.as_strategy`): schemathesis' pytest plugin for schemas loaded at run time
+(`schemathesis.pytest.from_fixture`) does not work with pytest 9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from behest.http import BackgroundServer
+from behest.query import RunStateQuery
+from behest.testing import ProjectionDriver, sample_run
+from projections.run_state import RunStateProjection
+
+MAX_EXAMPLES = 15
+REQUEST_TIMEOUT = 10.0
+OPERATIONS = [
+    ("GET", "/runs/{run_id}"),
+    ("POST", "/runs/batch"),
+    ("GET", "/runs"),
+    ("GET", "/runs/{run_id}/events"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+]
+WITHOUT_INPUT = {"/healthz", "/metrics"}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+    """The served API's schema, over a few realistic runs."""
+    directory = tmp_path_factory.mktemp("fuzz")
+    with ProjectionDriver(RunStateProjection(), directory) as driver:
+        driver.feed([e for n in range(5) for e in sample_run(events=20, seed=n)])
+        with BackgroundServer(RunStateQuery(driver.store)) as server:
+            yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+
+
+def test_the_schema_lists_exactly_the_operations_fuzzed(api: schemathesis.BaseSchema) -> None:
+    found = {(op.ok().method.upper(), op.ok().path) for op in api.get_all_operations()}
+    assert found == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_no_input_gets_a_5xx_or_an_answer_the_schema_does_not_describe(
+    api: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode
+) -> None:
+    if mode is GenerationMode.NEGATIVE and path in WITHOUT_INPUT:
+        pytest.skip("no input to get wrong")
+    operation = api[path][method]
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    def no_server_error(case: schemathesis.Case) -> None:
+        case.call_and_validate(checks=CHECKS, timeout=REQUEST_TIMEOUT)
+
+    no_server_error()

@@ -39,7 +39,6 @@ from behest.errors import (
     QueryError,
     RunNotFoundError,
     StoreError,
-    WaitTimeoutError,
 )
 from behest.events import AgentEvent, RunState, RunStatus, format_time
 from behest.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
@@ -211,7 +210,8 @@ class _Instrumented:
         finally:
             if template is None:
                 template = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe(scope["method"], template, status, time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.observe(method, template, status, time.perf_counter() - started)
 
     def _current_state(self, run_id: str) -> Response:
         try:
@@ -224,6 +224,8 @@ class _Instrumented:
 
 
 _GET_RUN: Final = "/runs/{run_id}"
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name in /metrics; any other is `other`, so labels stay few."""
 
 
 def _plain_get_run(scope: Scope) -> bool:
@@ -306,10 +308,6 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
     @app.exception_handler(RunNotFoundError)
     async def not_found(_: Request, error: RunNotFoundError) -> Response:
         return _error(404, str(error))
-
-    @app.exception_handler(WaitTimeoutError)
-    async def timed_out(_: Request, error: WaitTimeoutError) -> Response:
-        return _error(504, str(error))
 
     @app.exception_handler(QueryError)
     async def query_error(_: Request, error: QueryError) -> Response:

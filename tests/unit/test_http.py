@@ -196,6 +196,15 @@ def test_metrics_time_each_route_and_report_freshness(api: Fixture) -> None:
     assert "behest_projector_lag" not in text  # no projector in this process
 
 
+def test_metrics_count_unusual_methods_together(api: Fixture) -> None:
+    answer = api.client.request("PROPFIND", f"/runs/{_run(api)}")
+    assert answer.status_code == 405
+    assert "PROPFIND" in answer.json()["error"]
+    text = api.client.get("/metrics").text
+    assert 'method="other",route="/runs/{run_id}",status="405"' in text
+    assert "PROPFIND" not in text
+
+
 def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
     spec = api.client.get("/openapi.json").json()
     paths = spec["paths"]

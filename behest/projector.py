@@ -130,8 +130,9 @@ class BatchResult:
     positions: dict[int, int] = field(default_factory=dict)
 
 
-# (run key, sequence, decoded event or None for a tombstone, value bytes, partition, offset)
-_Item = tuple[bytes, int, Any, bytes, int, int]
+# (sequence, decoded event or None for a tombstone, value bytes, the record)
+_Item = tuple[int, Any, bytes, LogRecord]
+_Head = tuple[int, int] | None
 
 
 def _parse_key(key: bytes | None) -> tuple[str, bytes] | None:
@@ -190,9 +191,18 @@ class BatchFolder(Generic[S]):
         so the records are read again after a restart).
         """
         result = BatchResult(records=len(records))
-        items = self._decode(records, result)
+        heads = self._load_heads(records)
+        before = dict(heads)
+        reset: set[bytes] = set()
+        groups = self._check(records, heads, reset, result)
         batch = self.store.batch()
-        self._fold(items, batch, result)
+        self._fold(groups, batch, result)
+        for run, head in heads.items():
+            if head != before[run] or run in reset:
+                if head is None:
+                    batch.delete_head(run)
+                else:
+                    batch.put_head(run, head[0], head[1])
         for partition, next_offset in result.positions.items():
             batch.put_offset(self.topic, partition, next_offset)
         if result.dead_letters and dead_letter is not None:
@@ -200,82 +210,75 @@ class BatchFolder(Generic[S]):
         self.store.write(batch)
         return result
 
-    def _dead(
-        self,
-        result: BatchResult,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        error: str,
-    ) -> None:
-        result.dead_letters.append(DeadLetter(self.topic, partition, offset, key, value, error))
+    def _dead(self, result: BatchResult, record: LogRecord, error: str) -> None:
+        result.dead_letters.append(
+            DeadLetter(
+                self.topic, record.partition(), record.offset(), record.key(), record.value(), error
+            )
+        )
 
-    def _decode(self, records: Sequence[LogRecord], result: BatchResult) -> list[_Item]:
-        """Decode and check every record; poison goes to `result.dead_letters`."""
-        items: list[_Item] = []
-        append = items.append
+    def _load_heads(self, records: Sequence[LogRecord]) -> dict[bytes, _Head]:
+        """The heads of every run the batch names, in one multi-get (keys parsed once)."""
         keys = self._keys
-        positions = result.positions
         if len(keys) > _KEY_CACHE_LIMIT:
             keys.clear()
-        for record in records:
-            partition = record.partition()
-            offset = record.offset()
-            positions[partition] = offset + 1
-            key = record.key()
-            value = record.value()
+        runs = []
+        for key in {record.key() for record in records}:
             known = keys.get(key)
             if known is None:
                 known = _parse_key(key)
                 if known is None:
-                    self._dead(
-                        result,
-                        partition,
-                        offset,
-                        key,
-                        value,
-                        f"record key {key!r} is not a run id (canonical lowercase UUID text)",
-                    )
                     continue
                 keys[key] = known
+            runs.append(known[1])
+        return dict(zip(runs, self.store.get_heads(runs), strict=True))
+
+    def _check(
+        self,
+        records: Sequence[LogRecord],
+        heads: dict[bytes, _Head],
+        reset: set[bytes],
+        result: BatchResult,
+    ) -> dict[bytes, list[_Item]]:
+        """Decode, validate and sequence-check every record, in log order; the events to
+        fold, grouped per entity. Poison goes to `result.dead_letters`, tombstones reset
+        heads (and join their run's group when the entity is the run)."""
+        projection = self.projection
+        entity_of = None if projection.run_keyed else projection.key
+        keys = self._keys
+        positions = result.positions
+        groups: dict[bytes, list[_Item]] = {}
+        for record in records:
+            positions[record.partition()] = record.offset() + 1
+            known = keys.get(record.key())
+            if known is None:
+                self._dead(
+                    result,
+                    record,
+                    f"record key {record.key()!r} is not a run id (canonical lowercase UUID text)",
+                )
+                continue
             text, run = known
+            value = record.value()
             if value is None:
-                append((run, -1, None, b"", partition, offset))
+                result.tombstones += 1
+                heads[run] = None
+                reset.add(run)
+                if entity_of is None:
+                    groups.setdefault(run, []).append((-1, None, b"", record))
                 continue
             try:
                 event: Any = decode_record(value)
             except CodecError as error:
-                self._dead(result, partition, offset, key, value, str(error))
+                self._dead(result, record, str(error))
                 continue
             run_id = event["run_id"]
             sequence = event["sequence"]
             if run_id != text and not _same_run(text, run_id):
-                error_text = f"record key {text} is not the event's run_id {run_id}"
-            elif sequence < 0:
-                error_text = f"event sequence {sequence} is negative"
-            else:
-                append((run, sequence, event, value, partition, offset))
+                self._dead(result, record, f"record key {text} is not the event's run_id {run_id}")
                 continue
-            self._dead(result, partition, offset, key, value, error_text)
-        return items
-
-    def _fold(self, items: list[_Item], batch: StoreBatch, result: BatchResult) -> None:
-        """Sequence-check, group per entity, fold, and stage every change in `batch`."""
-        projection = self.projection
-        run_keyed = projection.run_keyed
-        runs = list(dict.fromkeys(item[0] for item in items))
-        heads = dict(zip(runs, self.store.get_heads(runs), strict=True))
-        changed: set[bytes] = set()
-        groups: dict[bytes, list[_Item]] = {}
-        for item in items:
-            run, sequence, event = item[0], item[1], item[2]
-            if event is None:
-                result.tombstones += 1
-                heads[run] = None
-                changed.add(run)
-                if run_keyed:
-                    groups.setdefault(run, []).append(item)
+            if sequence < 0:
+                self._dead(result, record, f"event sequence {sequence} is negative")
                 continue
             head = heads[run]
             if head is None:
@@ -284,57 +287,64 @@ class BatchFolder(Generic[S]):
                 last, gaps = head
                 if sequence <= last:
                     result.duplicates += 1
-                    log.debug("run %s: duplicate sequence %d (at %d)", _text(run), sequence, last)
+                    log.debug("run %s: duplicate sequence %d (at %d)", text, sequence, last)
                     continue
                 if sequence > last + 1:
                     gaps += 1
                     result.gaps += 1
                     log.warning(
                         "run %s: sequences %d..%d missing (got %d after %d); folded past the gap",
-                        _text(run),
+                        text,
                         last + 1,
                         sequence - 1,
                         sequence,
                         last,
                     )
                 heads[run] = (sequence, gaps)
-            changed.add(run)
-            key = run if run_keyed else projection.key(event)
-            if key is not None:
-                groups.setdefault(key, []).append(item)
+            entity = run if entity_of is None else entity_of(event)
+            if entity is not None:
+                item = (sequence, event, value, record)
+                group = groups.get(entity)
+                if group is None:
+                    groups[entity] = [item]
+                else:
+                    group.append(item)
+        return groups
 
-        keys = list(groups)
-        stored = self.store.get_states(keys)
-        for key, data in zip(keys, stored, strict=True):
-            original = None if data is None else projection.decode_state(data)
-            state = self._fold_entity(key, original, groups[key], batch, result)
+    def _fold(
+        self, groups: dict[bytes, list[_Item]], batch: StoreBatch, result: BatchResult
+    ) -> None:
+        """Fold each entity's events onto its stored state (one multi-get) and stage the
+        new states, index changes, and, for runs, their events and snapshots."""
+        projection = self.projection
+        decode, encode = projection.decode_state, projection.encode_state
+        entities = list(groups)
+        for entity, data in zip(entities, self.store.get_states(entities), strict=True):
+            original = None if data is None else decode(data)
+            state = self._fold_entity(entity, original, groups[entity], batch, result)
             self._reindex(original, state, batch)
             if state is not None:
-                batch.put_state(key, projection.encode_state(state))
-        for run in changed:
-            head = heads[run]
-            if head is None:
-                batch.delete_head(run)
-            else:
-                batch.put_head(run, head[0], head[1])
+                batch.put_state(entity, encode(state))
 
     def _fold_entity(
         self,
-        key: bytes,
+        entity: bytes,
         state: S | None,
         items: list[_Item],
         batch: StoreBatch,
         result: BatchResult,
     ) -> S | None:
-        """Fold one entity's items in order; run-keyed: store events and snapshots too."""
+        """Fold one entity's events in order; for a run, keep its events and snapshots."""
         projection = self.projection
         apply = projection.apply
         run_keyed = projection.run_keyed
         every = self.snapshot_every
+        events: list[tuple[int, bytes]] = []
         folded = 0
-        for run, sequence, event, value, partition, offset in items:
-            if event is None:  # a tombstone (run-keyed only): the run starts afresh
-                batch.delete_run(run)
+        for sequence, event, value, record in items:
+            if event is None:  # a tombstone (runs only): what came before goes with it
+                batch.delete_run(entity)
+                events.clear()
                 state = None
                 continue
             try:
@@ -342,20 +352,19 @@ class BatchFolder(Generic[S]):
             except Exception as error:  # a fold that cannot take an event must not stall us
                 self._dead(
                     result,
-                    partition,
-                    offset,
-                    str(uuid.UUID(bytes=run)).encode(),
-                    value,
+                    record,
                     f"projection {projection.name!r} cannot fold this event: "
                     f"{type(error).__name__}: {error}",
                 )
                 continue
             folded += 1
             if run_keyed:
-                batch.put_event(run, sequence, value)
+                events.append((sequence, value))
                 if (sequence + 1) % every == 0:
                     encoded = projection.encode_state(state)
-                    batch.put_snapshot(run, sequence, event["timestamp"], encoded)
+                    batch.put_snapshot(entity, sequence, event["timestamp"], encoded)
+        if events:
+            batch.put_events(entity, events)
         result.folded += folded
         return state
 
@@ -368,10 +377,6 @@ class BatchFolder(Generic[S]):
             batch.delete_index(key)
         for key in new - old:
             batch.put_index(key)
-
-
-def _text(run: bytes) -> str:
-    return str(uuid.UUID(bytes=run))
 
 
 @dataclass(slots=True)
@@ -674,6 +679,7 @@ class Projector:
                         "linger.ms": 5,
                         "message.timeout.ms": 30_000,
                         "partitioner": "murmur2_random",
+                        "logger": librdkafka_log,
                     }
                 )
             )

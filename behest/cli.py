@@ -265,7 +265,8 @@ def project(
     )
     logging.getLogger("behest.librdkafka").setLevel(logging.CRITICAL)  # errors: via error_cb
     live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
-    rate = {"at": time.monotonic(), "folded": 0, "per_second": 0.0, "printed": time.monotonic()}
+    started = time.monotonic()
+    rate = {"at": started, "folded": 0, "per_second": 0.0, "printed": started}
 
     def render(metrics: ProjectorMetrics) -> str:
         return (
@@ -320,8 +321,14 @@ def project(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    console.print(render(metrics))
-    console.print("caught up." if until_caught_up else "stopped cleanly.")
+    elapsed = time.monotonic() - started
+    console.print(
+        f"{'caught up' if until_caught_up else 'stopped cleanly'}: read "
+        f"{metrics.records:,} records in {elapsed:.1f} s "
+        f"({metrics.records / max(elapsed, 1e-9):,.0f}/s), folded "
+        f"{metrics.events_folded:,} events; {metrics.dead_letters:,} dead letters, "
+        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps"
+    )
 
 
 # --- serve / state ----------------------------------------------------------

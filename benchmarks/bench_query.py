@@ -13,14 +13,15 @@ RocksDB secondary instance.
 - HTTP `GET /runs/{id}`: `behest serve` in a subprocess, driven by an open-loop asyncio
   client at a fixed rate over keep-alive connections; beside a bare uvicorn ASGI app
   answering the same bytes under the same load (the floor of server + loopback + client).
-  A request's latency runs from when it was due to be sent (so queueing behind a slow
-  answer counts) to its last byte read.
+  A request's latency runs from when the client starts it (waiting for a free connection,
+  i.e. queueing behind slow answers, counts) to its last byte read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import socket
@@ -256,8 +257,9 @@ async def paced_load(
     latencies: list[float] = []
     failures = 0
 
-    async def one(path: bytes, due: float) -> None:
+    async def one(path: bytes) -> None:
         nonlocal failures
+        sent = loop.time()
         reader, writer = await free.get()
         writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
@@ -266,7 +268,7 @@ async def paced_load(
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
         await reader.readexactly(length)
-        latencies.append(loop.time() - due)
+        latencies.append(loop.time() - sent)
         if not head.startswith(b"HTTP/1.1 200"):
             failures += 1
         free.put_nowait((reader, writer))
@@ -279,7 +281,7 @@ async def paced_load(
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(paths[n % len(paths)], due)))
+        tasks.append(asyncio.create_task(one(paths[n % len(paths)])))
     await asyncio.gather(*tasks)
     achieved = total / (loop.time() - started)
     while not free.empty():
@@ -358,8 +360,10 @@ def main(argv: Sequence[str]) -> int:
     budget = float(argv[0]) if argv else 80.0
     started = time.monotonic()
     rows = run(budget)
+    load = ", ".join(f"{n:.1f}" for n in os.getloadavg())
     print(f"query latency ({RUNS:,} runs + one {LONG_RUN_EVENTS:,}-event run; "
-          f"{time.monotonic() - started:.0f} s)")  # fmt: skip
+          f"{time.monotonic() - started:.0f} s; "
+          f"load average {load} on {os.cpu_count()} cores)")  # fmt: skip
     widths = (44, 10, 6, 46, 10, 7)
     for row in rows:
         cells = table_cells(row)

@@ -20,6 +20,11 @@ run on its tombstone. Projections keyed otherwise (`ToolUsageProjection`, per to
 only their states plus the per-run heads that make them exactly-once; a tombstone resets
 the run's head (a later event of that run id starts afresh) but cannot take the run back
 out of an aggregate.
+
+Several projectors in one consumer group split the partitions, each folding its own into
+its own RocksDB. When a partition moves away in a rebalance, the runs it had folded stay
+in the old owner's store as they were; should the partition come back, that store resumes
+from its own stored offset. `ProjectorMetrics.assigned` says what an instance owns now.
 """
 
 from __future__ import annotations
@@ -415,7 +420,8 @@ class Projector:
     `Projector(settings).run()` folds until `stop()` (or `stop_event`) is set; the CLI sets
     it on SIGINT/SIGTERM. The store opens at construction, so a second projector on the
     same state directory fails at once with `StateLockedError`. In the same process the
-    query layer may read `projector.store` (RocksDB reads are safe beside its writer).
+    query layer may read `projector.store` (RocksDB reads are safe beside its writer;
+    `rebuild()` replaces the store object, so readers should ask for it again after one).
     """
 
     def __init__(

@@ -207,8 +207,12 @@ class StateStore:
 
     def write(self, batch: StoreBatch) -> None:
         """Apply every change of `batch` atomically."""
-        if not batch.is_empty():
+        if batch.is_empty():
+            return
+        try:
             self._db.write(batch.raw)
+        except Exception as error:  # rocksdict raises plain Exception (disk full, I/O error)
+            raise StoreError(f"cannot write to the state directory {self.path}: {error}") from None
 
     # --- reads --------------------------------------------------------------------------------
 

@@ -257,3 +257,10 @@ def test_clear_errors_for_a_missing_topic_and_a_locked_state_dir(
             projector.run(until_caught_up=True)
         with pytest.raises(StateLockedError, match="in use by another projector"):
             make(missing)
+
+
+def test_an_empty_topic_is_caught_up_at_once(settings: Settings) -> None:
+    with make(settings) as projector:
+        metrics = projector.run(until_caught_up=True)
+        assert (metrics.records, metrics.batches) == (0, 0)
+        assert projector.store.stored_offsets(settings.topic) == {}

@@ -459,3 +459,36 @@ def state_command(
 
 
 # --- demo -------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_command(
+    runs: int = typer.Option(300, "--runs", min=1, help="Agent runs to simulate."),
+    concurrency: int = typer.Option(48, "--concurrency", min=1, help="Runs in flight at once."),
+    partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of a new topic."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the simulated traffic."),
+    port: int = typer.Option(8000, "--port", help="HTTP API port (a free one if taken)."),
+    keep_running: bool = typer.Option(
+        False, "--keep-running", help="Keep the broker, projector and API up until Ctrl-C."
+    ),
+) -> None:
+    """The main job end to end: broker, topic, traffic, projection, queries, HTTP."""
+    from behest.demo import run_demo
+    from behest.errors import BehestError
+
+    try:
+        run_demo(
+            settings(),
+            runs=runs,
+            concurrency=concurrency,
+            partitions=partitions,
+            seed=seed,
+            port=port,
+            keep_running=keep_running,
+        )
+    except BehestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: stopped the projector, the API and the broker it started", err=True)
+        raise typer.Exit(130) from None

@@ -64,6 +64,10 @@ from behest.store import StateStore, StoreBatch
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_SNAPSHOT_EVERY",
+    "HEADER_ERROR",
+    "HEADER_OFFSET",
+    "HEADER_PARTITION",
+    "HEADER_TOPIC",
     "BatchFolder",
     "BatchResult",
     "DeadLetter",
@@ -500,7 +504,6 @@ class Projector:
     ) -> ProjectorMetrics:
         """Consume and fold until stopped, or, with `until_caught_up`, until every owned
         partition is folded up to the high watermark it had when `run` began."""
-        self._stopping.clear()
         consumer = Consumer(self._consumer_config())
         try:
             partitions = self._check_topic(consumer)
@@ -522,6 +525,7 @@ class Projector:
                 if targets is not None and self._caught_up(consumer, targets, idle=not messages):
                     break
         finally:
+            self._stopping.clear()  # a stop asked for before or during this run ends it only
             with self._lock:
                 self._assigned.clear()
                 self._metrics.assigned = ()

@@ -490,5 +490,5 @@ def demo_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: stopped the projector, the API and the broker it started", err=True)
+        typer.echo("interrupted: stopped what the demo started", err=True)
         raise typer.Exit(130) from None

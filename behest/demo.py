@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import httpx
 from rich.console import Console
@@ -31,6 +33,7 @@ from behest.query import RunStateQuery
 from behest.simulate import SimulationSummary, simulate
 
 SHOWN_RUNS = 12
+T = TypeVar("T")
 WAIT_TIMEOUT = 120.0
 
 
@@ -67,6 +70,20 @@ def _broker(settings: Settings, console: Console, keep: bool) -> Iterator[Settin
         if not status.already_running and not keep:
             broker.stop()
             console.print("[dim]local broker stopped[/]")
+
+
+def _in_background(work: Callable[[], T]) -> Future[T]:
+    """Run `work` on a daemon thread (Ctrl-C must not wait for it); its result as a future."""
+    future: Future[T] = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as error:  # handed to whoever waits on the future
+            future.set_exception(error)
+
+    threading.Thread(target=target, daemon=True).start()
+    return future
 
 
 def _progress_line(
@@ -168,29 +185,17 @@ def run_demo(
         )
 
         started = time.monotonic()
-        outcome: dict[str, SimulationSummary | BaseException] = {}
-
-        def produce() -> None:
-            try:
-                outcome["summary"] = simulate(settings, runs, concurrency=concurrency, seed=seed)
-            except BaseException as error:  # reported on the main thread
-                outcome["error"] = error
-
-        producing = threading.Thread(target=produce, daemon=True)
-        producing.start()
-        with Live(console=console, refresh_per_second=8, transient=False) as live:
-            while producing.is_alive():
+        producing = _in_background(
+            lambda: simulate(settings, runs, concurrency=concurrency, seed=seed)
+        )
+        with Live(console=console, refresh_per_second=8) as live:
+            while not producing.done():
                 live.update(_progress_line(projector.metrics, start_positions, started, True))
-                producing.join(0.125)
-            if "error" in outcome:
-                raise outcome["error"]
-            summary = outcome["summary"]
-            assert isinstance(summary, SimulationSummary)
-            pending = list(summary.last_delivery.values())
-            while pending:
+                time.sleep(0.125)
+            summary = producing.result()
+            for delivery in summary.last_delivery.values():
                 live.update(_progress_line(projector.metrics, start_positions, started, False))
-                query.wait_for(pending[-1], timeout=WAIT_TIMEOUT)
-                pending.pop()
+                query.wait_for(delivery, timeout=WAIT_TIMEOUT)
             live.update(_progress_line(projector.metrics, start_positions, started, False))
         report = DemoReport(settings.bootstrap, server.url, summary)
         report.fold_seconds = time.monotonic() - started
@@ -235,7 +240,7 @@ def _show(report: DemoReport, query: RunStateQuery, console: Console) -> None:
     first = summary.run_ids[0]
     response = httpx.get(f"{report.api_url}/runs/{first}", timeout=10)
     report.http_status = response.status_code
-    console.print(f"[bold]HTTP[/]          GET {report.api_url}/runs/{first} -> {response.status_code}")
+    console.print(f"[bold]HTTP[/]          GET {response.url} -> {response.status_code}")
 
     console.print(
         f"[bold]throughput[/]    produced {summary.events:,} events of {summary.runs} runs at "

@@ -131,7 +131,7 @@ def test_any_batch_split_stores_exactly_what_one_batch_does(
         assert not many.dead_letters
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=12)
 @given(
     runs=st.lists(run_histories(max_events=12), min_size=1, max_size=4, unique_by=_run_of),
     seed=st.integers(),

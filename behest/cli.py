@@ -492,3 +492,7 @@ def demo_command(
     except KeyboardInterrupt:
         typer.echo("interrupted: stopped what the demo started", err=True)
         raise typer.Exit(130) from None
+
+
+if __name__ == "__main__":
+    app()

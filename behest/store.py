@@ -20,6 +20,7 @@ position can never disagree, which is what makes the fold exactly-once.
 
 from __future__ import annotations
 
+import shutil
 import struct
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -136,6 +137,7 @@ class StateStore:
     def __init__(self, path: Path | str, *, secondary: bool = False) -> None:
         self.path = Path(path)
         self.secondary = secondary
+        self._secondary_path: Path | None = None
         families = {name: Options(raw_mode=True) for name in FAMILIES}
         try:
             if secondary:
@@ -145,6 +147,7 @@ class StateStore:
                         "(or point BEHEST_STATE_DIR at the projector's state directory)"
                     )
                 secondary_path = self.path.parent / f".{self.path.name}.secondary-{uuid.uuid4()}"
+                self._secondary_path = secondary_path
                 self._db = Rdict(
                     str(self.path),
                     _options(),
@@ -193,6 +196,8 @@ class StateStore:
         for name in FAMILIES:
             delattr(self, name)
         self._db.close()
+        if self._secondary_path is not None:  # a secondary's own info log and options
+            shutil.rmtree(self._secondary_path, ignore_errors=True)
 
     def catch_up(self) -> None:
         """Secondary instances only: see everything the writer has written so far."""

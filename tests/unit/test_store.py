@@ -164,3 +164,11 @@ def test_a_secondary_reads_what_the_writer_wrote_after_catching_up(tmp_path: Pat
 def test_a_secondary_needs_an_existing_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="run `behest project` first"):
         StateStore(tmp_path / "nothing", secondary=True)
+
+
+def test_a_secondary_leaves_no_folder_behind_when_closed(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "state") as writer:
+        fill(writer, uuid.uuid4().bytes)
+        for _ in range(3):
+            StateStore(tmp_path / "state", secondary=True).close()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]

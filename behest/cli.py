@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from behest.config import Settings
+from behest.config import DEFAULT_BROKER_PORT, Settings
 
 app = typer.Typer(
     name="behest",
@@ -23,9 +26,37 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 
 
-def settings() -> Settings:
-    """Settings from the environment (flags override per command)."""
-    return Settings()
+BootstrapServers = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (env BEHEST_BOOTSTRAP_SERVERS; default: the local broker).",
+    ),
+]
+Topic = Annotated[
+    str | None,
+    typer.Option(
+        "--topic", help="The event topic (env BEHEST_TOPIC; default: behest.agent-events)."
+    ),
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="The projections' RocksDB folder (env BEHEST_STATE_DIR)."),
+]
+
+
+def settings(
+    bootstrap_servers: str | None = None, topic: str | None = None, state_dir: Path | None = None
+) -> Settings:
+    """Settings from the environment, with the command's flags on top."""
+    flags = {"bootstrap_servers": bootstrap_servers, "topic": topic, "state_dir": state_dir}
+    return Settings().model_copy(update={k: v for k, v in flags.items() if v is not None})
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    """Print an error (no traceback) to stderr and give the exit to raise."""
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
 
 
 # --- broker -----------------------------------------------------------------
@@ -33,28 +64,15 @@ def settings() -> Settings:
 _DATA_DIR_HELP = "The broker's data dir (it identifies the broker); default: .cache/broker."
 
 
-def _default_broker_port() -> int:
-    """behest.config.DEFAULT_BROKER_PORT, imported here to keep this section self-contained."""
-    from behest.config import DEFAULT_BROKER_PORT
-
-    return DEFAULT_BROKER_PORT
-
-
 def _echo_progress(message: str) -> None:
     """Progress of a slow step (the first jar download) goes to stderr."""
     typer.echo(message, err=True)
 
 
-def _broker_failed(exc: Exception) -> typer.Exit:
-    """Print a BrokerError (no traceback) and give the exit to raise."""
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
-
-
 @broker_app.command("start")
 def broker_start(
     port: int = typer.Option(
-        _default_broker_port(), "--port", help="Port on 127.0.0.1 for clients; 0 picks a free one."
+        DEFAULT_BROKER_PORT, "--port", help="Port on 127.0.0.1 for clients; 0 picks a free one."
     ),
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     timeout: float = typer.Option(90.0, "--timeout", help="Seconds to wait for the broker."),
@@ -70,7 +88,7 @@ def broker_start(
     try:
         status = broker.start(port, timeout=timeout)
     except (BehestError, OSError) as exc:
-        raise _broker_failed(exc) from None
+        raise fail(exc) from None
     if status.already_running:
         note = "already running"
     else:
@@ -92,7 +110,7 @@ def broker_stop(
     try:
         stopped = broker.stop()
     except (BehestError, OSError) as exc:
-        raise _broker_failed(exc) from None
+        raise fail(exc) from None
     if stopped:
         typer.echo(f"stopped: pid {pid}, data dir {broker.data_dir}")
     else:
@@ -115,43 +133,23 @@ def broker_status(
 
 # --- topics -----------------------------------------------------------------
 
-_BOOTSTRAP_HELP = "Kafka bootstrap servers (default: $BEHEST_BOOTSTRAP_SERVERS, else local)."
-_TOPIC_HELP = "The event topic (default: $BEHEST_TOPIC, else behest.agent-events)."
-
-
-def _settings_with(bootstrap_servers: str | None, topic: str | None) -> Settings:
-    """Settings from the environment, with the command's flags on top."""
-    base = settings()
-    update: dict[str, str] = {}
-    if bootstrap_servers:
-        update["bootstrap_servers"] = bootstrap_servers
-    if topic:
-        update["topic"] = topic
-    return base.model_copy(update=update) if update else base
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    """Print an error (no traceback) to stderr and give the exit to raise."""
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
-
 
 @topics_app.command("create")
 def topics_create(
     partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of new topics."),
-    bootstrap_servers: str | None = typer.Option(None, "--bootstrap-servers", help=_BOOTSTRAP_HELP),
-    topic: str | None = typer.Option(None, "--topic", help=_TOPIC_HELP),
+    bootstrap_servers: BootstrapServers = None,
+    topic: Topic = None,
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the broker."),
 ) -> None:
     """Create the event topic and its dead-letter topic (infinite retention); idempotent."""
     from behest.admin import create_topics
     from behest.errors import BehestError
 
-    config = _settings_with(bootstrap_servers, topic)
+    config = settings(bootstrap_servers, topic)
     try:
         results = create_topics(config, partitions=partitions, timeout=timeout)
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     for result in results:
         typer.echo(f"{result} at {config.bootstrap}")
     for result in results:
@@ -171,8 +169,8 @@ def simulate_command(
     runs: int = typer.Option(100, "--runs", min=0, help="How many agent runs to simulate."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Runs in progress at once."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for the same traffic again."),
-    bootstrap_servers: str | None = typer.Option(None, "--bootstrap-servers", help=_BOOTSTRAP_HELP),
-    topic: str | None = typer.Option(None, "--topic", help=_TOPIC_HELP),
+    bootstrap_servers: BootstrapServers = None,
+    topic: Topic = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Produce realistic agent-run traffic (half via confluent-kafka, half via aiokafka)."""
@@ -182,11 +180,11 @@ def simulate_command(
     from behest.errors import BehestError
     from behest.simulate import simulate
 
-    config = _settings_with(bootstrap_servers, topic)
+    config = settings(bootstrap_servers, topic)
     try:
         summary = simulate(config, runs, concurrency=concurrency, seed=seed, progress=progress)
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console = Console()
     console.print(
         f"produced [bold]{summary.events}[/] events of {summary.runs} runs to "
@@ -220,13 +218,9 @@ def project(
     projection: str = typer.Option(
         "run_state", "--projection", help="Which projection: run_state or tool_usage."
     ),
-    bootstrap_servers: str | None = typer.Option(
-        None, "--bootstrap-servers", help="Kafka bootstrap servers [env BEHEST_BOOTSTRAP_SERVERS]."
-    ),
-    topic: str | None = typer.Option(None, "--topic", help="Event topic [env BEHEST_TOPIC]."),
-    state_dir: str | None = typer.Option(
-        None, "--state-dir", help="RocksDB folder [env BEHEST_STATE_DIR]."
-    ),
+    bootstrap_servers: BootstrapServers = None,
+    topic: Topic = None,
+    state_dir: StateDir = None,
     group_id: str | None = typer.Option(
         None, "--group-id", help="Consumer group; default behest.<projection>."
     ),
@@ -234,7 +228,6 @@ def project(
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
-    import pathlib
     import signal
     import time
     from contextlib import nullcontext
@@ -253,10 +246,7 @@ def project(
             err=True,
         )
         raise typer.Exit(2)
-    overrides: dict[str, object] = {"bootstrap_servers": bootstrap_servers, "topic": topic}
-    if state_dir is not None:
-        overrides["state_dir"] = pathlib.Path(state_dir)
-    config = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    config = settings(bootstrap_servers, topic, state_dir)
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -297,8 +287,7 @@ def project(
             on_progress=progress,
         )
     except BehestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
 
     def stop(signum: int, _frame: object) -> None:
         console.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")
@@ -316,8 +305,7 @@ def project(
             else:
                 metrics = projector.run(until_caught_up=until_caught_up)
     except BehestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -333,27 +321,6 @@ def project(
 
 # --- serve / state ----------------------------------------------------------
 
-_STATE_DIR_HELP = "RocksDB folder the projector writes [env BEHEST_STATE_DIR]."
-_QUERY_TOPIC_HELP = "Event topic whose projection to read [env BEHEST_TOPIC]."
-
-
-def _query_settings(state_dir: str | None, topic: str | None) -> Settings:
-    """Settings from the environment, with --state-dir and --topic on top."""
-    import pathlib
-
-    update: dict[str, object] = {}
-    if state_dir is not None:
-        update["state_dir"] = pathlib.Path(state_dir)
-    if topic is not None:
-        update["topic"] = topic
-    return settings().model_copy(update=update)
-
-
-def _query_failed(exc: Exception) -> typer.Exit:
-    """Print a query or store error (no traceback) and give the exit to raise."""
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
-
 
 @app.command("serve")
 def serve_command(
@@ -361,19 +328,19 @@ def serve_command(
         "127.0.0.1", "--host", help="Interface to bind; the default keeps the API on this host."
     ),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
-    state_dir: str | None = typer.Option(None, "--state-dir", help=_STATE_DIR_HELP),
-    topic: str | None = typer.Option(None, "--topic", help=_QUERY_TOPIC_HELP),
+    state_dir: StateDir = None,
+    topic: Topic = None,
 ) -> None:
     """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
     from behest.errors import BehestError
     from behest.http import serve
     from behest.query import RunStateQuery
 
-    config = _query_settings(state_dir, topic)
+    config = settings(topic=topic, state_dir=state_dir)
     try:
         query = RunStateQuery.open(config)
     except BehestError as exc:
-        raise _query_failed(exc) from None
+        raise fail(exc) from None
     with query:
         typer.echo(
             f"serving {query.store.path} ({config.topic}) on http://{host}:{port} "
@@ -393,8 +360,8 @@ def state_command(
         None, "--at-sequence", help="The state after folding events up to this sequence."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the contract's JSON instead."),
-    state_dir: str | None = typer.Option(None, "--state-dir", help=_STATE_DIR_HELP),
-    topic: str | None = typer.Option(None, "--topic", help=_QUERY_TOPIC_HELP),
+    state_dir: StateDir = None,
+    topic: Topic = None,
 ) -> None:
     """Print one run's state: current, as of a time, or at a sequence."""
     import orjson
@@ -406,14 +373,14 @@ def state_command(
     from behest.events import KnownFinishReason, RunState, format_time
     from behest.query import RunStateQuery, parse_time
 
-    config = _query_settings(state_dir, topic)
+    config = settings(topic=topic, state_dir=state_dir)
     try:
         moment = None if as_of is None else parse_time(as_of)
         with RunStateQuery.open(config) as query:
             data = query.get_at_json(run_id, as_of=moment, at_sequence=at_sequence)
             known = data is not None or query.get_json(run_id) is not None
     except BehestError as exc:
-        raise _query_failed(exc) from None
+        raise fail(exc) from None
     if data is None:
         point = f" as of {as_of}" if as_of else f" at sequence {at_sequence}"
         why = f"had no event{point}" if known else f"is unknown in {config.state_dir}"
@@ -471,6 +438,9 @@ def demo_command(
     keep_running: bool = typer.Option(
         False, "--keep-running", help="Keep the broker, projector and API up until Ctrl-C."
     ),
+    bootstrap_servers: BootstrapServers = None,
+    topic: Topic = None,
+    state_dir: StateDir = None,
 ) -> None:
     """The main job end to end: broker, topic, traffic, projection, queries, HTTP."""
     from behest.demo import run_demo
@@ -478,7 +448,7 @@ def demo_command(
 
     try:
         run_demo(
-            settings(),
+            settings(bootstrap_servers, topic, state_dir),
             runs=runs,
             concurrency=concurrency,
             partitions=partitions,
@@ -487,8 +457,7 @@ def demo_command(
             keep_running=keep_running,
         )
     except BehestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: stopped what the demo started", err=True)
         raise typer.Exit(130) from None

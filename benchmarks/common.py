@@ -568,7 +568,7 @@ def run_child(module: str, command: str, args: Mapping[str, Any]) -> ChildResult
         if line.startswith(RESULT_MARK)
     ]
     if completed.returncode != 0 or not marked:
-        output = "\n".join((completed.stdout + completed.stderr).splitlines()[-25:])
+        output = "\n".join((completed.stdout + completed.stderr).splitlines()[-40:])
         raise RuntimeError(
             f"`python -m {module} {command}` failed (exit {completed.returncode}):\n{output}"
         )
@@ -602,6 +602,8 @@ class BenchContext:
     memo: dict[str, object] = field(default_factory=dict)
     """Measurements more than one area reports (e.g. the projector over the 1M-event log)."""
     started: float = field(default_factory=time.monotonic)
+    budget: float = 600.0
+    """Seconds the whole suite may take; optional work runs only if it fits."""
     _counter: int = 0
 
     def unique(self, stem: str) -> str:

@@ -59,8 +59,17 @@ from behest.events import (
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 NAMESPACE = "behest"
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 CURRENT_SCHEMA_FILE = "agent_event.avsc"
+
+
+def _schema_dir() -> Path:
+    """`schemas/` beside the package in a source checkout, inside it once installed."""
+    here = Path(__file__).resolve().parent
+    installed = here / "schemas"
+    return installed if (installed / CURRENT_SCHEMA_FILE).exists() else here.parent / "schemas"
+
+
+SCHEMA_DIR = _schema_dir()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

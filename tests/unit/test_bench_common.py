@@ -21,6 +21,7 @@ from benchmarks.common import (
     median,
     percentile,
 )
+from benchmarks.suite import target_note
 from projections import run_state
 
 
@@ -121,3 +122,10 @@ def test_generated_runs_interleave_and_time_moves_forward() -> None:
     times = [codec.decode_record(value)["timestamp"] for _, value in records]
     assert times == sorted(times)
     assert len(set(times)) == len(times)
+
+
+def test_a_target_returned_as_a_reference_becomes_a_note() -> None:
+    rate = make_row("decode", 200_000, "events/s", "issue target", 500_000)
+    latency = make_row("get p99", 38.0, "µs", "issue target", 50.0)
+    assert target_note(rate) == "target decode ≥ 500,000 events/s: MISSED (200,000)"
+    assert target_note(latency) == "target get p99 ≤ 50.0 µs: met (38.0)"

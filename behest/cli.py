@@ -443,9 +443,13 @@ def demo_command(
     state_dir: StateDir = None,
 ) -> None:
     """The main job end to end: broker, topic, traffic, projection, queries, HTTP."""
+    import logging
+
     from behest.demo import run_demo
     from behest.errors import BehestError
 
+    for name in ("behest.librdkafka", "behest.producer.librdkafka"):  # transient retries
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         run_demo(
             settings(bootstrap_servers, topic, state_dir),

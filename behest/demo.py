@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TypeVar
 
 import httpx
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -100,24 +101,31 @@ def _progress_line(
 
 
 def _state_table(states: list[RunState]) -> Table:
-    table = Table(title="Run states (from RocksDB, via RunStateQuery.get_many)")
-    for column in ("run", "status", "iteration", "tokens (in/out)", "events", "model"):
-        table.add_column(column, justify="right" if column in ("iteration", "events") else "left")
+    table = Table(title="Run states (RunStateQuery.get_many)", box=box.SIMPLE_HEAD)
+    table.add_column("run")
+    table.add_column("status")
+    for column in ("iter", "tokens", "events"):
+        table.add_column(column, justify="right")
+    table.add_column("model", overflow="ellipsis", no_wrap=True)
     for state in states:
-        usage = state.total_usage
         table.add_row(
-            str(state.run_id),
+            short_id(state.run_id),
             state.status.value,
             str(state.iteration),
-            f"{usage.total_tokens} ({usage.input_tokens}/{usage.output_tokens})",
+            str(state.total_usage.total_tokens),
             str(state.event_count),
-            f"{state.provider}/{state.model}",
+            state.model,
         )
     return table
 
 
+def short_id(run_id: object) -> str:
+    """The first 8 hex digits of a run id: enough to tell a screenful of runs apart."""
+    return str(run_id)[:8]
+
+
 def _compare_table(past: RunState, now: RunState, as_of: datetime) -> Table:
-    table = Table(title=f"Run {now.run_id}: as of {format_time(as_of)} vs now")
+    table = Table(title=f"Run {now.run_id}: as of {format_time(as_of)} vs now", box=box.SIMPLE_HEAD)
     table.add_column("field")
     table.add_column("as of", style="cyan")
     table.add_column("now", style="green")

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from behest.config import Settings
-from behest.demo import run_demo
+from behest.demo import run_demo, short_id
 from behest.query import RunStateQuery
 
 
@@ -35,10 +35,12 @@ def test_demo_prints_the_states_it_queried(bootstrap_servers: str, tmp_path: Pat
         for shown in report.shown:
             stored = query.get(shown.run_id)
             assert stored == shown
-            row = next(line for line in text.splitlines() if str(shown.run_id) in line)
-            assert shown.status.value in row
-            assert f"{shown.total_usage.total_tokens} (" in row
-            assert f" {shown.event_count} " in row
+            row = next(line for line in text.splitlines() if short_id(shown.run_id) in line)
+            cells = row.split()
+            assert shown.status.value in cells
+            assert str(shown.total_usage.total_tokens) in cells
+            assert str(shown.event_count) in cells
+            assert shown.model in cells
         assert report.point_in_time is not None
         past, now, as_of = report.point_in_time
         assert query.get_at(now.run_id, as_of=as_of) == past

@@ -51,7 +51,7 @@ from behest.events import (
     format_time,
     parse_run_id,
 )
-from behest.store import StateStore, prefix_end, run_key
+from behest.store import StateStore, prefix_end, run_key, sequence_key
 from projections.run_state import (
     INDEX_ACTIVE,
     INDEX_ALL,
@@ -99,6 +99,9 @@ _CURSOR_VERSION: Final = b"\x01"
 _SUFFIX_SIZE: Final = 8 + 16  # created_at (µs, big-endian) ‖ run id: the tail of every index key
 _WAIT_FIRST_SLEEP: Final = 0.002
 _WAIT_MAX_SLEEP: Final = 0.05
+_STATE: Final = RunState.__pydantic_validator__
+"""`RunState.model_validate_json` minus its wrapper, which costs about a tenth of the call; one
+pydantic-core call per state measured faster than one over a JSON array of them."""
 
 
 class Position(Protocol):
@@ -318,7 +321,6 @@ class RunStateQuery:
         """Catch up with the projector if the last check is older than `max_staleness`
         (always, with `force`) and it wrote since. A no-op on the writer's own store."""
         if not self.store.secondary:
-            self._synced_at = datetime.now(UTC)
             return
         now = time.monotonic()
         if not force and now - self._checked < self.max_staleness:
@@ -343,7 +345,7 @@ class RunStateQuery:
         return Freshness(
             topic=self.topic,
             offsets=self.store.stored_offsets(self.topic),
-            synced_at=self._synced_at,
+            synced_at=self._synced_at if self.store.secondary else datetime.now(UTC),
             max_staleness=self.max_staleness,
         )
 
@@ -394,17 +396,17 @@ class RunStateQuery:
     def get(self, run_id: str | uuid.UUID) -> RunState | None:
         """The current state of a run, or None if it is unknown."""
         data = self.get_json(run_id)
-        return None if data is None else RunState.model_validate_json(data)
+        return None if data is None else _state(data)
 
     def get_many_json(
         self, run_ids: Iterable[str | uuid.UUID], *, as_of: datetime | None = None
     ) -> dict[RunId, bytes | None]:
         """Stored JSON per run id (None when unknown), in the order asked, duplicates once;
         with `as_of`, each run's state at that time."""
-        ids = list(dict.fromkeys(_run_id(r) for r in _bounded(run_ids)))
+        ids = list(dict.fromkeys(map(_run_id, _bounded(run_ids))))
         micros = None if as_of is None else _micros(as_of)
         self.refresh()
-        values = self.store.get_states([run_key(r) for r in ids])
+        values = self.store.get_states([r.bytes for r in ids])
         if micros is not None:
             values = [
                 None if v is None else self._at(run_key(r), v, micros=micros, sequence=None)
@@ -418,7 +420,7 @@ class RunStateQuery:
         """States of up to `MAX_BATCH` runs in one multi-get, keyed by run id in the order
         asked (None for unknown runs)."""
         return {
-            run: None if data is None else RunState.model_validate_json(data)
+            run: None if data is None else _state(data)
             for run, data in self.get_many_json(run_ids, as_of=as_of).items()
         }
 
@@ -450,7 +452,7 @@ class RunStateQuery:
         """The state after every event with timestamp <= `as_of` (or sequence <=
         `at_sequence`); None if the run had no event by then. Neither: the current state."""
         data = self.get_at_json(run_id, as_of=as_of, at_sequence=at_sequence)
-        return None if data is None else RunState.model_validate_json(data)
+        return None if data is None else _state(data)
 
     def _at(
         self, run: bytes, current: bytes, *, micros: int | None, sequence: int | None
@@ -475,13 +477,21 @@ class RunStateQuery:
         projection = self.projection
         state = None if snapshot is None else projection.decode_state(snapshot[1])
         folded = False
-        start = 0 if snapshot is None else snapshot[0] + 1
-        for _, data in self.store.iter_events(run, start, sequence):
-            event = decode_record(data)
+        # The events after the snapshot, up to the point: a plain walk of `run ‖ sequence`
+        # keys (all 24 bytes, so `key > end` also stops at the next run's first key).
+        iterator = self.store.events.iter()
+        iterator.seek(sequence_key(run, 0 if snapshot is None else snapshot[0] + 1))
+        end = sequence_key(run, MAX_SEQUENCE if sequence is None else sequence)
+        apply = projection.apply
+        while iterator.valid():
+            if iterator.key() > end:
+                break
+            event = decode_record(iterator.value())
             if micros is not None and event["timestamp"] > micros:
                 break
-            state = projection.apply(state, event)
+            state = apply(state, event)
             folded = True
+            iterator.next()
         if not folded or state is None:
             return None if snapshot is None else snapshot[1]
         return projection.encode_state(state)
@@ -552,7 +562,7 @@ class RunStateQuery:
         values, next_cursor = self.list_runs_json(
             session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
         )
-        return [RunState.model_validate_json(v) for v in values], next_cursor
+        return [_state(v) for v in values], next_cursor
 
     def _newest_first(
         self, prefixes: Sequence[bytes], before: bytes | None
@@ -595,6 +605,11 @@ class RunStateQuery:
             if len(events) == limit:
                 break
         return events
+
+
+def _state(data: bytes) -> RunState:
+    state: RunState = _STATE.validate_json(data)
+    return state
 
 
 def _bounded(run_ids: Iterable[str | uuid.UUID]) -> list[str | uuid.UUID]:

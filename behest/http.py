@@ -132,7 +132,18 @@ def _json(content: bytes, status: int = 200) -> Response:
 
 
 def _error(status: int, error: str, detail: Any = None) -> Response:
-    return _json(orjson.dumps({"error": error, "detail": detail}), status)
+    return _json(_error_body(error, detail), status)
+
+
+def _error_body(error: str, detail: Any = None) -> bytes:
+    return orjson.dumps({"error": error, "detail": detail})
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    """What `_json(body, status)` sends, without building a `Response` (the fast path)."""
+    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _event_json(event: AgentEvent) -> dict[str, Any]:
@@ -202,8 +213,9 @@ class _Instrumented:
             answer = _oversized(scope)
             if answer is None and _plain_get_run(scope):
                 template = _GET_RUN
-                answer = self._current_state(scope["path"][len("/runs/") :])
-            if answer is not None:
+                status, body = self._current_state(scope["path"][len("/runs/") :])
+                await _send_json(send, status, body)
+            elif answer is not None:
                 await answer(scope, receive, send_and_note)
             else:
                 await self.app(scope, receive, send_and_note)
@@ -213,14 +225,14 @@ class _Instrumented:
             method = scope["method"] if scope["method"] in _METHODS else "other"
             self.metrics.observe(method, template, status, time.perf_counter() - started)
 
-    def _current_state(self, run_id: str) -> Response:
+    def _current_state(self, run_id: str) -> tuple[int, bytes]:
         try:
             data = self.query.get_json(run_id)
         except InvalidQueryError as error:
-            return _error(400, str(error))
+            return 400, _error_body(str(error))
         except StoreError as error:
-            return _store_unavailable(error)
-        return _error(404, f"run {run_id} is unknown") if data is None else _json(data)
+            return 503, _store_failure(error)
+        return (404, _error_body(f"run {run_id} is unknown")) if data is None else (200, data)
 
 
 _GET_RUN: Final = "/runs/{run_id}"
@@ -241,8 +253,13 @@ def _plain_get_run(scope: Scope) -> bool:
 
 
 def _store_unavailable(error: StoreError) -> Response:
+    return _json(_store_failure(error), 503)
+
+
+def _store_failure(error: StoreError) -> bytes:
+    """Logs a store failure; the body of the 503 that reports it."""
     log.error("state store failed: %s", error)
-    return _error(503, f"the state store is unavailable: {error}")
+    return _error_body(f"the state store is unavailable: {error}")
 
 
 def _oversized(scope: Scope) -> Response | None:

@@ -259,12 +259,13 @@ class BatchFolder(Generic[S]):
         groups: dict[bytes, list[_Item]] = {}
         for record in records:
             positions[record.partition()] = record.offset() + 1
-            known = keys.get(record.key())
+            key = record.key()
+            known = keys.get(key)
             if known is None:
                 self._dead(
                     result,
                     record,
-                    f"record key {record.key()!r} is not a run id (canonical lowercase UUID text)",
+                    f"record key {key!r} is not a run id (canonical lowercase UUID text)",
                 )
                 continue
             text, run = known

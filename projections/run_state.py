@@ -91,12 +91,29 @@ def _initial(event: EventRecord) -> RunStateData:
     }
 
 
+_FOLDED: Final = {
+    f"{prefix}{variant}": variant
+    for variant in (
+        "RunStarted",
+        "ModelStarted",
+        "UsageRecorded",
+        "RunCompleted",
+        "RunFailed",
+        "RunCancelled",
+    )
+    for prefix in ("behest.", "")
+}
+"""The variants that change more than the counters, by full or short name."""
+
+
 def apply(state: RunStateData | None, event: EventRecord) -> RunStateData:
     """The state after one more event (a new dict; `state` is left as it was)."""
     new: RunStateData = _initial(event) if state is None else state.copy()
     name, body = event["payload"]
-    variant = name[7:] if name.startswith("behest.") else name
-    if variant == "RunStarted":
+    variant = _FOLDED.get(name)
+    if variant is None:  # most events: only the counters move
+        pass
+    elif variant == "RunStarted":
         new["status"] = RunStatus.SESSION_LOADED.value
         new["session_id"] = body["session_id"]
         new["provider"] = body["provider"]
@@ -122,7 +139,7 @@ def apply(state: RunStateData | None, event: EventRecord) -> RunStateData:
     elif variant == "RunFailed":
         new["status"] = RunStatus.FAILED.value
         new["last_error"] = body["error"]
-    elif variant == "RunCancelled":
+    else:  # RunCancelled
         new["status"] = RunStatus.CANCELLED.value
     new["updated_at"] = event["timestamp"]
     new["event_count"] += 1
@@ -167,6 +184,14 @@ def from_json_dict(data: dict[str, Any]) -> RunStateData:
     return state  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=8192)
+def _uuid_bytes(text: str) -> bytes:
+    """The 16 bytes of a UUID's text; cached, since the projector asks for a run's index
+    keys twice per batch it folds (a batch names at most a few thousand runs and their
+    sessions), and parsing cost more than the rest of `index_keys`."""
+    return uuid.UUID(text).bytes
+
+
 class RunStateProjection:
     """The run-state projection: one `RunState` per run, indexed by session and status."""
 
@@ -188,10 +213,10 @@ class RunStateProjection:
     def index_keys(self, state: RunStateData) -> Iterable[bytes]:
         """All runs, active runs, runs of a session, runs per status; each list ordered by
         creation time: `prefix ‖ (created_at µs + 2^63, 8 bytes BE) ‖ run id (16 bytes)`."""
-        suffix = _U64.pack(state["created_at"] + _TIME_BIAS) + uuid.UUID(state["run_id"]).bytes
+        suffix = _U64.pack(state["created_at"] + _TIME_BIAS) + _uuid_bytes(state["run_id"])
         keys = [
             INDEX_ALL + suffix,
-            INDEX_SESSION + uuid.UUID(state["session_id"]).bytes + suffix,
+            INDEX_SESSION + _uuid_bytes(state["session_id"]) + suffix,
             INDEX_STATUS + STATUS_CODES[state["status"]] + suffix,
         ]
         if state["status"] not in TERMINAL:

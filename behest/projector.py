@@ -84,7 +84,9 @@ reach the projector's error callback, which logs each kind once)."""
 S = TypeVar("S")
 
 DEFAULT_BATCH_SIZE: Final = 2000
-DEFAULT_SNAPSHOT_EVERY: Final = 64
+DEFAULT_SNAPSHOT_EVERY: Final = 32
+"""A run's state is snapshotted after every 32nd event: `get_at` folds at most 31 events
+(~0.3 ms), for about 10% more disk than the events alone."""
 _KEY_CACHE_LIMIT: Final = 100_000
 
 HEADER_TOPIC: Final = "behest.source.topic"

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import JsonValue
 
@@ -39,10 +39,7 @@ from behest.events import (
     new_run_id,
     utc_now,
 )
-
-if TYPE_CHECKING:
-    from behest.aio import AsyncEventProducer
-    from behest.producer import Delivery, EventProducer
+from behest.producer import Delivery
 
 __all__ = ["AsyncRunRecorder", "RunRecorder", "RunStamper"]
 
@@ -141,13 +138,25 @@ class RunStamper:
         return f"{type(self).__name__}(run_id={str(self.run_id)!r}, next={self.next_sequence})"
 
 
-class RunRecorder(RunStamper):
-    """Emits one run's events through an `EventProducer` (thread-safe: stamping and
-    queueing happen under one lock, so sequence order is log order)."""
+F = TypeVar("F", covariant=True)
+FL = TypeVar("FL", covariant=True)
+
+
+class Emitter(Protocol[F, FL]):
+    """What a recorder needs of a producer: `EventProducer` and `AsyncEventProducer` fit."""
+
+    def emit(self, event: AgentEvent) -> F: ...
+
+    def emit_many(self, events: Iterable[AgentEvent]) -> FL: ...
+
+
+class _Recorder(RunStamper, Generic[F, FL]):
+    """Stamps payloads and queues them on a producer; one lock makes sequence order log
+    order, and an event that was not queued leaves no gap in the sequences."""
 
     def __init__(
         self,
-        producer: EventProducer,
+        producer: Emitter[F, FL],
         run_id: uuid.UUID | str | None = None,
         *,
         session_id: uuid.UUID | None = None,
@@ -165,8 +174,8 @@ class RunRecorder(RunStamper):
         self.producer = producer
         self._lock = threading.Lock()
 
-    def emit(self, payload: Payload) -> Future[Delivery]:
-        """Stamp and queue one event."""
+    def emit(self, payload: Payload) -> F:
+        """Stamp and queue one event; the result resolves to its `Delivery`."""
         with self._lock:
             event = self.stamp(payload)
             try:
@@ -175,7 +184,7 @@ class RunRecorder(RunStamper):
                 self.next_sequence = event.sequence  # it was not queued: leave no gap
                 raise
 
-    def emit_many(self, payloads: Iterable[Payload]) -> Future[list[Delivery]]:
+    def emit_many(self, payloads: Iterable[Payload]) -> FL:
         """Stamp and queue several events, in order."""
         with self._lock:
             sequence = self.next_sequence
@@ -191,7 +200,7 @@ class RunRecorder(RunStamper):
         model: str,
         session_id: uuid.UUID | None = None,
         metadata: JsonValue = None,
-    ) -> Future[Delivery]:
+    ) -> F:
         """Emit `RunStarted` (a new session id unless one is given or known)."""
         return self.emit(self.run_started(provider, model, session_id, metadata))
 
@@ -199,81 +208,22 @@ class RunRecorder(RunStamper):
         self,
         finish_reason: FinishReason | str = KnownFinishReason.STOP,
         iterations: int | None = None,
-    ) -> Future[Delivery]:
+    ) -> F:
         """Emit `RunCompleted`."""
         return self.emit(self.run_completed(finish_reason, iterations))
 
-    def fail(self, error: str) -> Future[Delivery]:
+    def fail(self, error: str) -> F:
         """Emit `RunFailed`."""
         return self.emit(RunFailed(error=error))
 
-    def cancel(self) -> Future[Delivery]:
+    def cancel(self) -> F:
         """Emit `RunCancelled`."""
         return self.emit(RunCancelled())
 
 
-class AsyncRunRecorder(RunStamper):
+class RunRecorder(_Recorder[Future[Delivery], Future[list[Delivery]]]):
+    """Emits one run's events through an `EventProducer` (thread-safe)."""
+
+
+class AsyncRunRecorder(_Recorder[asyncio.Future[Delivery], asyncio.Future[list[Delivery]]]):
     """Emits one run's events through an `AsyncEventProducer` (use from its event loop)."""
-
-    def __init__(
-        self,
-        producer: AsyncEventProducer,
-        run_id: uuid.UUID | str | None = None,
-        *,
-        session_id: uuid.UUID | None = None,
-        next_sequence: int = 0,
-        clock: Callable[[], datetime] = utc_now,
-        new_event_id: Callable[[], uuid.UUID] = uuid.uuid4,
-    ) -> None:
-        super().__init__(
-            run_id,
-            session_id=session_id,
-            next_sequence=next_sequence,
-            clock=clock,
-            new_event_id=new_event_id,
-        )
-        self.producer = producer
-
-    def emit(self, payload: Payload) -> asyncio.Future[Delivery]:
-        """Stamp and queue one event; await the result for its `Delivery`."""
-        event = self.stamp(payload)
-        try:
-            return self.producer.emit(event)
-        except BaseException:
-            self.next_sequence = event.sequence  # it was not queued: leave no gap
-            raise
-
-    def emit_many(self, payloads: Iterable[Payload]) -> asyncio.Future[list[Delivery]]:
-        """Stamp and queue several events, in order."""
-        sequence = self.next_sequence
-        try:
-            return self.producer.emit_many([self.stamp(p) for p in payloads])
-        except BaseException:
-            self.next_sequence = sequence
-            raise
-
-    def start(
-        self,
-        provider: str,
-        model: str,
-        session_id: uuid.UUID | None = None,
-        metadata: JsonValue = None,
-    ) -> asyncio.Future[Delivery]:
-        """Emit `RunStarted` (a new session id unless one is given or known)."""
-        return self.emit(self.run_started(provider, model, session_id, metadata))
-
-    def complete(
-        self,
-        finish_reason: FinishReason | str = KnownFinishReason.STOP,
-        iterations: int | None = None,
-    ) -> asyncio.Future[Delivery]:
-        """Emit `RunCompleted`."""
-        return self.emit(self.run_completed(finish_reason, iterations))
-
-    def fail(self, error: str) -> asyncio.Future[Delivery]:
-        """Emit `RunFailed`."""
-        return self.emit(RunFailed(error=error))
-
-    def cancel(self) -> asyncio.Future[Delivery]:
-        """Emit `RunCancelled`."""
-        return self.emit(RunCancelled())

@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test]'
 	touch $(STAMP)
 
 ## the main job: local broker (unless BEHEST_BOOTSTRAP_SERVERS is set), traffic, projection, queries
@@ -46,7 +46,7 @@ bench: .venv-bench/.installed-stamp
 .venv-bench/.installed-stamp: pyproject.toml
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet --upgrade pip
-	.venv-bench/bin/python -m pip install --quiet -e '.[test,peers]'
+	.venv-bench/bin/python -m pip install --quiet -e '.[server,test,peers]'
 	touch $@
 
 clean:

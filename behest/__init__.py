@@ -3,66 +3,140 @@
 Produce typed `AgentEvent`s from any service (`EventProducer`, `AsyncEventProducer`),
 fold them exactly once into RocksDB (`Projector`), and read run states now or at any
 point in time (`RunStateQuery`, or `behest serve` over HTTP).
+
+Names load lazily (PEP 562): `import behest` or `import behest.events` starts no Kafka
+client, RocksDB or web framework; each name imports its module on first use.
 """
 
-from behest.aio import AsyncEventProducer
-from behest.config import Settings
-from behest.errors import (
-    BehestError,
-    BrokerError,
-    CodecError,
-    ConfigError,
-    InvalidQueryError,
-    KafkaUnavailableError,
-    ProduceError,
-    QueryError,
-    RunNotFoundError,
-    StateLockedError,
-    StoreError,
-    TopicMissingError,
-    UnknownSchemaError,
-    WaitTimeoutError,
-)
-from behest.events import (
-    AgentEvent,
-    AssistantMessageCommitted,
-    CompactionCircuitOpened,
-    ContextBuilt,
-    DoomLoopDetected,
-    EventRecord,
-    KnownFinishReason,
-    ModelName,
-    ModelStarted,
-    ProviderId,
-    RunCancelled,
-    RunCompleted,
-    RunFailed,
-    RunId,
-    RunRecord,
-    RunRequest,
-    RunStarted,
-    RunState,
-    RunStatus,
-    TextDelta,
-    TokenUsage,
-    ToolCall,
-    ToolCallCompleted,
-    ToolCallDelta,
-    ToolCallStarted,
-    ToolExecutionFailure,
-    ToolExecutionFinished,
-    ToolExecutionStarted,
-    ToolExecutionSuccess,
-    ToolMessageCommitted,
-    UnknownFinishReason,
-    UsageRecorded,
-    new_run_id,
-)
-from behest.producer import Delivery, EventProducer
-from behest.projection import Projection
-from behest.projector import Projector
-from behest.query import RunStateQuery
-from behest.recorder import AsyncRunRecorder, RunRecorder
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from behest.config import Settings
+    from behest.emit.aio import AsyncEventProducer
+    from behest.emit.producer import (
+        Delivery,
+        EventProducer,
+    )
+    from behest.emit.recorder import (
+        AsyncRunRecorder,
+        RunRecorder,
+    )
+    from behest.errors import (
+        BehestError,
+        BrokerError,
+        CodecError,
+        ConfigError,
+        InvalidQueryError,
+        KafkaUnavailableError,
+        ProduceError,
+        QueryError,
+        RunNotFoundError,
+        StateLockedError,
+        StoreError,
+        TopicMissingError,
+        UnknownSchemaError,
+        WaitTimeoutError,
+    )
+    from behest.events import (
+        AgentEvent,
+        AssistantMessageCommitted,
+        CompactionCircuitOpened,
+        ContextBuilt,
+        DoomLoopDetected,
+        EventRecord,
+        KnownFinishReason,
+        ModelName,
+        ModelStarted,
+        ProviderId,
+        RunCancelled,
+        RunCompleted,
+        RunFailed,
+        RunId,
+        RunRecord,
+        RunRequest,
+        RunStarted,
+        RunState,
+        RunStatus,
+        TextDelta,
+        TokenUsage,
+        ToolCall,
+        ToolCallCompleted,
+        ToolCallDelta,
+        ToolCallStarted,
+        ToolExecutionFailure,
+        ToolExecutionFinished,
+        ToolExecutionStarted,
+        ToolExecutionSuccess,
+        ToolMessageCommitted,
+        UnknownFinishReason,
+        UsageRecorded,
+        new_run_id,
+    )
+    from behest.fold.projection import Projection
+    from behest.fold.projector import Projector
+    from behest.read.query import RunStateQuery
+
+_ORIGIN: dict[str, str] = {
+    "AgentEvent": "behest.events",
+    "AssistantMessageCommitted": "behest.events",
+    "AsyncEventProducer": "behest.emit.aio",
+    "AsyncRunRecorder": "behest.emit.recorder",
+    "BehestError": "behest.errors",
+    "BrokerError": "behest.errors",
+    "CodecError": "behest.errors",
+    "CompactionCircuitOpened": "behest.events",
+    "ConfigError": "behest.errors",
+    "ContextBuilt": "behest.events",
+    "Delivery": "behest.emit.producer",
+    "DoomLoopDetected": "behest.events",
+    "EventProducer": "behest.emit.producer",
+    "EventRecord": "behest.events",
+    "InvalidQueryError": "behest.errors",
+    "KafkaUnavailableError": "behest.errors",
+    "KnownFinishReason": "behest.events",
+    "ModelName": "behest.events",
+    "ModelStarted": "behest.events",
+    "ProduceError": "behest.errors",
+    "Projection": "behest.fold.projection",
+    "Projector": "behest.fold.projector",
+    "ProviderId": "behest.events",
+    "QueryError": "behest.errors",
+    "RunCancelled": "behest.events",
+    "RunCompleted": "behest.events",
+    "RunFailed": "behest.events",
+    "RunId": "behest.events",
+    "RunNotFoundError": "behest.errors",
+    "RunRecord": "behest.events",
+    "RunRecorder": "behest.emit.recorder",
+    "RunRequest": "behest.events",
+    "RunStarted": "behest.events",
+    "RunState": "behest.events",
+    "RunStateQuery": "behest.read.query",
+    "RunStatus": "behest.events",
+    "Settings": "behest.config",
+    "StateLockedError": "behest.errors",
+    "StoreError": "behest.errors",
+    "TextDelta": "behest.events",
+    "TokenUsage": "behest.events",
+    "ToolCall": "behest.events",
+    "ToolCallCompleted": "behest.events",
+    "ToolCallDelta": "behest.events",
+    "ToolCallStarted": "behest.events",
+    "ToolExecutionFailure": "behest.events",
+    "ToolExecutionFinished": "behest.events",
+    "ToolExecutionStarted": "behest.events",
+    "ToolExecutionSuccess": "behest.events",
+    "ToolMessageCommitted": "behest.events",
+    "TopicMissingError": "behest.errors",
+    "UnknownFinishReason": "behest.events",
+    "UnknownSchemaError": "behest.errors",
+    "UsageRecorded": "behest.events",
+    "WaitTimeoutError": "behest.errors",
+    "new_run_id": "behest.events",
+}
 
 __all__ = [
     "AgentEvent",
@@ -122,3 +196,17 @@ __all__ = [
     "WaitTimeoutError",
     "new_run_id",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, then keep the name here."""
+    module = _ORIGIN.get(name)
+    if module is None:
+        raise AttributeError(f"module 'behest' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

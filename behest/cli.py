@@ -80,8 +80,8 @@ def broker_start(
     """Start a local Kafka (idempotent); prints its bootstrap address on stdout."""
     import time
 
-    from behest.broker import LocalBroker
     from behest.errors import BehestError
+    from behest.local.broker import LocalBroker
 
     broker = LocalBroker(data_dir, progress=_echo_progress)
     started = time.monotonic()
@@ -102,8 +102,8 @@ def broker_stop(
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
 ) -> None:
     """Stop the local Kafka of a data dir (SIGTERM, then SIGKILL after 20 s)."""
-    from behest.broker import LocalBroker
     from behest.errors import BehestError
+    from behest.local.broker import LocalBroker
 
     broker = LocalBroker(data_dir)
     pid = broker.status().pid
@@ -122,7 +122,7 @@ def broker_status(
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
 ) -> None:
     """Say whether the local Kafka of a data dir runs (exit 0) or not (exit 1)."""
-    from behest.broker import LocalBroker
+    from behest.local.broker import LocalBroker
 
     status = LocalBroker(data_dir).status()
     if not status.running:
@@ -178,7 +178,7 @@ def simulate_command(
     from rich.table import Table
 
     from behest.errors import BehestError
-    from behest.simulate import simulate
+    from behest.local.simulate import simulate
 
     config = settings(bootstrap_servers, topic)
     try:
@@ -237,8 +237,8 @@ def project(
     from rich.logging import RichHandler
 
     from behest.errors import BehestError
-    from behest.projector import Projector, ProjectorMetrics
-    from projections import PROJECTIONS
+    from behest.fold.projector import Projector, ProjectorMetrics
+    from behest.projections import PROJECTIONS
 
     if projection not in PROJECTIONS:
         typer.echo(
@@ -333,8 +333,8 @@ def serve_command(
 ) -> None:
     """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
     from behest.errors import BehestError
-    from behest.http import serve
-    from behest.query import RunStateQuery
+    from behest.read.http import serve
+    from behest.read.query import RunStateQuery
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
@@ -371,7 +371,7 @@ def state_command(
 
     from behest.errors import BehestError
     from behest.events import KnownFinishReason, RunState, format_time
-    from behest.query import RunStateQuery, parse_time
+    from behest.read.query import RunStateQuery, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
@@ -445,10 +445,10 @@ def demo_command(
     """The main job end to end: broker, topic, traffic, projection, queries, HTTP."""
     import logging
 
-    from behest.demo import run_demo
     from behest.errors import BehestError
+    from behest.local.demo import run_demo
 
-    for name in ("behest.librdkafka", "behest.producer.librdkafka"):  # transient retries
+    for name in ("behest.librdkafka", "behest.emit.producer.librdkafka"):  # transient retries
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         run_demo(

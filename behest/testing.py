@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 
 from behest.codec import encode
 from behest.config import DEFAULT_TOPIC
+from behest.emit.partitioner import partition_for
 from behest.events import (
     AgentEvent,
     AssistantMessageCommitted,
@@ -56,10 +57,9 @@ from behest.events import (
     ToolMessageCommitted,
     UsageRecorded,
 )
-from behest.partitioner import partition_for
-from behest.projection import Projection
-from behest.projector import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult, DeadLetter
-from behest.store import StateStore
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult, DeadLetter
+from behest.fold.projection import Projection
+from behest.fold.store import StateStore
 
 __all__ = ["ProjectionDriver", "Tombstone", "run_projection", "sample_run"]
 

@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from rocksdict import Options, Rdict, WriteBatch
 
-from behest.producer import PRODUCER_DEFAULTS
+from behest.emit.producer import PRODUCER_DEFAULTS
 from benchmarks.common import (
     BenchContext,
     ChildResult,

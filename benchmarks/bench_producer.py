@@ -30,11 +30,11 @@ from confluent_kafka import Producer
 
 from behest import codec
 from behest.admin import create_topics
-from behest.aio import AsyncEventProducer
 from behest.config import Settings
+from behest.emit.aio import AsyncEventProducer
+from behest.emit.producer import PRODUCER_DEFAULTS, EventProducer
 from behest.events import AgentEvent
-from behest.producer import PRODUCER_DEFAULTS, EventProducer
-from behest.simulate import _stamped_chunks, plan_runs
+from behest.local.simulate import _stamped_chunks, plan_runs
 
 PARTITIONS = 6
 CHUNK = 1_000

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer
 
 from behest.codec import decode_record
 from behest.config import Settings
-from behest.projector import DEFAULT_BATCH_SIZE, Projector
+from behest.fold.projector import DEFAULT_BATCH_SIZE, Projector
 from benchmarks.common import (
     Row,
     RunBatch,

@@ -46,10 +46,10 @@ from behest.events import (
     TokenUsage,
     UsageRecorded,
 )
-from behest.query import RunStateQuery
+from behest.projections.run_state import RunStateProjection
+from behest.read.query import RunStateQuery
 from behest.testing import ProjectionDriver
 from benchmarks.common import Row, make_row, median, percentile, table_cells
-from projections.run_state import RunStateProjection
 
 RUNS = 20_000
 LONG_RUN_EVENTS = 10_000

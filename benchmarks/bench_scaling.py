@@ -39,8 +39,8 @@ MIB = 1024 * 1024
 def _project(args: dict[str, Any]) -> dict[str, Any]:
     """Fold the whole topic into a fresh state dir, as `behest project --rebuild` would."""
     from behest.config import Settings
-    from behest.projector import Projector
-    from projections.run_state import RunStateProjection
+    from behest.fold.projector import Projector
+    from behest.projections.run_state import RunStateProjection
 
     settings = Settings(
         bootstrap_servers=args["bootstrap"], topic=args["topic"], state_dir=Path(args["state_dir"])
@@ -246,7 +246,7 @@ def get_at_growth(ctx: BenchContext) -> list[Row]:
     project_once(ctx, topic, fill.events, runs, keep=state_dir)
 
     from behest.config import Settings
-    from behest.query import RunStateQuery
+    from behest.read.query import RunStateQuery
 
     rng = random.Random(8)
     settings = Settings(bootstrap_servers=ctx.bootstrap, topic=topic, state_dir=state_dir)

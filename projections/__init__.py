@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from behest.projection import Projection
-from projections.run_state import RunStateProjection
-from projections.tool_usage import ToolUsageProjection
+from behest.fold.projection import Projection
+from behest.projections.run_state import RunStateProjection
+from behest.projections.tool_usage import ToolUsageProjection
 
 __all__ = ["PROJECTIONS", "RunStateProjection", "ToolUsageProjection"]
 

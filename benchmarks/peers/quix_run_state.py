@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 from behest import codec
+from behest.projections import run_state
 from benchmarks.common import BenchContext, ChildResult, child_main, run_child
-from projections import run_state
 
 STATE_KEY = "run_state"
 

@@ -4,7 +4,7 @@ Where the broker comes from, first match wins:
 
 1. `BEHEST_BOOTSTRAP_SERVERS` is set: that Kafka (nothing is started or stopped);
 2. `BEHEST_TEST_BROKER=testcontainers` and a Docker engine answers: a KRaft `KafkaContainer`;
-3. otherwise a `behest.broker.LocalBroker` on a free port, with its data in
+3. otherwise a `behest.local.broker.LocalBroker` on a free port, with its data in
    `.cache/test-broker-<pid>`, stopped and removed at the end of the session.
 
 Each test gets its own topic (`unique_topic`) and consumer group (`unique_group`), so tests
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from behest.broker import LocalBroker, free_port
 from behest.config import Settings, project_home
+from behest.local.broker import LocalBroker, free_port
 
 HERE = Path(__file__).resolve().parent
 TEST_PARTITIONS = 3

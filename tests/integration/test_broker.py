@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from behest.broker import LocalBroker, free_port
 from behest.errors import BrokerError
+from behest.local.broker import LocalBroker, free_port
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17+")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from behest.config import Settings
-from behest.demo import run_demo, short_id
-from behest.query import RunStateQuery
+from behest.local.demo import run_demo, short_id
+from behest.read.query import RunStateQuery
 
 
 def test_demo_prints_the_states_it_queried(bootstrap_servers: str, tmp_path: Path) -> None:

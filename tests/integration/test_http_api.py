@@ -25,14 +25,14 @@ import pytest
 
 from behest.codec import decode_record, encode
 from behest.config import Settings
+from behest.emit.producer import Delivery, EventProducer
 from behest.events import AgentEvent
-from behest.http import BackgroundServer
-from behest.producer import Delivery, EventProducer
-from behest.projection import fold
-from behest.projector import Projector
-from behest.query import RunStateQuery
+from behest.fold.projection import fold
+from behest.fold.projector import Projector
+from behest.projections.run_state import RunStateProjection
+from behest.read.http import BackgroundServer
+from behest.read.query import RunStateQuery
 from behest.testing import sample_run
-from projections.run_state import RunStateProjection
 
 PROJECTION = RunStateProjection()
 WAIT = 60.0

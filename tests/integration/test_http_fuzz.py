@@ -25,10 +25,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from behest.http import BackgroundServer
-from behest.query import RunStateQuery
+from behest.projections.run_state import RunStateProjection
+from behest.read.http import BackgroundServer
+from behest.read.query import RunStateQuery
 from behest.testing import ProjectionDriver, sample_run
-from projections.run_state import RunStateProjection
 
 MAX_EXAMPLES = 15
 REQUEST_TIMEOUT = 10.0

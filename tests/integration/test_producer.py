@@ -15,14 +15,14 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, TopicPartition
 
 from behest import codec
-from behest.aio import AsyncEventProducer
-from behest.broker import free_port
 from behest.config import Settings
+from behest.emit.aio import AsyncEventProducer
+from behest.emit.partitioner import partition_for, run_key
+from behest.emit.producer import Delivery, EventProducer
+from behest.emit.recorder import RunStamper
 from behest.errors import ProduceError
 from behest.events import AgentEvent, ModelStarted, RunId, TextDelta, TokenUsage, UsageRecorded
-from behest.partitioner import partition_for, run_key
-from behest.producer import Delivery, EventProducer
-from behest.recorder import RunStamper
+from behest.local.broker import free_port
 
 PARTITIONS = 3
 FAST = {"message.timeout.ms": 3000}

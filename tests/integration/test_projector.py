@@ -21,16 +21,11 @@ from behest.codec import decode_record, encode
 from behest.config import Settings
 from behest.errors import StateLockedError, TopicMissingError
 from behest.events import AgentEvent
-from behest.projection import Projection, fold_by_key
-from behest.projector import (
-    HEADER_ERROR,
-    HEADER_OFFSET,
-    HEADER_PARTITION,
-    HEADER_TOPIC,
-    Projector,
-)
+from behest.fold.engine import HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from behest.fold.projection import Projection, fold_by_key
+from behest.fold.projector import Projector
+from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import sample_run
-from projections import RunStateProjection, ToolUsageProjection
 
 RUN_STATE = RunStateProjection()
 Record = tuple[bytes | None, bytes | None]

@@ -30,10 +30,10 @@ from behest.codec import decode_record, encode
 from behest.config import Settings
 from behest.errors import StoreError
 from behest.events import AgentEvent
-from behest.projection import fold_by_key
-from behest.store import StateStore
+from behest.fold.projection import fold_by_key
+from behest.fold.store import StateStore
+from behest.projections import RunStateProjection
 from behest.testing import sample_run
-from projections import RunStateProjection
 
 RUN_STATE = RunStateProjection()
 KILLS = 4

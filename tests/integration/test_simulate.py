@@ -15,10 +15,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from behest import codec
 from behest.config import Settings
+from behest.emit.partitioner import partition_for
 from behest.errors import TopicMissingError
 from behest.events import TERMINAL_TYPES
-from behest.partitioner import partition_for
-from behest.simulate import plan_runs, simulate
+from behest.local.simulate import plan_runs, simulate
 
 PARTITIONS = 3
 FAST = {"message.timeout.ms": 5000}

@@ -11,6 +11,7 @@ import fastavro
 import pytest
 
 from behest import codec
+from behest.projections import run_state
 from benchmarks.common import (
     RunBatch,
     avro_long,
@@ -22,7 +23,6 @@ from benchmarks.common import (
     percentile,
 )
 from benchmarks.suite import target_note
-from projections import run_state
 
 
 def test_median_takes_the_middle_and_averages_an_even_count() -> None:

@@ -1,4 +1,4 @@
-"""The pure pieces of behest.broker: rendered files, ports, ids, and errors before any JVM runs."""
+"""The pure pieces of behest.local.broker: rendered files, ports, ids, errors before any JVM."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from behest import broker
-from behest.broker import (
+from behest.errors import BrokerError
+from behest.local import broker
+from behest.local.broker import (
     KAFKA_VERSION,
     LOG4J_VERSION,
     BrokerStatus,
@@ -26,7 +27,6 @@ from behest.broker import (
     render_server_properties,
     tail,
 )
-from behest.errors import BrokerError
 
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 

@@ -15,10 +15,10 @@ import pytest
 
 from behest.errors import StoreError
 from behest.events import AgentEvent, RunState
-from behest.http import MAX_BODY_BYTES, BackgroundServer
-from behest.query import MAX_BATCH, RunStateQuery
+from behest.projections.run_state import RunStateProjection
+from behest.read.http import MAX_BODY_BYTES, BackgroundServer
+from behest.read.query import MAX_BATCH, RunStateQuery
 from behest.testing import ProjectionDriver, sample_run
-from projections.run_state import RunStateProjection
 from tests.unit.strategies import sample_events
 
 RFC3339_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")

@@ -9,7 +9,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from behest.partitioner import murmur2, partition_for, run_key, to_positive
+from behest.emit.partitioner import murmur2, partition_for, run_key, to_positive
 
 # Apache Kafka's own vectors: clients/.../common/utils/UtilsTest.java, testMurmur2.
 JAVA_VECTORS = [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from behest.aio import JavaPartitioner, aiokafka_config
 from behest.config import Settings
+from behest.emit.aio import JavaPartitioner, aiokafka_config
+from behest.emit.partitioner import partition_for, run_key
+from behest.emit.producer import PRODUCER_DEFAULTS, EventProducer
 from behest.errors import ConfigError
-from behest.partitioner import partition_for, run_key
-from behest.producer import PRODUCER_DEFAULTS, EventProducer
 
 
 def test_librdkafka_defaults_then_user_config_then_overrides() -> None:

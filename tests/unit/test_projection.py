@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from behest.codec import decode_record, encode, encode_record
 from behest.errors import ProduceError
 from behest.events import AgentEvent, RunId, TextDelta
-from behest.projection import Projection, fold, fold_by_key
-from behest.projector import (
+from behest.fold.engine import (
     HEADER_ERROR,
     HEADER_OFFSET,
     HEADER_PARTITION,
@@ -29,9 +28,10 @@ from behest.projector import (
     BatchFolder,
     DeadLetter,
 )
-from behest.store import FAMILIES, StateStore, parse_sequence_key
+from behest.fold.projection import Projection, fold, fold_by_key
+from behest.fold.store import FAMILIES, StateStore, parse_sequence_key
+from behest.projections import PROJECTIONS, RunStateProjection, ToolUsageProjection
 from behest.testing import ProjectionDriver, Tombstone, run_projection, sample_run
-from projections import PROJECTIONS, RunStateProjection, ToolUsageProjection
 from tests.unit.strategies import run_histories
 
 RUN_STATE = RunStateProjection()
@@ -165,7 +165,7 @@ def test_a_gap_is_folded_recorded_and_logged(
     run = sample_run(seed=2)
     key = run[0].run_id.bytes
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
-        with caplog.at_level(logging.WARNING, logger="behest.projector"):
+        with caplog.at_level(logging.WARNING, logger="behest.fold.projector"):
             result = driver.feed([*run[:3], *run[6:8], run[10]])[0]
         assert (result.folded, result.gaps) == (6, 2)
         assert driver.store.get_head(key) == (10, 2)

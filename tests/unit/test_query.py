@@ -31,11 +31,11 @@ from behest.events import (
     TokenUsage,
     UsageRecorded,
 )
-from behest.projection import fold
-from behest.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, parse_time
-from behest.store import StateStore
+from behest.fold.projection import fold
+from behest.fold.store import StateStore
+from behest.projections.run_state import RunStateProjection
+from behest.read.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, parse_time
 from behest.testing import ProjectionDriver
-from projections.run_state import RunStateProjection
 from tests.unit.strategies import run_histories
 
 TOPIC = "behest.test-events"

@@ -11,6 +11,8 @@ from typing import Any, cast
 import pytest
 from pydantic import ValidationError
 
+from behest.emit.producer import Delivery, EventProducer, check_event
+from behest.emit.recorder import RunRecorder, RunStamper
 from behest.errors import ProduceError
 from behest.events import (
     AgentEvent,
@@ -21,8 +23,6 @@ from behest.events import (
     TextDelta,
     UnknownFinishReason,
 )
-from behest.producer import Delivery, EventProducer, check_event
-from behest.recorder import RunRecorder, RunStamper
 
 
 class Collector:

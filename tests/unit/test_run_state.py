@@ -32,9 +32,8 @@ from behest.events import (
     UnknownFinishReason,
     UsageRecorded,
 )
-from behest.projection import fold
-from behest.testing import ProjectionDriver, run_projection
-from projections.run_state import (
+from behest.fold.projection import fold
+from behest.projections.run_state import (
     INDEX_ACTIVE,
     INDEX_ALL,
     INDEX_SESSION,
@@ -46,6 +45,7 @@ from projections.run_state import (
     index_run_id,
     parse_micros,
 )
+from behest.testing import ProjectionDriver, run_projection
 from tests.unit.strategies import agent_events, run_histories, sample_events
 
 PROJECTION = RunStateProjection()

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from behest.errors import StateLockedError, StoreError
-from behest.store import (
+from behest.fold.store import (
     StateStore,
     decode_head,
     decode_u64,

@@ -14,9 +14,9 @@ from behest.events import (
     ToolExecutionFinished,
     ToolExecutionSuccess,
 )
-from behest.projection import fold_by_key
+from behest.fold.projection import fold_by_key
+from behest.projections import ToolUsageProjection
 from behest.testing import ProjectionDriver, run_projection, sample_run
-from projections import ToolUsageProjection
 
 PROJECTION = ToolUsageProjection()
 

@@ -179,7 +179,7 @@ def render_server_properties(*, port: int, controller_port: int, log_dir: Path) 
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
     }
-    lines = ["# Written by behest.broker on every start; edits are overwritten."]
+    lines = ["# Written by behest.local.broker on every start; edits are overwritten."]
     lines += [f"{key}={_escape_property(value)}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
 

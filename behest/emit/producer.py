@@ -36,7 +36,7 @@ from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 
 if TYPE_CHECKING:
-    from behest.recorder import RunRecorder
+    from behest.emit.recorder import RunRecorder
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_MS",
@@ -49,8 +49,8 @@ __all__ = [
     "describe_error",
 ]
 
-log = logging.getLogger("behest.producer")
-_librdkafka_log = logging.getLogger("behest.producer.librdkafka")
+log = logging.getLogger("behest.emit.producer")
+_librdkafka_log = logging.getLogger("behest.emit.producer.librdkafka")
 
 DEFAULT_DELIVERY_TIMEOUT_MS: Final = 30_000
 """How long an event may take to be acknowledged before `emit` reports a `ProduceError`."""
@@ -306,7 +306,7 @@ class EventProducer:
     ) -> RunRecorder:
         """A recorder that stamps event ids, sequences and times for one run (a new run
         unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
-        from behest.recorder import RunRecorder
+        from behest.emit.recorder import RunRecorder
 
         return RunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from behest.query import RunStateQuery
+from behest.read.query import RunStateQuery
 
 __all__ = [
     "CONTENT_TYPE",
@@ -47,7 +47,7 @@ LATENCY_BUCKETS: Final = (
 
 
 class ProjectorStats(Protocol):
-    """What `/metrics` reports of a projector (`behest.projector.ProjectorMetrics` fits)."""
+    """What `/metrics` reports of a projector (`behest.fold.projector.ProjectorMetrics` fits)."""
 
     @property
     def topic(self) -> str: ...

@@ -30,10 +30,8 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartiti
 from aiokafka.helpers import create_ssl_context
 
 from behest.config import Settings
-from behest.errors import ConfigError, ProduceError
-from behest.events import AgentEvent
-from behest.partitioner import murmur2
-from behest.producer import (
+from behest.emit.partitioner import murmur2
+from behest.emit.producer import (
     DEFAULT_DELIVERY_TIMEOUT_MS,
     PRODUCER_DEFAULTS,
     Delivery,
@@ -41,13 +39,15 @@ from behest.producer import (
     Record,
     check_event,
 )
+from behest.errors import ConfigError, ProduceError
+from behest.events import AgentEvent
 
 if TYPE_CHECKING:
-    from behest.recorder import AsyncRunRecorder
+    from behest.emit.recorder import AsyncRunRecorder
 
 __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 
-log = logging.getLogger("behest.aio")
+log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
 
@@ -333,7 +333,7 @@ class AsyncEventProducer:
     ) -> AsyncRunRecorder:
         """A recorder that stamps event ids, sequences and times for one run (a new run
         unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
-        from behest.recorder import AsyncRunRecorder
+        from behest.emit.recorder import AsyncRunRecorder
 
         return AsyncRunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 

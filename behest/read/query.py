@@ -51,8 +51,8 @@ from behest.events import (
     format_time,
     parse_run_id,
 )
-from behest.store import StateStore, prefix_end, run_key, sequence_key
-from projections.run_state import (
+from behest.fold.store import StateStore, prefix_end, run_key, sequence_key
+from behest.projections.run_state import (
     INDEX_ACTIVE,
     INDEX_ALL,
     INDEX_SESSION,

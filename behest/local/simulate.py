@@ -30,6 +30,8 @@ from functools import partial
 from typing import Any, Final
 
 from behest.config import Settings
+from behest.emit.producer import Delivery
+from behest.emit.recorder import RunStamper
 from behest.events import (
     AssistantMessageCommitted,
     CompactionCircuitOpened,
@@ -59,8 +61,6 @@ from behest.events import (
     UnknownFinishReason,
     UsageRecorded,
 )
-from behest.producer import Delivery
-from behest.recorder import RunStamper
 
 __all__ = [
     "Outcome",
@@ -371,7 +371,7 @@ def _produce_sync(
     seed: int,
     tally: _Tally,
 ) -> None:
-    from behest.producer import EventProducer
+    from behest.emit.producer import EventProducer
 
     with EventProducer(settings, overrides) as producer:
         futures = []
@@ -392,7 +392,7 @@ async def _produce_async(
     seed: int,
     tally: _Tally,
 ) -> None:
-    from behest.aio import AsyncEventProducer
+    from behest.emit.aio import AsyncEventProducer
 
     async with AsyncEventProducer(settings, overrides) as producer:
         futures = []

@@ -22,6 +22,7 @@ from typing import Generic, Protocol, TypeVar
 
 from pydantic import JsonValue
 
+from behest.emit.producer import Delivery
 from behest.events import (
     PAYLOAD_TYPES,
     AgentEvent,
@@ -39,7 +40,6 @@ from behest.events import (
     new_run_id,
     utc_now,
 )
-from behest.producer import Delivery
 
 __all__ = ["AsyncRunRecorder", "RunRecorder", "RunStamper"]
 

@@ -41,8 +41,8 @@ from behest.errors import (
     StoreError,
 )
 from behest.events import AgentEvent, RunState, RunStatus, format_time
-from behest.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
-from behest.query import (
+from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
+from behest.read.query import (
     DEFAULT_EVENTS_LIMIT,
     DEFAULT_RUNS_LIMIT,
     MAX_BATCH,

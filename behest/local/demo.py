@@ -25,13 +25,13 @@ from rich.live import Live
 from rich.table import Table
 
 from behest.admin import create_topics
-from behest.broker import LocalBroker, port_in_use
 from behest.config import DEFAULT_BROKER_PORT, Settings
 from behest.events import RunId, RunState, format_time
-from behest.http import BackgroundServer
-from behest.projector import Projector, ProjectorMetrics
-from behest.query import RunStateQuery
-from behest.simulate import SimulationSummary, simulate
+from behest.fold.projector import Projector, ProjectorMetrics
+from behest.local.broker import LocalBroker, port_in_use
+from behest.local.simulate import SimulationSummary, simulate
+from behest.read.http import BackgroundServer
+from behest.read.query import RunStateQuery
 
 SHOWN_RUNS = 12
 T = TypeVar("T")

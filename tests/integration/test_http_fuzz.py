@@ -43,7 +43,7 @@ OPERATIONS = [
 ]
 WITHOUT_INPUT = {"/healthz", "/metrics"}
 WAITS = {"/wait"}
-"""Valid input waits up to its timeout by design (then a flagged 503): fuzzed with bad input only."""
+"""Valid input waits up to its timeout by design (then a flagged 503): only bad input is fuzzed."""
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -78,9 +78,15 @@ StateDir = Annotated[
 def settings(
     bootstrap_servers: str | None = None, topic: str | None = None, state_dir: Path | None = None
 ) -> Settings:
-    """Settings from the environment, with the command's flags on top."""
+    """Settings from the environment, with the command's flags on top; a bad value of
+    either is one line on stderr and exit 1."""
+    from behest.errors import ConfigError
+
     flags = {"bootstrap_servers": bootstrap_servers, "topic": topic, "state_dir": state_dir}
-    return Settings().model_copy(update={k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ConfigError as exc:
+        raise fail(exc) from None
 
 
 def fail(exc: BaseException) -> typer.Exit:

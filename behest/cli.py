@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
@@ -468,6 +469,9 @@ def serve_command(
             err=True,
         )
         serve(query, host=host, port=port)
+
+
+app.command("node")(node_command)
 
 
 @app.command("state")

@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from behest.config import Settings
     from behest.emit.aio import AsyncEventProducer
-    from behest.emit.producer import (
-        Delivery,
-        EventProducer,
-    )
+    from behest.emit.delivery import Delivery
+    from behest.emit.producer import EventProducer
     from behest.emit.recorder import (
         AsyncRunRecorder,
         RunRecorder,
@@ -90,7 +88,7 @@ _ORIGIN: dict[str, str] = {
     "CompactionCircuitOpened": "behest.events",
     "ConfigError": "behest.errors",
     "ContextBuilt": "behest.events",
-    "Delivery": "behest.emit.producer",
+    "Delivery": "behest.emit.delivery",
     "DoomLoopDetected": "behest.events",
     "EventProducer": "behest.emit.producer",
     "EventRecord": "behest.events",

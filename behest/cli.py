@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from behest.config import DEFAULT_BROKER_PORT, Settings
+
+if TYPE_CHECKING:
+    from behest.read.query import RunStateQuery
 
 app = typer.Typer(
     name="behest",
@@ -24,6 +27,32 @@ topics_app = typer.Typer(
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"behest {version('behest')}")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            typer.echo("behest 0+unknown")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print behest's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Event sourcing for AI agent runs on Apache Kafka."""
 
 
 BootstrapServers = Annotated[
@@ -322,6 +351,24 @@ def project(
 # --- serve / state ----------------------------------------------------------
 
 
+def _open_query(config: Settings, wait: float) -> RunStateQuery:
+    """The projector's state, once it exists: a server started beside a fresh projector
+    (compose starts both at once) waits for it instead of exiting and being restarted."""
+    import time
+
+    from behest.projections.run_state import RunStateProjection
+    from behest.read.query import RunStateQuery
+
+    deadline = time.monotonic() + wait
+    path = config.state_dir / RunStateProjection.name
+    while not (path / "CURRENT").exists() and time.monotonic() < deadline:  # RocksDB's marker
+        if wait:
+            typer.echo(f"waiting up to {wait:g} s for the projector's state at {path}", err=True)
+            wait = 0.0  # say it once
+        time.sleep(0.5)
+    return RunStateQuery.open(config)
+
+
 @app.command("serve")
 def serve_command(
     host: str = typer.Option(
@@ -330,15 +377,20 @@ def serve_command(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
     state_dir: StateDir = None,
     topic: Topic = None,
+    wait: float = typer.Option(
+        0.0,
+        "--wait",
+        min=0.0,
+        help="Seconds to wait for the projector to create its state (0: fail at once).",
+    ),
 ) -> None:
     """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
     from behest.errors import BehestError
     from behest.read.http import serve
-    from behest.read.query import RunStateQuery
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
-        query = RunStateQuery.open(config)
+        query = _open_query(config, wait)
     except BehestError as exc:
         raise fail(exc) from None
     with query:

@@ -23,27 +23,25 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 from aiokafka.helpers import create_ssl_context
 
 from behest.config import Settings
+from behest.emit.delivery import Delivery
 from behest.emit.partitioner import murmur2
 from behest.emit.producer import (
     DEFAULT_DELIVERY_TIMEOUT_MS,
     PRODUCER_DEFAULTS,
-    Delivery,
     KeyedEncoder,
     Record,
     check_event,
 )
+from behest.emit.recorder import AsyncRunRecorder
 from behest.errors import ConfigError, ProduceError
 from behest.events import AgentEvent
-
-if TYPE_CHECKING:
-    from behest.emit.recorder import AsyncRunRecorder
 
 __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 
@@ -333,8 +331,6 @@ class AsyncEventProducer:
     ) -> AsyncRunRecorder:
         """A recorder that stamps event ids, sequences and times for one run (a new run
         unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
-        from behest.emit.recorder import AsyncRunRecorder
-
         return AsyncRunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 
     def _enqueue(self, records: list[Record], *, many: bool = False) -> asyncio.Future[Any]:

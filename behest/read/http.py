@@ -218,6 +218,7 @@ class _Instrumented:
             elif answer is not None:
                 await answer(scope, receive, send_and_note)
             else:
+                _label_body_json(scope)
                 await self.app(scope, receive, send_and_note)
         finally:
             if template is None:
@@ -260,6 +261,14 @@ def _store_failure(error: StoreError) -> bytes:
     """Logs a store failure; the body of the 503 that reports it."""
     log.error("state store failed: %s", error)
     return _error_body(f"the state store is unavailable: {error}")
+
+
+def _label_body_json(scope: Scope) -> None:
+    """Every body this API takes is JSON: a POST labelled otherwise (`curl -d` says it is a
+    form) is read as JSON rather than refused for its label."""
+    if scope["method"] == "POST":
+        headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+        scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
 def _oversized(scope: Scope) -> Response | None:

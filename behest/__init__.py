@@ -71,11 +71,13 @@ if TYPE_CHECKING:
         ToolMessageCommitted,
         UnknownFinishReason,
         UsageRecorded,
+        Variant,
         new_run_id,
     )
     from behest.fold.projection import Projection
     from behest.fold.projector import Projector
     from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionQuery
 
 _ORIGIN: dict[str, str] = {
     "AgentEvent": "behest.events",
@@ -99,6 +101,7 @@ _ORIGIN: dict[str, str] = {
     "ModelStarted": "behest.events",
     "ProduceError": "behest.errors",
     "Projection": "behest.fold.projection",
+    "ProjectionQuery": "behest.read.reader",
     "Projector": "behest.fold.projector",
     "ProviderId": "behest.events",
     "QueryError": "behest.errors",
@@ -132,6 +135,7 @@ _ORIGIN: dict[str, str] = {
     "UnknownFinishReason": "behest.events",
     "UnknownSchemaError": "behest.errors",
     "UsageRecorded": "behest.events",
+    "Variant": "behest.events",
     "WaitTimeoutError": "behest.errors",
     "new_run_id": "behest.events",
 }
@@ -158,6 +162,7 @@ __all__ = [
     "ModelStarted",
     "ProduceError",
     "Projection",
+    "ProjectionQuery",
     "Projector",
     "ProviderId",
     "QueryError",
@@ -191,6 +196,7 @@ __all__ = [
     "UnknownFinishReason",
     "UnknownSchemaError",
     "UsageRecorded",
+    "Variant",
     "WaitTimeoutError",
     "new_run_id",
 ]

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, NewType, TypeAlias, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from behest.errors import InvalidQueryError
-from behest.times import format_time, utc_now
+from behest.times import format_time as format_time
+from behest.times import utc_now as utc_now
 
 RunId = NewType("RunId", uuid.UUID)
 """Unique identifier of an agent run (a UUID; on the wire its canonical lowercase text)."""
@@ -416,9 +417,14 @@ class Variant(StrEnum):
         return self.short_name in TERMINAL_TYPES
 
 
+_RECORD_TYPES: tuple[type[BaseModel], ...] = (
+    *PAYLOAD_TYPES,
+    ToolExecutionSuccess,
+    ToolExecutionFailure,
+    UnknownFinishReason,
+)
 _MODELS: dict[Variant, type[BaseModel]] = {
-    Variant(f"{NAMESPACE}.{cls.__name__}"): cls
-    for cls in (*PAYLOAD_TYPES, ToolExecutionSuccess, ToolExecutionFailure, UnknownFinishReason)
+    Variant(f"{NAMESPACE}.{cls.__name__}"): cls for cls in _RECORD_TYPES
 }
 
 

@@ -35,14 +35,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def to_micros(moment: datetime) -> int:
+def to_micros(moment: datetime, name: str = "a time") -> int:
     """Microseconds since the epoch of an aware datetime; a naive one is refused, since
-    guessing its zone would shift every answer by hours."""
+    guessing its zone would shift every answer by hours (`name` says which in errors)."""
     if not isinstance(moment, datetime):
-        raise InvalidQueryError(f"a time must be a datetime, not {type(moment).__name__}")
+        raise InvalidQueryError(f"{name} must be a datetime, not {type(moment).__name__}")
     if moment.utcoffset() is None:
         raise InvalidQueryError(
-            f"{moment.isoformat()} has no time zone: pass an aware datetime "
+            f"{name} {moment.isoformat()} has no time zone: pass an aware datetime "
             f"(e.g. tzinfo=UTC) or a time like {_EXAMPLE}"
         )
     return (moment - EPOCH) // _MICROSECOND

@@ -97,7 +97,14 @@ _USAGE_RECORDED: Final = Variant.USAGE_RECORDED
 _RUN_COMPLETED: Final = Variant.RUN_COMPLETED
 _RUN_FAILED: Final = Variant.RUN_FAILED
 _FOLDED: Final = frozenset(
-    {_RUN_STARTED, _MODEL_STARTED, _USAGE_RECORDED, _RUN_COMPLETED, _RUN_FAILED, Variant.RUN_CANCELLED}
+    {
+        _RUN_STARTED,
+        _MODEL_STARTED,
+        _USAGE_RECORDED,
+        _RUN_COMPLETED,
+        _RUN_FAILED,
+        Variant.RUN_CANCELLED,
+    }
 )
 """The variants that change more than the counters."""
 

@@ -9,7 +9,7 @@ that run's calls back out of the totals.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, TypedDict
+from typing import TypedDict
 
 import orjson
 

@@ -89,13 +89,11 @@ def check_active(value: bool | None) -> bool | None:
     return value
 
 
-def check_point(
-    as_of: datetime | None, at_sequence: int | None
-) -> tuple[int | None, int | None]:
+def check_point(as_of: datetime | None, at_sequence: int | None) -> tuple[int | None, int | None]:
     """`(as_of in UTC µs, at_sequence)`, at most one of them given."""
     if as_of is not None and at_sequence is not None:
         raise InvalidQueryError("give as_of or at_sequence, not both")
-    micros = None if as_of is None else to_micros(as_of)
+    micros = None if as_of is None else to_micros(as_of, "as_of")
     sequence = None if at_sequence is None else check_sequence(at_sequence, "at_sequence")
     return micros, sequence
 

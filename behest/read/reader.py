@@ -162,6 +162,12 @@ class ProjectionReader(Generic[S]):
         if self._owns_store:
             self.store.close()
 
+    def __enter__(self) -> ProjectionReader[S]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- freshness ----------------------------------------------------------------------------
 
     def refresh(self, *, force: bool = False) -> None:

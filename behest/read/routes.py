@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticUndefined
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from behest.errors import InvalidQueryError, QueryError, RunNotFoundError, StoreError
+from behest.errors import QueryError, RunNotFoundError, StoreError
 
 __all__ = ["DirectRoute", "error_answer", "error_body", "match_direct", "send_json"]
 
@@ -45,6 +44,8 @@ def error_answer(error: Exception, where: str = "") -> tuple[int, bytes]:
         return 404, error_body(str(error))
     if isinstance(error, QueryError):
         return 400, error_body(str(error))
+    if isinstance(error, _BadRequest):
+        return 400, validation_body(error.problems)
     if isinstance(error, ValidationError):
         return 400, _validation_body(error)
     if isinstance(error, StoreError):
@@ -91,67 +92,28 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _integer(name: str) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidQueryError(
-                f"query parameter {name!r}: {text!r} is not an integer"
-            ) from None
-
-    return convert
-
-
-def _boolean(name: str) -> Callable[[str], bool]:
-    def convert(text: str) -> bool:
-        lowered = text.lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise InvalidQueryError(f"query parameter {name!r}: {text!r} is not true or false")
-
-    return convert
-
-
-def _converter(name: str, annotation: Any) -> Callable[[str], Any]:
-    text = str(annotation)
-    if annotation is bool or "bool" in text:
-        return _boolean(name)
-    if annotation is int or "int" in text:
-        return _integer(name)
-    return str
-
-
 class DirectRoute(APIRoute):
     """An `APIRoute` (documented in OpenAPI as usual) answered without FastAPI's
     parameter machinery; see the module docstring."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        dependant = self.dependant
-        self._query: dict[str, tuple[Callable[[str], Any], Any]] = {}
-        for field in dependant.query_params:
-            default = field.field_info.default
-            self._query[field.alias] = (
-                _converter(field.alias, field.field_info.annotation),
-                ... if default is PydanticUndefined else default,
-            )
+        self._query = {field.alias: field for field in self.dependant.query_params}
         body = self.body_field
         self._body: tuple[str, type[BaseModel]] | None = None
         if body is not None:
-            self._body = (body.name, body.field_info.annotation)
-        self.app = self.serve
+            self._body = (body.name, cast(type[BaseModel], body.field_info.annotation))
+        self.app = self._app
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(scope, receive, send)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer the request; returns the status sent."""
         try:
             params = dict(scope.get("path_params") or {})
             if scope["query_string"]:
-                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-                for name, (convert, _) in self._query.items():
-                    if name in query:
-                        params[name] = convert(query[name])
+                params.update(self._query_params(scope["query_string"]))
             if self._body is not None:
                 name, model = self._body
                 params[name] = model.model_validate_json(await _read_body(receive))
@@ -159,6 +121,36 @@ class DirectRoute(APIRoute):
         except Exception as error:  # every error maps to an answer; bugs are logged there
             status, body = error_answer(error, f"{scope['method']} {scope['path']}")
         await send_json(send, status, body)
+        return status
+
+    def _query_params(self, query_string: bytes) -> dict[str, Any]:
+        """The declared query parameters present, validated as FastAPI would (same types,
+        bounds and messages); unknown ones are ignored, the last of repeated ones counts."""
+        given = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        params: dict[str, Any] = {}
+        problems: list[dict[str, Any]] = []
+        for name, text in given.items():
+            field = self._query.get(name)
+            if field is None:
+                continue
+            value, errors = field.validate(text, loc=("query", name))
+            if errors:
+                problems.extend(
+                    {"loc": list(e["loc"]), "msg": str(e["msg"]), "type": e["type"]} for e in errors
+                )
+            else:
+                params[name] = value
+        if problems:
+            raise _BadRequest(problems)
+        return params
+
+
+class _BadRequest(Exception):
+    """Request input that failed validation: a 400 listing each problem."""
+
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        super().__init__(problems)
+        self.problems = problems
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -172,8 +164,14 @@ async def _read_body(receive: Receive) -> bytes:
 
 def match_direct(routes: Sequence[Any], scope: Scope) -> DirectRoute | None:
     """The route that answers `scope` when it is a `DirectRoute` (scope updated with its
-    path parameters), else None: the first full match in router order decides."""
+    path parameters), else None: the first full match in router order decides. A route's
+    path pattern is tried first, which costs a tenth of a full `matches`."""
+    path = scope["path"]
+    plain = not scope.get("root_path")
     for route in routes:
+        pattern = getattr(route, "path_regex", None)
+        if plain and pattern is not None and pattern.match(path) is None:
+            continue
         match, child = route.matches(scope)
         if match is Match.FULL:
             if isinstance(route, DirectRoute):

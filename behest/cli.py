@@ -21,7 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 broker_app = typer.Typer(
-    help="Run a local single-node Kafka (KRaft) on 127.0.0.1.", no_args_is_help=True
+    help="Run a local Kafka (KRaft) on 127.0.0.1: one broker, or a cluster with --nodes 3.",
+    no_args_is_help=True,
 )
 topics_app = typer.Typer(
     help="Manage the event topic and its dead-letter topic.", no_args_is_help=True
@@ -84,9 +85,15 @@ _PROJECTION_HELP = (
 def settings(
     bootstrap_servers: str | None = None, topic: str | None = None, state_dir: Path | None = None
 ) -> Settings:
-    """Settings from the environment, with the command's flags on top."""
+    """Settings from the environment, with the command's flags on top; a bad value of
+    either is one line on stderr and exit 1."""
+    from behest.errors import ConfigError
+
     flags = {"bootstrap_servers": bootstrap_servers, "topic": topic, "state_dir": state_dir}
-    return Settings().model_copy(update={k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ConfigError as exc:
+        raise fail(exc) from None
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -97,7 +104,10 @@ def fail(exc: BaseException) -> typer.Exit:
 
 # --- broker -----------------------------------------------------------------
 
-_DATA_DIR_HELP = "The broker's data dir (it identifies the broker); default: .cache/broker."
+_DATA_DIR_HELP = (
+    "The broker's (or cluster's) data dir, which identifies it; default: .cache/broker "
+    "(.cache/cluster with --nodes)."
+)
 
 
 def _echo_progress(message: str) -> None:
@@ -105,31 +115,57 @@ def _echo_progress(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _targets(data_dir: str | None) -> list[Any]:
+    """The brokers and clusters a stop/status is about: the data dir's one, or by default
+    the default broker, plus the default cluster if one was ever started."""
+    from behest.local.broker import LocalBroker
+    from behest.local.cluster import LocalCluster, default_cluster_dir, is_cluster_dir
+
+    if data_dir is not None:
+        folder = Path(data_dir)
+        return [LocalCluster(folder) if is_cluster_dir(folder) else LocalBroker(folder)]
+    found: list[Any] = [LocalBroker()]
+    if is_cluster_dir(default_cluster_dir()):
+        found.append(LocalCluster())
+    return found
+
+
 @broker_app.command("start")
 def broker_start(
-    port: int = typer.Option(
-        DEFAULT_BROKER_PORT, "--port", help="Port on 127.0.0.1 for clients; 0 picks a free one."
+    port: int | None = typer.Option(
+        None,
+        "--port",
+        help=f"Port on 127.0.0.1 for clients (default {DEFAULT_BROKER_PORT}; a cluster's nodes "
+        "take this one and the next ones, from 9093 by default); 0 picks free ones.",
     ),
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    nodes: int = typer.Option(
+        1, "--nodes", min=1, max=9, help="Brokers: 3 starts a local KRaft cluster (RF 3)."
+    ),
     timeout: float = typer.Option(90.0, "--timeout", help="Seconds to wait for the broker."),
 ) -> None:
     """Start a local Kafka (idempotent); prints its bootstrap address on stdout."""
     import time
 
     from behest.errors import BehestError
-    from behest.local.broker import LocalBroker
+    from behest.local.broker import KAFKA_VERSION, LocalBroker
+    from behest.local.cluster import LocalCluster, is_cluster_dir
 
-    broker = LocalBroker(data_dir, progress=_echo_progress)
     started = time.monotonic()
     try:
-        status = broker.start(port, timeout=timeout)
+        if nodes > 1 or (data_dir is not None and is_cluster_dir(Path(data_dir))):
+            cluster = LocalCluster(data_dir, nodes=nodes, progress=_echo_progress)
+            status: Any = cluster.start(port, timeout=timeout)
+        else:
+            broker = LocalBroker(data_dir, progress=_echo_progress)
+            status = broker.start(DEFAULT_BROKER_PORT if port is None else port, timeout=timeout)
     except (BehestError, OSError) as exc:
         raise fail(exc) from None
     if status.already_running:
         note = "already running"
     else:
-        note = f"Kafka {broker.kafka_version} started in {time.monotonic() - started:.1f} s"
-    typer.echo(f"{note}: pid {status.pid}, data dir {status.data_dir}", err=True)
+        note = f"Kafka {KAFKA_VERSION} started in {time.monotonic() - started:.1f} s"
+    typer.echo(f"{note}: {_pids(status)}, data dir {status.data_dir}", err=True)
     typer.echo(status.bootstrap)
 
 
@@ -139,18 +175,26 @@ def broker_stop(
 ) -> None:
     """Stop the local Kafka of a data dir (SIGTERM, then SIGKILL after 20 s)."""
     from behest.errors import BehestError
-    from behest.local.broker import LocalBroker
 
-    broker = LocalBroker(data_dir)
-    pid = broker.status().pid
-    try:
-        stopped = broker.stop()
-    except (BehestError, OSError) as exc:
-        raise fail(exc) from None
-    if stopped:
-        typer.echo(f"stopped: pid {pid}, data dir {broker.data_dir}")
-    else:
-        typer.echo(f"not running: data dir {broker.data_dir}")
+    for target in _targets(data_dir):
+        pids = _pids(target.status())
+        try:
+            stopped = target.stop()
+        except (BehestError, OSError) as exc:
+            raise fail(exc) from None
+        if stopped:
+            typer.echo(f"stopped: {pids}, data dir {target.data_dir}")
+        else:
+            typer.echo(f"not running: data dir {target.data_dir}")
+
+
+def _pids(status: Any) -> str:
+    """`pid N` of a broker, `node 1 pid N, node 2 down, ...` of a cluster."""
+    if not hasattr(status, "nodes"):
+        return f"pid {status.pid}"
+    return ", ".join(
+        f"node {n} pid {pid}" if pid else f"node {n} down" for n, pid in status.nodes.items()
+    )
 
 
 @broker_app.command("status")
@@ -158,13 +202,16 @@ def broker_status(
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
 ) -> None:
     """Say whether the local Kafka of a data dir runs (exit 0) or not (exit 1)."""
-    from behest.local.broker import LocalBroker
-
-    status = LocalBroker(data_dir).status()
-    if not status.running:
-        typer.echo(f"not running: data dir {status.data_dir}")
+    running = False
+    for target in _targets(data_dir):
+        status = target.status()
+        if not status.running:
+            typer.echo(f"not running: data dir {status.data_dir}")
+            continue
+        running = True
+        typer.echo(f"running at {status.bootstrap}: {_pids(status)}, data dir {status.data_dir}")
+    if not running:
         raise typer.Exit(1)
-    typer.echo(f"running at {status.bootstrap}: pid {status.pid}, data dir {status.data_dir}")
 
 
 # --- topics -----------------------------------------------------------------
@@ -259,6 +306,19 @@ def project(
         None, "--group-id", help="Consumer group; default behest.<projection>."
     ),
     batch_size: int = typer.Option(2000, "--batch-size", min=1, help="Records per RocksDB write."),
+    session_timeout: float | None = typer.Option(
+        None,
+        "--session-timeout",
+        min=1.0,
+        help="Seconds of silence before the group moves this projector's partitions "
+        "(env BEHEST_SESSION_TIMEOUT; default 10).",
+    ),
+    static_membership: bool | None = typer.Option(
+        None,
+        "--static-membership/--dynamic-membership",
+        help="Rejoin as the same group member after a restart, taking the partitions back at "
+        "once (env BEHEST_STATIC_MEMBERSHIP; default static).",
+    ),
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
@@ -280,6 +340,8 @@ def project(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     config = settings(bootstrap_servers, topic, state_dir)
+    membership = {"session_timeout": session_timeout, "static_membership": static_membership}
+    config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -331,7 +393,13 @@ def project(
         with projector, live or nullcontext():
             console.print(
                 f"projecting {config.topic!r} at {config.bootstrap} into {projector.path} "
-                f"(group {projector.group_id})"
+                f"(group {projector.group_id}, "
+                + (
+                    f"static member {projector.instance_id}"
+                    if projector.instance_id
+                    else "dynamic member"
+                )
+                + f", session timeout {config.session_timeout:g} s)"
             )
             if rebuild:
                 metrics = projector.rebuild(until_caught_up=until_caught_up)

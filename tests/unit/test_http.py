@@ -219,6 +219,7 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         "/projections/{name}/states/batch",
         "/projections/{name}/states",
         "/projections/{name}/index/{prefix}",
+        "/wait",
         "/healthz",
         "/metrics",
     }
@@ -227,6 +228,7 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         ("/runs/batch", "post"): "BatchResponse",
         ("/runs", "get"): "RunList",
         ("/runs/{run_id}/events", "get"): "EventList",
+        ("/wait", "get"): "Folded",
         ("/healthz", "get"): "Health",
     }
     for (path, method), model in ok.items():

@@ -64,13 +64,13 @@ def _worker(
     stop: Any,
 ) -> None:
     """A worker process: one Projector in the group, reporting what it holds."""
+    from behest.fold.catalog import load_projection
     from behest.fold.projector import Projector
-    from behest.projections import PROJECTIONS
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
     settings = Settings.model_validate(settings_data)
     projector = Projector(
-        settings, PROJECTIONS[projection_name](), group_id=group_id, worker=f"w{index}"
+        settings, load_projection(projection_name), group_id=group_id, worker=f"w{index}"
     )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: projector.stop())
     stopping = threading.Event()

@@ -7,7 +7,6 @@ merge of the nodes' pages is a plain k-way merge.
 
 from __future__ import annotations
 
-import base64
 import struct
 import uuid
 from collections.abc import Mapping, Sequence
@@ -15,23 +14,21 @@ from typing import Any, Final
 
 import orjson
 
+from behest.read.inputs import encode_cursor
+from behest.times import parse_micros
+
 __all__ = ["cursor_after", "merge_pages", "parse_batch", "run_of_path", "to_int"]
 
 MAX_BATCH: Final = 1000
 _TIME_BIAS: Final = 1 << 63
 _U64: Final = struct.Struct(">Q")
-_CURSOR_VERSION: Final = b"\x01"
 
 
 def cursor_after(state: Mapping[str, Any]) -> str:
     """The listing cursor that resumes right after `state` (the contract's JSON of a run):
     the same bytes `RunStateQuery.list_runs` issues, so one cursor is good on every node."""
-    from behest.projections.run_state import parse_micros
-
-    suffix = (
-        _U64.pack(parse_micros(state["created_at"]) + _TIME_BIAS) + uuid.UUID(state["run_id"]).bytes
-    )
-    return base64.urlsafe_b64encode(_CURSOR_VERSION + suffix).rstrip(b"=").decode()
+    created = parse_micros(state["created_at"])
+    return encode_cursor(_U64.pack(created + _TIME_BIAS) + uuid.UUID(state["run_id"]).bytes)
 
 
 def _sort_key(state: Mapping[str, Any]) -> tuple[str, str]:

@@ -82,27 +82,21 @@ def test_every_node_answers_every_run_batch_and_listing(
             for delivery in last.values():  # read your writes, from whichever node
                 client.wait_for(delivery, timeout=60)
             for run_id in ids:
-                answer = client.get_json(run_id)
+                answer = client.raw.get(run_id)
                 assert answer is not None and orjson.loads(answer) == states[run_id]
-            found = client.get_many(ids)
-            assert [s.model_dump(mode="json") if s else None for s in found.values()] == [
-                RunStateClientState(states[r]) for r in ids
+            found = client.raw.get_many(ids)
+            assert [orjson.loads(s) if s else None for s in found.values()] == [
+                states[r] for r in ids
             ]
             listed, cursor = [], None
             while True:
-                page, cursor = client.list_runs_json(limit=5, cursor=cursor)
+                page, cursor = client.raw.list_runs(limit=5, cursor=cursor)
                 listed += [orjson.loads(s)["run_id"] for s in page]
                 if cursor is None:
                     break
             assert sorted(listed) == sorted(ids) and len(listed) == len(ids)
             events = client.list_events(ids[3])
             assert events == runs[3]
-
-
-def RunStateClientState(state: dict[str, Any]) -> dict[str, Any]:
-    from behest.events import RunState
-
-    return RunState.model_validate(state).model_dump(mode="json")
 
 
 def test_a_killed_owners_runs_are_served_by_another_node(

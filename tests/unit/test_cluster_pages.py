@@ -26,7 +26,7 @@ def test_the_cursor_of_a_merged_page_is_the_one_the_query_issues(tmp_path: Path)
         query = RunStateQuery(driver.store)
         cursor = None
         for _ in range(4):
-            states, cursor = query.list_runs_json(limit=2, cursor=cursor)
+            states, cursor = query.raw.list_runs(limit=2, cursor=cursor)
             assert cursor == cursor_after(orjson.loads(states[-1]))
 
 

@@ -404,7 +404,7 @@ def state_command(
     table.add_column()
     rows = [
         ("status", f"[{colour.get(state.status.value, 'cyan')}]{state.status.value}[/]"),
-        ("session", str(state.session_id)),
+        ("session", str(state.session_id or "-")),
         ("provider / model", f"{state.provider or '-'} / {state.model or '-'}"),
         ("iteration", str(state.iteration)),
         (

@@ -315,7 +315,8 @@ def project(
         f"{metrics.records:,} records in {elapsed:.1f} s "
         f"({metrics.records / max(elapsed, 1e-9):,.0f}/s), folded "
         f"{metrics.events_folded:,} events; {metrics.dead_letters:,} dead letters, "
-        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps"
+        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps, "
+        f"{metrics.late_repaired:,} late repaired"
     )
 
 

@@ -19,6 +19,7 @@ out of an aggregate.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 from behest.codec import check_record, decode_record
 from behest.errors import CodecError
 from behest.fold.projection import Projection
+from behest.fold.refold import EntityFold, Folded, Item, by_sequence
 from behest.fold.sequences import RunHead
 from behest.fold.store import StateStore, StoreBatch
 
@@ -110,23 +112,6 @@ class BatchResult:
     positions: dict[int, int] = field(default_factory=dict)
 
 
-class _Item:
-    """One record on its way through a batch: an event to fold, or a run's tombstone."""
-
-    __slots__ = ("epoch", "event", "late", "record", "run", "sequence", "value")
-
-    def __init__(
-        self, run: bytes, sequence: int, event: Any, value: bytes, record: LogRecord, epoch: int
-    ) -> None:
-        self.run = run
-        self.sequence = sequence
-        self.event = event  # None for a tombstone
-        self.value = value
-        self.record = record
-        self.epoch = epoch  # tombstones of its run before it in the batch
-        self.late = False
-
-
 @dataclass(slots=True)
 class _Pass:
     """One batch in progress: the heads as they were and as they become, and the result."""
@@ -136,12 +121,6 @@ class _Pass:
     heads: dict[bytes, RunHead | None]
     epochs: dict[bytes, int] = field(default_factory=dict)
     reset: set[bytes] = field(default_factory=set)
-
-
-# The outcome of folding some events: the state, the items folded and the snapshots due.
-_Folded = tuple[Any, list[_Item], list[tuple[int, int, bytes]]]
-# A step of a fold: (sequence, the batch's item or None for a stored event, stored bytes).
-_Step = tuple[int, "_Item | None", bytes]
 
 
 def _parse_key(key: bytes | None) -> tuple[str, bytes] | None:
@@ -162,10 +141,6 @@ def _same_run(text: str, run_id: Any) -> bool:
         return uuid.UUID(text) == uuid.UUID(str(run_id))
     except ValueError:
         return False
-
-
-def _by_sequence(item: _Item) -> int:
-    return item.sequence
 
 
 class BatchFolder(Generic[S]):
@@ -190,6 +165,7 @@ class BatchFolder(Generic[S]):
         self.topic = topic
         self.snapshot_every = snapshot_every
         self._keys: dict[bytes | None, tuple[str, bytes]] = {}
+        self._entity = EntityFold(store, projection, snapshot_every)
 
     def process(
         self,
@@ -253,7 +229,7 @@ class BatchFolder(Generic[S]):
 
     def _check(
         self, records: Sequence[LogRecord], run_pass: _Pass
-    ) -> tuple[dict[bytes, list[_Item]], list[_Item]]:
+    ) -> tuple[dict[bytes, list[Item]], list[Item]]:
         """Decode, validate and sequence-check every record, in log order.
 
         Returns the items to fold grouped per entity, and the items under a sequence folded
@@ -266,9 +242,9 @@ class BatchFolder(Generic[S]):
         keys = self._keys
         result, heads, epochs = run_pass.result, run_pass.heads, run_pass.epochs
         positions = result.positions
-        groups: dict[bytes, list[_Item]] = {}
+        groups: dict[bytes, list[Item]] = {}
         seen: dict[bytes, dict[int, bytes]] = {}  # per run: the events accepted in this batch
-        pending: list[_Item] = []
+        pending: list[Item] = []
         for record in records:
             positions[record.partition()] = record.offset() + 1
             key = record.key()
@@ -289,7 +265,7 @@ class BatchFolder(Generic[S]):
                 seen.pop(run, None)
                 epochs[run] = epochs.get(run, 0) + 1
                 if run_keyed:
-                    item = _Item(run, -1, None, b"", record, epochs[run])
+                    item = Item(run, -1, None, b"", record, epochs[run])
                     groups.setdefault(run, []).append(item)
                 continue
             try:
@@ -303,7 +279,7 @@ class BatchFolder(Generic[S]):
             if run_id != text and not _same_run(text, run_id):
                 self._dead(result, record, f"record key {text} is not the event's run_id {run_id}")
                 continue
-            item = _Item(run, sequence, event, value, record, epochs.get(run, 0))
+            item = Item(run, sequence, event, value, record, epochs.get(run, 0))
             head = heads[run]
             if head is None:
                 heads[run] = RunHead.first(sequence)
@@ -347,7 +323,7 @@ class BatchFolder(Generic[S]):
             sequence,
         )
 
-    def _repeat(self, result: BatchResult, item: _Item, folded: bytes) -> None:
+    def _repeat(self, result: BatchResult, item: Item, folded: bytes) -> None:
         """An event under a sequence already folded: a duplicate when it is the same bytes
         (skipped), a conflict otherwise (dead-lettered)."""
         if item.value == folded:
@@ -361,7 +337,7 @@ class BatchFolder(Generic[S]):
         )
 
     def _resolve(
-        self, pending: list[_Item], groups: dict[bytes, list[_Item]], run_pass: _Pass
+        self, pending: list[Item], groups: dict[bytes, list[Item]], run_pass: _Pass
     ) -> None:
         """Compare each event under an already-folded sequence with the stored one (one
         multi-get). None stored means it was never folded (a gap forgotten, or a store
@@ -379,17 +355,19 @@ class BatchFolder(Generic[S]):
 
     # --- the fold -----------------------------------------------------------------------------
 
-    def _fold(self, groups: dict[bytes, list[_Item]], batch: StoreBatch, run_pass: _Pass) -> None:
+    def _fold(self, groups: dict[bytes, list[Item]], batch: StoreBatch, run_pass: _Pass) -> None:
         """Fold each entity's events onto its stored state (one multi-get) and stage the
         new states, index changes, and, for runs, their events and snapshots."""
         projection = self.projection
         decode = projection.decode_state
+        fold = self._entity.fold
+        refuse = functools.partial(self._refuse, run_pass=run_pass)
         entities = list(groups)
         for entity, data in zip(entities, self.store.get_states(entities), strict=True):
             original = None if data is None else decode(data)
             items = groups[entity]
             if not projection.run_keyed:  # across runs: in log order, as they come
-                folded = self._fold_items(original, items, None, run_pass)
+                folded = fold(original, items, None, refuse)
                 self._stage(entity, original, folded, False, batch, run_pass)
                 continue
             epochs = max(item.epoch for item in items)
@@ -397,109 +375,18 @@ class BatchFolder(Generic[S]):
             repair = None if base is None else (entity, base.last)
             for epoch in range(epochs + 1):  # a tombstone starts the run afresh
                 events = [i for i in items if i.epoch == epoch and i.event is not None]
-                events.sort(key=_by_sequence)
-                folded = self._fold_items(
-                    None if epoch else original, events, None if epoch else repair, run_pass
-                )
+                events.sort(key=by_sequence)
+                if epoch:
+                    folded = fold(None, events, None, refuse)
+                else:
+                    folded = fold(original, events, repair, refuse)
                 if epoch < epochs:  # folded, then deleted by the tombstone after them
                     run_pass.result.folded += len(folded[1])
             if epochs:
                 batch.delete_run(entity)
             self._stage(entity, original, folded, epochs > 0, batch, run_pass)
 
-    def _fold_items(
-        self,
-        state: S | None,
-        items: list[_Item],
-        repair: tuple[bytes, int] | None,
-        run_pass: _Pass,
-    ) -> _Folded:
-        """Fold `items`, in their order, onto `state`.
-
-        With `repair` = (run, its last stored sequence) and the first item below it (late),
-        the fold starts instead from the run's nearest snapshot before that item and takes
-        the stored events after the snapshot along, in sequence order. An event the
-        projection refuses is dead-lettered and its sequence stays missing; should a
-        stored event no longer fold after the late ones, those late ones are refused."""
-        projection = self.projection
-        apply, encode = projection.apply, projection.encode_state
-        every = self.snapshot_every if projection.run_keyed else 0
-        skipped: set[int] = set()
-        while True:
-            start: Any = state
-            stored: list[_Step] = []
-            if repair is not None and items and items[0].sequence < repair[1]:
-                start, stored = self._reread(repair[0], items[0].sequence, skipped)
-            steps: list[_Step] = [(i.sequence, i, b"") for i in items]
-            if stored:
-                steps = sorted(steps + stored, key=lambda step: step[0])
-            current: Any = start
-            folded: list[_Item] = []
-            snapshots: list[tuple[int, int, bytes]] = []
-            refused: list[_Item] = []
-            broken: tuple[int, str] | None = None
-            for sequence, item, data in steps:
-                try:
-                    event = item.event if item is not None else decode_record(data)
-                    after = apply(current, event)
-                    if every and (sequence + 1) % every == 0:
-                        snapshots.append((sequence, event["timestamp"], encode(after)))
-                except Exception as error:  # a fold that cannot take an event must not stall us
-                    reason = f"{type(error).__name__}: {error}"
-                    if item is None:
-                        broken = (sequence, reason)
-                        break
-                    self._refuse(item, f"cannot fold this event: {reason}", run_pass)
-                    refused.append(item)
-                    continue
-                current = after
-                if item is not None:
-                    folded.append(item)
-            for item in refused:
-                items.remove(item)
-            if broken is None:
-                return current, folded, snapshots
-            if not self._refuse_late(items, broken, run_pass):
-                skipped.add(broken[0])
-
-    def _reread(self, run: bytes, first_late: int, skipped: set[int]) -> tuple[Any, list[_Step]]:
-        """The run's state at its nearest snapshot before `first_late`, and the stored
-        events after that snapshot (to fold again around the late ones)."""
-        snapshot = self.store.snapshot_at_or_before(run, first_late - 1) if first_late else None
-        state = None if snapshot is None else self.projection.decode_state(snapshot[1])
-        begin = 0 if snapshot is None else snapshot[0] + 1
-        stored: list[_Step] = [
-            (sequence, None, data)
-            for sequence, data in self.store.iter_events(run, begin)
-            if sequence not in skipped
-        ]
-        return state, stored
-
-    def _refuse_late(self, items: list[_Item], broken: tuple[int, str], run_pass: _Pass) -> bool:
-        """A stored event no longer folds with the late events before it: refuse those
-        (the run stays as it was). False if there are none (then the stored event is
-        skipped: the projection itself changed)."""
-        sequence, reason = broken
-        culprits = [item for item in items if item.sequence < sequence]
-        if not culprits:
-            log.error(
-                "projection %r: the stored event at sequence %d no longer folds (%s); skipped",
-                self.projection.name,
-                sequence,
-                reason,
-            )
-            return False
-        for item in culprits:
-            items.remove(item)
-            self._refuse(
-                item,
-                f"cannot fold this late event in place: the stored event at sequence "
-                f"{sequence} no longer folds after it ({reason})",
-                run_pass,
-            )
-        return True
-
-    def _refuse(self, item: _Item, reason: str, run_pass: _Pass) -> None:
+    def _refuse(self, item: Item, reason: str, run_pass: _Pass) -> None:
         """Dead-letter an event the fold cannot take; its sequence counts as missing again,
         so the same event replayed after a fix is late, not a duplicate."""
         self._dead(run_pass.result, item.record, f"projection {self.projection.name!r} {reason}")
@@ -511,7 +398,7 @@ class BatchFolder(Generic[S]):
         self,
         entity: bytes,
         original: S | None,
-        folded: _Folded,
+        folded: Folded,
         deleted: bool,
         batch: StoreBatch,
         run_pass: _Pass,

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from behest.codec import encode
 from behest.events import AgentEvent, RunStarted, TextDelta
-from behest.fold.projection import fold
+from behest.fold.projection import Projection, fold
 from behest.fold.sequences import RunHead
 from behest.fold.store import FAMILIES, StateStore
-from behest.projections import PROJECTIONS, RunStateProjection
+from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import ProjectionDriver, sample_run
 from tests.unit.strategies import run_histories
 from tests.unit.test_projection import records
@@ -44,17 +44,16 @@ def _run_of(run: list[AgentEvent]) -> uuid.UUID:
 @given(
     runs=st.lists(run_histories(max_events=14), min_size=1, max_size=3, unique_by=_run_of),
     seed=st.integers(0, 2**32),
-    name=st.sampled_from(sorted(PROJECTIONS)),
+    projection=st.sampled_from([RUN_STATE, ToolUsageProjection()]),
 )
 def test_any_order_of_delivery_stores_what_the_order_of_sequences_does(
-    tmp_path: Path, runs: list[list[AgentEvent]], seed: int, name: str
+    tmp_path: Path, runs: list[list[AgentEvent]], seed: int, projection: Projection[Any]
 ) -> None:
     rng = random.Random(seed)
     events = [event for run in runs for event in run]
     # Each event at least once, some again, in any order, in batches of any size.
     delivered = events + [rng.choice(events) for _ in range(rng.randint(0, 4))]
     rng.shuffle(delivered)
-    projection = PROJECTIONS[name]()
     folder = tmp_path / uuid.uuid4().hex
     with ProjectionDriver(projection, folder / "ordered", snapshot_every=3) as ordered:
         ordered.feed(events)

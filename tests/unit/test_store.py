@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from behest.errors import StateLockedError, StoreError
@@ -179,6 +179,7 @@ KEYS = st.lists(st.binary(min_size=1, max_size=3), max_size=25, unique=True)
 BOUND = st.none() | st.binary(max_size=3)
 
 
+@settings(deadline=None, max_examples=40)  # a RocksDB opened per example
 @given(KEYS, st.binary(max_size=2), BOUND, BOUND, st.booleans())
 def test_range_scans_equal_a_sorted_filter(
     tmp_path_factory: pytest.TempPathFactory,

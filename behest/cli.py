@@ -89,6 +89,14 @@ def settings(
         raise fail(exc) from None
 
 
+def _telemetry(config: Settings, service: str) -> None:
+    """With `BEHEST_OTEL=true`, this command exports its spans over OTLP."""
+    if config.otel:
+        from behest.telemetry import configure
+
+        configure(service)
+
+
 def fail(exc: BaseException) -> typer.Exit:
     """Print an error (no traceback) to stderr and give the exit to raise."""
     typer.echo(f"error: {exc}", err=True)
@@ -323,6 +331,10 @@ def project(
         )
         raise typer.Exit(2)
     config = settings(bootstrap_servers, topic, state_dir)
+    try:
+        _telemetry(config, f"behest-projector-{projection}")
+    except BehestError as exc:
+        raise fail(exc) from None
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -437,6 +449,7 @@ def serve_command(
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
+        _telemetry(config, "behest-serve")
         query = _open_query(config, wait)
     except BehestError as exc:
         raise fail(exc) from None
@@ -446,7 +459,7 @@ def serve_command(
             "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
             err=True,
         )
-        serve(query, host=host, port=port)
+        serve(query, host=host, port=port, telemetry=config.otel)
 
 
 @app.command("state")

@@ -48,6 +48,7 @@ from behest.fold.engine import (
 )
 from behest.fold.projection import Projection
 from behest.fold.store import StateStore
+from behest.telemetry import fold_span
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
 
@@ -330,7 +331,8 @@ class Projector:
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
-        result = self._folder.process(records, dead_letter=self._send_dead_letters)
+        with fold_span(records, self.topic):  # linked to the producers' spans, if traced
+            result = self._folder.process(records, dead_letter=self._send_dead_letters)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:

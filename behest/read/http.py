@@ -309,16 +309,24 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None) -> FastAPI:
+def create_app(
+    query: RunStateQuery, metrics_source: MetricsSource | None = None, *, telemetry: bool = False
+) -> FastAPI:
     """The HTTP API over `query`; `metrics_source` (e.g. `lambda: projector.metrics`) adds
-    the projector's lag and counters to /metrics."""
+    the projector's lag and counters to /metrics; `telemetry` turns on FastAPI's own
+    OpenTelemetry spans, metrics and logs (global providers; `BEHEST_OTEL=true`)."""
     app = FastAPI(
         title="behest",
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs.",
-        # /metrics is Prometheus; FastAPI's own OpenTelemetry hooks would cost every
-        # request provider look-ups (about a tenth of a state read) for nothing.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
+        # cost every request provider look-ups (about a tenth of a state read).
+        telemetry={
+            "tracing": telemetry,
+            "metrics": telemetry,
+            "logs": telemetry,
+            "operation_spans": telemetry,
+        },
     )
     metrics = QueryMetrics(query, metrics_source)
     app.add_middleware(_Instrumented, metrics=metrics, query=query)
@@ -483,9 +491,10 @@ def _config(
     port: int,
     metrics_source: MetricsSource | None,
     log_level: str,
+    telemetry: bool = False,
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(query, metrics_source),
+        create_app(query, metrics_source, telemetry=telemetry),
         host=host,
         port=port,
         log_level=log_level,
@@ -501,6 +510,7 @@ def serve(
     port: int = 8000,
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
+    telemetry: bool = False,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
 
@@ -508,7 +518,7 @@ def serve(
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level)
+    config = _config(query, host, port, metrics_source, log_level, telemetry)
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()

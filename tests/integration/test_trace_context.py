@@ -22,10 +22,12 @@ async def test_emit_spans_are_linked_from_the_projector_span(
     exporter = memory_exporter()
     tracer = trace.get_tracer("agent-service")
     sync_run, async_run = sample_run(events=5, seed=1), sample_run(events=5, seed=2)
-    with tracer.start_as_current_span("agent turn (sync)") as sync_span:
-        with EventProducer(settings) as producer:
-            producer.emit(sync_run[0]).result(30)
-            producer.emit_many(sync_run[1:]).result(30)
+    with (
+        tracer.start_as_current_span("agent turn (sync)") as sync_span,
+        EventProducer(settings) as producer,
+    ):
+        producer.emit(sync_run[0]).result(30)
+        producer.emit_many(sync_run[1:]).result(30)
     async with AsyncEventProducer(settings) as aio:
         with tracer.start_as_current_span("agent turn (async)") as async_span:
             await aio.emit_many(async_run)
@@ -54,9 +56,11 @@ async def test_emit_spans_are_linked_from_the_projector_span(
 
 def test_records_carry_w3c_traceparent(settings: Settings) -> None:
     memory_exporter()
-    with trace.get_tracer("agent-service").start_as_current_span("turn") as span:
-        with EventProducer(settings) as producer:
-            producer.emit(sample_run(events=1, seed=4)[0]).result(30)
+    with (
+        trace.get_tracer("agent-service").start_as_current_span("turn") as span,
+        EventProducer(settings) as producer,
+    ):
+        producer.emit(sample_run(events=1, seed=4)[0]).result(30)
     consumer = Consumer(
         settings.librdkafka(
             **{"group.id": f"g-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}

@@ -10,6 +10,9 @@ import typer
 from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from behest.fold.engine import BatchResult
     from behest.read.query import RunStateQuery
 
 app = typer.Typer(
@@ -95,6 +98,26 @@ def _telemetry(config: Settings, service: str) -> None:
         from behest.telemetry import configure
 
         configure(service)
+
+
+def _span_export() -> Callable[[BatchResult], None]:
+    """The otel projection's effect: each batch's finished runs, as GenAI spans, over OTLP
+    (`OTEL_EXPORTER_OTLP_ENDPOINT`; behest[otel])."""
+    from behest.errors import ConfigError
+    from behest.projections.otel import export_runs
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError(
+            "the otel projection exports over OTLP: pip install 'behest[otel]'"
+        ) from None
+    exporter = OTLPSpanExporter()
+
+    def export(result: BatchResult) -> None:
+        export_runs(result.states.values(), exporter)
+
+    return export
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -300,7 +323,10 @@ def project(
         False, "--rebuild", help="Drop the projection's state and fold the log from offset 0."
     ),
     projection: str = typer.Option(
-        "run_state", "--projection", help="Which projection: run_state or tool_usage."
+        "run_state",
+        "--projection",
+        help="Which projection: run_state, tool_usage, or otel (exports each finished run "
+        "as OpenTelemetry GenAI spans over OTLP; behest[otel]).",
     ),
     bootstrap_servers: BootstrapServers = None,
     topic: Topic = None,
@@ -373,6 +399,7 @@ def project(
             group_id=group_id,
             batch_size=batch_size,
             on_progress=progress,
+            on_batch=_span_export() if projection == "otel" else None,
         )
     except BehestError as exc:
         raise fail(exc) from None

@@ -99,6 +99,8 @@ class BatchResult:
     tombstones: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
+    states: dict[bytes, Any] = field(default_factory=dict)
+    """The new state of every entity the batch changed (deleted ones are absent)."""
 
 
 # (sequence, decoded event or None for a tombstone, value bytes, the record)
@@ -297,6 +299,7 @@ class BatchFolder(Generic[S]):
             self._reindex(original, state, batch)
             if state is not None:
                 batch.put_state(entity, encode(state))
+                result.states[entity] = state
 
     def _fold_entity(
         self,

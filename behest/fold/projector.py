@@ -44,6 +44,7 @@ from behest.errors import (
 from behest.fold.engine import (
     DEFAULT_SNAPSHOT_EVERY,
     BatchFolder,
+    BatchResult,
     DeadLetter,
 )
 from behest.fold.projection import Projection
@@ -109,6 +110,7 @@ class Projector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         on_progress: Callable[[ProjectorMetrics], None] | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
         poll_timeout: float = 0.5,
         metadata_timeout: float = 10.0,
     ) -> None:
@@ -126,6 +128,9 @@ class Projector:
         self.batch_size = batch_size
         self.snapshot_every = snapshot_every
         self.on_progress = on_progress
+        self.on_batch = on_batch
+        """Called with each batch's result (its new states) once the batch is written: the
+        place for effects such as exporting (the otel projection's spans)."""
         self.poll_timeout = poll_timeout
         self.metadata_timeout = metadata_timeout
         self._stopping = threading.Event()
@@ -350,6 +355,8 @@ class Projector:
         offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
         with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
             consumer.commit(offsets=offsets, asynchronous=True)
+        if self.on_batch is not None:
+            self.on_batch(result)
 
     def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Produce and flush every dead letter, or raise: then the batch is not written."""

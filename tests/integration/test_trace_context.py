@@ -11,6 +11,7 @@ from opentelemetry import trace
 from behest.config import Settings
 from behest.emit.aio import AsyncEventProducer
 from behest.emit.producer import EventProducer
+from behest.fold.engine import BatchResult
 from behest.fold.projector import Projector
 from behest.testing import sample_run
 from tests.otel import memory_exporter
@@ -81,3 +82,30 @@ def test_records_carry_w3c_traceparent(settings: Settings) -> None:
     flags = int(context.trace_flags)
     expected = f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
     assert headers["traceparent"] == expected.encode()
+
+
+def test_otel_projection_exports_finished_runs_from_the_projector(
+    settings: Settings, unique_group: str
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from behest.projections.otel import OtelProjection, export_runs
+
+    finished, running = sample_run(events=30, seed=6), sample_run(events=30, seed=7)[:-1]
+    with EventProducer(settings) as producer:
+        producer.emit_many(finished + running).result(30)
+    exporter = InMemorySpanExporter()
+
+    def export(result: BatchResult) -> None:  # what `behest project --projection otel` does
+        export_runs(result.states.values(), exporter)
+
+    with Projector(settings, OtelProjection(), group_id=unique_group, on_batch=export) as projector:
+        projector.run(until_caught_up=True)
+
+    spans = exporter.get_finished_spans()
+    assert {s.context.trace_id for s in spans} == {finished[0].run_id.int}  # not the open run
+    (root,) = [s for s in spans if s.parent is None]
+    usage = [e.payload.usage for e in finished if e.type == "UsageRecorded"]
+    assert root.attributes is not None
+    assert root.attributes["gen_ai.usage.input_tokens"] == sum(u.input_tokens for u in usage)
+    assert root.attributes["gen_ai.usage.output_tokens"] == sum(u.output_tokens for u in usage)

@@ -48,6 +48,8 @@ TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
 TOOL_TYPE: Final = "gen_ai.tool.type"
 ERROR_TYPE: Final = "error.type"
 
+_EARLIEST: Final = -(2**63)
+
 Span = dict[str, Any]
 """A span as stored: name, id, parent, start/end (µs), attributes, events, error."""
 OtelRun = dict[str, Any]
@@ -153,7 +155,8 @@ class OtelProjection:
         elif variant == "ToolExecutionFinished":
             index = run["tools"].pop(body["call_id"], None)
             if index is None:  # no start seen: the span is as long as the tool said
-                start = {**event, "timestamp": at - body["duration_ms"] * 1000}
+                began = max(at - body["duration_ms"] * 1000, _EARLIEST)  # a 64-bit time
+                start = {**event, "timestamp": began}
                 tool = _open(
                     run,
                     start,  # type: ignore[arg-type]

@@ -30,7 +30,6 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
@@ -39,15 +38,10 @@ from behest.errors import (
     BehestError,
     ConfigError,
     KafkaUnavailableError,
-    ProduceError,
     TopicMissingError,
 )
-from behest.fold.engine import (
-    DEFAULT_SNAPSHOT_EVERY,
-    BatchFolder,
-    BatchResult,
-    DeadLetter,
-)
+from behest.fold.deadletter import DeadLetterSender
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
 from behest.fold.store import StateStore
@@ -78,6 +72,7 @@ class ProjectorMetrics:
     events_folded: int = 0
     duplicates: int = 0
     gaps: int = 0
+    late_repaired: int = 0
     dead_letters: int = 0
     tombstones: int = 0
     batches: int = 0
@@ -143,7 +138,7 @@ class Projector:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
-        self._dlq: Producer | None = None
+        self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
         self._identity: StaticIdentity | None = None
@@ -236,8 +231,7 @@ class Projector:
 
     def close(self) -> None:
         """Flush dead letters in flight and close the store (releasing its lock)."""
-        if self._dlq is not None:
-            self._dlq.flush(10)
+        self._dead_letters.close()
         self._store.close()
         self._release_identity()
 
@@ -400,7 +394,7 @@ class Projector:
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
         with fold_span(records, self.topic):  # linked to the producers' spans, if traced
-            result = self._folder.process(records, dead_letter=self._send_dead_letters)
+            result = self._folder.process(records, dead_letter=self._dead_letters.send)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -409,6 +403,7 @@ class Projector:
             m.events_folded += result.folded
             m.duplicates += result.duplicates
             m.gaps += result.gaps
+            m.late_repaired += result.late_repaired
             m.dead_letters += len(result.dead_letters)
             m.tombstones += result.tombstones
             m.batches += 1
@@ -420,58 +415,6 @@ class Projector:
             consumer.commit(offsets=offsets, asynchronous=True)
         if self.on_batch is not None:
             self.on_batch(result)
-
-    def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Produce and flush every dead letter, or raise: then the batch is not written."""
-        if self._dlq is None:
-            self._dlq = Producer(
-                self.settings.librdkafka(
-                    **{
-                        "acks": "all",
-                        "enable.idempotence": True,
-                        "linger.ms": 5,
-                        "message.timeout.ms": 30_000,
-                        "partitioner": "murmur2_random",
-                        "logger": librdkafka_log,
-                    }
-                )
-            )
-        producer = self._dlq
-        failures: list[str] = []
-
-        def delivered(error: KafkaError | None, _message: Any) -> None:
-            if error is not None:
-                failures.append(error.str())
-
-        for letter in letters:
-            log.warning(
-                "dead-lettering %s[%d]@%d to %s: %s",
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                self.settings.dlq_topic,
-                letter.error,
-            )
-            while True:
-                try:
-                    producer.produce(
-                        self.settings.dlq_topic,
-                        key=letter.key,
-                        value=letter.value,
-                        headers=letter.headers(),
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        pending = producer.flush(40)
-        if pending or failures:
-            reason = failures[0] if failures else f"{pending} still pending after 40 s"
-            raise ProduceError(
-                f"could not dead-letter {len(letters)} record(s) to "
-                f"{self.settings.dlq_topic!r} ({reason}); the batch was not written, so its "
-                "records are read again on restart"
-            )
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""

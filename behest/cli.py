@@ -416,7 +416,8 @@ def project(
         f"{metrics.records:,} records in {elapsed:.1f} s "
         f"({metrics.records / max(elapsed, 1e-9):,.0f}/s), folded "
         f"{metrics.events_folded:,} events; {metrics.dead_letters:,} dead letters, "
-        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps"
+        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps, "
+        f"{metrics.late_repaired:,} late repaired"
     )
 
 
@@ -577,7 +578,7 @@ def state_command(
     table.add_column()
     rows = [
         ("status", f"[{colour.get(state.status.value, 'cyan')}]{state.status.value}[/]"),
-        ("session", str(state.session_id)),
+        ("session", str(state.session_id or "-")),
         ("provider / model", f"{state.provider or '-'} / {state.model or '-'}"),
         ("iteration", str(state.iteration)),
         (

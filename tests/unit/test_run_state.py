@@ -48,7 +48,6 @@ from behest.times import format_micros, parse_micros
 from tests.unit.strategies import agent_events, run_histories, sample_events
 
 PROJECTION = RunStateProjection()
-NIL = str(uuid.UUID(int=0))
 
 
 def _time(moment: datetime) -> str:
@@ -66,10 +65,10 @@ def reference(events: list[AgentEvent]) -> dict[str, Any] | None:
         if state is None:
             state = {
                 "run_id": str(event.run_id),
-                "session_id": NIL,
+                "session_id": None,
                 "status": "pending",
-                "provider": "",
-                "model": "",
+                "provider": None,
+                "model": None,
                 "metadata": None,
                 "iteration": 0,
                 "total_usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
@@ -194,7 +193,8 @@ def test_failed_and_unknown_finish_reasons() -> None:
         "something broke",
         None,
     )
-    assert state["session_id"] == NIL  # no RunStarted: unknown session, still pending-born
+    # no RunStarted: session, provider and model unknown (null), still pending-born
+    assert (state["session_id"], state["provider"], state["model"]) == (None, None, None)
     reason = UnknownFinishReason(unknown="max_turns")
     done = AgentEvent(
         run_id=run_id, sequence=2, payload=RunCompleted(finish_reason=reason, iterations=3)

@@ -51,6 +51,7 @@ from behest.read.query import (
     RunStateQuery,
     parse_time,
 )
+from behest.read.sse import watch_routes
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -240,6 +241,9 @@ _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "O
 """Methods counted by name in /metrics; any other is `other`, so labels stay few."""
 
 
+_NOT_A_RUN: Final = frozenset({"/runs/batch", "/runs/watch"})
+
+
 def _plain_get_run(scope: Scope) -> bool:
     path: str = scope["path"]
     return (
@@ -248,7 +252,7 @@ def _plain_get_run(scope: Scope) -> bool:
         and path.startswith("/runs/")
         and len(path) > len("/runs/")
         and "/" not in path[len("/runs/") :]
-        and path != "/runs/batch"
+        and path not in _NOT_A_RUN
     )
 
 
@@ -351,6 +355,8 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
     async def internal_error(request: Request, error: Exception) -> Response:
         log.exception("unhandled error answering %s %s", request.method, request.url.path)
         return _error(500, "internal error: the server log has the details")
+
+    app.include_router(watch_routes(query))  # before /runs/{run_id}, which would take /runs/watch
 
     @app.get("/runs/batch", include_in_schema=False)
     async def batch_is_post() -> Response:

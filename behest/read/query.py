@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -62,6 +62,9 @@ from behest.projections.run_state import (
     RunStateProjection,
     parse_micros,
 )
+
+if TYPE_CHECKING:
+    from behest.read.watch import RunsWatch, RunWatch, Tailer
 
 __all__ = [
     "DEFAULT_EVENTS_LIMIT",
@@ -277,6 +280,7 @@ class RunStateQuery:
         self.topic = topic
         self.max_staleness = max_staleness
         self._owns_store = owns_store
+        self._tailer: Tailer | None = None
         self._sync_lock = threading.Lock()
         self._signature: tuple[tuple[str, int, int], ...] | None = None
         self._checked = -float("inf")
@@ -305,9 +309,56 @@ class RunStateQuery:
         return query
 
     def close(self) -> None:
-        """Release the store if this query opened it."""
+        """Stop watching, and release the store if this query opened it."""
+        if self._tailer is not None:
+            self._tailer.close()
         if self._owns_store:
             self.store.close()
+
+    # --- watching (behest.read.watch) -------------------------------------------------------
+
+    @property
+    def tailer(self) -> Tailer:
+        """The one background reader every watcher of this query shares (started lazily)."""
+        if self._tailer is None:
+            from behest.read.watch import Tailer
+
+            with self._sync_lock:
+                if self._tailer is None:
+                    self._tailer = Tailer(self)
+        return self._tailer
+
+    def watch(self, run_id: str | uuid.UUID, *, from_sequence: int | None = None) -> RunWatch:
+        """A run's updates as they are folded: iterate (or `async for`) `RunUpdate`s, first
+        the current state, then each event with the state after it, until the run ends.
+        With `from_sequence`, the stored events from that sequence on instead of the
+        current state, then live: no gap, no duplicate. A run with no event yet can be
+        watched; its updates start with its first event."""
+        from behest.read.watch import RunWatch
+
+        run = run_key(_run_id(run_id))
+        start = None if from_sequence is None else _sequence(from_sequence, "from_sequence")
+        return RunWatch(self, run, start)
+
+    def watch_runs(
+        self,
+        *,
+        session_id: str | uuid.UUID | None = None,
+        status: RunStatus | str | None = None,
+        active: bool | None = None,
+    ) -> RunsWatch:
+        """The states of runs as they change (those matching the filters), for list views;
+        iterate (or `async for`) until you stop."""
+        from behest.read.watch import RunsWatch
+
+        if active is not None and not isinstance(active, bool):
+            raise InvalidQueryError(f"active must be true or false, not {active!r}")
+        return RunsWatch(
+            self,
+            session_id=None if session_id is None else str(_session_id(session_id)),
+            status=None if status is None else _status(status).value,
+            active=active,
+        )
 
     def __enter__(self) -> RunStateQuery:
         return self

@@ -116,7 +116,7 @@ _STREAM: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-def watch_routes(query: RunStateQuery, *, keepalive: float = KEEPALIVE_S) -> APIRouter:
+def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -> APIRouter:
     """The watch routes over `query`'s shared tailer (include before `/runs/{run_id}`)."""
     router = APIRouter(tags=["watch"])
 
@@ -188,7 +188,7 @@ def watch_routes(query: RunStateQuery, *, keepalive: float = KEEPALIVE_S) -> API
         start = _resume_point(from_sequence, last_event_id)
         watch = query.watch(run_id, from_sequence=start)
         if start is not None:
-            current = query.get_json(run_id)
+            current = query.raw.get(run_id)
             if current is not None:
                 head = orjson.loads(current)
                 if head["status"] in _TERMINAL and head["sequence"] < start:

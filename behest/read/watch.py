@@ -5,7 +5,7 @@
     for update in query.watch(run_id, from_sequence=42):  # replay 42, 43, ... then live
         ...
 
-One `Tailer` per query object (so one per server) does all the watching. On a short tick
+One `Tailer` per open store (so one per server) does all the watching. On a short tick
 it catches the RocksDB secondary up with the projector and, only if the stored offsets
 moved, reads the heads of the watched runs in one multi-get; a run that moved has its new
 events read and folded once, and the same messages go to every watcher of that run. A
@@ -30,10 +30,10 @@ import asyncio
 import contextlib
 import threading
 import time
-import uuid
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
@@ -41,9 +41,7 @@ from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, RunState, format_time
 from behest.fold.store import prefix_end
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
-
-if TYPE_CHECKING:
-    from behest.read.query import RunStateQuery
+from behest.read.reader import Absent, ProjectionReader
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -56,6 +54,7 @@ __all__ = [
     "RunsWatch",
     "Tailer",
     "event_json",
+    "tailer_of",
 ]
 
 DEFAULT_INTERVAL: Final = 0.02
@@ -188,6 +187,21 @@ def _set_all(events: list[asyncio.Event]) -> None:
         event.set()
 
 
+_TAILERS: weakref.WeakKeyDictionary[ProjectionReader[Any], Tailer] = weakref.WeakKeyDictionary()
+_TAILERS_LOCK = threading.Lock()
+
+
+def tailer_of(reader: ProjectionReader[Any]) -> Tailer:
+    """The tailer every watcher of `reader`'s store shares; made on first use, stopped
+    when the reader closes."""
+    with _TAILERS_LOCK:
+        tailer = _TAILERS.get(reader)
+        if tailer is None:
+            tailer = _TAILERS[reader] = Tailer(reader)
+            reader.on_close(tailer.close)
+        return tailer
+
+
 # --- the tailer -----------------------------------------------------------------------------
 
 
@@ -202,10 +216,12 @@ class _Channel:
 
 
 class Tailer:
-    """The one background reader of a query's store that every watcher shares."""
+    """The one background reader of a store that every watcher of it shares."""
 
-    def __init__(self, query: RunStateQuery, *, interval: float = DEFAULT_INTERVAL) -> None:
-        self.query = query
+    def __init__(
+        self, reader: ProjectionReader[Any], *, interval: float = DEFAULT_INTERVAL
+    ) -> None:
+        self.reader = reader
         self.interval = interval
         self._lock = threading.Lock()
         self._channels: dict[bytes, _Channel] = {}
@@ -226,8 +242,7 @@ class Tailer:
         with self._lock:
             channel = self._channels.get(run)
             if channel is None:
-                self.query.refresh()
-                state = self.query.store.get_state(run)
+                state = self.reader.get(run)
                 if state is not None and _header(state)[1]:
                     return state
                 channel = self._channels[run] = _Channel(run, state)
@@ -247,9 +262,9 @@ class Tailer:
     def subscribe_feed(self, inbox: _FeedInbox) -> None:
         with self._lock:
             if self._known is None:
-                self.query.refresh()
+                self.reader.refresh()
                 runs = self._followed()
-                heads = self.query.store.get_heads(runs)
+                heads = self.reader.store.get_heads(runs)
                 self._known = {r: h[0] for r, h in zip(runs, heads, strict=True) if h}
             self._feeds.add(inbox)
         self._start()
@@ -305,8 +320,8 @@ class Tailer:
 
     def tick(self) -> None:
         """One look at the store: hand out whatever was folded since the last look."""
-        self.query.refresh(force=True)
-        offsets = self.query.store.stored_offsets(self.query.topic)
+        self.reader.refresh(force=True)
+        offsets = self.reader.store.stored_offsets(self.reader.topic)
         now = time.monotonic()
         with self._lock:
             channels = list(self._channels.values())
@@ -325,7 +340,7 @@ class Tailer:
         _wake(woken)
 
     def _tick_runs(self, channels: list[_Channel]) -> list[_Inbox]:
-        store = self.query.store
+        store = self.reader.store
         heads = store.get_heads([c.run for c in channels])
         woken: list[_Inbox] = []
         for channel, head in zip(channels, heads, strict=True):
@@ -349,9 +364,11 @@ class Tailer:
         return woken
 
     def _fold(self, channel: _Channel, last: int) -> Iterator[Change]:
-        projection = self.query.projection
+        projection = self.reader.projection
         folded = None if channel.state is None else projection.decode_state(channel.state)
-        for sequence, data in self.query.store.iter_events(channel.run, channel.sequence + 1, last):
+        for sequence, data in self.reader.store.iter_events(
+            channel.run, channel.sequence + 1, last
+        ):
             folded, change = _step(projection, folded, sequence, data)
             channel.state, channel.sequence = change.state, sequence
             yield change
@@ -360,7 +377,7 @@ class Tailer:
 
     def _followed(self) -> list[bytes]:
         """Runs the feed compares: the active ones and the `FEED_RECENT` newest."""
-        store = self.query.store
+        store = self.reader.store
         runs = {key[-16:] for key in store.scan_index(INDEX_ACTIVE)}
         iterator = store.index.iter()
         iterator.seek_for_prev(prefix_end(INDEX_ALL))
@@ -372,7 +389,7 @@ class Tailer:
         return sorted(runs)
 
     def _tick_feed(self) -> list[_Inbox]:
-        store = self.query.store
+        store = self.reader.store
         with self._lock:
             known = dict(self._known or {})
         followed = set(self._followed())
@@ -424,13 +441,13 @@ class _Cursor:
 
     def __init__(
         self,
-        query: RunStateQuery,
+        reader: ProjectionReader[Any],
         run: bytes,
         from_sequence: int | None,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        self.query = query
-        self.tailer = query.tailer
+        self.reader = reader
+        self.tailer = tailer_of(reader)
         self.run = run
         self.last = -1 if from_sequence is None else from_sequence - 1
         self.fresh = from_sequence is None
@@ -467,12 +484,15 @@ class _Cursor:
         yield from self._replay(sequence)
 
     def _replay(self, upto: int) -> Iterator[list[Change]]:
-        projection = self.query.projection
-        run_id = uuid.UUID(bytes=self.run)
-        before = None if self.last < 0 else self.query.get_at_json(run_id, at_sequence=self.last)
-        folded = None if before is None else projection.decode_state(before)
+        projection = self.reader.projection
+        before = None if self.last < 0 else self.reader.get_at(self.run, None, self.last)
+        folded = (
+            None
+            if before is None or isinstance(before, Absent)
+            else projection.decode_state(before)
+        )
         page: list[Change] = []
-        for sequence, data in self.query.store.iter_events(self.run, self.last + 1, upto):
+        for sequence, data in self.reader.store.iter_events(self.run, self.last + 1, upto):
             folded, change = _step(projection, folded, sequence, data)
             page.append(change)
             if len(page) == _PAGE:
@@ -513,8 +533,10 @@ class RunWatch:
     """`query.watch(run_id)`: an iterator and an async iterator of `RunUpdate`s that ends
     after the run's terminal state (or when the run is deleted)."""
 
-    def __init__(self, query: RunStateQuery, run: bytes, from_sequence: int | None = None) -> None:
-        self.query = query
+    def __init__(
+        self, reader: ProjectionReader[Any], run: bytes, from_sequence: int | None = None
+    ) -> None:
+        self.reader = reader
         self.run = run
         self.from_sequence = from_sequence
         self._started: _Cursor | None = None
@@ -539,7 +561,7 @@ class RunWatch:
             return started
         if started is not None:
             started.close()
-        return _Cursor(self.query, self.run, self.from_sequence, loop)
+        return _Cursor(self.reader, self.run, self.from_sequence, loop)
 
     def __iter__(self) -> Iterator[RunUpdate]:
         for change in self.changes():
@@ -623,13 +645,13 @@ class RunsWatch:
 
     def __init__(
         self,
-        query: RunStateQuery,
+        reader: ProjectionReader[Any],
         *,
         session_id: str | None = None,
         status: str | None = None,
         active: bool | None = None,
     ) -> None:
-        self.query = query
+        self.reader = reader
         self.filters = (session_id, status, active)
         self._inbox: _FeedInbox | None = None
 
@@ -646,23 +668,23 @@ class RunsWatch:
         """Register with the tailer now, in this event loop (see `RunWatch.start`)."""
         if self._inbox is None:
             self._inbox = _FeedInbox(asyncio.get_running_loop(), *self.filters)
-            self.query.tailer.subscribe_feed(self._inbox)
+            tailer_of(self.reader).subscribe_feed(self._inbox)
         return self
 
     def close(self) -> None:
         """Release a registration `start` made that no iteration took over."""
         inbox, self._inbox = self._inbox, None
         if inbox is not None:
-            self.query.tailer.unsubscribe_feed(inbox)
+            tailer_of(self.reader).unsubscribe_feed(inbox)
 
     def _open(self, loop: asyncio.AbstractEventLoop | None) -> _FeedInbox:
         inbox, self._inbox = self._inbox, None
         if inbox is not None and inbox.loop is loop:
             return inbox
         if inbox is not None:
-            self.query.tailer.unsubscribe_feed(inbox)
+            tailer_of(self.reader).unsubscribe_feed(inbox)
         inbox = _FeedInbox(loop, *self.filters)
-        self.query.tailer.subscribe_feed(inbox)
+        tailer_of(self.reader).subscribe_feed(inbox)
         return inbox
 
     def states(self, keepalive: float | None = None) -> Iterator[bytes]:
@@ -676,7 +698,7 @@ class RunsWatch:
                 else:
                     inbox.wait(keepalive)
         finally:
-            self.query.tailer.unsubscribe_feed(inbox)
+            tailer_of(self.reader).unsubscribe_feed(inbox)
 
     async def astates(self, keepalive: float | None = None) -> AsyncIterator[bytes | None]:
         """The raw states (JSON), awaiting between them; None after `keepalive` idle seconds."""
@@ -694,4 +716,4 @@ class RunsWatch:
                 except TimeoutError:
                     yield None
         finally:
-            self.query.tailer.unsubscribe_feed(inbox)
+            tailer_of(self.reader).unsubscribe_feed(inbox)

@@ -31,7 +31,7 @@ from behest.projections.run_state import RunStateProjection
 from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
 from behest.read.sse import Message, parse
-from behest.read.watch import RunUpdate
+from behest.read.watch import RunUpdate, tailer_of
 from behest.testing import sample_run
 
 WAIT = 60.0
@@ -140,7 +140,7 @@ def test_a_run_that_does_not_exist_yet_is_watched_from_its_first_event(live: Liv
     events = sample_run(events=25, seed=12)
     thread, got = _collect(live, events[0].run_id)
     threading.Event().wait(0.2)  # the watcher is registered before the run exists
-    assert live.query.tailer.watchers >= 1
+    assert tailer_of(live.query.reader).watchers >= 1
     live.emit(events)
     thread.join(WAIT)
     assert not thread.is_alive()

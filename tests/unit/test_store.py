@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from behest.errors import StateLockedError, StoreError
 from behest.fold.store import (
     StateStore,
+    StoreBatch,
     decode_head,
     decode_u64,
     encode_head,
@@ -172,3 +173,75 @@ def test_a_secondary_leaves_no_folder_behind_when_closed(tmp_path: Path) -> None
         for _ in range(3):
             StateStore(tmp_path / "state", secondary=True).close()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+KEYS = st.lists(st.binary(min_size=1, max_size=3), max_size=25, unique=True)
+BOUND = st.none() | st.binary(max_size=3)
+
+
+@given(KEYS, st.binary(max_size=2), BOUND, BOUND, st.booleans())
+def test_range_scans_equal_a_sorted_filter(
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: list[bytes],
+    prefix: bytes,
+    after: bytes | None,
+    before: bytes | None,
+    reverse: bool,
+) -> None:
+    """`scan_states` and `scan_index`, forward and backward, with any bounds: exactly the
+    keys under the prefix strictly between the bounds, in (reversed) byte order."""
+    with StateStore(tmp_path_factory.mktemp("range")) as store:
+        batch = store.batch()
+        for key in keys:
+            batch.put_state(key, b"v" + key)
+            batch.put_index(key)
+        store.write(batch)
+        expected = sorted(
+            k
+            for k in keys
+            if k.startswith(prefix)
+            and (after is None or k > after)
+            and (before is None or k < before)
+        )
+        if reverse:
+            expected.reverse()
+        found = store.scan_states(prefix, after=after, before=before, reverse=reverse)
+        assert [(k, v) for k, v in found] == [(k, b"v" + k) for k in expected]
+        index = store.scan_index(prefix, after, before=before, reverse=reverse)
+        assert list(index) == expected
+
+
+def test_last_event_and_snapshot_by_time(tmp_path: Path) -> None:
+    run, other = uuid.uuid4().bytes, uuid.uuid4().bytes
+    with StateStore(tmp_path) as store:
+        assert store.last_event(run) is None
+        batch = store.batch()
+        batch.put_events(run, [(0, b"e0"), (1, b"e1"), (2, b"e2")])
+        batch.put_events(other, [(0, b"o0")])
+        batch.put_snapshot(run, 1, 1_000, b"s1")
+        store.write(batch)
+        assert store.last_event(run) == (2, b"e2")
+        assert store.snapshot_at_or_before_time(run, 999) is None
+        assert store.snapshot_at_or_before_time(run, 1_000) == (1, b"s1")
+        assert list(store.iter_events(run, 1)) == [(1, b"e1"), (2, b"e2")]
+        assert list(store.iter_events(run, 0, 1)) == [(0, b"e0"), (1, b"e1")]
+
+
+def test_a_secondary_catches_up_only_when_the_writer_wrote(tmp_path: Path) -> None:
+    key = uuid.uuid4().bytes
+    with StateStore(tmp_path) as writer:
+        writer.write(_one_state(writer, key, b"1"))
+        with StateStore(tmp_path, secondary=True) as reader:
+            assert reader.get_state(key) == b"1"
+            reader.catch_up_if_changed()  # the first look: caught up with whatever it finds
+            assert not reader.catch_up_if_changed()  # nothing new since
+            writer.write(_one_state(writer, key, b"2"))
+            assert reader.catch_up_if_changed()
+            assert reader.get_state(key) == b"2"
+            assert not reader.catch_up_if_changed()
+
+
+def _one_state(store: StateStore, key: bytes, value: bytes) -> StoreBatch:
+    batch = store.batch()
+    batch.put_state(key, value)
+    return batch

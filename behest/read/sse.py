@@ -25,6 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from behest.errors import InvalidQueryError
 from behest.events import RunStatus
+from behest.read.projection_routes import ErrorBody
 from behest.read.query import MAX_SEQUENCE, RunStateQuery
 from behest.read.watch import Change
 
@@ -112,7 +113,8 @@ _STREAM: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
         "description": "A stream of Server-Sent Events (see the operation's description).",
-    }
+    },
+    "4XX": {"model": ErrorBody, "description": "Bad input: the body says what is wrong."},
 }
 
 

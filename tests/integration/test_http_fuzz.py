@@ -37,6 +37,8 @@ OPERATIONS = [
     ("POST", "/runs/batch"),
     ("GET", "/runs"),
     ("GET", "/runs/{run_id}/events"),
+    ("GET", "/runs/{run_id}/watch"),
+    ("GET", "/runs/watch"),
     ("GET", "/projections"),
     ("GET", "/projections/{name}/states/{key}"),
     ("POST", "/projections/{name}/states/batch"),
@@ -47,8 +49,9 @@ OPERATIONS = [
     ("GET", "/metrics"),
 ]
 WITHOUT_INPUT = {"/healthz", "/metrics", "/projections"}
-WAITS = {"/wait"}
-"""Valid input waits up to its timeout by design (then a flagged 503): only bad input is fuzzed."""
+WAITS = {"/wait", "/runs/{run_id}/watch", "/runs/watch"}
+"""Valid input waits by design (up to a timeout, then a flagged 503; or streams until the run
+ends): only bad input is fuzzed."""
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -235,6 +235,16 @@ def test_sse_disconnect_and_resume_with_last_event_id_has_no_gap_and_no_duplicat
         assert done.status_code == 204
         bad = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": "x"})
         assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]
+        for url, params in [
+            ("/runs/not-a-uuid/watch", {}),
+            (f"/runs/{run}/watch", {"from_sequence": "-1"}),
+            ("/runs/watch", {"status": "sleeping"}),
+            ("/runs/watch", {"session_id": "x"}),
+            ("/runs/watch", {"active": "maybe"}),
+        ]:
+            answer = client.get(url, params=params)
+            assert answer.status_code == 400, (url, params)
+            assert answer.json()["error"]
 
 
 def test_the_runs_feed_reports_state_changes(live: Live) -> None:

@@ -23,10 +23,11 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
-from behest.errors import InvalidQueryError
+from behest.errors import InvalidQueryError, QueryError
 from behest.events import RunStatus
 from behest.read.projection_routes import ErrorBody
 from behest.read.query import MAX_SEQUENCE, RunStateQuery
+from behest.read.routes import error_answer
 from behest.read.watch import Change
 
 __all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "Message", "encode", "parse", "watch_routes"]
@@ -89,6 +90,11 @@ def parse(lines: Iterable[str]) -> Iterator[Message]:
             id_ = value
 
 
+def _refused(error: QueryError) -> Response:
+    status, body = error_answer(error)
+    return Response(body, status, media_type="application/json")
+
+
 def _resume_point(from_sequence: int | None, last_event_id: str | None) -> int | None:
     """The first sequence to send, from `?from_sequence=` or the `Last-Event-ID` header."""
     if last_event_id is None or from_sequence is not None:
@@ -140,8 +146,11 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
         active: Annotated[
             bool | None, Query(description="true: only unfinished runs; false: finished ones.")
         ] = None,
-    ) -> StreamingResponse:
-        feed = query.watch_runs(session_id=session_id, status=status, active=active)
+    ) -> Response:
+        try:
+            feed = query.watch_runs(session_id=session_id, status=status, active=active)
+        except QueryError as error:
+            return _refused(error)
 
         async def stream() -> AsyncIterator[bytes]:
             feed.start()  # registered before the first line: a client that read it misses nothing
@@ -187,14 +196,16 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
             ),
         ] = None,
     ) -> Response:
-        start = _resume_point(from_sequence, last_event_id)
-        watch = query.watch(run_id, from_sequence=start)
-        if start is not None:
-            current = query.raw.get(run_id)
-            if current is not None:
-                head = orjson.loads(current)
-                if head["status"] in _TERMINAL and head["sequence"] < start:
-                    return Response(status_code=204, headers=_HEADERS)
+        try:
+            start = _resume_point(from_sequence, last_event_id)
+            watch = query.watch(run_id, from_sequence=start)
+            current = None if start is None else query.raw.get(run_id)
+        except QueryError as error:
+            return _refused(error)
+        if current is not None and start is not None:
+            head = orjson.loads(current)
+            if head["status"] in _TERMINAL and head["sequence"] < start:
+                return Response(status_code=204, headers=_HEADERS)
 
         async def stream() -> AsyncIterator[bytes]:
             watch.start()  # registered before the first line: a client that read it misses nothing

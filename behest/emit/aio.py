@@ -37,6 +37,7 @@ from behest.emit.producer import (
     check_event,
 )
 from behest.emit.recorder import AsyncRunRecorder
+from behest.emit.schemas import publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
 
@@ -127,6 +128,7 @@ class AsyncEventProducer:
         self._closing = False
         self._closed = False
         self._partitioner = JavaPartitioner()
+        self._publishing: asyncio.Future[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -170,6 +172,10 @@ class AsyncEventProducer:
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
         if self._client is not None:
             await self._client.stop()
             self._client = None
@@ -259,6 +265,7 @@ class AsyncEventProducer:
             if self._client is None:
                 try:
                     self._client = await self._connect()
+                    self._publishing = asyncio.ensure_future(self._publish_schema(self._client))
                 except Exception as error:  # fail what waits; the next emit tries again
                     failure = (
                         error
@@ -357,6 +364,19 @@ class AsyncEventProducer:
         settle = self._settle
         for offset, (item, index) in enumerate(members, start=base):
             settle(item, index, Delivery(topic, partition, offset), None)
+
+    async def _publish_schema(self, client: AIOKafkaProducer) -> None:
+        """Write the writer schema to `<topic>.schemas` once connected, beside the first
+        events (never before them in the queue), if that topic exists."""
+        schema = publication(self.topic)
+        try:
+            metadata = await client.client.fetch_all_metadata()
+            if schema.topic not in metadata.topics():
+                schema.missing(self.settings.bootstrap)
+                return
+            await client.send_and_wait(schema.topic, schema.value, schema.key)
+        except KafkaError as error:
+            schema.failed(repr(error))
 
     async def _connect(self) -> AIOKafkaProducer:
         """An aiokafka producer connected to the cluster, retried until the delivery

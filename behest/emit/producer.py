@@ -33,6 +33,7 @@ from behest import codec
 from behest.config import Settings
 from behest.emit.delivery import Delivery
 from behest.emit.recorder import RunRecorder
+from behest.emit.schemas import publication
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 
@@ -348,7 +349,33 @@ class EventProducer:
         else:
             log.debug("Kafka client error (retrying): %s", error.str())
 
+    def _publish_schema(self) -> None:
+        """Write the writer schema to `<topic>.schemas` (on the poll thread at start, so
+        `emit` never waits for it), if that topic exists: a missing one is not created."""
+        schema = publication(self.topic)
+        while not self._stop.is_set():
+            try:
+                metadata = self._producer.list_topics(timeout=1.0)
+                break
+            except KafkaException:
+                continue  # no broker yet: librdkafka keeps trying
+        else:
+            return
+        if schema.topic not in metadata.topics:
+            schema.missing(self.settings.bootstrap)
+            return
+
+        def delivered(error: KafkaError | None, _msg: Message) -> None:
+            if error is not None:
+                schema.failed(error.str())
+
+        try:
+            self._producer.produce(schema.topic, schema.value, schema.key, on_delivery=delivered)
+        except (BufferError, KafkaException) as error:
+            schema.failed(str(error))
+
     def _poll_loop(self) -> None:
+        self._publish_schema()
         poll = self._producer.poll
         while not self._stop.is_set():
             try:

@@ -34,6 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from behest import codec
 from behest.config import Settings
 from behest.errors import (
     BehestError,
@@ -47,6 +48,7 @@ from behest.fold.engine import (
     DeadLetter,
 )
 from behest.fold.projection import Projection
+from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
@@ -133,13 +135,24 @@ class Projector:
         self._dlq: Producer | None = None
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
+        self._schemas = SchemaWait(
+            settings,
+            lambda: self._store,
+            group_id=f"{self.group_id}.schemas",
+            librdkafka_log=librdkafka_log,
+        )
         self._open_store()
 
     def _open_store(self) -> None:
         self._store = StateStore(self.path)
         self._folder = BatchFolder(
-            self._store, self.projection, topic=self.topic, snapshot_every=self.snapshot_every
+            self._store,
+            self.projection,
+            topic=self.topic,
+            snapshot_every=self.snapshot_every,
+            hold=self._schemas.hold,
         )
+        self._schemas.attach()
         self._metrics.positions = self._store.stored_offsets(self.topic)
 
     # --- what readers may ask -----------------------------------------------------------------
@@ -176,6 +189,7 @@ class Projector:
         """Consume and fold until stopped, or, with `until_caught_up`, until every owned
         partition is folded up to the high watermark it had when `run` began."""
         consumer = Consumer(self._consumer_config())
+        codec.on_published_schema(self._schemas.keep)
         try:
             partitions = self._check_topic(consumer)
             targets = self._watermarks(consumer, partitions) if until_caught_up else None
@@ -190,12 +204,16 @@ class Projector:
                 records = self._usable(messages) if messages else []
                 if records:
                     self._process(consumer, records)
+                if self._schemas.waiting:
+                    self._resume_ready(consumer)
                 self._update_lag(consumer)
                 if self.on_progress is not None:
                     self.on_progress(self.metrics)
                 if targets is not None and self._caught_up(consumer, targets, idle=not messages):
                     break
         finally:
+            codec.on_published_schema(None)
+            self._schemas.waiting.clear()
             self._stopping.clear()  # a stop asked for before or during this run ends it only
             with self._lock:
                 self._assigned.clear()
@@ -218,6 +236,7 @@ class Projector:
         """Flush dead letters in flight and close the store (releasing its lock)."""
         if self._dlq is not None:
             self._dlq.flush(10)
+        self._schemas.close()
         self._store.close()
 
     def __enter__(self) -> Projector:
@@ -303,6 +322,7 @@ class Projector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch is written before the next consume, so nothing is in flight here.
         consumer.unassign()
+        self._schemas.forget([tp.partition for tp in partitions])
         with self._lock:
             self._assigned.clear()
             self._metrics.assigned = ()
@@ -331,6 +351,8 @@ class Projector:
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
         result = self._folder.process(records, dead_letter=self._send_dead_letters)
+        if result.held:
+            self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -348,6 +370,19 @@ class Projector:
         offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
         with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
             consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
+        """Stop each partition at the record that waits for its writer schema."""
+        for partition, offset in held.items():
+            tp = TopicPartition(self.topic, partition, offset)
+            consumer.pause([tp])
+            consumer.seek(tp)
+
+    def _resume_ready(self, consumer: Consumer) -> None:
+        """Resume held partitions whose schema arrived or whose wait is over."""
+        ready = self._schemas.ready()
+        if ready:
+            consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
 
     def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Produce and flush every dead letter, or raise: then the batch is not written."""

@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from behest import codec
 from behest.codec import decode, decode_record
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.errors import InvalidQueryError, StoreError, WaitTimeoutError
@@ -281,6 +282,11 @@ class RunStateQuery:
         self._signature: tuple[tuple[str, int, int], ...] | None = None
         self._checked = -float("inf")
         self._synced_at = datetime.now(UTC)
+        codec.add_schema_source(self)  # stored events written with a published schema
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None:
+        """A published writer schema the projector kept beside the events that use it."""
+        return self.store.get_schema(fingerprint)
 
     @classmethod
     def open(

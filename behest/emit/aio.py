@@ -161,7 +161,10 @@ class AsyncEventProducer:
         if self._sender is None:
             self._closed = True
             return
-        await self.flush(self.delivery_timeout if timeout is None else timeout)
+        budget = self.delivery_timeout if timeout is None else timeout
+        if self._publishing is not None:  # the schema record goes out with the events
+            await asyncio.wait({self._publishing}, timeout=budget)
+        await self.flush(budget)
         self._closing = True
         self._closed = True
         while self._queue:

@@ -214,11 +214,16 @@ class EventProducer:
         self._encode = KeyedEncoder()
         self._closed = False
         self._stop = threading.Event()
+        self._schema_queued = threading.Event()
+        self._emitted = False
         self._poll_interval = poll_interval
         self._poller = threading.Thread(
             target=self._poll_loop, name="behest-producer-poll", daemon=True
         )
         self._poller.start()
+        threading.Thread(
+            target=self._publish_schema_once, name="behest-producer-schema", daemon=True
+        ).start()
         # Forgotten close(): still deliver what was queued before the interpreter exits.
         self._at_exit = weakref.finalize(
             self, _flush_at_exit, self._producer, self.settings.bootstrap, self.delivery_timeout
@@ -235,6 +240,7 @@ class EventProducer:
         """Queue one event; the future resolves to where Kafka stored it, or to a
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
         key, value, timestamp = self._encode(check_event(event))
+        self._emitted = True
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
         self._produce(key, value, partial(self._deliver, future), timestamp)
@@ -248,6 +254,7 @@ class EventProducer:
         """
         encode = self._encode
         records = [encode(check_event(event)) for event in events]
+        self._emitted = True
         batch = _Batch(self.topic, len(records), self._describe)
         if not records:
             batch.future.set_result([])
@@ -283,6 +290,7 @@ class EventProducer:
         """Queue a record with the run's key and no value: every projection deletes the run."""
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()
+        self._emitted = True
         self._produce(self._encode.key(run_id), None, partial(self._deliver, future))
         return future
 
@@ -350,8 +358,9 @@ class EventProducer:
             log.debug("Kafka client error (retrying): %s", error.str())
 
     def _publish_schema(self) -> None:
-        """Write the writer schema to `<topic>.schemas` (on the poll thread at start, so
-        `emit` never waits for it), if that topic exists: a missing one is not created."""
+        """Write the writer schema to `<topic>.schemas` (on a thread of its own at start, so
+        neither `emit` nor delivery reports wait for it), if that topic exists: a missing
+        one is not created."""
         schema = publication(self.topic)
         while not self._stop.is_set():
             try:
@@ -374,8 +383,13 @@ class EventProducer:
         except (BufferError, KafkaException) as error:
             schema.failed(str(error))
 
+    def _publish_schema_once(self) -> None:
+        try:
+            self._publish_schema()
+        finally:
+            self._schema_queued.set()
+
     def _poll_loop(self) -> None:
-        self._publish_schema()
         poll = self._producer.poll
         while not self._stop.is_set():
             try:
@@ -405,7 +419,11 @@ class EventProducer:
         `ProduceError`, and stop the poll thread. Idempotent."""
         if self._closed:
             return
-        remaining = self.flush(self.delivery_timeout if timeout is None else timeout)
+        budget = self.delivery_timeout if timeout is None else timeout
+        started = time.monotonic()
+        if self._emitted:  # the schema record goes out with the events
+            self._schema_queued.wait(budget)
+        remaining = self.flush(max(0.0, budget - (time.monotonic() - started)))
         self._closed = True
         if remaining:
             self._producer.purge(in_queue=True, in_flight=True)

@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from behest.client import RunStateClient
     from behest.config import Settings
     from behest.emit.aio import AsyncEventProducer
     from behest.emit.delivery import Delivery
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         ConfigError,
         InvalidQueryError,
         KafkaUnavailableError,
+        PartitionUnavailableError,
         ProduceError,
         QueryError,
         RunNotFoundError,
@@ -133,6 +135,8 @@ _ORIGIN: dict[str, str] = {
     "UnknownSchemaError": "behest.errors",
     "UsageRecorded": "behest.events",
     "WaitTimeoutError": "behest.errors",
+    "PartitionUnavailableError": "behest.errors",
+    "RunStateClient": "behest.client",
     "new_run_id": "behest.events",
 }
 
@@ -156,6 +160,7 @@ __all__ = [
     "KnownFinishReason",
     "ModelName",
     "ModelStarted",
+    "PartitionUnavailableError",
     "ProduceError",
     "Projection",
     "Projector",
@@ -171,6 +176,7 @@ __all__ = [
     "RunRequest",
     "RunStarted",
     "RunState",
+    "RunStateClient",
     "RunStateQuery",
     "RunStatus",
     "Settings",

@@ -304,6 +304,19 @@ def project(
         None, "--group-id", help="Consumer group; default behest.<projection>."
     ),
     batch_size: int = typer.Option(2000, "--batch-size", min=1, help="Records per RocksDB write."),
+    session_timeout: float | None = typer.Option(
+        None,
+        "--session-timeout",
+        min=1.0,
+        help="Seconds of silence before the group moves this projector's partitions "
+        "(env BEHEST_SESSION_TIMEOUT; default 10).",
+    ),
+    static_membership: bool | None = typer.Option(
+        None,
+        "--static-membership/--dynamic-membership",
+        help="Rejoin as the same group member after a restart, taking the partitions back at "
+        "once (env BEHEST_STATIC_MEMBERSHIP; default static).",
+    ),
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
@@ -326,6 +339,8 @@ def project(
         )
         raise typer.Exit(2)
     config = settings(bootstrap_servers, topic, state_dir)
+    membership = {"session_timeout": session_timeout, "static_membership": static_membership}
+    config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -377,7 +392,13 @@ def project(
         with projector, live or nullcontext():
             console.print(
                 f"projecting {config.topic!r} at {config.bootstrap} into {projector.path} "
-                f"(group {projector.group_id})"
+                f"(group {projector.group_id}, "
+                + (
+                    f"static member {projector.instance_id}"
+                    if projector.instance_id
+                    else "dynamic member"
+                )
+                + f", session timeout {config.session_timeout:g} s)"
             )
             if rebuild:
                 metrics = projector.rebuild(until_caught_up=until_caught_up)

@@ -61,6 +61,23 @@ class Settings(BaseSettings):
     )
     topic: str = DEFAULT_TOPIC
     state_dir: Path = Field(default_factory=lambda: project_home() / "state")
+    session_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a projector may go silent before its consumer group gives its partitions "
+            "to others (librdkafka's session.timeout.ms; the broker accepts 6 to 1800 by "
+            "default). A restarted projector with static membership takes its partitions "
+            "back at once, whatever this is."
+        ),
+    )
+    static_membership: bool = Field(
+        default=True,
+        description=(
+            "Join the consumer group as a static member (group.instance.id kept in the state "
+            "dir), so a restarted projector resumes its partitions in seconds."
+        ),
+    )
     kafka_config: dict[str, KafkaValue] = Field(
         default_factory=dict,
         description=(

@@ -38,6 +38,7 @@ from behest import codec
 from behest.config import Settings
 from behest.errors import (
     BehestError,
+    ConfigError,
     KafkaUnavailableError,
     ProduceError,
     TopicMissingError,
@@ -47,6 +48,7 @@ from behest.fold.engine import (
     BatchFolder,
     DeadLetter,
 )
+from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
 from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
@@ -99,6 +101,10 @@ class Projector:
     same state directory fails at once with `StateLockedError`. In the same process the
     query layer may read `projector.store` (RocksDB reads are safe beside its writer;
     `rebuild()` replaces the store object, so readers should ask for it again after one).
+
+    It joins the group as a static member (`behest.fold.membership`) unless
+    `settings.static_membership` is off, so a restart takes its partitions back at once;
+    `worker` tells apart projectors of one projection sharing a state dir.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class Projector:
         on_progress: Callable[[ProjectorMetrics], None] | None = None,
         poll_timeout: float = 0.5,
         metadata_timeout: float = 10.0,
+        worker: str | None = None,
     ) -> None:
         if projection is None:
             from behest.projections.run_state import RunStateProjection
@@ -141,7 +148,14 @@ class Projector:
             group_id=f"{self.group_id}.schemas",
             librdkafka_log=librdkafka_log,
         )
+        self._identity: StaticIdentity | None = None
         self._open_store()
+        if settings.static_membership and "group.instance.id" not in settings.kafka_config:
+            try:
+                self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
+            except BaseException:
+                self._store.close()
+                raise
 
     def _open_store(self) -> None:
         self._store = StateStore(self.path)
@@ -238,6 +252,12 @@ class Projector:
             self._dlq.flush(10)
         self._schemas.close()
         self._store.close()
+        self._release_identity()
+
+    def _release_identity(self) -> None:
+        if self._identity is not None:
+            self._identity.release()
+            self._identity = None
 
     def __enter__(self) -> Projector:
         return self
@@ -247,9 +267,30 @@ class Projector:
 
     # --- Kafka --------------------------------------------------------------------------------
 
+    @property
+    def instance_id(self) -> str | None:
+        """This projector's `group.instance.id` (None: a dynamic member)."""
+        if self._identity is not None:
+            return self._identity.id
+        configured = self.settings.kafka_config.get("group.instance.id")
+        return str(configured) if configured else None
+
+    def _membership_config(self) -> dict[str, Any]:
+        """Static membership and the session timeout; what BEHEST_KAFKA_CONFIG sets wins."""
+        session_ms = round(self.settings.session_timeout * 1000)
+        config: dict[str, Any] = {
+            "session.timeout.ms": session_ms,
+            # librdkafka's default (3 s) against a short session would leave one beat spare
+            "heartbeat.interval.ms": max(min(3000, session_ms // 3), 100),
+        }
+        if self._identity is not None:
+            config["group.instance.id"] = self._identity.id
+        return {k: v for k, v in config.items() if k not in self.settings.kafka_config}
+
     def _consumer_config(self) -> dict[str, Any]:
         # Offsets live in RocksDB: librdkafka must neither commit nor remember them itself.
         return self.settings.librdkafka(
+            **self._membership_config(),
             **{
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
@@ -259,7 +300,7 @@ class Projector:
                 "enable.partition.eof": False,
                 "error_cb": self._on_error,
                 "logger": librdkafka_log,
-            }
+            },
         )
 
     def _on_error(self, error: KafkaError) -> None:
@@ -343,10 +384,32 @@ class Projector:
                     f"the topic {self.topic!r} disappeared: run `behest topics create`, "
                     "then `behest project --rebuild`"
                 )
-            if error.fatal():
+            refused = self._membership_refused(error)
+            if refused is not None:
+                raise refused
+            if error.fatal() or error.code() == KafkaError._FATAL:
                 raise BehestError(f"fatal Kafka consumer error: {error.str()}")
             log.warning("consume: %s", error.str())
         return records
+
+    def _membership_refused(self, error: KafkaError) -> BehestError | None:
+        """The errors of a group membership that retrying cannot mend, said plainly."""
+        if error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+            return ConfigError(
+                f"the broker refuses a session timeout of {self.settings.session_timeout:g} s "
+                "(it accepts group.min.session.timeout.ms to group.max.session.timeout.ms, "
+                "6 to 1800 s by default): set --session-timeout or BEHEST_SESSION_TIMEOUT "
+                "within them"
+            )
+        # a consumer hears of its fencing only as `_FATAL`, the cause in the text
+        if error.code() == KafkaError.FENCED_INSTANCE_ID or "fenced" in error.str():
+            return ConfigError(
+                f"another projector joined group {self.group_id!r} as member "
+                f"{self.instance_id}, so the broker fenced this one off: is a copy of the "
+                f"state dir {self.settings.state_dir} in use elsewhere? Delete the "
+                f"{INSTANCE_ID_FILE} file in the copy, or use --dynamic-membership there"
+            )
+        return None
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()

@@ -39,6 +39,7 @@ from behest.errors import (
     QueryError,
     RunNotFoundError,
     StoreError,
+    WaitTimeoutError,
 )
 from behest.events import AgentEvent, RunState, RunStatus, format_time
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
@@ -66,6 +67,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_WAIT: Final = 30.0
+"""Longest `GET /wait` (seconds); a client that wants longer asks again."""
 
 MAX_BODY_BYTES: Final = 1 << 20
 """Largest request body accepted; a full batch of ids is about 40 KiB."""
@@ -116,6 +120,11 @@ class EventList(BaseModel):
     events: list[AgentEvent] = Field(description="In sequence order.")
 
 
+class Folded(BaseModel):
+    partition: int
+    offset: int = Field(description="The position is folded: reads that follow see it.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     topic: str
@@ -127,8 +136,8 @@ class Health(BaseModel):
 # --- answers ----------------------------------------------------------------------------------
 
 
-def _json(content: bytes, status: int = 200) -> Response:
-    return Response(content=content, status_code=status, media_type=JSON)
+def _json(content: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=content, status_code=status, media_type=JSON, headers=headers)
 
 
 def _error(status: int, error: str, detail: Any = None) -> Response:
@@ -456,6 +465,28 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
         if not events and query.get_json(run_id) is None:
             raise RunNotFoundError(f"run {run_id} is unknown")
         return _json(orjson.dumps({"events": [_event_json(e) for e in events]}))
+
+    @app.get(
+        "/wait",
+        response_model=Folded,
+        responses={
+            **_BAD_INPUT,
+            503: {"model": ErrorBody, "description": "Not folded within the timeout."},
+        },
+        summary="Read your writes: returns once the write at a position is folded",
+    )
+    def wait(
+        partition: Annotated[int, Query(ge=0, description="The write's partition.")],
+        offset: Annotated[int, Query(ge=0, description="The write's offset.")],
+        timeout: Annotated[
+            float, Query(gt=0, le=MAX_WAIT, description="Seconds to wait at most.")
+        ] = 10.0,
+    ) -> Response:
+        try:
+            query.wait_for((partition, offset), timeout=timeout)
+        except WaitTimeoutError as error:
+            return _json(_error_body(str(error)), 503, headers={"retry-after": "1"})
+        return _json(orjson.dumps({"partition": partition, "offset": offset}))
 
     @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
     def healthz() -> Response:

@@ -213,6 +213,7 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         "/runs/batch",
         "/runs",
         "/runs/{run_id}/events",
+        "/wait",
         "/healthz",
         "/metrics",
     }
@@ -221,6 +222,7 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         ("/runs/batch", "post"): "BatchResponse",
         ("/runs", "get"): "RunList",
         ("/runs/{run_id}/events", "get"): "EventList",
+        ("/wait", "get"): "Folded",
         ("/healthz", "get"): "Health",
     }
     for (path, method), model in ok.items():

@@ -30,7 +30,6 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
@@ -40,18 +39,15 @@ from behest.errors import (
     BehestError,
     ConfigError,
     KafkaUnavailableError,
-    ProduceError,
     TopicMissingError,
 )
-from behest.fold.engine import (
-    DEFAULT_SNAPSHOT_EVERY,
-    BatchFolder,
-    DeadLetter,
-)
+from behest.fold.deadletter import DeadLetterSender
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
 from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
+from behest.telemetry import fold_span
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
 
@@ -78,6 +74,7 @@ class ProjectorMetrics:
     events_folded: int = 0
     duplicates: int = 0
     gaps: int = 0
+    late_repaired: int = 0
     dead_letters: int = 0
     tombstones: int = 0
     batches: int = 0
@@ -116,6 +113,7 @@ class Projector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         on_progress: Callable[[ProjectorMetrics], None] | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
         poll_timeout: float = 0.5,
         metadata_timeout: float = 10.0,
         worker: str | None = None,
@@ -134,12 +132,15 @@ class Projector:
         self.batch_size = batch_size
         self.snapshot_every = snapshot_every
         self.on_progress = on_progress
+        self.on_batch = on_batch
+        """Called with each batch's result (its new states) once the batch is written: the
+        place for effects such as exporting (the otel projection's spans)."""
         self.poll_timeout = poll_timeout
         self.metadata_timeout = metadata_timeout
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
-        self._dlq: Producer | None = None
+        self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
         self._schemas = SchemaWait(
@@ -248,8 +249,7 @@ class Projector:
 
     def close(self) -> None:
         """Flush dead letters in flight and close the store (releasing its lock)."""
-        if self._dlq is not None:
-            self._dlq.flush(10)
+        self._dead_letters.close()
         self._schemas.close()
         self._store.close()
         self._release_identity()
@@ -413,7 +413,8 @@ class Projector:
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
-        result = self._folder.process(records, dead_letter=self._send_dead_letters)
+        with fold_span(records, self.topic):  # linked to the producers' spans, if traced
+            result = self._folder.process(records, dead_letter=self._dead_letters.send)
         if result.held:
             self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
@@ -424,6 +425,7 @@ class Projector:
             m.events_folded += result.folded
             m.duplicates += result.duplicates
             m.gaps += result.gaps
+            m.late_repaired += result.late_repaired
             m.dead_letters += len(result.dead_letters)
             m.tombstones += result.tombstones
             m.batches += 1
@@ -433,6 +435,8 @@ class Projector:
         offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
         with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
             consumer.commit(offsets=offsets, asynchronous=True)
+        if self.on_batch is not None:
+            self.on_batch(result)
 
     def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
         """Stop each partition at the record that waits for its writer schema."""
@@ -446,58 +450,6 @@ class Projector:
         ready = self._schemas.ready()
         if ready:
             consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
-
-    def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Produce and flush every dead letter, or raise: then the batch is not written."""
-        if self._dlq is None:
-            self._dlq = Producer(
-                self.settings.librdkafka(
-                    **{
-                        "acks": "all",
-                        "enable.idempotence": True,
-                        "linger.ms": 5,
-                        "message.timeout.ms": 30_000,
-                        "partitioner": "murmur2_random",
-                        "logger": librdkafka_log,
-                    }
-                )
-            )
-        producer = self._dlq
-        failures: list[str] = []
-
-        def delivered(error: KafkaError | None, _message: Any) -> None:
-            if error is not None:
-                failures.append(error.str())
-
-        for letter in letters:
-            log.warning(
-                "dead-lettering %s[%d]@%d to %s: %s",
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                self.settings.dlq_topic,
-                letter.error,
-            )
-            while True:
-                try:
-                    producer.produce(
-                        self.settings.dlq_topic,
-                        key=letter.key,
-                        value=letter.value,
-                        headers=letter.headers(),
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        pending = producer.flush(40)
-        if pending or failures:
-            reason = failures[0] if failures else f"{pending} still pending after 40 s"
-            raise ProduceError(
-                f"could not dead-letter {len(letters)} record(s) to "
-                f"{self.settings.dlq_topic!r} ({reason}); the batch was not written, so its "
-                "records are read again on restart"
-            )
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""

@@ -348,9 +348,9 @@ class ProjectionReader(Generic[S]):
         order, skipping entries whose state is gone (or that `keep` refuses); and the last
         index key returned when there may be more (a cursor's position), else None."""
         found: list[tuple[bytes, bytes]] = []
-        projection = self.projection
+        entity = index_entity(self.projection)
         for chunk in _chunks(iter(index_keys), limit + 1):
-            values = self.store.get_states([index_entity(projection, k) for k in chunk])
+            values = self.store.get_states([entity(k) for k in chunk])
             for index_key, value in zip(chunk, values, strict=True):
                 # None: deleted since the index was read
                 if value is not None and (keep is None or keep(value)):

@@ -45,6 +45,7 @@ from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
 from behest.fold.store import StateStore
+from behest.registry import framing_decoder
 from behest.telemetry import fold_span
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
@@ -153,7 +154,11 @@ class Projector:
     def _open_store(self) -> None:
         self._store = StateStore(self.path)
         self._folder = BatchFolder(
-            self._store, self.projection, topic=self.topic, snapshot_every=self.snapshot_every
+            self._store,
+            self.projection,
+            topic=self.topic,
+            snapshot_every=self.snapshot_every,
+            decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
         )
         self._metrics.positions = self._store.stored_offsets(self.topic)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
@@ -551,6 +552,9 @@ def serve_command(
     finally:
         for reader in readers:
             reader.close()
+
+
+app.command("node")(node_command)
 
 
 @app.command("state")

@@ -40,6 +40,7 @@ from behest.emit.recorder import AsyncRunRecorder
 from behest.emit.schemas import publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
+from behest.registry import registry_encoder
 from behest.telemetry import trace_headers
 
 __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
@@ -119,7 +120,7 @@ class AsyncEventProducer:
         self.topic = topic or self.settings.topic
         self.config = aiokafka_config(self.settings, overrides)
         self.delivery_timeout = int(self.config["request_timeout_ms"]) / 1000
-        self._encode = KeyedEncoder()
+        self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._queue: deque[_Item] = deque()
         self._client: AIOKafkaProducer | None = None
         self._sender: asyncio.Task[None] | None = None

@@ -36,6 +36,7 @@ from behest.emit.recorder import RunRecorder
 from behest.emit.schemas import publication
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
+from behest.registry import registry_encoder
 from behest.telemetry import trace_headers
 
 __all__ = [
@@ -105,9 +106,9 @@ class KeyedEncoder:
 
     __slots__ = ("_encode", "_keys")
 
-    def __init__(self) -> None:
+    def __init__(self, encode: Callable[[AgentEvent], bytes] | None = None) -> None:
         self._keys: dict[uuid.UUID, bytes] = {}
-        self._encode = codec.encode
+        self._encode = encode or codec.encode  # or Confluent framing (behest.registry)
 
     def __call__(self, event: AgentEvent) -> Record:
         run_id = event.run_id
@@ -212,7 +213,7 @@ class EventProducer:
                 f"cannot create a Kafka producer with this configuration: {error}; check "
                 "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
             ) from None
-        self._encode = KeyedEncoder()
+        self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._closed = False
         self._stop = threading.Event()
         self._schema_queued = threading.Event()

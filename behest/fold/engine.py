@@ -28,6 +28,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 from behest.codec import check_record, decode_record
 from behest.errors import CodecError, UnknownSchemaError
+from behest.events import EventRecord
 from behest.fold.projection import Projection
 from behest.fold.refold import EntityFold, Folded, Item, by_sequence
 from behest.fold.sequences import RunHead
@@ -162,6 +163,7 @@ class BatchFolder(Generic[S]):
         topic: str,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         hold: Callable[[LogRecord], bool] | None = None,
+        decode: Callable[[bytes], tuple[EventRecord, bytes]] | None = None,
     ) -> None:
         """`hold(record)` is asked about a record whose writer schema is unknown: True
         stops its partition at it for this batch (`BatchResult.held`: the caller reads it
@@ -174,6 +176,9 @@ class BatchFolder(Generic[S]):
         self.projection = projection
         self.topic = topic
         self.snapshot_every = snapshot_every
+        self._decode = decode
+        """Another framing's reader (Schema Registry): the record, and the single-object
+        bytes to store for it; None reads single-object only."""
         self._keys: dict[bytes | None, tuple[str, bytes]] = {}
         self._entity = EntityFold(store, projection, snapshot_every)
 
@@ -221,18 +226,21 @@ class BatchFolder(Generic[S]):
 
     def _undecodable(
         self, record: LogRecord, value: bytes, error: CodecError, result: BatchResult
-    ) -> Any:
-        """The event of a record that did not decode if its writer schema just arrived;
-        else None: its partition is held for the schema, or it is a dead letter."""
+    ) -> tuple[Any, bytes] | None:
+        """The event (and bytes) of a record that did not decode if its writer schema just
+        arrived; else None: its partition is held for the schema, or it is a dead letter."""
         if isinstance(error, UnknownSchemaError) and self.hold is not None:
             if self.hold(record):
                 result.held[record.partition()] = record.offset()
                 result.positions[record.partition()] = record.offset()
                 return None
             try:
-                event = decode_record(value)
+                if self._decode is None:
+                    event: Any = decode_record(value)
+                else:
+                    event, value = self._decode(value)
                 check_record(event)
-                return event
+                return event, value
             except CodecError as again:
                 error = again
         self._dead(result, record, str(error))
@@ -301,12 +309,16 @@ class BatchFolder(Generic[S]):
                     groups.setdefault(run, []).append(item)
                 continue
             try:
-                event: Any = decode_record(value)
+                if self._decode is None:
+                    event: Any = decode_record(value)
+                else:
+                    event, value = self._decode(value)
                 check_record(event)
             except CodecError as error:
-                event = self._undecodable(record, value, error, result)
-                if event is None:
+                decoded = self._undecodable(record, value, error, result)
+                if decoded is None:
                     continue
+                event, value = decoded
             run_id = event["run_id"]
             sequence = event["sequence"]
             if run_id != text and not _same_run(text, run_id):

@@ -47,6 +47,7 @@ from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
 from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
+from behest.registry import framing_decoder
 from behest.telemetry import fold_span
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
@@ -166,6 +167,7 @@ class Projector:
             topic=self.topic,
             snapshot_every=self.snapshot_every,
             hold=self._schemas.hold,
+            decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
         )
         self._schemas.attach()
         self._metrics.positions = self._store.stored_offsets(self.topic)

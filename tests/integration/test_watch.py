@@ -20,19 +20,20 @@ import httpx
 import orjson
 import pytest
 
+from behest.client import RunStateClient
 from behest.codec import decode_record, encode
 from behest.config import Settings
 from behest.emit.producer import Delivery, EventProducer
-from behest.errors import StoreError
+from behest.errors import InvalidQueryError, StoreError
 from behest.events import AgentEvent, RunState
 from behest.fold.projection import fold
 from behest.fold.projector import Projector
 from behest.projections.run_state import RunStateProjection
 from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
-from behest.read.sse import Message, parse
-from behest.read.watch import RunUpdate, tailer_of
+from behest.read.watch import tailer_of
 from behest.testing import sample_run
+from behest.watching import Message, RunUpdate, parse
 
 WAIT = 60.0
 PROJECTION = RunStateProjection()
@@ -294,3 +295,35 @@ async def test_500_concurrent_watchers_on_one_server_all_get_every_event(live: L
         await asyncio.to_thread(live.emit, events)
         results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert all(r == list(range(len(events))) for r in results)
+
+
+def test_the_http_client_watches_like_the_query(live: Live) -> None:
+    events = sample_run(events=30, seed=51)
+    run = events[0].run_id
+    live.emit_and_wait(events[:12])
+    with RunStateClient(live.url) as client:
+        got: list[RunUpdate] = []
+        done = threading.Event()
+
+        def work() -> None:
+            got.extend(client.watch(run, from_sequence=3))
+            done.set()
+
+        threading.Thread(target=work, daemon=True).start()
+        live.emit(events[12:])
+        assert done.wait(WAIT)
+        _check_updates(got, events, 3)
+        opening = next(iter(client.watch(run)))
+        assert opening.event is None and opening.state.model_dump(mode="json") == _json(
+            expected(events)
+        )
+        with pytest.raises(InvalidQueryError, match="from_sequence"):
+            client.watch(run, from_sequence=-1)
+
+
+async def test_the_http_client_watches_asynchronously(live: Live) -> None:
+    events = sample_run(events=20, seed=52)
+    live.emit_and_wait(events)
+    with RunStateClient(live.url) as client:
+        got = [update async for update in client.watch(events[0].run_id, from_sequence=0)]
+    _check_updates(got, events, 0)

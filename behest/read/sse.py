@@ -93,11 +93,12 @@ _STREAM: Final[dict[int | str, dict[str, Any]]] = {
 
 def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -> APIRouter:
     """The watch routes over `query`'s shared tailer (include before `/runs/{run_id}`)."""
-    router = APIRouter(tags=["watch"])
+    router = APIRouter()
 
     @router.get(
         "/runs/watch",
-        operation_id="watchRuns",
+        operation_id="watch_runs",
+        tags=["watch"],
         response_class=StreamingResponse,
         responses=_STREAM,
         summary="Watch run states change (for list views)",
@@ -132,7 +133,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
 
     @router.get(
         "/runs/{run_id}/watch",
-        operation_id="watchRun",
+        operation_id="watch_run",
+        tags=["watch"],
         response_class=StreamingResponse,
         responses={
             **_STREAM,

@@ -167,9 +167,9 @@ function runsView(params) {
 function stateCard(state, label) {
   const usage = state.total_usage;
   const finish = state.last_finish && typeof state.last_finish === "object" ? state.last_finish.unknown : state.last_finish;
-  const field = (name, value, cls = "") => h("div", { class: `field ${cls}` }, h("dt", {}, name), h("dd", {}, value));
+  const field = (name, value, cls = "") => h("div", { class: `field ${cls}` }, h("dt", {}, name), h("dd", { "data-field": name }, value));
   return h("div", { class: "card", id: "state-card" },
-    h("div", { class: "card-head" }, badge(state.status), h("span", { class: "point", id: "point" }, label)),
+    h("div", { class: "card-head", "data-status": state.status }, badge(state.status), h("span", { class: "point", id: "point" }, label)),
     h("dl", {},
       field("model", `${state.provider}/${state.model}`),
       field("iteration", state.iteration),

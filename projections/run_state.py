@@ -53,7 +53,9 @@ class Usage(TypedDict):
 
 
 class RunStateData(TypedDict):
-    """A run's state while folding: the contract's fields, times as UTC microseconds."""
+    """A run's state while folding: `behest.events.RunState` (the one model of a run's
+    state) in its fast form, as `EventRecord` is `AgentEvent`'s: the same fields, times as
+    UTC microseconds; a test keeps the two field lists equal."""
 
     run_id: str
     session_id: str | None

@@ -264,3 +264,11 @@ def test_index_keys_list_a_run_by_session_status_and_activity_in_time_order() ->
     times = [-(10**12), -1, 0, 1, 10**15]
     ordered = [next(iter(PROJECTION.index_keys({**started, "created_at": t}))) for t in times]
     assert ordered == sorted(ordered)
+
+
+def test_the_folding_state_is_the_run_state_model_field_for_field() -> None:
+    assert list(RunStateData.__annotations__) == list(RunState.model_fields)
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in sample_events()])
+    assert state is not None
+    stored = PROJECTION.encode_state(state)
+    assert RunState.model_validate_json(stored).to_json_dict() == orjson.loads(stored)

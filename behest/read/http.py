@@ -4,7 +4,7 @@
     POST /runs/batch {"run_ids": [...], "as_of"?: ...}     {"runs": [...], "missing": [...]}
     GET  /runs?session_id=&status=&active=&limit=&cursor=  {"runs": [...], "next_cursor": ...}
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
-    GET  /healthz · GET /metrics
+    GET  /healthz · GET /readyz · GET /metrics               (see behest.read.health)
 
 States are served as the bytes the projector stored (already the contract's JSON), so the
 hot path never builds a model. Every answer that is not a 2xx has one shape,
@@ -42,6 +42,7 @@ from behest.errors import (
     WaitTimeoutError,
 )
 from behest.events import AgentEvent, RunState, RunStatus, format_time
+from behest.read.health import ProjectorWatch
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
 from behest.read.query import (
     DEFAULT_EVENTS_LIMIT,
@@ -61,6 +62,8 @@ __all__ = [
     "ErrorBody",
     "EventList",
     "Health",
+    "ProjectorState",
+    "Readiness",
     "RunList",
     "create_app",
     "serve",
@@ -120,13 +123,36 @@ class EventList(BaseModel):
     events: list[AgentEvent] = Field(description="In sequence order.")
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reason: str | None = Field(description="Why not ready; null when ready.")
+    projector: ProjectorState | None
+
+
 class Folded(BaseModel):
     partition: int
     offset: int = Field(description="The position is folded: reads that follow see it.")
 
 
+class ProjectorState(BaseModel):
+    alive: bool = Field(description="It beat within the staleness bound and did not stop.")
+    ready: bool = Field(description="Alive, and no owned partition beyond the lag bound.")
+    reason: str | None = Field(description="Why not alive or not ready; null when it is.")
+    pid: int | None
+    heartbeat_age_s: float | None
+    assigned: list[int]
+    lag: dict[str, int] = Field(description="Records behind the log, per owned partition.")
+    lag_seconds: dict[str, float] = Field(description="Seconds behind the log, per partition.")
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="ok: the store answers and its projector is alive; degraded: the store "
+        "answers but the projector is not alive (see projector.reason)."
+    )
+    projector: ProjectorState | None = Field(
+        description="The projector writing the store, from its heartbeat (null: not watched)."
+    )
     topic: str
     offsets: dict[str, int] = Field(description="Next offset folded, per partition.")
     synced_at: datetime = Field(description="Answers include every write made before this.")
@@ -318,9 +344,15 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None) -> FastAPI:
+def create_app(
+    query: RunStateQuery,
+    metrics_source: MetricsSource | None = None,
+    watch: ProjectorWatch | None = None,
+) -> FastAPI:
     """The HTTP API over `query`; `metrics_source` (e.g. `lambda: projector.metrics`) adds
-    the projector's lag and counters to /metrics."""
+    the projector's lag and counters to /metrics; `watch` (the projector's heartbeat, see
+    `behest.read.health`) makes /healthz and /readyz judge the projector, and adds its
+    liveness (and lag, without a source) to /metrics."""
     app = FastAPI(
         title="behest",
         version=_package_version(),
@@ -329,7 +361,7 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
         # request provider look-ups (about a tenth of a state read) for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    metrics = QueryMetrics(query, metrics_source)
+    metrics = QueryMetrics(query, metrics_source, watch)
     app.add_middleware(_Instrumented, metrics=metrics, query=query)
 
     @app.exception_handler(RequestValidationError)
@@ -488,10 +520,38 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
             return _json(_error_body(str(error)), 503, headers={"retry-after": "1"})
         return _json(orjson.dumps({"partition": partition, "offset": offset}))
 
-    @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": ErrorBody, "description": "The store cannot be read."}},
+        summary="Liveness: the store answers (and whether its projector is alive)",
+    )
     def healthz() -> Response:
         fresh = query.freshness()
-        return _json(orjson.dumps({"status": "ok", **fresh.to_json_dict()}))
+        health = None if watch is None else watch.check()
+        body = {
+            "status": "ok" if health is None or health.alive else "degraded",
+            "projector": None if health is None else health.to_json_dict(),
+            **fresh.to_json_dict(),
+        }
+        return _json(orjson.dumps(body))
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: see reason."}},
+        summary="Readiness: the projector writing the store is alive and within its lag bound",
+    )
+    def readyz() -> Response:
+        query.freshness()  # the store answers (a StoreError is a 503 too)
+        health = None if watch is None else watch.check()
+        ready = health is None or health.ready
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "reason": None if health is None else health.reason,
+            "projector": None if health is None else health.to_json_dict(),
+        }
+        return _json(orjson.dumps(body), 200 if ready else 503)
 
     @app.get(
         "/metrics",
@@ -514,12 +574,17 @@ def _config(
     port: int,
     metrics_source: MetricsSource | None,
     log_level: str,
+    watch: ProjectorWatch | None = None,
+    *,
+    own_logging: bool = False,
 ) -> uvicorn.Config:
+    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     return uvicorn.Config(
-        create_app(query, metrics_source),
+        create_app(query, metrics_source, watch),
         host=host,
         port=port,
         log_level=log_level,
+        **extra,
         access_log=False,  # /metrics counts requests; a line per request costs throughput
         lifespan="off",
     )
@@ -532,14 +597,16 @@ def serve(
     port: int = 8000,
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
+    watch: ProjectorWatch | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
+    Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
 
     Meant to own its process: it freezes everything allocated so far out of the garbage
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level)
+    config = _config(query, host, port, metrics_source, log_level, watch, own_logging=True)
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()
@@ -563,12 +630,15 @@ class BackgroundServer:
         port: int = 0,
         metrics_source: MetricsSource | None = None,
         log_level: str = "warning",
+        watch: ProjectorWatch | None = None,
     ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
-        self._server = uvicorn.Server(_config(query, host, self.port, metrics_source, log_level))
+        self._server = uvicorn.Server(
+            _config(query, host, self.port, metrics_source, log_level, watch)
+        )
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
         )

@@ -99,8 +99,9 @@ class Heartbeat:
         return max(self.lag.values(), default=0)
 
     def max_lag_seconds(self) -> float | None:
-        """The worst partition's lag in seconds; None if a lagging partition's is unknown."""
-        if any(self.lag.get(p, 0) > 0 and p not in self.lag_seconds for p in self.assigned):
+        """The worst owned partition's lag in seconds; None while one's is unknown (no
+        fetch since the assignment, or behind and nothing folded since the start)."""
+        if any(p not in self.lag_seconds for p in self.assigned):
             return None
         return max(self.lag_seconds.values(), default=0.0)
 

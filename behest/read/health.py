@@ -11,8 +11,9 @@ rewrites every second. The HTTP endpoints mean:
   dead projector does not fail liveness, but it never reads `ok` either. A store that
   cannot be read is a 503.
 - `/readyz` (readiness: should this server get traffic?) is 200 only when the projector
-  is alive (it beat within `stale_after` seconds and did not stop) and no partition it
-  owns is more than `max_lag` seconds behind the log; 503 with the reason otherwise.
+  is alive (it beat within `stale_after` seconds and did not stop), owns partitions (it
+  is not still joining its group), and none of them is more than `max_lag` seconds behind
+  the log; 503 with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -105,10 +106,12 @@ class ProjectorWatch:
         return ProjectorHealth(True, *self._lag_verdict(beat), beat, age)
 
     def _lag_verdict(self, beat: Heartbeat) -> tuple[bool, str | None]:
+        if not beat.assigned:
+            return False, "the projector owns no partition yet (joining its consumer group)"
         worst = beat.max_lag_seconds()
         if worst is None:
-            behind = sorted(p for p in beat.assigned if beat.lag.get(p, 0) > 0)
-            return False, f"partitions {behind} are behind and not folded since the start yet"
+            unknown = sorted(p for p in beat.assigned if p not in beat.lag_seconds)
+            return False, f"the lag of partitions {unknown} is not known yet"
         if worst > self.max_lag:
             partition = max(beat.lag_seconds, key=beat.lag_seconds.__getitem__)
             return False, (

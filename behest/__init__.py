@@ -73,11 +73,13 @@ if TYPE_CHECKING:
         ToolMessageCommitted,
         UnknownFinishReason,
         UsageRecorded,
+        Variant,
         new_run_id,
     )
     from behest.fold.projection import Projection
     from behest.fold.projector import Projector
     from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionQuery
 
 _ORIGIN: dict[str, str] = {
     "AgentEvent": "behest.events",
@@ -101,6 +103,7 @@ _ORIGIN: dict[str, str] = {
     "ModelStarted": "behest.events",
     "ProduceError": "behest.errors",
     "Projection": "behest.fold.projection",
+    "ProjectionQuery": "behest.read.reader",
     "Projector": "behest.fold.projector",
     "ProviderId": "behest.events",
     "QueryError": "behest.errors",
@@ -134,6 +137,7 @@ _ORIGIN: dict[str, str] = {
     "UnknownFinishReason": "behest.events",
     "UnknownSchemaError": "behest.errors",
     "UsageRecorded": "behest.events",
+    "Variant": "behest.events",
     "WaitTimeoutError": "behest.errors",
     "PartitionUnavailableError": "behest.errors",
     "RunStateClient": "behest.client",
@@ -163,6 +167,7 @@ __all__ = [
     "PartitionUnavailableError",
     "ProduceError",
     "Projection",
+    "ProjectionQuery",
     "Projector",
     "ProviderId",
     "QueryError",
@@ -197,6 +202,7 @@ __all__ = [
     "UnknownFinishReason",
     "UnknownSchemaError",
     "UsageRecorded",
+    "Variant",
     "WaitTimeoutError",
     "new_run_id",
 ]

@@ -12,6 +12,7 @@ from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
     from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionReader
 
 app = typer.Typer(
     name="behest",
@@ -118,6 +119,12 @@ def setup_logging(level: Level, log_format: Format, console: Any = None) -> None
 
         handler = RichHandler(console=console, show_path=False)
     setup(level.value, log_format.value, handler=handler)
+
+
+_PROJECTION_HELP = (
+    "An installed projection's name (run_state, tool_usage, or one a package declares under "
+    "the behest.projections entry points) or your own as package.module:Class."
+)
 
 
 def settings(
@@ -339,9 +346,7 @@ def project(
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Drop the projection's state and fold the log from offset 0."
     ),
-    projection: str = typer.Option(
-        "run_state", "--projection", help="Which projection: run_state or tool_usage."
-    ),
+    projection: str = typer.Option("run_state", "--projection", help=_PROJECTION_HELP),
     bootstrap_servers: BootstrapServers = None,
     topic: Topic = None,
     state_dir: StateDir = None,
@@ -388,15 +393,14 @@ def project(
     from rich.markup import render
 
     from behest.errors import BehestError, ConfigError
+    from behest.fold.catalog import load_projection
     from behest.fold.projector import Projector, ProjectorMetrics
-    from behest.projections import PROJECTIONS
 
-    if projection not in PROJECTIONS:
-        typer.echo(
-            f"error: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}",
-            err=True,
-        )
-        raise typer.Exit(2)
+    try:
+        chosen = load_projection(projection)
+    except BehestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
@@ -440,7 +444,7 @@ def project(
     try:
         projector = Projector(
             config,
-            PROJECTIONS[projection](),
+            chosen,
             group_id=group_id,
             batch_size=batch_size,
             on_progress=progress,
@@ -489,29 +493,55 @@ def project(
         f"{metrics.records:,} records in {elapsed:.1f} s "
         f"({metrics.records / max(elapsed, 1e-9):,.0f}/s), folded "
         f"{metrics.events_folded:,} events; {metrics.dead_letters:,} dead letters, "
-        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps"
+        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps, "
+        f"{metrics.late_repaired:,} late repaired"
     )
 
 
 # --- serve / state ----------------------------------------------------------
 
 
-def _open_query(config: Settings, wait: float) -> RunStateQuery:
-    """The projector's state, once it exists: a server started beside a fresh projector
+def _wait_for_state(config: Settings, names: list[str], wait: float) -> None:
+    """Wait until each projection's state exists: a server started beside a fresh projector
     (compose starts both at once) waits for it instead of exiting and being restarted."""
     import time
 
-    from behest.projections.run_state import RunStateProjection
-    from behest.read.query import RunStateQuery
-
     deadline = time.monotonic() + wait
-    path = config.state_dir / RunStateProjection.name
-    while not (path / "CURRENT").exists() and time.monotonic() < deadline:  # RocksDB's marker
-        if wait:
-            typer.echo(f"waiting up to {wait:g} s for the projector's state at {path}", err=True)
-            wait = 0.0  # say it once
-        time.sleep(0.5)
-    return RunStateQuery.open(config)
+    for name in names:
+        path = config.state_dir / name
+        while not (path / "CURRENT").exists() and time.monotonic() < deadline:  # RocksDB's
+            if wait:
+                typer.echo(
+                    f"waiting up to {wait:g} s for the projector's state at {path}", err=True
+                )
+                wait = 0.0  # say it once
+            time.sleep(0.5)
+
+
+def _open_readers(
+    config: Settings, specs: list[str], wait: float
+) -> tuple[RunStateQuery | None, list[ProjectionReader[Any]]]:
+    """The run-state query (when run_state is among `specs`) and a reader per projection."""
+    from behest.fold.catalog import load_projection
+    from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionReader
+
+    projections = [load_projection(spec) for spec in dict.fromkeys(specs)]
+    _wait_for_state(config, [p.name for p in projections], wait)
+    query = None
+    readers: list[ProjectionReader[Any]] = []
+    try:
+        for projection in projections:
+            if projection.name == "run_state" and query is None:
+                query = RunStateQuery.open(config)
+                readers.append(query.reader)
+            else:
+                readers.append(ProjectionReader.open(config, projection))
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    return query, readers
 
 
 @app.command("serve")
@@ -520,6 +550,14 @@ def serve_command(
         "127.0.0.1", "--host", help="Interface to bind; the default keeps the API on this host."
     ),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
+    projection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--projection",
+            help=_PROJECTION_HELP + " Repeat to serve several (default: run_state, which "
+            "also answers /runs).",
+        ),
+    ] = None,
     state_dir: StateDir = None,
     topic: Topic = None,
     wait: float = typer.Option(
@@ -543,29 +581,38 @@ def serve_command(
     from rich.console import Console
 
     from behest.errors import BehestError
-    from behest.projections.run_state import RunStateProjection
     from behest.read.health import ProjectorWatch
     from behest.read.http import serve
 
     config = settings(topic=topic, state_dir=state_dir)
     setup_logging(log_level, log_format, Console(stderr=True))
-    watch = ProjectorWatch.of(config.state_dir, RunStateProjection.name, max_lag=ready_max_lag)
     try:
-        query = _open_query(config, wait)
+        query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
-    with query:
+    try:
+        served = ", ".join(f"{r.name} ({r.store.path})" for r in readers)
         typer.echo(
-            f"serving {query.store.path} ({config.topic}) on http://{host}:{port} "
+            f"serving {served} of {config.topic} on http://{host}:{port} "
             "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
             err=True,
         )
-        serve(query, host=host, port=port, log_level=log_level.value, watch=watch)
+        serve(
+            query,
+            host=host,
+            port=port,
+            projections=readers,
+            log_level=log_level.value,
+            watch=ProjectorWatch.of(config.state_dir, readers[0].name, max_lag=ready_max_lag),
+        )
+    finally:
+        for reader in readers:
+            reader.close()
 
 
 @app.command("state")
 def state_command(
-    run_id: str = typer.Argument(..., help="The run id (a UUID)."),
+    run_id: str = typer.Argument(..., help="The run id (a UUID), or another projection's key."),
     as_of: str | None = typer.Option(
         None, "--as-of", help="RFC 3339 time, e.g. 2026-11-20T14:03:07Z: the state back then."
     ),
@@ -573,35 +620,47 @@ def state_command(
         None, "--at-sequence", help="The state after folding events up to this sequence."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the contract's JSON instead."),
+    projection: str = typer.Option("run_state", "--projection", help=_PROJECTION_HELP),
     state_dir: StateDir = None,
     topic: Topic = None,
 ) -> None:
-    """Print one run's state: current, as of a time, or at a sequence."""
+    """Print one state: a run's (current, as of a time, or at a sequence), or, with
+    --projection, the state of any projection under a key (printed as JSON)."""
     import orjson
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from behest.errors import BehestError
-    from behest.events import KnownFinishReason, RunState, format_time
-    from behest.read.query import RunStateQuery, parse_time
+    from behest.events import KnownFinishReason, RunState
+    from behest.fold.catalog import load_projection
+    from behest.fold.projection import parse_key
+    from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+    from behest.times import format_time, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
+        chosen = load_projection(projection)
         moment = None if as_of is None else parse_time(as_of)
-        with RunStateQuery.open(config) as query:
-            data = query.get_at_json(run_id, as_of=moment, at_sequence=at_sequence)
-            known = data is not None or query.get_json(run_id) is not None
+        with ProjectionReader.open(config, chosen) as reader:
+            query = ProjectionQuery(reader, reader.state_json or bytes)
+            found = query.find_at(parse_key(chosen, run_id), as_of=moment, at_sequence=at_sequence)
     except BehestError as exc:
         raise fail(exc) from None
-    if data is None:
+    if isinstance(found, Absent):
         point = f" as of {as_of}" if as_of else f" at sequence {at_sequence}"
-        why = f"had no event{point}" if known else f"is unknown in {config.state_dir}"
-        typer.echo(f"error: run {run_id} {why}", err=True)
+        what = "run" if chosen.name == "run_state" else f"{chosen.name} key"
+        why = (
+            f"had no event{point}"
+            if found is Absent.NOT_YET
+            else f"is unknown in {config.state_dir}"
+        )
+        typer.echo(f"error: {what} {run_id} {why}", err=True)
         raise typer.Exit(1)
-    if as_json:
-        typer.echo(data.decode())
+    if as_json or chosen.name != "run_state":
+        typer.echo(found.decode())
         return
+    data = found
     state = RunState.model_validate_json(data)
     colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}
     usage = state.total_usage
@@ -617,7 +676,7 @@ def state_command(
     table.add_column()
     rows = [
         ("status", f"[{colour.get(state.status.value, 'cyan')}]{state.status.value}[/]"),
-        ("session", str(state.session_id)),
+        ("session", str(state.session_id or "-")),
         ("provider / model", f"{state.provider or '-'} / {state.model or '-'}"),
         ("iteration", str(state.iteration)),
         (

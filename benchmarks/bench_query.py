@@ -5,7 +5,7 @@ its rows for the suite. No broker: the store is built through the projector's ow
 fold (`behest.testing.ProjectionDriver`), then read as `behest serve` reads it, through a
 RocksDB secondary instance.
 
-- `get` / `get_json`: each call timed alone over random runs, beside a raw rocksdict `get`
+- `get` / `raw.get`: each call timed alone over random runs, beside a raw rocksdict `get`
   of the same keys on the same instance (interleaved repeats).
 - `get_many(1000)`: median of repeated batches, beside one raw rocksdict multi-get.
 - `get_at`: random points (half by sequence, half by time) on a 10k-event run, beside
@@ -148,7 +148,7 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
     for _ in range(3):  # interleaved, so load elsewhere falls on all three alike
         raw += each_timed(states.get, keys)
         ours += each_timed(query.get, ids)
-        ours_json += each_timed(query.get_json, ids)
+        ours_json += each_timed(query.raw.get, ids)
 
     batches = [rng.sample(run_ids, BATCH) for _ in range(max(9, min(60, int(budget))))]
     many_raw: list[float] = []
@@ -158,7 +158,7 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
         batch_keys = [r.bytes for r in batch]
         many_raw += each_timed(states.get, [batch_keys])
         many_ours += each_timed(query.get_many, [batch])
-        many_json += each_timed(query.get_many_json, [batch])
+        many_json += each_timed(query.raw.get_many, [batch])
 
     long_id = long_run[0].run_id
     first, last = long_run[0].timestamp, long_run[-1].timestamp
@@ -184,11 +184,11 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
                  percentile(raw, 50) * us),
         make_row("get p99", percentile(ours, 99) * us, "µs", "raw rocksdict get p99",
                  percentile(raw, 99) * us),
-        make_row("get_json p99 (stored bytes)", percentile(ours_json, 99) * us, "µs",
+        make_row("raw.get p99 (stored bytes)", percentile(ours_json, 99) * us, "µs",
                  "raw rocksdict get p99", percentile(raw, 99) * us),
         make_row(f"get_many({BATCH}) median", median(many_ours) * ms, "ms",
                  f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
-        make_row(f"get_many_json({BATCH}) median (stored bytes)", median(many_json) * ms, "ms",
+        make_row(f"raw.get_many({BATCH}) median (stored bytes)", median(many_json) * ms, "ms",
                  f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
         make_row(f"get_at p50, {LONG_RUN_EVENTS // 1000}k-event run", percentile(at, 50) * ms,
                  "ms", "fold the run from sequence 0 (no snapshots)", median(replays) * ms),
@@ -296,7 +296,7 @@ def http_rows(state_dir: Path, run_ids: list[uuid.UUID], budget: float) -> list[
     paths = [f"/runs/{rng.choice(run_ids)}".encode() for _ in range(5000)]
     body_file = state_dir.parent / "body.json"
     with RunStateQuery.open(Settings(state_dir=state_dir.parent)) as query:
-        body_file.write_bytes(query.get_json(run_ids[0]) or b"{}")
+        body_file.write_bytes(query.raw.get(run_ids[0]) or b"{}")
 
     port = _free_port()
     serve = [sys.executable, "-c", "from behest.cli import app; app()", "serve",

@@ -31,7 +31,6 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
@@ -40,14 +39,10 @@ from behest.errors import (
     BehestError,
     ConfigError,
     KafkaUnavailableError,
-    ProduceError,
     TopicMissingError,
 )
-from behest.fold.engine import (
-    DEFAULT_SNAPSHOT_EVERY,
-    BatchFolder,
-    DeadLetter,
-)
+from behest.fold.deadletter import DeadLetterSender
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder
 from behest.fold.heartbeat import Heartbeat, HeartbeatWriter, heartbeat_path
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.progress import LagClock, ProjectorMetrics
@@ -110,7 +105,7 @@ class Projector:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
-        self._dlq: Producer | None = None
+        self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
         self._lag_clock = LagClock()
@@ -212,8 +207,7 @@ class Projector:
 
     def close(self) -> None:
         """Flush dead letters in flight and close the store (releasing its lock)."""
-        if self._dlq is not None:
-            self._dlq.flush(10)
+        self._dead_letters.close()
         self._store.close()
         self._release_identity()
 
@@ -389,7 +383,7 @@ class Projector:
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
-        result = self._folder.process(records, dead_letter=self._send_dead_letters)
+        result = self._folder.process(records, dead_letter=self._dead_letters.send)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -398,6 +392,7 @@ class Projector:
             m.events_folded += result.folded
             m.duplicates += result.duplicates
             m.gaps += result.gaps
+            m.late_repaired += result.late_repaired
             m.dead_letters += len(result.dead_letters)
             m.tombstones += result.tombstones
             m.batches += 1
@@ -409,58 +404,6 @@ class Projector:
         offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
         with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
             consumer.commit(offsets=offsets, asynchronous=True)
-
-    def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Produce and flush every dead letter, or raise: then the batch is not written."""
-        if self._dlq is None:
-            self._dlq = Producer(
-                self.settings.librdkafka(
-                    **{
-                        "acks": "all",
-                        "enable.idempotence": True,
-                        "linger.ms": 5,
-                        "message.timeout.ms": 30_000,
-                        "partitioner": "murmur2_random",
-                        "logger": librdkafka_log,
-                    }
-                )
-            )
-        producer = self._dlq
-        failures: list[str] = []
-
-        def delivered(error: KafkaError | None, _message: Any) -> None:
-            if error is not None:
-                failures.append(error.str())
-
-        for letter in letters:
-            log.warning(
-                "dead-lettering %s[%d]@%d to %s: %s",
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                self.settings.dlq_topic,
-                letter.error,
-            )
-            while True:
-                try:
-                    producer.produce(
-                        self.settings.dlq_topic,
-                        key=letter.key,
-                        value=letter.value,
-                        headers=letter.headers(),
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        pending = producer.flush(40)
-        if pending or failures:
-            reason = failures[0] if failures else f"{pending} still pending after 40 s"
-            raise ProduceError(
-                f"could not dead-letter {len(letters)} record(s) to "
-                f"{self.settings.dlq_topic!r} ({reason}); the batch was not written, so its "
-                "records are read again on restart"
-            )
 
     def _note_fold_times(self, records: list[Any], partitions: set[int]) -> None:
         """Tell the lag clock the log time of each partition's last record folded (the

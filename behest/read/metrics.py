@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from behest.fold.progress import ProjectorMetrics
 from behest.read.health import ProjectorHealth, ProjectorWatch
-from behest.read.query import RunStateQuery
+from behest.read.reader import Freshness
 
 __all__ = [
     "CONTENT_TYPE",
@@ -157,12 +157,18 @@ def heartbeat_families(health: ProjectorHealth, topic: str, *, lag: bool) -> Ite
         yield family
 
 
+class FreshnessSource(Protocol):
+    """What says how fresh answers are (a `ProjectionReader` or a `RunStateQuery`)."""
+
+    def freshness(self) -> Freshness: ...
+
+
 class _StoreCollector(Collector):
     """Freshness of the query's view; the projector's figures from an in-process source,
     and its liveness and (without a source) lag from its heartbeat."""
 
     def __init__(
-        self, query: RunStateQuery, source: MetricsSource | None, watch: ProjectorWatch | None
+        self, query: FreshnessSource, source: MetricsSource | None, watch: ProjectorWatch | None
     ) -> None:
         self.query = query
         self.source = source
@@ -231,7 +237,7 @@ class QueryMetrics:
 
     def __init__(
         self,
-        query: RunStateQuery,
+        query: FreshnessSource,
         source: MetricsSource | None = None,
         watch: ProjectorWatch | None = None,
     ) -> None:

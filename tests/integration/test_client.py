@@ -58,7 +58,7 @@ def test_the_client_reads_what_the_query_reads(
     ids = [events[0].run_id for events in runs]
     for run_id, events in zip(ids, runs, strict=True):
         assert client.get(run_id) == query.get(run_id)
-        assert client.get_json(run_id) == query.get_json(run_id)
+        assert client.get_json(run_id) == query.raw.get(run_id)
         assert client.get_at(run_id, at_sequence=17) == query.get_at(run_id, at_sequence=17)
         moment = events[20].timestamp + timedelta(microseconds=1)
         assert client.get_at(run_id, as_of=moment) == query.get_at(run_id, as_of=moment)

@@ -3,7 +3,7 @@
 Valid and invalid requests alike (schemathesis' positive and negative generation) must
 never get a 5xx, and every answer must match what /openapi.json promises: status code,
 content type and body schema. Bounded: `MAX_EXAMPLES` cases per operation and mode,
-at most 180 requests in all, each with a timeout, so the run stays well under a minute.
+at most 390 requests in all, each with a timeout, so the run stays well under a minute.
 
 Each operation runs as its own Hypothesis test over schemathesis' strategy for it
 (`APIOperation.as_strategy`): schemathesis' pytest plugin for schemas loaded at run time
@@ -37,11 +37,16 @@ OPERATIONS = [
     ("POST", "/runs/batch"),
     ("GET", "/runs"),
     ("GET", "/runs/{run_id}/events"),
+    ("GET", "/projections"),
+    ("GET", "/projections/{name}/states/{key}"),
+    ("POST", "/projections/{name}/states/batch"),
+    ("GET", "/projections/{name}/states"),
+    ("GET", "/projections/{name}/index/{prefix}"),
     ("GET", "/wait"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ]
-WITHOUT_INPUT = {"/healthz", "/metrics"}
+WITHOUT_INPUT = {"/healthz", "/metrics", "/projections"}
 WAITS = {"/wait"}
 """Valid input waits up to its timeout by design (then a flagged 503): only bad input is fuzzed."""
 CHECKS = [

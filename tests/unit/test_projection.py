@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from behest.codec import decode_record, encode, encode_record
 from behest.errors import ProduceError
 from behest.events import AgentEvent, RunId, TextDelta
+from behest.fold.catalog import installed_projections, load_projection
 from behest.fold.engine import (
     HEADER_ERROR,
     HEADER_OFFSET,
@@ -29,8 +30,9 @@ from behest.fold.engine import (
     DeadLetter,
 )
 from behest.fold.projection import Projection, fold, fold_by_key
+from behest.fold.sequences import RunHead
 from behest.fold.store import FAMILIES, StateStore, parse_sequence_key
-from behest.projections import PROJECTIONS, RunStateProjection, ToolUsageProjection
+from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import ProjectionDriver, Tombstone, run_projection, sample_run
 from tests.unit.strategies import run_histories
 
@@ -101,7 +103,7 @@ SETTINGS = settings(
     runs=st.lists(run_histories(max_events=12), min_size=1, max_size=4, unique_by=_run_of),
     sizes=st.lists(st.integers(1, 9), max_size=12),
     seed=st.integers(0, 2**32),
-    name=st.sampled_from(sorted(PROJECTIONS)),
+    name=st.sampled_from(sorted(installed_projections())),
 )
 def test_any_batch_split_stores_exactly_what_one_batch_does(
     tmp_path: Path,
@@ -117,7 +119,7 @@ def test_any_batch_split_stores_exactly_what_one_batch_does(
         stream.insert(rng.randrange(len(stream) + 1), rng.choice(stream))
     doomed = runs[0][0].run_id
     stream.insert(rng.randrange(len(stream) + 1), Tombstone(doomed))
-    projection = PROJECTIONS[name]()
+    projection = load_projection(name)
     folder = tmp_path / uuid.uuid4().hex
     with ProjectionDriver(projection, folder / "one", partitions=3, snapshot_every=3) as one:
         one.feed(stream)
@@ -140,8 +142,8 @@ def test_the_store_holds_what_a_plain_fold_computes(
     tmp_path: Path, runs: list[list[AgentEvent]], seed: int
 ) -> None:
     stream = interleave(runs, random.Random(seed))
-    for name, factory in PROJECTIONS.items():
-        projection: Projection[Any] = factory()
+    for name in installed_projections():
+        projection: Projection[Any] = load_projection(name)
         states = run_projection(projection, stream, directory=tmp_path / uuid.uuid4().hex)
         assert states == fold_by_key(projection, records(stream)), name
 
@@ -165,27 +167,29 @@ def test_a_gap_is_folded_recorded_and_logged(
     run = sample_run(seed=2)
     key = run[0].run_id.bytes
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
-        with caplog.at_level(logging.WARNING, logger="behest.fold.projector"):
+        with caplog.at_level(logging.WARNING, logger="behest.fold.engine"):
             result = driver.feed([*run[:3], *run[6:8], run[10]])[0]
         assert (result.folded, result.gaps) == (6, 2)
-        assert driver.store.get_head(key) == (10, 2)
+        assert driver.store.get_head(key) == RunHead(10, ((3, 5), (8, 9)))
         assert str(run[0].run_id) in caplog.text
         assert "sequences 3..5 missing" in caplog.text
         assert "sequences 8..9 missing" in caplog.text
         state = driver.state(key)
         assert state is not None
         assert (state["event_count"], state["sequence"]) == (6, 10)
-        # The missing events arriving late are below the head: duplicates, not refolds.
+        # The missing events arriving late fill their gap: the run is folded again.
         late = driver.feed(run[3:6])[0]
-        assert (late.folded, late.duplicates) == (0, 3)
+        assert (late.folded, late.late_repaired, late.duplicates) == (3, 3, 0)
+        assert driver.store.get_head(key) == RunHead(10, ((8, 9),))
+        assert driver.state(key) == fold(RUN_STATE, records([*run[:8], run[10]]))
 
 
 def test_a_run_may_begin_at_any_sequence(tmp_path: Path) -> None:
     run = sample_run(seed=3)
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
         result = driver.feed(run[4:9])[0]
-        assert (result.folded, result.gaps) == (5, 0)
-        assert driver.store.get_head(run[0].run_id.bytes) == (8, 0)
+        assert (result.folded, result.gaps) == (5, 1)  # 0..3 are missing
+        assert driver.store.get_head(run[0].run_id.bytes) == RunHead(8, ((0, 3),))
 
 
 def test_a_tombstone_deletes_everything_of_its_run_only(tmp_path: Path) -> None:
@@ -218,7 +222,7 @@ def test_a_run_deleted_mid_batch_starts_afresh(tmp_path: Path) -> None:
         assert state is not None
         assert (state["event_count"], state["sequence"]) == (3, 9)
         assert [s for s, _ in driver.store.iter_events(run_id.bytes)] == [7, 8, 9]
-        assert driver.store.get_head(run_id.bytes) == (9, 0)
+        assert driver.store.get_head(run_id.bytes) == RunHead(9, ((0, 6),))
         index = list(driver.store.scan_index(b""))
         assert len(index) == len(set(RUN_STATE.index_keys(state)))
 
@@ -263,7 +267,7 @@ def test_poison_is_dead_lettered_and_the_rest_folded(tmp_path: Path) -> None:
     run = sample_run(seed=8)
     key = str(run[0].run_id).encode()
     cases = poison_cases(run)
-    # A RunStarted whose metadata is not JSON decodes, but the fold cannot take it.
+    # A RunStarted whose metadata is not JSON decodes, but no reader could read it back.
     bad_json = decode_record(encode(run[0]))
     bad_json["sequence"] = len(run)
     bad_json["payload"][1]["metadata"] = "{not json"
@@ -281,7 +285,7 @@ def test_poison_is_dead_lettered_and_the_rest_folded(tmp_path: Path) -> None:
     assert state is not None
     assert state["sequence"] == len(run) + 1
     expected = [(k, v, why) for k, v, why in cases]
-    expected.append((key, encode_record(bad_json), "cannot fold this event"))
+    expected.append((key, encode_record(bad_json), "RunStarted.metadata is not valid JSON"))
     assert len(letters) == len(expected)
     for letter, (k, v, why) in zip(letters, expected, strict=True):
         assert (letter.key, letter.value) == (k, v)
@@ -334,7 +338,8 @@ def test_tool_usage_is_exactly_once_but_keeps_aggregates_past_a_tombstone(
         # The run id starts afresh: its events count again.
         driver.feed(run[:1] + finished[:1])
         assert sum(s["calls"] for s in driver.states().values()) == len(finished) + 1
-        assert driver.store.get_head(run[0].run_id.bytes) == (finished[0].sequence, 1)
+        head = RunHead(finished[0].sequence, ((1, finished[0].sequence - 1),))
+        assert driver.store.get_head(run[0].run_id.bytes) == head
 
 
 def test_a_fold_that_raises_does_not_stall_the_batch(tmp_path: Path) -> None:

@@ -41,15 +41,13 @@ from behest.projections.run_state import (
     STATUS_CODES,
     RunStateData,
     RunStateProjection,
-    format_micros,
     index_run_id,
-    parse_micros,
 )
 from behest.testing import ProjectionDriver, run_projection
+from behest.times import format_micros, parse_micros
 from tests.unit.strategies import agent_events, run_histories, sample_events
 
 PROJECTION = RunStateProjection()
-NIL = str(uuid.UUID(int=0))
 
 
 def _time(moment: datetime) -> str:
@@ -67,10 +65,10 @@ def reference(events: list[AgentEvent]) -> dict[str, Any] | None:
         if state is None:
             state = {
                 "run_id": str(event.run_id),
-                "session_id": NIL,
+                "session_id": None,
                 "status": "pending",
-                "provider": "",
-                "model": "",
+                "provider": None,
+                "model": None,
                 "metadata": None,
                 "iteration": 0,
                 "total_usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
@@ -195,7 +193,8 @@ def test_failed_and_unknown_finish_reasons() -> None:
         "something broke",
         None,
     )
-    assert state["session_id"] == NIL  # no RunStarted: unknown session, still pending-born
+    # no RunStarted: session, provider and model unknown (null), still pending-born
+    assert (state["session_id"], state["provider"], state["model"]) == (None, None, None)
     reason = UnknownFinishReason(unknown="max_turns")
     done = AgentEvent(
         run_id=run_id, sequence=2, payload=RunCompleted(finish_reason=reason, iterations=3)
@@ -213,24 +212,19 @@ def test_apply_leaves_its_input_state_alone() -> None:
     assert orjson.dumps(state) == before
 
 
-def test_variants_fold_alike_by_full_or_short_name_and_others_move_only_counters() -> None:
+def test_other_namespaces_move_only_the_counters() -> None:
     records = [decode_record(encode(e)) for e in sample_events()]
-    state = None
-    for record in records:
-        name, body = record["payload"]
-        short = {**record, "payload": (name.rpartition(".")[2], body)}
-        by_short = PROJECTION.apply(state, short)  # type: ignore[arg-type]
-        state = PROJECTION.apply(state, record)
-        assert by_short == state
+    state = fold(PROJECTION, records)
     assert state is not None
-    other = {**records[1], "payload": ("elsewhere.RunFailed", {"error": "not ours"})}
-    moved = PROJECTION.apply(state, other)  # type: ignore[arg-type]
-    assert moved == {
-        **state,
-        "event_count": state["event_count"] + 1,
-        "sequence": records[1]["sequence"],
-        "updated_at": records[1]["timestamp"],
-    }
+    for name in ("elsewhere.RunFailed", "RunFailed"):  # not behest's: no namespace stripping
+        other = {**records[1], "payload": (name, {"error": "not ours"})}
+        moved = PROJECTION.apply(state, other)  # type: ignore[arg-type]
+        assert moved == {
+            **state,
+            "event_count": state["event_count"] + 1,
+            "sequence": records[1]["sequence"],
+            "updated_at": records[1]["timestamp"],
+        }
 
 
 @pytest.mark.parametrize(
@@ -270,3 +264,11 @@ def test_index_keys_list_a_run_by_session_status_and_activity_in_time_order() ->
     times = [-(10**12), -1, 0, 1, 10**15]
     ordered = [next(iter(PROJECTION.index_keys({**started, "created_at": t}))) for t in times]
     assert ordered == sorted(ordered)
+
+
+def test_the_folding_state_is_the_run_state_model_field_for_field() -> None:
+    assert list(RunStateData.__annotations__) == list(RunState.model_fields)
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in sample_events()])
+    assert state is not None
+    stored = PROJECTION.encode_state(state)
+    assert RunState.model_validate_json(stored).to_json_dict() == orjson.loads(stored)

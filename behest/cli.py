@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from behest.fold.engine import BatchResult
     from behest.read.query import RunStateQuery
     from behest.read.reader import ProjectionReader
 
@@ -122,7 +126,8 @@ def setup_logging(level: Level, log_format: Format, console: Any = None) -> None
 
 
 _PROJECTION_HELP = (
-    "An installed projection's name (run_state, tool_usage, or one a package declares under "
+    "An installed projection's name (run_state, tool_usage, otel: each finished run exported "
+    "as OpenTelemetry GenAI spans over OTLP, or one a package declares under "
     "the behest.projections entry points) or your own as package.module:Class."
 )
 
@@ -139,6 +144,34 @@ def settings(
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ConfigError as exc:
         raise fail(exc) from None
+
+
+def _telemetry(config: Settings, service: str) -> None:
+    """With `BEHEST_OTEL=true`, this command exports its spans over OTLP."""
+    if config.otel:
+        from behest.telemetry import configure
+
+        configure(service)
+
+
+def _span_export() -> Callable[[BatchResult], None]:
+    """The otel projection's effect: each batch's finished runs, as GenAI spans, over OTLP
+    (`OTEL_EXPORTER_OTLP_ENDPOINT`; behest[otel])."""
+    from behest.errors import ConfigError
+    from behest.projections.otel import export_runs
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError(
+            "the otel projection exports over OTLP: pip install 'behest[otel]'"
+        ) from None
+    exporter = OTLPSpanExporter()
+
+    def export(result: BatchResult) -> None:
+        export_runs(result.states.values(), exporter)
+
+    return export
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -404,6 +437,10 @@ def project(
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
+    try:
+        _telemetry(config, f"behest-projector-{projection}")
+    except BehestError as exc:
+        raise fail(exc) from None
     console = Console(stderr=True)
     setup_logging(log_level, log_format, console)
     log = logging.getLogger("behest.project")
@@ -448,6 +485,7 @@ def project(
             group_id=group_id,
             batch_size=batch_size,
             on_progress=progress,
+            on_batch=_span_export() if chosen.name == "otel" else None,
         )
     except BehestError as exc:
         raise fail(exc) from None
@@ -587,6 +625,7 @@ def serve_command(
     config = settings(topic=topic, state_dir=state_dir)
     setup_logging(log_level, log_format, Console(stderr=True))
     try:
+        _telemetry(config, "behest-serve")
         query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
@@ -603,11 +642,15 @@ def serve_command(
             port=port,
             projections=readers,
             log_level=log_level.value,
+            telemetry=config.otel,
             watch=ProjectorWatch.of(config.state_dir, readers[0].name, max_lag=ready_max_lag),
         )
     finally:
         for reader in readers:
             reader.close()
+
+
+app.command("node")(node_command)
 
 
 @app.command("state")

@@ -28,6 +28,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 from behest.codec import check_record, decode_record
 from behest.errors import CodecError
+from behest.events import EventRecord
 from behest.fold.projection import Projection
 from behest.fold.refold import EntityFold, Folded, Item, by_sequence
 from behest.fold.sequences import RunHead
@@ -110,6 +111,8 @@ class BatchResult:
     tombstones: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
+    states: dict[bytes, Any] = field(default_factory=dict)
+    """The new state of every entity the batch changed (deleted ones are absent)."""
 
 
 @dataclass(slots=True)
@@ -157,6 +160,7 @@ class BatchFolder(Generic[S]):
         *,
         topic: str,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        decode: Callable[[bytes], tuple[EventRecord, bytes]] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -164,6 +168,9 @@ class BatchFolder(Generic[S]):
         self.projection = projection
         self.topic = topic
         self.snapshot_every = snapshot_every
+        self._decode = decode
+        """Another framing's reader (Schema Registry): the record, and the single-object
+        bytes to store for it; None reads single-object only."""
         self._keys: dict[bytes | None, tuple[str, bytes]] = {}
         self._entity = EntityFold(store, projection, snapshot_every)
 
@@ -269,7 +276,10 @@ class BatchFolder(Generic[S]):
                     groups.setdefault(run, []).append(item)
                 continue
             try:
-                event: Any = decode_record(value)
+                if self._decode is None:
+                    event: Any = decode_record(value)
+                else:
+                    event, value = self._decode(value)
                 check_record(event)
             except CodecError as error:
                 self._dead(result, record, str(error))
@@ -436,6 +446,7 @@ class BatchFolder(Generic[S]):
             batch.put_index(key)
         if encoded is not None:
             batch.put_state(entity, encoded)
+            result.states[entity] = state
         if run_keyed:
             if items:
                 batch.put_events(entity, [(item.sequence, item.value) for item in items])

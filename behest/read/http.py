@@ -289,12 +289,15 @@ def create_app(
     metrics_source: MetricsSource | None = None,
     projections: Sequence[ProjectionReader[Any]] = (),
     watch: ProjectorWatch | None = None,
+    *,
+    telemetry: bool = False,
 ) -> FastAPI:
     """The HTTP API over `query` (the /runs endpoints; None: none) and the `projections`
     (under /projections/{name}); `metrics_source` (e.g. `lambda: projector.metrics`) adds
     the projector's lag and counters to /metrics; `watch` (the projector's heartbeat, see
     `behest.read.health`) makes /healthz and /readyz judge the projector, and adds its
-    liveness (and lag, without a source) to /metrics."""
+    liveness (and lag, without a source) to /metrics; `telemetry` turns on FastAPI's own
+    OpenTelemetry spans, metrics and logs (global providers; `BEHEST_OTEL=true`)."""
     readers = ([] if query is None else [query.reader]) + [
         r for r in projections if query is None or r is not query.reader
     ]
@@ -305,9 +308,14 @@ def create_app(
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
         "projection served.",
-        # /metrics is Prometheus; FastAPI's own OpenTelemetry hooks would cost every
-        # request provider look-ups (about a tenth of a state read) for nothing.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
+        # cost every request provider look-ups (about a tenth of a state read).
+        telemetry={
+            "tracing": telemetry,
+            "metrics": telemetry,
+            "logs": telemetry,
+            "operation_spans": telemetry,
+        },
     )
     metrics = QueryMetrics(readers[0], metrics_source, watch)
     app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
@@ -519,10 +527,11 @@ def _config(
     watch: ProjectorWatch | None = None,
     *,
     own_logging: bool = False,
+    telemetry: bool = False,
 ) -> uvicorn.Config:
     extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     return uvicorn.Config(
-        create_app(query, metrics_source, projections, watch),
+        create_app(query, metrics_source, projections, watch, telemetry=telemetry),
         host=host,
         port=port,
         log_level=log_level,
@@ -541,6 +550,7 @@ def serve(
     log_level: str = "info",
     projections: Sequence[ProjectionReader[Any]] = (),
     watch: ProjectorWatch | None = None,
+    telemetry: bool = False,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
     Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
@@ -550,7 +560,15 @@ def serve(
     objects pauses every request in flight for tens of milliseconds.
     """
     config = _config(
-        query, host, port, metrics_source, log_level, projections, watch, own_logging=True
+        query,
+        host,
+        port,
+        metrics_source,
+        log_level,
+        projections,
+        watch,
+        own_logging=True,
+        telemetry=telemetry,
     )
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()

@@ -34,6 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from behest import codec
 from behest.config import Settings
 from behest.errors import (
     BehestError,
@@ -47,6 +48,7 @@ from behest.fold.heartbeat import Heartbeat, HeartbeatWriter, heartbeat_path
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.progress import LagClock, ProjectorMetrics
 from behest.fold.projection import Projection
+from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
 from behest.registry import framing_decoder
 from behest.telemetry import fold_span
@@ -118,6 +120,12 @@ class Projector:
         self._heartbeat = HeartbeatWriter(
             heartbeat_path(settings.state_dir, projection.name, worker)
         )
+        self._schemas = SchemaWait(
+            settings,
+            lambda: self._store,
+            group_id=f"{self.group_id}.schemas",
+            librdkafka_log=librdkafka_log,
+        )
         self._identity: StaticIdentity | None = None
         self._open_store()
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
@@ -135,8 +143,10 @@ class Projector:
             self.projection,
             topic=self.topic,
             snapshot_every=self.snapshot_every,
+            hold=self._schemas.hold,
             decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
         )
+        self._schemas.attach()
         self._metrics.positions = self._store.stored_offsets(self.topic)
 
     # --- what readers may ask -----------------------------------------------------------------
@@ -172,6 +182,7 @@ class Projector:
         """Consume and fold until stopped, or, with `until_caught_up`, until every owned
         partition is folded up to the high watermark it had when `run` began."""
         consumer = Consumer(self._consumer_config())
+        codec.on_published_schema(self._schemas.keep)
         try:
             partitions = self._check_topic(consumer)
             targets = self._watermarks(consumer, partitions) if until_caught_up else None
@@ -186,6 +197,8 @@ class Projector:
                 records = self._usable(messages) if messages else []
                 if records:
                     self._process(consumer, records)
+                if self._schemas.waiting:
+                    self._resume_ready(consumer)
                 self._update_lag(consumer)
                 self._heartbeat.beat(self._beat)
                 if self.on_progress is not None:
@@ -193,6 +206,8 @@ class Projector:
                 if targets is not None and self._caught_up(consumer, targets, idle=not messages):
                     break
         finally:
+            codec.on_published_schema(None)
+            self._schemas.waiting.clear()
             self._stopping.clear()  # a stop asked for before or during this run ends it only
             with self._lock:
                 self._assigned.clear()
@@ -218,6 +233,7 @@ class Projector:
     def close(self) -> None:
         """Flush dead letters in flight and close the store (releasing its lock)."""
         self._dead_letters.close()
+        self._schemas.close()
         self._store.close()
         self._release_identity()
 
@@ -333,6 +349,7 @@ class Projector:
     ) -> None:
         # Every batch is written before the next consume, so nothing is in flight here.
         consumer.unassign()
+        self._schemas.forget([tp.partition for tp in partitions])
         with self._lock:
             self._assigned.clear()
             self._metrics.assigned = ()
@@ -395,6 +412,8 @@ class Projector:
         started = time.perf_counter()
         with fold_span(records, self.topic):  # linked to the producers' spans, if traced
             result = self._folder.process(records, dead_letter=self._dead_letters.send)
+        if result.held:
+            self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -411,25 +430,40 @@ class Projector:
             m.last_batch_seconds = elapsed
             m.batch_latency.observe(elapsed)
             m.positions.update(result.positions)
-            self._note_fold_times(records, set(result.positions))
+            self._note_fold_times(records, result.positions)
         offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
         with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
             consumer.commit(offsets=offsets, asynchronous=True)
         if self.on_batch is not None:
             self.on_batch(result)
 
-    def _note_fold_times(self, records: list[Any], partitions: set[int]) -> None:
-        """Tell the lag clock the log time of each partition's last record folded (the
-        batch's last records, read from its end: a handful, not the batch)."""
+    def _note_fold_times(self, records: list[Any], positions: dict[int, int]) -> None:
+        """Tell the lag clock the log time of each partition's last record folded, the
+        last one below its new position (a record held for its schema is not folded);
+        read from the batch's end: a handful of records, not the batch."""
+        left = dict(positions)
         for record in reversed(records):
             partition = record.partition()
-            if partition in partitions:
-                partitions.discard(partition)
+            if partition in left and record.offset() < left[partition]:
+                del left[partition]
                 kind, millis = record.timestamp()
                 if kind != TIMESTAMP_NOT_AVAILABLE:
                     self._lag_clock.folded(partition, millis / 1000)
-                if not partitions:
+                if not left:
                     return
+
+    def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
+        """Stop each partition at the record that waits for its writer schema."""
+        for partition, offset in held.items():
+            tp = TopicPartition(self.topic, partition, offset)
+            consumer.pause([tp])
+            consumer.seek(tp)
+
+    def _resume_ready(self, consumer: Consumer) -> None:
+        """Resume held partitions whose schema arrived or whose wait is over."""
+        ready = self._schemas.ready()
+        if ready:
+            consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag of owned partitions, in records from the watermarks librdkafka cached on its

@@ -4,6 +4,7 @@
     POST /runs/batch {"run_ids": [...], "as_of"?: ...}     {"runs": [...], "missing": [...]}
     GET  /runs?session_id=&status=&active=&limit=&cursor=  {"runs": [...], "next_cursor": ...}
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
+    GET  /runs/{run_id}/watch · GET /runs/watch            Server-Sent Events (behest.read.sse)
     GET  /projections[/{name}/...]                         any projection served (see below)
     GET  /healthz · GET /metrics
 
@@ -59,7 +60,9 @@ from behest.read.routes import (
     match_direct,
     validation_body,
 )
-from behest.times import format_time, parse_time
+from behest.read.sse import watch_routes
+from behest.read.watch import event_json
+from behest.times import parse_time
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -139,12 +142,6 @@ def _json(content: bytes, status: int = 200, headers: dict[str, str] | None = No
 
 def _error(status: int, error: str, detail: Any = None) -> Response:
     return _json(error_body(error, detail), status)
-
-
-def _event_json(event: AgentEvent) -> dict[str, Any]:
-    data = event.model_dump(mode="json")
-    data["timestamp"] = format_time(event.timestamp)
-    return data
 
 
 def _validation_error(error: RequestValidationError) -> Response:
@@ -314,6 +311,7 @@ def create_app(
         return _json(body, status)
 
     if query is not None:
+        app.include_router(watch_routes(query))  # before /runs/{run_id}, which takes any id
         _add_run_routes(app, query.raw)
     add_projection_routes(app, readers)
 
@@ -409,7 +407,7 @@ def _add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
         events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
         if not events and query.get(run_id) is None:
             raise RunNotFoundError(f"run {run_id} is unknown")
-        return orjson.dumps({"events": [_event_json(e) for e in events]})
+        return b'{"events":[' + b",".join(map(event_json, events)) + b"]}"
 
     routes: list[tuple[str, Any, str, dict[str, Any]]] = [
         (

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 import threading
 import uuid
@@ -883,11 +884,11 @@ and pydantic and orjson stop near 255 levels (with the envelope around them)."""
 _MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _UUID = TypeAdapter(uuid.UUID)
-_HEX = frozenset("0123456789abcdef")
+_CANONICAL_UUID = re.compile("-".join(f"[0-9a-f]{{{n}}}" for n in (8, 4, 4, 4, 12))).fullmatch
 
 
 def _check_uuid(text: str, where: str) -> None:
-    if len(text) == 36 and text.count("-") == 4 and _HEX.issuperset(text.replace("-", "")):
+    if _CANONICAL_UUID(text) is not None:
         return  # canonical lowercase text, the common case
     try:
         _UUID.validate_python(text)

@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from behest.errors import RunNotFoundError, WaitTimeoutError
 from behest.events import AgentEvent, RunState, RunStatus
+from behest.read.console import add_console, name_operations
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
 from behest.read.projection_routes import ErrorBody, add_projection_routes
 from behest.read.query import (
@@ -275,7 +276,9 @@ def create_app(
         title="behest",
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
-        "projection served.",
+        "projection served. The console is at `/`.",
+        docs_url=None,  # served by add_console from assets in the package: no CDN
+        redoc_url=None,
         # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
         # cost every request provider look-ups (about a tenth of a state read).
         telemetry={
@@ -337,6 +340,8 @@ def create_app(
             return _json(error_body(str(error)), 503, headers={"retry-after": "1"})
         return _json(orjson.dumps({"partition": partition, "offset": offset}))
 
+    add_console(app)
+
     @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
     def healthz() -> Response:
         fresh = readers[0].freshness()
@@ -351,6 +356,7 @@ def create_app(
     def prometheus() -> Response:
         return Response(content=metrics.render(), media_type=CONTENT_TYPE)
 
+    name_operations(app)
     return app
 
 

@@ -42,6 +42,7 @@ from behest.events import AgentEvent, RunState, format_time
 from behest.fold.store import prefix_end
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
 from behest.read.reader import Absent, ProjectionReader
+from behest.watching import RunUpdate
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -84,16 +85,6 @@ class Change:
     event: AgentEvent | None = None
     event_json: bytes | None = None
     deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RunUpdate:
-    """What `watch` yields: the event folded at `sequence` (None for the opening state)
-    and the run's state after it."""
-
-    sequence: int
-    state: RunState
-    event: AgentEvent | None
 
 
 def event_json(event: AgentEvent) -> bytes:

@@ -537,7 +537,8 @@ def state_command(
     from behest.events import KnownFinishReason, RunState
     from behest.fold.catalog import load_projection
     from behest.fold.projection import parse_key
-    from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+    from behest.read.projection_query import ProjectionQuery
+    from behest.read.reader import Absent, ProjectionReader
     from behest.times import format_time, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)

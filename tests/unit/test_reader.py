@@ -19,7 +19,8 @@ from behest.events import AgentEvent, EventRecord, TextDelta, Variant
 from behest.fold.catalog import installed_projections, load_projection
 from behest.fold.projection import fold
 from behest.projections.tool_usage import ToolUsageProjection
-from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import Absent, ProjectionReader
 from behest.testing import ProjectionDriver, sample_run
 from behest.times import format_micros, format_time, from_micros, parse_micros, to_micros
 

@@ -10,6 +10,9 @@ import typer
 from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from behest.fold.engine import BatchResult
     from behest.read.query import RunStateQuery
     from behest.read.reader import ProjectionReader
 
@@ -77,7 +80,8 @@ StateDir = Annotated[
 
 
 _PROJECTION_HELP = (
-    "An installed projection's name (run_state, tool_usage, or one a package declares under "
+    "An installed projection's name (run_state, tool_usage, otel: each finished run exported "
+    "as OpenTelemetry GenAI spans over OTLP, or one a package declares under "
     "the behest.projections entry points) or your own as package.module:Class."
 )
 
@@ -94,6 +98,34 @@ def settings(
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ConfigError as exc:
         raise fail(exc) from None
+
+
+def _telemetry(config: Settings, service: str) -> None:
+    """With `BEHEST_OTEL=true`, this command exports its spans over OTLP."""
+    if config.otel:
+        from behest.telemetry import configure
+
+        configure(service)
+
+
+def _span_export() -> Callable[[BatchResult], None]:
+    """The otel projection's effect: each batch's finished runs, as GenAI spans, over OTLP
+    (`OTEL_EXPORTER_OTLP_ENDPOINT`; behest[otel])."""
+    from behest.errors import ConfigError
+    from behest.projections.otel import export_runs
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError(
+            "the otel projection exports over OTLP: pip install 'behest[otel]'"
+        ) from None
+    exporter = OTLPSpanExporter()
+
+    def export(result: BatchResult) -> None:
+        export_runs(result.states.values(), exporter)
+
+    return export
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -342,6 +374,10 @@ def project(
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
+    try:
+        _telemetry(config, f"behest-projector-{projection}")
+    except BehestError as exc:
+        raise fail(exc) from None
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -380,6 +416,7 @@ def project(
             group_id=group_id,
             batch_size=batch_size,
             on_progress=progress,
+            on_batch=_span_export() if chosen.name == "otel" else None,
         )
     except BehestError as exc:
         raise fail(exc) from None
@@ -496,6 +533,7 @@ def serve_command(
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
+        _telemetry(config, "behest-serve")
         query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
@@ -506,7 +544,7 @@ def serve_command(
             "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
             err=True,
         )
-        serve(query, host=host, port=port, projections=readers)
+        serve(query, host=host, port=port, projections=readers, telemetry=config.otel)
     finally:
         for reader in readers:
             reader.close()

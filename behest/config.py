@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         ),
     )
 
+    otel: bool = Field(
+        default=False,
+        description=(
+            "Export behest's own spans (projector batches linked to the producers' spans, "
+            "HTTP requests) over OTLP from its commands; needs behest[otel]."
+        ),
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)

@@ -39,6 +39,7 @@ from behest.emit.producer import (
 from behest.emit.recorder import AsyncRunRecorder
 from behest.errors import ProduceError
 from behest.events import AgentEvent
+from behest.telemetry import trace_headers
 
 __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 
@@ -75,7 +76,7 @@ class _Item:
     """Records queued by one `emit`/`emit_many` call, waiting for the sender task;
     `deliveries` is None for a single event (its future gets the `Delivery` itself)."""
 
-    __slots__ = ("deliveries", "future", "pending", "records", "settled")
+    __slots__ = ("deliveries", "future", "headers", "pending", "records", "settled")
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class _Item:
     ) -> None:
         self.records = records
         self.future = future
+        self.headers = trace_headers() or []  # the emitting caller's trace context
         self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
         self.pending = len(records)
         self.settled = bytearray(len(records))
@@ -306,11 +308,12 @@ class AsyncEventProducer:
             members: list[_Member] = []
             for item, index, (key, value, timestamp) in entries:
                 at = timestamp or None  # 0: now
-                if builder.append(key=key, value=value, timestamp=at) is None:
+                headers = item.headers
+                if builder.append(key=key, value=value, timestamp=at, headers=headers) is None:
                     await self._submit(client, builder, partition, members)
                     builder = client.create_batch()
                     members = []
-                    if builder.append(key=key, value=value, timestamp=at) is None:
+                    if builder.append(key=key, value=value, timestamp=at, headers=headers) is None:
                         self._settle(item, index, None, self._too_large(key, value))
                         continue
                 members.append((item, index))

@@ -35,6 +35,7 @@ from behest.emit.delivery import Delivery
 from behest.emit.recorder import RunRecorder
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
+from behest.telemetry import trace_headers
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_MS",
@@ -236,7 +237,7 @@ class EventProducer:
         key, value, timestamp = self._encode(check_event(event))
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
-        self._produce(key, value, partial(self._deliver, future), timestamp)
+        self._produce(key, value, partial(self._deliver, future), timestamp, trace_headers())
         return future
 
     def emit_many(self, events: Iterable[AgentEvent]) -> Future[list[Delivery]]:
@@ -256,13 +257,16 @@ class EventProducer:
         produce = self._producer.produce
         topic = self.topic
         on_delivery = batch.on_delivery
+        headers = trace_headers()  # one look-up for the batch: its events share the caller's span
         for index, (key, value, timestamp) in enumerate(records):
             callback = partial(on_delivery, index)
             try:
-                produce(topic, value, key, on_delivery=callback, timestamp=timestamp)
+                produce(
+                    topic, value, key, on_delivery=callback, timestamp=timestamp, headers=headers
+                )
             except BufferError:
                 try:
-                    self._produce(key, value, callback, timestamp)
+                    self._produce(key, value, callback, timestamp, headers)
                 except ProduceError as error:
                     self._abandon(batch, index, error)
             except KafkaException as error:
@@ -282,7 +286,9 @@ class EventProducer:
         """Queue a record with the run's key and no value: every projection deletes the run."""
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()
-        self._produce(self._encode.key(run_id), None, partial(self._deliver, future))
+        self._produce(
+            self._encode.key(run_id), None, partial(self._deliver, future), 0, trace_headers()
+        )
         return future
 
     def run(
@@ -302,10 +308,11 @@ class EventProducer:
         value: bytes | None,
         on_delivery: Callable[[Any, Message], None],
         timestamp: int = 0,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         if self._closed:
             raise ProduceError("the producer is closed; create a new EventProducer")
-        produce = self._producer.produce
+        produce = partial(self._producer.produce, headers=headers)
         try:
             produce(self.topic, value, key, on_delivery=on_delivery, timestamp=timestamp)
             return

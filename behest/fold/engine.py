@@ -110,6 +110,8 @@ class BatchResult:
     tombstones: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
+    states: dict[bytes, Any] = field(default_factory=dict)
+    """The new state of every entity the batch changed (deleted ones are absent)."""
 
 
 @dataclass(slots=True)
@@ -436,6 +438,7 @@ class BatchFolder(Generic[S]):
             batch.put_index(key)
         if encoded is not None:
             batch.put_state(entity, encoded)
+            result.states[entity] = state
         if run_keyed:
             if items:
                 batch.put_events(entity, [(item.sequence, item.value) for item in items])

@@ -41,10 +41,11 @@ from behest.errors import (
     TopicMissingError,
 )
 from behest.fold.deadletter import DeadLetterSender
-from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
 from behest.fold.store import StateStore
+from behest.telemetry import fold_span
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
 
@@ -110,6 +111,7 @@ class Projector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         on_progress: Callable[[ProjectorMetrics], None] | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
         poll_timeout: float = 0.5,
         metadata_timeout: float = 10.0,
         worker: str | None = None,
@@ -128,6 +130,9 @@ class Projector:
         self.batch_size = batch_size
         self.snapshot_every = snapshot_every
         self.on_progress = on_progress
+        self.on_batch = on_batch
+        """Called with each batch's result (its new states) once the batch is written: the
+        place for effects such as exporting (the otel projection's spans)."""
         self.poll_timeout = poll_timeout
         self.metadata_timeout = metadata_timeout
         self._stopping = threading.Event()
@@ -388,7 +393,8 @@ class Projector:
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
-        result = self._folder.process(records, dead_letter=self._dead_letters.send)
+        with fold_span(records, self.topic):  # linked to the producers' spans, if traced
+            result = self._folder.process(records, dead_letter=self._dead_letters.send)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -407,6 +413,8 @@ class Projector:
         offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
         with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
             consumer.commit(offsets=offsets, asynchronous=True)
+        if self.on_batch is not None:
+            self.on_batch(result)
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""

@@ -204,10 +204,13 @@ def create_app(
     query: RunStateQuery[Any] | None,
     metrics_source: MetricsSource | None = None,
     projections: Sequence[ProjectionReader[Any]] = (),
+    *,
+    telemetry: bool = False,
 ) -> FastAPI:
     """The HTTP API over `query` (the /runs endpoints; None: none) and the `projections`
     (under /projections/{name}); `metrics_source` (e.g. `lambda: projector.metrics`) adds
-    the projector's lag and counters to /metrics."""
+    the projector's lag and counters to /metrics; `telemetry` turns on FastAPI's own
+    OpenTelemetry spans, metrics and logs (global providers; `BEHEST_OTEL=true`)."""
     readers = ([] if query is None else [query.reader]) + [
         r for r in projections if query is None or r is not query.reader
     ]
@@ -218,9 +221,14 @@ def create_app(
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
         "projection served.",
-        # /metrics is Prometheus; FastAPI's own OpenTelemetry hooks would cost every
-        # request provider look-ups (about a tenth of a state read) for nothing.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
+        # cost every request provider look-ups (about a tenth of a state read).
+        telemetry={
+            "tracing": telemetry,
+            "metrics": telemetry,
+            "logs": telemetry,
+            "operation_spans": telemetry,
+        },
     )
     metrics = QueryMetrics(readers[0], metrics_source)
     app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
@@ -300,9 +308,10 @@ def _config(
     metrics_source: MetricsSource | None,
     log_level: str,
     projections: Sequence[ProjectionReader[Any]] = (),
+    telemetry: bool = False,
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(query, metrics_source, projections),
+        create_app(query, metrics_source, projections, telemetry=telemetry),
         host=host,
         port=port,
         log_level=log_level,
@@ -319,6 +328,7 @@ def serve(
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
     projections: Sequence[ProjectionReader[Any]] = (),
+    telemetry: bool = False,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
 
@@ -326,7 +336,7 @@ def serve(
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level, projections)
+    config = _config(query, host, port, metrics_source, log_level, projections, telemetry)
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()

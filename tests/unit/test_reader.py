@@ -3,6 +3,7 @@ scans, answered by the same code for every projection; projections found by name
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -177,3 +178,11 @@ def test_times_convert_alike_every_way(moment: datetime) -> None:
     assert from_micros(micros) == moment
     assert format_micros(micros) == format_time(moment)
     assert parse_micros(format_time(moment)) == micros
+
+
+def test_no_ready_made_projection_reads_variant_names_as_text() -> None:
+    folder = Path(__file__).resolve().parents[2] / "projections"
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert 'rpartition(".")' not in text, f"{path.name} strips namespaces: use Variant"
+        assert not re.search(r'"behest\.[A-Z]', text), f"{path.name} spells a variant: use Variant"

@@ -4,6 +4,7 @@
     POST /runs/batch {"run_ids": [...], "as_of"?: ...}     {"runs": [...], "missing": [...]}
     GET  /runs?session_id=&status=&active=&limit=&cursor=  {"runs": [...], "next_cursor": ...}
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
+    GET  /runs/{run_id}/watch · GET /runs/watch            Server-Sent Events (behest.read.sse)
     GET  /projections[/{name}/...]                         any projection served (see below)
     GET  /healthz · GET /metrics
 
@@ -39,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from behest.errors import WaitTimeoutError
+from behest.read.console import add_console, name_operations
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
 from behest.read.projection_routes import add_projection_routes
 from behest.read.query import (
@@ -61,6 +63,7 @@ from behest.read.run_routes import (
     RunList,
     add_run_routes,
 )
+from behest.read.sse import watch_routes
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -220,7 +223,9 @@ def create_app(
         title="behest",
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
-        "projection served.",
+        "projection served. The console is at `/`.",
+        docs_url=None,  # served by add_console from assets in the package: no CDN
+        redoc_url=None,
         # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
         # cost every request provider look-ups (about a tenth of a state read).
         telemetry={
@@ -256,6 +261,7 @@ def create_app(
         return _json(body, status)
 
     if query is not None:
+        app.include_router(watch_routes(query))  # before /runs/{run_id}, which takes any id
         add_run_routes(app, query.raw)
     add_projection_routes(app, readers)
 
@@ -281,6 +287,8 @@ def create_app(
             return _json(error_body(str(error)), 503, headers={"retry-after": "1"})
         return _json(orjson.dumps({"partition": partition, "offset": offset}))
 
+    add_console(app)
+
     @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
     def healthz() -> Response:
         fresh = readers[0].freshness()
@@ -295,6 +303,7 @@ def create_app(
     def prometheus() -> Response:
         return Response(content=metrics.render(), media_type=CONTENT_TYPE)
 
+    name_operations(app)
     return app
 
 

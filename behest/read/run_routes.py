@@ -30,7 +30,8 @@ from behest.read.query import (
     RunStateQuery,
 )
 from behest.read.routes import BAD_INPUT, DirectRoute, ErrorBody, error_body
-from behest.times import format_time, parse_time
+from behest.read.watch import event_json
+from behest.times import parse_time
 
 __all__ = ["BatchRequest", "BatchResponse", "EventList", "RunList", "add_run_routes"]
 
@@ -84,12 +85,6 @@ _AsOf = Annotated[
 _AtSequence = Annotated[
     int | None, Query(ge=0, le=MAX_SEQUENCE, description="The state after this sequence.")
 ]
-
-
-def _event_json(event: AgentEvent) -> dict[str, Any]:
-    data = event.model_dump(mode="json")
-    data["timestamp"] = format_time(event.timestamp)
-    return data
 
 
 def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
@@ -146,7 +141,7 @@ def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
         events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
         if not events and query.get(run_id) is None:
             raise RunNotFoundError(f"run {run_id} is unknown")
-        return orjson.dumps({"events": [_event_json(e) for e in events]})
+        return b'{"events":[' + b",".join(map(event_json, events)) + b"]}"
 
     routes: list[tuple[str, Any, str, dict[str, Any]]] = [
         (

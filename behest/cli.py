@@ -1,4 +1,4 @@
-"""The `behest` command line: broker, topics, simulate, project, serve, state, demo."""
+"""The `behest` command line: broker, topics, simulate, project, serve, state, dlq, demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
+from behest.dlq_command import dlq_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +35,7 @@ topics_app = typer.Typer(
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _print_version(asked: bool) -> None:

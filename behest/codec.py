@@ -200,7 +200,10 @@ def header_fingerprint(data: bytes | None) -> bytes | None:
 
 def _from_sources(fp: bytes) -> SchemaVersion | None:
     for source in list(_SOURCES):
-        text = source.get_schema(fp)
+        try:
+            text = source.get_schema(fp)
+        except Exception:  # noqa: S112 - a source that cannot answer (closed) is passed over
+            continue
         if text is not None:
             with contextlib.suppress(CodecError):
                 return add_writer_schema(text, "from the projection's store")

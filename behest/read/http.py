@@ -6,7 +6,7 @@
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
     GET  /runs/{run_id}/watch · GET /runs/watch            Server-Sent Events (behest.read.sse)
     GET  /projections[/{name}/...]                         any projection served (see below)
-    GET  /healthz · GET /metrics
+    GET  /healthz · GET /readyz · GET /metrics               (see behest.read.health)
 
 The run endpoints are `DirectRoute`s (behest.read.routes): one plain function each, one
 error mapping for all, no FastAPI parameter machinery per request. States are served as
@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from behest.errors import WaitTimeoutError
 from behest.read.console import add_console, name_operations
+from behest.read.health import ProjectorWatch
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
 from behest.read.projection_routes import add_projection_routes
 from behest.read.query import (
@@ -73,6 +74,8 @@ __all__ = [
     "ErrorBody",
     "EventList",
     "Health",
+    "ProjectorState",
+    "Readiness",
     "RunList",
     "create_app",
     "serve",
@@ -90,13 +93,36 @@ JSON: Final = "application/json"
 # --- the wire models (they make /openapi.json; answers are built from stored bytes) ----------
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reason: str | None = Field(description="Why not ready; null when ready.")
+    projector: ProjectorState | None
+
+
 class Folded(BaseModel):
     partition: int
     offset: int = Field(description="The position is folded: reads that follow see it.")
 
 
+class ProjectorState(BaseModel):
+    alive: bool = Field(description="It beat within the staleness bound and did not stop.")
+    ready: bool = Field(description="Alive, owning partitions, none beyond the lag bound.")
+    reason: str | None = Field(description="Why not alive or not ready; null when it is.")
+    pid: int | None
+    heartbeat_age_s: float | None
+    assigned: list[int]
+    lag: dict[str, int] = Field(description="Records behind the log, per owned partition.")
+    lag_seconds: dict[str, float] = Field(description="Seconds behind the log, per partition.")
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="ok: the store answers and its projector is alive; degraded: the store "
+        "answers but the projector is not alive (see projector.reason)."
+    )
+    projector: ProjectorState | None = Field(
+        description="The projector writing the store, from its heartbeat (null: not watched)."
+    )
     topic: str
     offsets: dict[str, int] = Field(description="Next offset folded, per partition.")
     synced_at: datetime = Field(description="Answers include every write made before this.")
@@ -207,12 +233,15 @@ def create_app(
     query: RunStateQuery[Any] | None,
     metrics_source: MetricsSource | None = None,
     projections: Sequence[ProjectionReader[Any]] = (),
+    watch: ProjectorWatch | None = None,
     *,
     telemetry: bool = False,
 ) -> FastAPI:
     """The HTTP API over `query` (the /runs endpoints; None: none) and the `projections`
     (under /projections/{name}); `metrics_source` (e.g. `lambda: projector.metrics`) adds
-    the projector's lag and counters to /metrics; `telemetry` turns on FastAPI's own
+    the projector's lag and counters to /metrics; `watch` (the projector's heartbeat, see
+    `behest.read.health`) makes /healthz and /readyz judge the projector, and adds its
+    liveness (and lag, without a source) to /metrics; `telemetry` turns on FastAPI's own
     OpenTelemetry spans, metrics and logs (global providers; `BEHEST_OTEL=true`)."""
     readers = ([] if query is None else [query.reader]) + [
         r for r in projections if query is None or r is not query.reader
@@ -235,7 +264,7 @@ def create_app(
             "operation_spans": telemetry,
         },
     )
-    metrics = QueryMetrics(readers[0], metrics_source)
+    metrics = QueryMetrics(readers[0], metrics_source, watch)
     app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(RequestValidationError)
@@ -289,10 +318,38 @@ def create_app(
 
     add_console(app)
 
-    @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": ErrorBody, "description": "The store cannot be read."}},
+        summary="Liveness: the store answers (and whether its projector is alive)",
+    )
     def healthz() -> Response:
         fresh = readers[0].freshness()
-        return _json(orjson.dumps({"status": "ok", **fresh.to_json_dict()}))
+        health = None if watch is None else watch.check()
+        body = {
+            "status": "ok" if health is None or health.alive else "degraded",
+            "projector": None if health is None else health.to_json_dict(),
+            **fresh.to_json_dict(),
+        }
+        return _json(orjson.dumps(body))
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: see reason."}},
+        summary="Readiness: the projector writing the store is alive and within its lag bound",
+    )
+    def readyz() -> Response:
+        readers[0].freshness()  # the store answers (a StoreError is a 503 too)
+        health = None if watch is None else watch.check()
+        ready = health is None or health.ready
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "reason": None if health is None else health.reason,
+            "projector": None if health is None else health.to_json_dict(),
+        }
+        return _json(orjson.dumps(body), 200 if ready else 503)
 
     @app.get(
         "/metrics",
@@ -317,13 +374,18 @@ def _config(
     metrics_source: MetricsSource | None,
     log_level: str,
     projections: Sequence[ProjectionReader[Any]] = (),
+    watch: ProjectorWatch | None = None,
+    *,
+    own_logging: bool = False,
     telemetry: bool = False,
 ) -> uvicorn.Config:
+    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     return uvicorn.Config(
-        create_app(query, metrics_source, projections, telemetry=telemetry),
+        create_app(query, metrics_source, projections, watch, telemetry=telemetry),
         host=host,
         port=port,
         log_level=log_level,
+        **extra,
         access_log=False,  # /metrics counts requests; a line per request costs throughput
         lifespan="off",
     )
@@ -337,15 +399,27 @@ def serve(
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
     projections: Sequence[ProjectionReader[Any]] = (),
+    watch: ProjectorWatch | None = None,
     telemetry: bool = False,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
+    Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
 
     Meant to own its process: it freezes everything allocated so far out of the garbage
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level, projections, telemetry)
+    config = _config(
+        query,
+        host,
+        port,
+        metrics_source,
+        log_level,
+        projections,
+        watch,
+        own_logging=True,
+        telemetry=telemetry,
+    )
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()
@@ -370,12 +444,13 @@ class BackgroundServer:
         metrics_source: MetricsSource | None = None,
         log_level: str = "warning",
         projections: Sequence[ProjectionReader[Any]] = (),
+        watch: ProjectorWatch | None = None,
     ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
-        config = _config(query, host, self.port, metrics_source, log_level, projections)
+        config = _config(query, host, self.port, metrics_source, log_level, projections, watch)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True

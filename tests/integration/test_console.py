@@ -73,18 +73,22 @@ def _wait(chrome: WebDriver, what: str, check: object) -> None:
         raise AssertionError(f"the console did not show {what} within {PAGE_WAIT:g} s") from None
 
 
+_CARD_JS = """
+const card = document.getElementById("state-card");
+if (!card) return {};
+const fields = {};
+for (const dd of card.querySelectorAll("dd[data-field]")) fields[dd.dataset.field] = dd.textContent;
+fields.status = card.querySelector(".card-head").dataset.status;
+fields.point = document.getElementById("point").textContent;
+return fields;
+"""
+
+
 def _card(chrome: WebDriver) -> dict[str, str]:
-    """The state card's fields by name (empty while the card is not shown)."""
-    if not chrome.find_elements(By.ID, "point"):
-        return {}
-    fields = chrome.find_elements(By.CSS_SELECTOR, "#state-card dd[data-field]")
-    card = {f.get_attribute("data-field") or "": f.text for f in fields}
-    card["status"] = (
-        chrome.find_element(By.CSS_SELECTOR, "#state-card .card-head").get_attribute("data-status")
-        or ""
-    )
-    card["point"] = chrome.find_element(By.ID, "point").text
-    return card
+    """The state card's fields by name, read in one script (the card is redrawn live);
+    empty while no card is shown."""
+    fields: dict[str, str] = chrome.execute_script(_CARD_JS)
+    return fields
 
 
 def _number(text: str) -> int:

@@ -683,7 +683,8 @@ def state_command(
     from behest.events import KnownFinishReason, RunState
     from behest.fold.catalog import load_projection
     from behest.fold.projection import parse_key
-    from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+    from behest.read.projection_query import ProjectionQuery
+    from behest.read.reader import Absent, ProjectionReader
     from behest.times import format_time, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)
@@ -746,6 +747,42 @@ def state_command(
 
 
 # --- demo -------------------------------------------------------------------
+
+
+@app.command("watch")
+def watch_command(
+    run_id: str = typer.Argument(..., help="The run id (a UUID); it need not exist yet."),
+    url: str | None = typer.Option(
+        None, "--url", help="Watch through a behest server (e.g. http://127.0.0.1:8000)."
+    ),
+    from_sequence: int | None = typer.Option(
+        None, "--from-sequence", min=0, help="Replay the stored events from this sequence on."
+    ),
+    state_dir: StateDir = None,
+    topic: Topic = None,
+) -> None:
+    """A live terminal view of one run (status, iteration, tokens, the model's text, the
+    latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.errors import BehestError
+    from behest.events import parse_run_id
+    from behest.watch_view import show
+
+    try:
+        run = parse_run_id(run_id)
+        if url is not None:
+            from behest.client import RunStateClient
+
+            with RunStateClient(url) as client:
+                show(str(run), client.watch(run, from_sequence=from_sequence))
+        else:
+            from behest.read.query import RunStateQuery
+
+            with RunStateQuery.open(settings(topic=topic, state_dir=state_dir)) as query:
+                show(str(run), query.watch(run, from_sequence=from_sequence))
+    except BehestError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command("demo")

@@ -19,6 +19,7 @@ dead letter, per gap) each say something new.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -39,6 +40,7 @@ __all__ = [
     "RepeatCollapser",
     "is_kafka_client",
     "setup_logging",
+    "setup_logging_from_env",
 ]
 
 LogFormat = Literal["text", "json"]
@@ -168,6 +170,16 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(threshold)
     return handler
+
+
+def setup_logging_from_env(level: str | None = None, log_format: str | None = None) -> None:
+    """`setup_logging` with `BEHEST_LOG_LEVEL` and `BEHEST_LOG_FORMAT` filling what is not
+    given, and written back to the environment so that child processes (a node's workers,
+    spawned) log the same way when they call this."""
+    level = level or os.environ.get("BEHEST_LOG_LEVEL") or "info"
+    log_format = log_format or os.environ.get("BEHEST_LOG_FORMAT") or "text"
+    setup_logging(level.lower(), log_format.lower())  # type: ignore[arg-type]
+    os.environ["BEHEST_LOG_LEVEL"], os.environ["BEHEST_LOG_FORMAT"] = level, log_format
 
 
 def _no_librdkafka_echo(record: logging.LogRecord) -> bool:

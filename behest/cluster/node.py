@@ -68,7 +68,9 @@ def _worker(
     """A worker process: one Projector in the group, reporting what it holds."""
     from behest.fold.catalog import load_projection
     from behest.fold.projector import Projector
+    from behest.logs import setup_logging_from_env
 
+    setup_logging_from_env()  # as the node's command set it up
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
     settings = Settings.model_validate(settings_data)
     projector = Projector(

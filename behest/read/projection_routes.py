@@ -35,22 +35,14 @@ from behest.read.inputs import (
     decode_cursor,
     encode_cursor,
 )
-from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
-from behest.read.routes import DirectRoute
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import Absent, ProjectionReader
+from behest.read.routes import DirectRoute, ErrorBody
 from behest.times import parse_time
 
-__all__ = ["ErrorBody", "add_projection_routes"]
+__all__ = ["add_projection_routes"]
 
 DEFAULT_STATES_LIMIT: Final = 100
-
-
-class ErrorBody(BaseModel):
-    """Every non-2xx answer."""
-
-    error: str = Field(description="What is wrong, and what to do about it.")
-    detail: JsonValue = Field(
-        default=None, description="Structured detail, e.g. one entry per invalid field."
-    )
 
 
 class ProjectionInfo(BaseModel):

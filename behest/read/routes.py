@@ -20,17 +20,41 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, JsonValue, ValidationError
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from behest.errors import QueryError, RunNotFoundError, StoreError
 
-__all__ = ["DirectRoute", "error_answer", "error_body", "match_direct", "send_json"]
+__all__ = [
+    "BAD_INPUT",
+    "DirectRoute",
+    "ErrorBody",
+    "error_answer",
+    "error_body",
+    "match_direct",
+    "send_json",
+    "validation_body",
+]
 
 log = logging.getLogger("behest.read.http")
 
 _JSON_HEADERS: Final = (b"content-type", b"application/json")
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer."""
+
+    error: str = Field(description="What is wrong, and what to do about it.")
+    detail: JsonValue = Field(
+        default=None, description="Structured detail, e.g. one entry per invalid field."
+    )
+
+
+BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
+    "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
+}
+"""OpenAPI `responses` of an endpoint whose only failures are bad input."""
 
 
 def error_body(error: str, detail: Any = None) -> bytes:

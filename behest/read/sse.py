@@ -24,9 +24,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from behest.errors import InvalidQueryError, QueryError
 from behest.events import RunStatus
-from behest.read.projection_routes import ErrorBody
 from behest.read.query import MAX_SEQUENCE, RunStateQuery
-from behest.read.routes import error_answer
+from behest.read.routes import ErrorBody, error_answer
 from behest.read.watch import Change
 
 __all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "encode", "watch_routes"]

@@ -27,7 +27,8 @@ from behest.emit.producer import EventProducer
 from behest.events import AgentEvent
 from behest.fold.catalog import load_projection
 from behest.fold.projection import fold
-from behest.read.reader import Absent, ProjectionQuery
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import Absent
 from behest.testing import sample_run
 
 pytestmark = pytest.mark.kafka

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from behest.logs import RepeatCollapser, is_kafka_client, setup_logging
+from behest.logs import (
+    JsonFormatter,
+    RepeatCollapser,
+    is_kafka_client,
+    setup_logging,
+    setup_logging_from_env,
+)
 
 
 @pytest.fixture
@@ -100,3 +107,14 @@ def test_unknown_levels_and_formats_are_refused(restore_root: None) -> None:
         setup_logging("loud")
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
         setup_logging("info", "xml")  # type: ignore[arg-type]
+
+
+def test_the_environment_fills_in_and_is_passed_on(
+    restore_root: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BEHEST_LOG_LEVEL", "error")
+    monkeypatch.delenv("BEHEST_LOG_FORMAT", raising=False)
+    setup_logging_from_env(log_format="json")
+    assert logging.getLogger().level == logging.ERROR
+    assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
+    assert os.environ["BEHEST_LOG_FORMAT"] == "json"  # a spawned worker logs alike

@@ -13,13 +13,15 @@ assignment change there asks the membership for a fresh description at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Final
@@ -77,10 +79,12 @@ def _worker(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: projector.stop())
     stopping = threading.Event()
 
+    parent = os.getppid()
+
     def report() -> None:
         last: tuple[tuple[int, ...], dict[int, int]] | None = None
         while not stopping.wait(_REPORT_EVERY):
-            if stop.is_set():
+            if stop.is_set() or os.getppid() != parent:  # asked to, or orphaned: leave
                 projector.stop()
             metrics = projector.metrics
             current = (metrics.assigned, dict(metrics.positions))
@@ -239,6 +243,26 @@ class RoutedAPI:
         self.membership.close()
 
 
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, minus re-raising the signal that stopped it: the node still
+        has to stop its workers (they would be left folding, as orphans, in the group)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def _open_query(settings: Settings, node: Node, deadline: float) -> RunStateQuery:
     """The workers' store as a reader, retried while a worker is still creating it."""
     from behest.errors import StoreError
@@ -304,7 +328,7 @@ def run_node(
             access_log=False,
             lifespan="off",
         )
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         failed = threading.Event()
 
         def watch() -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 import weakref
@@ -39,7 +40,6 @@ import orjson
 
 from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, RunState, format_time
-from behest.fold.store import prefix_end
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
 from behest.read.reader import Absent, ProjectionReader
 from behest.watching import RunUpdate
@@ -370,13 +370,8 @@ class Tailer:
         """Runs the feed compares: the active ones and the `FEED_RECENT` newest."""
         store = self.reader.store
         runs = {key[-16:] for key in store.scan_index(INDEX_ACTIVE)}
-        iterator = store.index.iter()
-        iterator.seek_for_prev(prefix_end(INDEX_ALL))
-        for _ in range(FEED_RECENT):
-            if not iterator.valid() or not iterator.key().startswith(INDEX_ALL):
-                break
-            runs.add(iterator.key()[-16:])
-            iterator.prev()
+        newest = itertools.islice(store.scan_index(INDEX_ALL, reverse=True), FEED_RECENT)
+        runs.update(key[-16:] for key in newest)
         return sorted(runs)
 
     def _tick_feed(self) -> list[_Inbox]:

@@ -238,7 +238,7 @@ def test_any_node_answers_any_run_through_node_and_broker_failures(
     assert bootstrap is not None
     topic = f"scale-{uuid.uuid4().hex[:8]}"
     settings = Settings(bootstrap_servers=bootstrap, topic=topic)
-    assert [r.replication for r in create_topics(settings, partitions=PARTITIONS)] == [3, 3]
+    assert [r.replication for r in create_topics(settings, partitions=PARTITIONS)] == [3, 3, 3]
     group = f"g-{topic}"
     nodes = [
         NodeProcess(f"node{i}", bootstrap, topic, group, tmp_path / f"node{i}").start()

@@ -256,5 +256,6 @@ def add_projection_routes(app: FastAPI, readers: Sequence[ProjectionReader[Any]]
             response_model=model,
             responses=_ERRORS,
             summary=summary,
+            inline=endpoint in (list_projections, get_state),  # one state; others pages
         )
         app.router.routes.append(route)

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, JsonValue, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
@@ -120,8 +121,14 @@ class DirectRoute(APIRoute):
     """An `APIRoute` (documented in OpenAPI as usual) answered without FastAPI's
     parameter machinery; see the module docstring."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], *, inline: bool = True, **kwargs: Any
+    ) -> None:
+        """`inline`: answer on the event loop (a read of microseconds); False for reads that
+        may take milliseconds (batches, pages), which run on a worker thread instead so
+        they never hold up the single-state reads beside them."""
         super().__init__(path, endpoint, **kwargs)
+        self.inline = inline
         self._query = {field.alias: field for field in self.dependant.query_params}
         body = self.body_field
         self._body: tuple[str, type[BaseModel]] | None = None
@@ -141,7 +148,10 @@ class DirectRoute(APIRoute):
             if self._body is not None:
                 name, model = self._body
                 params[name] = model.model_validate_json(await _read_body(receive))
-            status, body = 200, self.endpoint(**params)
+            if self.inline:
+                status, body = 200, self.endpoint(**params)
+            else:
+                status, body = 200, await run_in_threadpool(self.endpoint, **params)
         except Exception as error:  # every error maps to an answer; bugs are logged there
             status, body = error_answer(error, f"{scope['method']} {scope['path']}")
         await send_json(send, status, body)

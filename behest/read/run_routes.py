@@ -186,4 +186,6 @@ def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
         ),
     ]
     for path, endpoint, method, options in routes:
-        app.router.routes.append(DirectRoute(path, endpoint, methods=[method], **options))
+        inline = endpoint is get_run  # one state; the others read pages or batches
+        route = DirectRoute(path, endpoint, methods=[method], inline=inline, **options)
+        app.router.routes.append(route)

@@ -114,13 +114,13 @@ def test_a_killed_owners_runs_are_served_by_another_node(
     with httpx.Client() as http:
         view = nodes[0].cluster(http)
         assert view is not None
-        victim = next(n for n in nodes[1:] if any(u == n.url for u in view["owners"].values()))
+        victim = next(n for n in nodes if n.url in view["owners"].values())
         lost = {int(p) for p, url in view["owners"].items() if url == victim.url}
         victims_runs = [e for e in runs if partition_for(str(e[0].run_id), PARTITIONS) in lost]
         assert victims_runs
         victim.kill()
         killed_at = time.monotonic()
-        survivor = nodes[0]
+        survivor = next(n for n in nodes if n is not victim)
         statuses: dict[int, int] = {}
         pending = {str(e[0].run_id): expected(e) for e in victims_runs}
         while pending and time.monotonic() - killed_at < 60:
@@ -201,14 +201,22 @@ def test_a_standby_answers_flagged_while_the_owner_is_gone(
             with RunStateClient(nodes[0].url) as client:
                 for delivery in last.values():
                     client.wait_for(delivery, timeout=60)
-            view = nodes[0].cluster(http)
-            assert view is not None
             run = runs[0]
             partition = partition_for(str(run[0].run_id), PARTITIONS)
-            owner = next(n for n in nodes if n.url == view["owners"][str(partition)])
-            (standby_url,) = view["standbys"][str(partition)]
+            time.sleep(2)  # the copies catch up (each was at the log's end once)
+            for _ in range(50):  # the views agree on the owner and the standby (no rebalance)
+                views = [n.cluster(http) for n in nodes]
+                pairs = {
+                    (v["owners"].get(str(partition)), tuple(v["standbys"].get(str(partition), ())))
+                    for v in views
+                    if v is not None
+                }
+                if len(pairs) == 1 and None not in views:
+                    break
+                time.sleep(0.2)
+            ((owner_url, (standby_url,)),) = pairs
+            owner = next(n for n in nodes if n.url == owner_url)
             standby = next(n for n in nodes if n.url == standby_url)
-            time.sleep(2)  # the copy catches up (it was at the log's end once)
             owner.kill()
             killed = time.monotonic()
             stale = current = None

@@ -257,7 +257,8 @@ def topics_create(
     topic: Topic = None,
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the broker."),
 ) -> None:
-    """Create the event topic and its dead-letter topic (infinite retention); idempotent."""
+    """Create the event topic, its dead-letter topic (infinite retention) and its compacted
+    schemas topic; idempotent."""
     from behest.admin import create_topics
     from behest.errors import BehestError
 
@@ -269,6 +270,8 @@ def topics_create(
     for result in results:
         typer.echo(f"{result} at {config.bootstrap}")
     for result in results:
+        if result.name == config.schemas_topic:
+            continue  # one partition by design
         if not result.created and result.partitions != partitions:
             typer.echo(
                 f"note: {result.name} keeps its {result.partitions} partitions "

@@ -24,23 +24,26 @@ Tests check the compiled code against fastavro and the Apache `avro` package.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from itertools import count
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import fastavro
 import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import TypeAdapter, ValidationError
 
-from behest.errors import CodecError, UnknownSchemaError
+from behest.errors import CodecError, IncompatibleSchemaError, UnknownSchemaError
 from behest.events import (
     PAYLOAD_TYPES,
     AgentEvent,
@@ -97,18 +100,29 @@ def schema_fingerprint(schema: str | dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class SchemaVersion:
-    """One `schemas/*.avsc` file: its raw and parsed (logical-type-free) forms and fingerprint."""
+    """One writer schema (a `schemas/*.avsc` file, or one published on `<topic>.schemas`):
+    its raw and parsed (logical-type-free) forms and fingerprint."""
 
     name: str
     raw: dict[str, Any]
     parsed: dict[str, Any]
     fingerprint: bytes
+    published: bool = False
+    """Added at run time (published on a schemas topic), not shipped in `schemas/`."""
 
     @classmethod
     def load(cls, path: Path) -> SchemaVersion:
-        raw = json.loads(path.read_text())
+        return cls.from_json(path.name, json.loads(path.read_text()))
+
+    @classmethod
+    def from_json(cls, name: str, raw: dict[str, Any], *, published: bool = False) -> SchemaVersion:
         parsed = cast(dict[str, Any], fastavro.parse_schema(_strip_logical_types(raw)))
-        return cls(path.name, raw, parsed, schema_fingerprint(raw))
+        return cls(name, raw, parsed, schema_fingerprint(raw), published)
+
+    def record(self) -> tuple[bytes, bytes]:
+        """Its record on `<topic>.schemas`: key = the 8 header bytes as 16 lowercase hex
+        characters, value = the schema's JSON text (UTF-8)."""
+        return self.fingerprint.hex().encode(), json.dumps(self.raw, separators=(",", ":")).encode()
 
 
 def _load_registry(schema_dir: Path) -> tuple[SchemaVersion, dict[bytes, SchemaVersion]]:
@@ -121,7 +135,75 @@ def _load_registry(schema_dir: Path) -> tuple[SchemaVersion, dict[bytes, SchemaV
 
 
 CURRENT, VERSIONS = _load_registry(SCHEMA_DIR)
-"""The current (reader) schema, and every known writer schema by fingerprint."""
+"""The current (reader) schema, and every known writer schema by fingerprint (the files of
+`schemas/`, then those added at run time by `add_writer_schema`)."""
+REFUSED: dict[bytes, str] = {}
+"""Writer schemas seen and refused, by fingerprint: why the current schema cannot read them."""
+
+
+class SchemaSource(Protocol):
+    """Somewhere writer schemas are kept (a projection's store): asked on an unknown one."""
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None: ...
+
+
+_SOURCES: weakref.WeakSet[SchemaSource] = weakref.WeakSet()
+_uses = threading.local()
+
+
+def on_published_schema(callback: Callable[[SchemaVersion], None] | None) -> None:
+    """Call `callback` (in this thread) for each event decoded with a published writer
+    schema: the projector keeps such schemas in its store, beside the events that need them."""
+    _uses.callback = callback
+
+
+def add_schema_source(source: SchemaSource) -> None:
+    """Ask `source` for writer schemas the registry lacks (held weakly: it may go away)."""
+    _SOURCES.add(source)
+
+
+def add_writer_schema(text: str | bytes | dict[str, Any], origin: str = "") -> SchemaVersion:
+    """Register a writer schema (its JSON, full or Parsing Canonical Form) so events written
+    with it decode. `IncompatibleSchemaError` (and remembered in `REFUSED`) when the current
+    schema cannot read what it writes; `CodecError` when it is not an AgentEvent schema."""
+    from behest.compat import incompatibilities
+
+    try:
+        raw = json.loads(text) if isinstance(text, str | bytes) else text
+        version = SchemaVersion.from_json(origin or "published", raw, published=True)
+    except Exception as error:  # json and fastavro raise many kinds for bad schemas
+        raise CodecError(
+            f"not an Avro schema{f' ({origin})' if origin else ''}: {type(error).__name__}: {error}"
+        ) from None
+    known = VERSIONS.get(version.fingerprint)
+    if known is not None:
+        return known
+    problems = incompatibilities(version.parsed, CURRENT.parsed)
+    if problems:
+        reason = (
+            f"writer schema {version.fingerprint.hex()}{f' ({origin})' if origin else ''} is "
+            f"incompatible with behest's {CURRENT.name}: {'; '.join(problems)}"
+        )
+        REFUSED[version.fingerprint] = reason
+        raise IncompatibleSchemaError(reason)
+    VERSIONS[version.fingerprint] = version
+    return version
+
+
+def header_fingerprint(data: bytes | None) -> bytes | None:
+    """The 8 fingerprint bytes of a single-object encoded value, if it has the header."""
+    if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
+        return None
+    return bytes(data[2:HEADER_SIZE])
+
+
+def _from_sources(fp: bytes) -> SchemaVersion | None:
+    for source in list(_SOURCES):
+        text = source.get_schema(fp)
+        if text is not None:
+            with contextlib.suppress(CodecError):
+                return add_writer_schema(text, "from the projection's store")
+    return None
 
 
 def _union_records(node: Any, namespace: str = "") -> set[str]:
@@ -518,11 +600,21 @@ def writer_schema(data: bytes) -> SchemaVersion:
     fp = data[2:HEADER_SIZE]
     version = VERSIONS.get(fp)
     if version is None:
-        raise UnknownSchemaError(
-            f"unknown writer schema fingerprint {fp.hex()}: a newer behest wrote it, or it is "
-            f"not a behest event; add its schema to {SCHEMA_DIR} "
-            f"(known: {', '.join(f'{v.name} {k.hex()}' for k, v in VERSIONS.items())})"
-        )
+        refused = REFUSED.get(fp)
+        if refused is not None:
+            raise IncompatibleSchemaError(refused)
+        version = _from_sources(fp) if _SOURCES else None
+        if version is None:
+            raise UnknownSchemaError(
+                f"unknown writer schema fingerprint {fp.hex()}: its producer did not publish "
+                "it to the <topic>.schemas topic (schemas/README.md says how), or this is "
+                "not a behest event; after publishing it, send the dead letter back with "
+                "`behest dlq replay`"
+            )
+    if version.published:
+        callback = getattr(_uses, "callback", None)
+        if callback is not None:
+            callback(version)
     return version
 
 

@@ -37,6 +37,7 @@ from behest.emit.producer import (
     check_event,
 )
 from behest.emit.recorder import AsyncRunRecorder
+from behest.emit.schemas import publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
 from behest.registry import registry_encoder
@@ -130,6 +131,7 @@ class AsyncEventProducer:
         self._closing = False
         self._closed = False
         self._partitioner = JavaPartitioner()
+        self._publishing: asyncio.Future[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -162,7 +164,10 @@ class AsyncEventProducer:
         if self._sender is None:
             self._closed = True
             return
-        await self.flush(self.delivery_timeout if timeout is None else timeout)
+        budget = self.delivery_timeout if timeout is None else timeout
+        if self._publishing is not None:  # the schema record goes out with the events
+            await asyncio.wait({self._publishing}, timeout=budget)
+        await self.flush(budget)
         self._closing = True
         self._closed = True
         while self._queue:
@@ -173,6 +178,10 @@ class AsyncEventProducer:
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
         if self._client is not None:
             await self._client.stop()
             self._client = None
@@ -262,6 +271,7 @@ class AsyncEventProducer:
             if self._client is None:
                 try:
                     self._client = await self._connect()
+                    self._publishing = asyncio.ensure_future(self._publish_schema(self._client))
                 except Exception as error:  # fail what waits; the next emit tries again
                     failure = (
                         error
@@ -361,6 +371,19 @@ class AsyncEventProducer:
         settle = self._settle
         for offset, (item, index) in enumerate(members, start=base):
             settle(item, index, Delivery(topic, partition, offset), None)
+
+    async def _publish_schema(self, client: AIOKafkaProducer) -> None:
+        """Write the writer schema to `<topic>.schemas` once connected, beside the first
+        events (never before them in the queue), if that topic exists."""
+        schema = publication(self.topic)
+        try:
+            metadata = await client.client.fetch_all_metadata()
+            if schema.topic not in metadata.topics():
+                schema.missing(self.settings.bootstrap)
+                return
+            await client.send_and_wait(schema.topic, schema.value, schema.key)
+        except KafkaError as error:
+            schema.failed(repr(error))
 
     async def _connect(self) -> AIOKafkaProducer:
         """An aiokafka producer connected to the cluster, retried until the delivery

@@ -33,6 +33,7 @@ from behest import codec
 from behest.config import Settings
 from behest.emit.delivery import Delivery
 from behest.emit.recorder import RunRecorder
+from behest.emit.schemas import publication
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 from behest.registry import registry_encoder
@@ -215,11 +216,16 @@ class EventProducer:
         self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._closed = False
         self._stop = threading.Event()
+        self._schema_queued = threading.Event()
+        self._emitted = False
         self._poll_interval = poll_interval
         self._poller = threading.Thread(
             target=self._poll_loop, name="behest-producer-poll", daemon=True
         )
         self._poller.start()
+        threading.Thread(
+            target=self._publish_schema_once, name="behest-producer-schema", daemon=True
+        ).start()
         # Forgotten close(): still deliver what was queued before the interpreter exits.
         self._at_exit = weakref.finalize(
             self, _flush_at_exit, self._producer, self.settings.bootstrap, self.delivery_timeout
@@ -236,6 +242,7 @@ class EventProducer:
         """Queue one event; the future resolves to where Kafka stored it, or to a
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
         key, value, timestamp = self._encode(check_event(event))
+        self._emitted = True
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
         self._produce(key, value, partial(self._deliver, future), timestamp, trace_headers())
@@ -249,6 +256,7 @@ class EventProducer:
         """
         encode = self._encode
         records = [encode(check_event(event)) for event in events]
+        self._emitted = True
         batch = _Batch(self.topic, len(records), self._describe)
         if not records:
             batch.future.set_result([])
@@ -287,6 +295,7 @@ class EventProducer:
         """Queue a record with the run's key and no value: every projection deletes the run."""
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()
+        self._emitted = True
         self._produce(
             self._encode.key(run_id), None, partial(self._deliver, future), 0, trace_headers()
         )
@@ -356,6 +365,38 @@ class EventProducer:
         else:
             log.debug("Kafka client error (retrying): %s", error.str())
 
+    def _publish_schema(self) -> None:
+        """Write the writer schema to `<topic>.schemas` (on a thread of its own at start, so
+        neither `emit` nor delivery reports wait for it), if that topic exists: a missing
+        one is not created."""
+        schema = publication(self.topic)
+        while not self._stop.is_set():
+            try:
+                metadata = self._producer.list_topics(timeout=1.0)
+                break
+            except KafkaException:
+                continue  # no broker yet: librdkafka keeps trying
+        else:
+            return
+        if schema.topic not in metadata.topics:
+            schema.missing(self.settings.bootstrap)
+            return
+
+        def delivered(error: KafkaError | None, _msg: Message) -> None:
+            if error is not None:
+                schema.failed(error.str())
+
+        try:
+            self._producer.produce(schema.topic, schema.value, schema.key, on_delivery=delivered)
+        except (BufferError, KafkaException) as error:
+            schema.failed(str(error))
+
+    def _publish_schema_once(self) -> None:
+        try:
+            self._publish_schema()
+        finally:
+            self._schema_queued.set()
+
     def _poll_loop(self) -> None:
         poll = self._producer.poll
         while not self._stop.is_set():
@@ -386,7 +427,11 @@ class EventProducer:
         `ProduceError`, and stop the poll thread. Idempotent."""
         if self._closed:
             return
-        remaining = self.flush(self.delivery_timeout if timeout is None else timeout)
+        budget = self.delivery_timeout if timeout is None else timeout
+        started = time.monotonic()
+        if self._emitted:  # the schema record goes out with the events
+            self._schema_queued.wait(budget)
+        remaining = self.flush(max(0.0, budget - (time.monotonic() - started)))
         self._closed = True
         if remaining:
             self._producer.purge(in_queue=True, in_flight=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from behest.codec import check_record, decode_record
-from behest.errors import CodecError
+from behest.errors import CodecError, UnknownSchemaError
 from behest.events import EventRecord
 from behest.fold.projection import Projection
 from behest.fold.refold import EntityFold, Folded, Item, by_sequence
@@ -111,6 +111,8 @@ class BatchResult:
     tombstones: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
+    held: dict[int, int] = field(default_factory=dict)
+    """Partitions stopped at a record waiting for its writer schema: partition → its offset."""
     states: dict[bytes, Any] = field(default_factory=dict)
     """The new state of every entity the batch changed (deleted ones are absent)."""
 
@@ -160,10 +162,16 @@ class BatchFolder(Generic[S]):
         *,
         topic: str,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        hold: Callable[[LogRecord], bool] | None = None,
         decode: Callable[[bytes], tuple[EventRecord, bytes]] | None = None,
     ) -> None:
+        """`hold(record)` is asked about a record whose writer schema is unknown: True
+        stops its partition at it for this batch (`BatchResult.held`: the caller reads it
+        again later), False decodes it again (dead-lettered if still unknown). Without it,
+        such records are dead letters at once."""
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+        self.hold = hold
         self.store = store
         self.projection = projection
         self.topic = topic
@@ -216,6 +224,28 @@ class BatchFolder(Generic[S]):
             )
         )
 
+    def _undecodable(
+        self, record: LogRecord, value: bytes, error: CodecError, result: BatchResult
+    ) -> tuple[Any, bytes] | None:
+        """The event (and bytes) of a record that did not decode if its writer schema just
+        arrived; else None: its partition is held for the schema, or it is a dead letter."""
+        if isinstance(error, UnknownSchemaError) and self.hold is not None:
+            if self.hold(record):
+                result.held[record.partition()] = record.offset()
+                result.positions[record.partition()] = record.offset()
+                return None
+            try:
+                if self._decode is None:
+                    event: Any = decode_record(value)
+                else:
+                    event, value = self._decode(value)
+                check_record(event)
+                return event, value
+            except CodecError as again:
+                error = again
+        self._dead(result, record, str(error))
+        return None
+
     def _load_heads(self, records: Sequence[LogRecord]) -> dict[bytes, RunHead | None]:
         """The heads of every run the batch names, in one multi-get (keys parsed once)."""
         keys = self._keys
@@ -252,7 +282,10 @@ class BatchFolder(Generic[S]):
         groups: dict[bytes, list[Item]] = {}
         seen: dict[bytes, dict[int, bytes]] = {}  # per run: the events accepted in this batch
         pending: list[Item] = []
+        held = result.held
         for record in records:
+            if held and record.partition() in held:
+                continue  # waits for a writer schema: read again from there later
             positions[record.partition()] = record.offset() + 1
             key = record.key()
             known = keys.get(key)
@@ -282,8 +315,10 @@ class BatchFolder(Generic[S]):
                     event, value = self._decode(value)
                 check_record(event)
             except CodecError as error:
-                self._dead(result, record, str(error))
-                continue
+                decoded = self._undecodable(record, value, error, result)
+                if decoded is None:
+                    continue
+                event, value = decoded
             run_id = event["run_id"]
             sequence = event["sequence"]
             if run_id != text and not _same_run(text, run_id):

@@ -33,6 +33,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from behest import codec
 from behest.config import Settings
 from behest.errors import (
     BehestError,
@@ -44,6 +45,7 @@ from behest.fold.deadletter import DeadLetterSender
 from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection
+from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
 from behest.registry import framing_decoder
 from behest.telemetry import fold_span
@@ -142,6 +144,12 @@ class Projector:
         self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
+        self._schemas = SchemaWait(
+            settings,
+            lambda: self._store,
+            group_id=f"{self.group_id}.schemas",
+            librdkafka_log=librdkafka_log,
+        )
         self._identity: StaticIdentity | None = None
         self._open_store()
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
@@ -158,8 +166,10 @@ class Projector:
             self.projection,
             topic=self.topic,
             snapshot_every=self.snapshot_every,
+            hold=self._schemas.hold,
             decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
         )
+        self._schemas.attach()
         self._metrics.positions = self._store.stored_offsets(self.topic)
 
     # --- what readers may ask -----------------------------------------------------------------
@@ -196,6 +206,7 @@ class Projector:
         """Consume and fold until stopped, or, with `until_caught_up`, until every owned
         partition is folded up to the high watermark it had when `run` began."""
         consumer = Consumer(self._consumer_config())
+        codec.on_published_schema(self._schemas.keep)
         try:
             partitions = self._check_topic(consumer)
             targets = self._watermarks(consumer, partitions) if until_caught_up else None
@@ -210,12 +221,16 @@ class Projector:
                 records = self._usable(messages) if messages else []
                 if records:
                     self._process(consumer, records)
+                if self._schemas.waiting:
+                    self._resume_ready(consumer)
                 self._update_lag(consumer)
                 if self.on_progress is not None:
                     self.on_progress(self.metrics)
                 if targets is not None and self._caught_up(consumer, targets, idle=not messages):
                     break
         finally:
+            codec.on_published_schema(None)
+            self._schemas.waiting.clear()
             self._stopping.clear()  # a stop asked for before or during this run ends it only
             with self._lock:
                 self._assigned.clear()
@@ -237,6 +252,7 @@ class Projector:
     def close(self) -> None:
         """Flush dead letters in flight and close the store (releasing its lock)."""
         self._dead_letters.close()
+        self._schemas.close()
         self._store.close()
         self._release_identity()
 
@@ -349,6 +365,7 @@ class Projector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch is written before the next consume, so nothing is in flight here.
         consumer.unassign()
+        self._schemas.forget([tp.partition for tp in partitions])
         with self._lock:
             self._assigned.clear()
             self._metrics.assigned = ()
@@ -400,6 +417,8 @@ class Projector:
         started = time.perf_counter()
         with fold_span(records, self.topic):  # linked to the producers' spans, if traced
             result = self._folder.process(records, dead_letter=self._dead_letters.send)
+        if result.held:
+            self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -420,6 +439,19 @@ class Projector:
             consumer.commit(offsets=offsets, asynchronous=True)
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
+        """Stop each partition at the record that waits for its writer schema."""
+        for partition, offset in held.items():
+            tp = TopicPartition(self.topic, partition, offset)
+            consumer.pause([tp])
+            consumer.seek(tp)
+
+    def _resume_ready(self, consumer: Consumer) -> None:
+        """Resume held partitions whose schema arrived or whose wait is over."""
+        ready = self._schemas.ready()
+        if ready:
+            consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""

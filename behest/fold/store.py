@@ -11,6 +11,7 @@ One RocksDB per projection, one column family per kind of record:
 | index     | projection-defined (`s`‖session‖…)    | empty                                  |
 | heads     | run id                                | highest sequence ‖ gaps (`RunHead`)    |
 | offsets   | topic ‖ 0x00 ‖ partition (4 bytes BE) | next offset to read (8 bytes, BE)      |
+| schemas   | writer schema fingerprint (8 bytes)   | JSON of a published schema events use  |
 
 Big-endian integers make RocksDB's byte order the numeric order, so a prefix
 scan yields a run's events in sequence order. Everything a batch of Kafka
@@ -40,7 +41,8 @@ SNAPTIMES: Final = "snaptimes"
 INDEX: Final = "index"
 HEADS: Final = "heads"
 OFFSETS: Final = "offsets"
-FAMILIES: Final = (STATES, EVENTS, SNAPSHOTS, SNAPTIMES, INDEX, HEADS, OFFSETS)
+SCHEMAS: Final = "schemas"
+FAMILIES: Final = (STATES, EVENTS, SNAPSHOTS, SNAPTIMES, INDEX, HEADS, OFFSETS, SCHEMAS)
 
 RUN_KEY_SIZE: Final = 16
 MAX_SEQUENCE: Final = 2**63 - 1
@@ -167,6 +169,7 @@ class StateStore:
         self.index = self._db.get_column_family(INDEX)
         self.heads = self._db.get_column_family(HEADS)
         self.offsets = self._db.get_column_family(OFFSETS)
+        self.schemas = self._db.get_column_family(SCHEMAS)
         self._handles = {name: self._db.get_column_family_handle(name) for name in FAMILIES}
         self._closed = False
         self._signature: tuple[tuple[str, int, int], ...] | None = None
@@ -277,6 +280,15 @@ class StateStore:
             parse_offset_key(key)[1]: decode_u64(value)
             for key, value in _range(self.offsets, prefix, None, None, False)
         }
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None:
+        """The JSON of a writer schema this store's events were folded with, if kept."""
+        value: bytes | None = self.schemas.get(fingerprint)
+        return value
+
+    def iter_schemas(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every kept `(fingerprint, schema JSON)`."""
+        return _range(self.schemas, b"", None, None, False)
 
     def iter_events(
         self, run: bytes, from_sequence: int = 0, to_sequence: int | None = None
@@ -442,6 +454,9 @@ class StoreBatch:
 
     def delete_index(self, key: bytes) -> None:
         self.raw.delete(key, self._h[INDEX])
+
+    def put_schema(self, fingerprint: bytes, schema: bytes) -> None:
+        self.raw.put(fingerprint, schema, self._h[SCHEMAS])
 
     def put_offset(self, topic: str, partition: int, next_offset: int) -> None:
         self.raw.put(offset_key(topic, partition), encode_u64(next_offset), self._h[OFFSETS])

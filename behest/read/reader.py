@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, Protocol, TypeVar
 
+from behest import codec
 from behest.codec import decode_record
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.errors import InvalidQueryError, WaitTimeoutError
@@ -134,6 +135,11 @@ class ProjectionReader(Generic[S]):
         custom = getattr(projection, "state_json", None)
         self.state_json: Callable[[bytes], bytes] | None = custom
         """How a stored state becomes JSON; None when it is stored as JSON already."""
+        codec.add_schema_source(self)  # stored events written with a published schema
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None:
+        """A published writer schema the projector kept beside the events that use it."""
+        return self.store.get_schema(fingerprint)
 
     @classmethod
     def open(

@@ -203,7 +203,7 @@ def test_a_tombstone_deletes_everything_of_its_run_only(tmp_path: Path) -> None:
         assert result.tombstones == 1
         after = dump(driver.store)
     for family in FAMILIES:
-        if family == "offsets":
+        if family in ("offsets", "schemas"):  # positions and writer schemas are not per run
             continue
         remaining = {k for k, _ in after[family]}
         gone = [k for k, _ in before[family] if k not in remaining]

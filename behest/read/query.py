@@ -20,7 +20,7 @@ import heapq
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Final, Generic
+from typing import TYPE_CHECKING, Any, Final, Generic
 
 import orjson
 from typing_extensions import TypeVar
@@ -28,7 +28,6 @@ from typing_extensions import TypeVar
 from behest.codec import decode
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.events import AgentEvent, RunId, RunState, RunStatus
-from behest.fold.store import StateStore
 from behest.projections.run_state import (
     INDEX_SUFFIX_SIZE,
     RunStateProjection,
@@ -56,8 +55,12 @@ from behest.read.reader import (
     Freshness,
     Position,
     ProjectionReader,
+    StoreReader,
 )
 from behest.times import parse_time
+
+if TYPE_CHECKING:
+    from behest.read.watch import RunsWatch, RunWatch
 
 __all__ = [
     "DEFAULT_EVENTS_LIMIT",
@@ -102,7 +105,7 @@ class RunStateQuery(Generic[T]):
 
     def __init__(
         self,
-        store: StateStore,
+        store: StoreReader,
         projection: RunStateProjection | None = None,
         *,
         topic: str = DEFAULT_TOPIC,
@@ -140,7 +143,7 @@ class RunStateQuery(Generic[T]):
         return _over(self.reader, _identity)
 
     @property
-    def store(self) -> StateStore:
+    def store(self) -> StoreReader:
         return self.reader.store
 
     @property
@@ -222,6 +225,38 @@ class RunStateQuery(Generic[T]):
         `at_sequence`); None if the run had no event by then. Neither: the current state."""
         found = self.find_at(run_id, as_of=as_of, at_sequence=at_sequence)
         return None if isinstance(found, Absent) else found
+
+    # --- watching (behest.read.watch) ---------------------------------------------------------
+
+    def watch(self, run_id: str | uuid.UUID, *, from_sequence: int | None = None) -> RunWatch:
+        """A run's updates as they are folded: iterate (or `async for`) `RunUpdate`s, first
+        the current state, then each event with the state after it, until the run ends.
+        With `from_sequence`, the stored events from that sequence on instead of the
+        current state, then live: no gap, no duplicate. A run with no event yet can be
+        watched; its updates start with its first event."""
+        from behest.read.watch import RunWatch
+
+        key = check_run_id(run_id).bytes
+        start = None if from_sequence is None else check_sequence(from_sequence, "from_sequence")
+        return RunWatch(self.reader, key, start)
+
+    def watch_runs(
+        self,
+        *,
+        session_id: str | uuid.UUID | None = None,
+        status: RunStatus | str | None = None,
+        active: bool | None = None,
+    ) -> RunsWatch:
+        """The states of runs as they change (those matching the filters), for list views;
+        iterate (or `async for`) until you stop."""
+        from behest.read.watch import RunsWatch
+
+        return RunsWatch(
+            self.reader,
+            session_id=None if session_id is None else str(check_session_id(session_id)),
+            status=None if status is None else check_status(status).value,
+            active=check_active(active),
+        )
 
     # --- listings -----------------------------------------------------------------------------
 

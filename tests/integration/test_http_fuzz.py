@@ -37,6 +37,8 @@ OPERATIONS = [
     ("POST", "/runs/batch"),
     ("GET", "/runs"),
     ("GET", "/runs/{run_id}/events"),
+    ("GET", "/runs/{run_id}/watch"),
+    ("GET", "/runs/watch"),
     ("GET", "/projections"),
     ("GET", "/projections/{name}/states/{key}"),
     ("POST", "/projections/{name}/states/batch"),
@@ -44,12 +46,15 @@ OPERATIONS = [
     ("GET", "/projections/{name}/index/{prefix}"),
     ("GET", "/wait"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/metrics"),
 ]
-WITHOUT_INPUT = {"/healthz", "/metrics", "/projections"}
+WITHOUT_INPUT = {"/healthz", "/readyz", "/metrics", "/projections"}
 WAITS = {"/wait"}
 """Valid input (even with an extra parameter, as negative cases have) waits up to its timeout
 by design, then a flagged 503: not fuzzed; test_client checks its bad input."""
+STREAMS = {"/runs/{run_id}/watch", "/runs/watch"}
+"""Valid input streams until the run ends (or forever): not fuzzed; test_watch checks bad input."""
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -78,7 +83,7 @@ FUZZED = [
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     for method, path in OPERATIONS
     if not (mode is GenerationMode.NEGATIVE and path in WITHOUT_INPUT)  # nothing to get wrong
-    and path not in WAITS
+    and path not in WAITS | STREAMS
 ]
 
 

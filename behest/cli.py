@@ -134,6 +134,19 @@ _PROJECTION_HELP = (
 )
 
 
+Advertise = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise",
+        help="URL of this process's HTTP API for the cluster's other nodes: the projector "
+        "(`project`) puts it in its client.id, the API (`serve`) routes by it (see `behest node`).",
+    ),
+]
+GroupId = Annotated[
+    str | None, typer.Option("--group-id", help="Consumer group; default behest.<projection>.")
+]
+
+
 def settings(
     bootstrap_servers: str | None = None, topic: str | None = None, state_dir: Path | None = None
 ) -> Settings:
@@ -419,6 +432,7 @@ def project(
     ),
     log_level: LogLevel = Level.info,
     log_format: LogFormat = Format.text,
+    advertise: Advertise = None,
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
@@ -442,6 +456,10 @@ def project(
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
+    if advertise is not None:  # a split deployment: `behest serve --advertise` routes by it
+        from behest.cluster.node import node_settings
+
+        config = node_settings(config, advertise)
     try:
         _telemetry(config, f"behest-projector-{projection}")
     except BehestError as exc:
@@ -619,21 +637,33 @@ def serve_command(
     ),
     log_level: LogLevel = Level.info,
     log_format: LogFormat = Format.text,
+    advertise: Advertise = None,
+    group_id: GroupId = None,
+    bootstrap_servers: BootstrapServers = None,
 ) -> None:
-    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
+    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector;
+    with --advertise, beside `behest project --advertise` processes of a cluster, answering
+    for every run (see `behest node`)."""
     from rich.console import Console
 
     from behest.errors import BehestError
     from behest.read.health import ProjectorWatch
     from behest.read.http import serve
 
-    config = settings(topic=topic, state_dir=state_dir)
+    config = settings(bootstrap_servers, topic, state_dir)
     setup_logging(log_level, log_format, Console(stderr=True))
     try:
         _telemetry(config, "behest-serve")
         query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
+    routed = None
+    if advertise is not None and query is not None:
+        from behest.cluster.node import RoutedAPI
+
+        routed = RoutedAPI(
+            query, config, url=advertise, group_id=group_id or "behest.run_state"
+        ).start()
     try:
         served = ", ".join(f"{r.name} ({r.store.path})" for r in readers)
         typer.echo(
@@ -649,8 +679,11 @@ def serve_command(
             log_level=log_level.value,
             telemetry=config.otel,
             watch=ProjectorWatch.of(config.state_dir, readers[0].name, max_lag=ready_max_lag),
+            wrap=None if routed is None else routed.wrap,
         )
     finally:
+        if routed is not None:
+            routed.close()
         for reader in readers:
             reader.close()
 

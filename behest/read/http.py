@@ -25,10 +25,10 @@ import gc
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import uvicorn
@@ -51,10 +51,10 @@ from behest.read.query import (
 from behest.read.reader import ProjectionReader
 from behest.read.routes import (
     BAD_INPUT,
+    DirectDispatch,
     ErrorBody,
     error_answer,
     error_body,
-    match_direct,
     validation_body,
 )
 from behest.read.run_routes import (
@@ -157,7 +157,7 @@ class _Instrumented:
     def __init__(self, app: ASGIApp, metrics: QueryMetrics, routes: Sequence[Any]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self.direct = DirectDispatch(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,7 +175,7 @@ class _Instrumented:
 
         try:
             answer = _oversized(scope)
-            direct = None if answer is not None else match_direct(self.routes, scope)
+            direct = None if answer is not None else self.direct(scope)
             if direct is not None:
                 template = direct.path
                 status = await direct.serve(scope, receive, send)
@@ -378,10 +378,13 @@ def _config(
     *,
     own_logging: bool = False,
     telemetry: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> uvicorn.Config:
     extra: dict[str, Any] = {"log_config": None} if own_logging else {}
+    app = create_app(query, metrics_source, projections, watch, telemetry=telemetry)
+    app.openapi()  # built now, so `serve` freezes it with the rest
     return uvicorn.Config(
-        create_app(query, metrics_source, projections, watch, telemetry=telemetry),
+        app if wrap is None else wrap(app),
         host=host,
         port=port,
         log_level=log_level,
@@ -401,9 +404,11 @@ def serve(
     projections: Sequence[ProjectionReader[Any]] = (),
     watch: ProjectorWatch | None = None,
     telemetry: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
     Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
+    `wrap` puts a layer in front of the app (`behest.cluster` routes requests so).
 
     Meant to own its process: it freezes everything allocated so far out of the garbage
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
@@ -419,8 +424,8 @@ def serve(
         watch,
         own_logging=True,
         telemetry=telemetry,
+        wrap=wrap,
     )
-    cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()
     uvicorn.Server(config).run()

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from behest import codec
@@ -35,6 +36,7 @@ from behest.codec import decode_record
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.errors import InvalidQueryError, WaitTimeoutError
 from behest.fold.projection import Projection, index_entity
+from behest.fold.sequences import RunHead
 from behest.fold.store import StateStore
 from behest.times import format_time
 
@@ -45,6 +47,7 @@ __all__ = [
     "Freshness",
     "Position",
     "ProjectionReader",
+    "StoreReader",
     "open_store",
 ]
 
@@ -59,6 +62,60 @@ _WAIT_MAX_SLEEP: Final = 0.05
 S = TypeVar("S")
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+class StoreReader(Protocol):
+    """The read API a reader needs of a projection's store: a `StateStore`, or anything that
+    reads several of them as one (e.g. one store per partition). Nothing else is used, so
+    no reader walks RocksDB iterators or reads RocksDB's files itself."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def secondary(self) -> bool: ...
+
+    def get_state(self, key: bytes) -> bytes | None: ...
+
+    def get_states(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def scan_states(
+        self,
+        prefix: bytes = b"",
+        *,
+        after: bytes | None = None,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def scan_index(
+        self,
+        prefix: bytes,
+        after: bytes | None = None,
+        *,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[bytes]: ...
+
+    def get_heads(self, runs: Sequence[bytes]) -> list[RunHead | None]: ...
+
+    def stored_offsets(self, topic: str) -> dict[int, int]: ...
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None: ...
+
+    def iter_events(
+        self, run: bytes, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> Iterator[tuple[int, bytes]]: ...
+
+    def last_event(self, run: bytes) -> tuple[int, bytes] | None: ...
+
+    def snapshot_at_or_before(self, run: bytes, sequence: int) -> tuple[int, bytes] | None: ...
+
+    def snapshot_at_or_before_time(self, run: bytes, micros: int) -> tuple[int, bytes] | None: ...
+
+    def catch_up_if_changed(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class Absent(enum.Enum):
@@ -110,7 +167,7 @@ class ProjectionReader(Generic[S]):
 
     def __init__(
         self,
-        store: StateStore,
+        store: StoreReader,
         projection: Projection[S],
         *,
         topic: str = DEFAULT_TOPIC,

@@ -179,8 +179,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
             watch.start()  # registered before the first line: a client that read it misses nothing
             try:
                 yield b"retry: %d\n\n" % RETRY_MS
-                async for change in watch.achanges(keepalive):
-                    yield _KEEPALIVE if change is None else _change(change)
+                async for batch in watch.abatches(keepalive):
+                    yield b"".join(map(_change, batch)) if batch else _KEEPALIVE
             finally:
                 watch.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -267,3 +268,13 @@ async def test_the_http_client_watches_asynchronously(live: Live) -> None:
     with RunStateClient(live.url) as client:
         got = [update async for update in client.watch(events[0].run_id, from_sequence=0)]
     _check_updates(got, events, 0)
+
+
+async def test_an_idle_watch_yields_keepalives(live: Live) -> None:
+    watch = live.query.watch(uuid.uuid4())
+    batches = watch.abatches(keepalive=0.05)
+    started = time.monotonic()
+    assert await asyncio.wait_for(anext(batches), WAIT) == []
+    assert time.monotonic() - started >= 0.04
+    await batches.aclose()
+    assert tailer_of(live.query.reader).watchers == 0

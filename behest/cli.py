@@ -31,7 +31,7 @@ broker_app = typer.Typer(
     no_args_is_help=True,
 )
 topics_app = typer.Typer(
-    help="Manage the event topic and its dead-letter topic.", no_args_is_help=True
+    help="Manage the event topic and its dead-letter and schemas topics.", no_args_is_help=True
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")

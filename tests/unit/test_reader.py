@@ -72,8 +72,7 @@ def volumes(tmp_path: Path) -> Iterator[tuple[ProjectionQuery[dict[str, object]]
     events = [e for r in runs for e in _text_run(r, ["ab", "cde", "f", "", "ghij"] * 3)]
     with ProjectionDriver(TextVolume(), tmp_path, snapshot_every=4) as driver:
         driver.feed(events)
-        reader = ProjectionReader(driver.store, TextVolume())
-        yield ProjectionQuery(reader, TextVolume().decode_state), runs
+        yield driver.query(), runs
 
 
 def test_point_in_time_equals_the_fold_of_the_prefix(

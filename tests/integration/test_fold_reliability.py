@@ -216,8 +216,9 @@ def test_a_dead_letter_topic_that_cannot_take_them_stops_the_projector_unwritten
     topic = make_topic()  # and no dead-letter topic
     settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic, state_dir=tmp_path)
     run = sample_run(seed=34, events=6)
-    produce(bootstrap_servers, topic, [*as_records(run[:3]), (b"junk", b"junk")])
-    produce(bootstrap_servers, topic, as_records(run[3:]))
+    key = str(run[0].run_id).encode()
+    # The poison first in its run's partition: no batch of that partition can be written.
+    produce(bootstrap_servers, topic, [(key, b"\x00junk"), *as_records(run)])
     with make(settings, batch_size=1000) as projector:
         with pytest.raises(ProduceError, match=r"behest topics create"):
             projector.run(until_caught_up=True)

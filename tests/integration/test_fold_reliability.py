@@ -8,6 +8,8 @@ projector before it writes anything.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -321,3 +323,32 @@ def _every_read(client: httpx.Client, run: list[AgentEvent]) -> Iterator[httpx.R
     yield client.get("/runs", params={"session_id": str(run[0].payload.session_id)})  # type: ignore[union-attr]
     for status in ("pending", "completed", "failed", "cancelled", "session_loaded"):
         yield client.get("/runs", params={"status": status})
+
+
+def test_behest_project_says_how_many_late_events_it_repaired(
+    settings: Settings, bootstrap_servers: str
+) -> None:
+    run = sample_run(seed=37, events=8)
+    produce(bootstrap_servers, settings.topic, as_records([*run[2:], run[1], run[0], run[0]]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "behest.cli",
+            "project",
+            "--until-caught-up",
+            "--bootstrap-servers",
+            bootstrap_servers,
+            "--topic",
+            settings.topic,
+            "--state-dir",
+            str(settings.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    said = " ".join((done.stdout + done.stderr).split())  # a console may write either
+    assert "1 duplicates, 1 gaps, 2 late repaired" in said, said

@@ -278,3 +278,32 @@ async def test_an_idle_watch_yields_keepalives(live: Live) -> None:
     assert time.monotonic() - started >= 0.04
     await batches.aclose()
     assert tailer_of(live.query.reader).watchers == 0
+
+
+def test_a_watched_run_that_is_deleted_ends_the_stream(live: Live) -> None:
+    events = sample_run(events=30, seed=71)
+    run = events[0].run_id
+    live.emit_and_wait(events[:10])
+    thread, got = _collect(live, run)
+    threading.Event().wait(0.2)
+    live.producer.emit_tombstone(run).result(timeout=WAIT)
+    thread.join(WAIT)
+    assert not thread.is_alive(), "the watch did not end when its run was deleted"
+    assert [u.sequence for u in got] == [9]
+    with (
+        httpx.Client(base_url=live.url, timeout=10) as client,
+        client.stream("GET", f"/runs/{run}/watch", params={"from_sequence": 0}) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")
+        live.emit(events[:3])  # the run starts again ...
+        stream = parse(lines)
+        messages = []
+        for message in stream:
+            messages.append(message)
+            if message.event == "state" and message.id == "2":
+                break
+        live.producer.emit_tombstone(run).result(timeout=WAIT)  # ... and is deleted again
+        messages += list(stream)
+    assert _pairs(messages) == [0, 1, 2]
+    assert messages[-1].event == "deleted"

@@ -26,6 +26,7 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from behest.errors import QueryError, RunNotFoundError, StoreError
+from behest.read.reader import Absent
 
 __all__ = [
     "BAD_INPUT",
@@ -34,6 +35,7 @@ __all__ = [
     "error_answer",
     "error_body",
     "match_direct",
+    "present",
     "send_json",
     "validation_body",
 ]
@@ -56,6 +58,17 @@ BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
     "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
 }
 """OpenAPI `responses` of an endpoint whose only failures are bad input."""
+
+
+def present(found: bytes | Absent, what: str, as_of: str | None, at_sequence: int | None) -> bytes:
+    """The state a point-in-time read found, or the 404 that says why there is none:
+    `what` (e.g. "run <id>") is unknown, or had no event by the point asked."""
+    if found is Absent.UNKNOWN:
+        raise RunNotFoundError(f"{what} is unknown")
+    if found is Absent.NOT_YET:
+        point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
+        raise RunNotFoundError(f"{what} had no event {point}")
+    return found
 
 
 def error_body(error: str, detail: Any = None) -> bytes:

@@ -26,10 +26,9 @@ from behest.read.query import (
     MAX_BATCH,
     MAX_LIMIT,
     MAX_SEQUENCE,
-    Absent,
     RunStateQuery,
 )
-from behest.read.routes import BAD_INPUT, DirectRoute, ErrorBody, error_body
+from behest.read.routes import BAD_INPUT, DirectRoute, ErrorBody, error_body, present
 from behest.read.watch import event_json
 from behest.times import parse_time
 
@@ -98,12 +97,7 @@ def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
     def get_run(run_id: _RunId, as_of: _AsOf = None, at_sequence: _AtSequence = None) -> bytes:
         moment = None if as_of is None else parse_time(as_of)
         found = query.find_at(run_id, as_of=moment, at_sequence=at_sequence)
-        if found is Absent.UNKNOWN:
-            raise RunNotFoundError(f"run {run_id} is unknown")
-        if found is Absent.NOT_YET:
-            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
-            raise RunNotFoundError(f"run {run_id} had no event {point}")
-        return found
+        return present(found, f"run {run_id}", as_of, at_sequence)
 
     def get_batch(request: BatchRequest) -> bytes:
         moment = None if request.as_of is None else parse_time(request.as_of)

@@ -198,7 +198,7 @@ def test_a_projection_of_ones_own_is_folded_served_and_read_back_in_time(
             assert batch.json() == {"states": {str(run_id): history[-1]}, "missing": [missing]}
             unknown = client.get(f"/projections/spend/states/{missing}")
             assert unknown.status_code == 404
-            assert "no state" in unknown.json()["error"]
+            assert "is unknown" in unknown.json()["error"]
             early = (run[0].timestamp - timedelta(seconds=1)).isoformat()
             not_yet = client.get(f"/projections/spend/states/{run_id}", params={"as_of": early})
             assert not_yet.status_code == 404

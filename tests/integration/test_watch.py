@@ -131,6 +131,13 @@ def _read(response: httpx.Response, until: int | None = None) -> list[Message]:
     return messages
 
 
+def _no_watchers_left(live: Live) -> None:
+    deadline = time.monotonic() + 10
+    while tailer_of(live.query.reader).watchers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tailer_of(live.query.reader).watchers == 0
+
+
 def _ended(state: str) -> bool:
     return orjson.loads(state)["status"] in ("completed", "failed", "cancelled")
 
@@ -175,6 +182,7 @@ def test_sse_disconnect_and_resume_with_last_event_id_has_no_gap_and_no_duplicat
         # resuming after the end: nothing more, and a browser stops reconnecting
         done = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": str(len(events) - 1)})
         assert done.status_code == 204
+        _no_watchers_left(live)  # every stream closed has let go of its registration
         bad = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": "x"})
         assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]
         for url, params in [
@@ -236,6 +244,7 @@ async def test_500_concurrent_watchers_on_one_server_all_get_every_event(live: L
         await asyncio.to_thread(live.emit, events)
         results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert all(r == list(range(len(events))) for r in results)
+    _no_watchers_left(live)
 
 
 def test_the_http_client_watches_like_the_query(live: Live) -> None:

@@ -31,7 +31,7 @@ broker_app = typer.Typer(
     no_args_is_help=True,
 )
 topics_app = typer.Typer(
-    help="Manage the event topic and its dead-letter topic.", no_args_is_help=True
+    help="Manage the event topic and its dead-letter and schemas topics.", no_args_is_help=True
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
@@ -132,6 +132,19 @@ _PROJECTION_HELP = (
     "as OpenTelemetry GenAI spans over OTLP, or one a package declares under "
     "the behest.projections entry points) or your own as package.module:Class."
 )
+
+
+Advertise = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise",
+        help="URL of this process's HTTP API for the cluster's other nodes: the projector "
+        "(`project`) puts it in its client.id, the API (`serve`) routes by it (see `behest node`).",
+    ),
+]
+GroupId = Annotated[
+    str | None, typer.Option("--group-id", help="Consumer group; default behest.<projection>.")
+]
 
 
 def settings(
@@ -419,6 +432,7 @@ def project(
     ),
     log_level: LogLevel = Level.info,
     log_format: LogFormat = Format.text,
+    advertise: Advertise = None,
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
@@ -442,6 +456,10 @@ def project(
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
+    if advertise is not None:  # a split deployment: `behest serve --advertise` routes by it
+        from behest.cluster.node import node_settings
+
+        config = node_settings(config, advertise)
     try:
         _telemetry(config, f"behest-projector-{projection}")
     except BehestError as exc:
@@ -619,21 +637,40 @@ def serve_command(
     ),
     log_level: LogLevel = Level.info,
     log_format: LogFormat = Format.text,
+    advertise: Advertise = None,
+    group_id: GroupId = None,
+    bootstrap_servers: BootstrapServers = None,
+    standby_replicas: int = typer.Option(
+        0, "--standby-replicas", min=0, help="With --advertise: partitions to keep warm copies of."
+    ),
 ) -> None:
-    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
+    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector;
+    with --advertise, beside `behest project --advertise` processes of a cluster, answering
+    for every run (see `behest node`)."""
     from rich.console import Console
 
     from behest.errors import BehestError
     from behest.read.health import ProjectorWatch
     from behest.read.http import serve
 
-    config = settings(topic=topic, state_dir=state_dir)
+    config = settings(bootstrap_servers, topic, state_dir)
     setup_logging(log_level, log_format, Console(stderr=True))
     try:
         _telemetry(config, "behest-serve")
         query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
+    routed = None
+    if advertise is not None and query is not None:
+        from behest.cluster.node import RoutedAPI
+
+        routed = RoutedAPI(
+            query,
+            config,
+            url=advertise,
+            group_id=group_id or "behest.run_state",
+            standby_replicas=standby_replicas,
+        ).start()
     try:
         served = ", ".join(f"{r.name} ({r.store.path})" for r in readers)
         typer.echo(
@@ -649,8 +686,11 @@ def serve_command(
             log_level=log_level.value,
             telemetry=config.otel,
             watch=ProjectorWatch.of(config.state_dir, readers[0].name, max_lag=ready_max_lag),
+            wrap=None if routed is None else routed.wrap,
         )
     finally:
+        if routed is not None:
+            routed.close()
         for reader in readers:
             reader.close()
 
@@ -683,7 +723,8 @@ def state_command(
     from behest.events import KnownFinishReason, RunState
     from behest.fold.catalog import load_projection
     from behest.fold.projection import parse_key
-    from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+    from behest.read.projection_query import ProjectionQuery
+    from behest.read.reader import Absent, ProjectionReader
     from behest.times import format_time, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)
@@ -746,6 +787,42 @@ def state_command(
 
 
 # --- demo -------------------------------------------------------------------
+
+
+@app.command("watch")
+def watch_command(
+    run_id: str = typer.Argument(..., help="The run id (a UUID); it need not exist yet."),
+    url: str | None = typer.Option(
+        None, "--url", help="Watch through a behest server (e.g. http://127.0.0.1:8000)."
+    ),
+    from_sequence: int | None = typer.Option(
+        None, "--from-sequence", min=0, help="Replay the stored events from this sequence on."
+    ),
+    state_dir: StateDir = None,
+    topic: Topic = None,
+) -> None:
+    """A live terminal view of one run (status, iteration, tokens, the model's text, the
+    latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.errors import BehestError
+    from behest.events import parse_run_id
+    from behest.watch_view import show
+
+    try:
+        run = parse_run_id(run_id)
+        if url is not None:
+            from behest.client import RunStateClient
+
+            with RunStateClient(url) as client:
+                show(str(run), client.watch(run, from_sequence=from_sequence))
+        else:
+            from behest.read.query import RunStateQuery
+
+            with RunStateQuery.open(settings(topic=topic, state_dir=state_dir)) as query:
+                show(str(run), query.watch(run, from_sequence=from_sequence))
+    except BehestError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command("demo")

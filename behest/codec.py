@@ -33,7 +33,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from io import BytesIO
 from itertools import count
 from pathlib import Path
@@ -60,6 +60,7 @@ from behest.events import (
     UsageRecorded,
     Variant,
 )
+from behest.times import EPOCH, MICROSECOND
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -75,9 +76,6 @@ def _schema_dir() -> Path:
 
 
 SCHEMA_DIR = _schema_dir()
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _strip_logical_types(node: Any) -> Any:
@@ -762,7 +760,7 @@ def _record_of(event: AgentEvent) -> dict[str, Any]:
         "event_id": _uuid_text(event.event_id),
         "run_id": _uuid_text(event.run_id),
         "sequence": event.sequence,
-        "timestamp": (event.timestamp - _EPOCH) // _MICROSECOND,
+        "timestamp": (event.timestamp - EPOCH) // MICROSECOND,
         "payload": (_FULL_NAMES[cls], vars(payload) if convert is None else convert(payload)),
     }
 
@@ -853,7 +851,7 @@ def to_event(record: EventRecord) -> AgentEvent:
                 "event_id": record["event_id"],
                 "run_id": record["run_id"],
                 "sequence": record["sequence"],
-                "timestamp": _EPOCH + _MICROSECOND * record["timestamp"],
+                "timestamp": EPOCH + MICROSECOND * record["timestamp"],
                 "payload": adapt(fields),
             }
         )
@@ -881,8 +879,8 @@ MAX_JSON_DEPTH = 128
 """JSON values nest at most this deep: a reader validates and serializes them recursively,
 and pydantic and orjson stop near 255 levels (with the envelope around them)."""
 
-_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
-_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 _UUID = TypeAdapter(uuid.UUID)
 _CANONICAL_UUID = re.compile("-".join(f"[0-9a-f]{{{n}}}" for n in (8, 4, 4, 4, 12))).fullmatch
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -54,7 +53,7 @@ def node_command(
 ) -> None:
     """A full instance: projector workers in the consumer group and the HTTP API, which
     answers for every run (from this node's state, or forwarded to the run's owner)."""
-    from behest.cluster.node import run_node
+    from behest.cluster.node import run_node, worker_count
     from behest.errors import BehestError
     from behest.logs import setup_logging_from_env
 
@@ -70,7 +69,7 @@ def node_command(
         "session_timeout": session_timeout,
     }
     config = Settings().model_copy(update={k: v for k, v in flags.items() if v is not None})
-    count = workers or os.cpu_count() or 1
+    count = worker_count(workers)
 
     def ready(url: str) -> None:
         typer.echo(

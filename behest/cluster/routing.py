@@ -24,18 +24,21 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from behest.cluster.asgi import error_body, header, read_body, replay, send_json
 from behest.cluster.membership import Membership
 from behest.cluster.ownership import Ownership
 from behest.cluster.pages import cursor_after, merge_pages, parse_batch, run_of_path, to_int
 from behest.emit.partitioner import partition_for
+
+if TYPE_CHECKING:
+    from behest.cluster.standby import StandbyCopies
 from behest.errors import InvalidQueryError
 
 __all__ = [
@@ -74,6 +77,8 @@ class Router:
         url: str,
         membership: Membership,
         ownership: Ownership,
+        standby: StandbyCopies | None = None,
+        standby_app: ASGIApp | None = None,
         connect_timeout: float = 1.0,
         read_timeout: float = 10.0,
     ) -> None:
@@ -81,6 +86,8 @@ class Router:
         self.url = url
         self.membership = membership
         self.ownership = ownership
+        self.standby = standby
+        self.standby_app = standby_app
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
         self._peers: httpx.AsyncClient | None = None
         self._local: httpx.AsyncClient | None = None
@@ -138,12 +145,39 @@ class Router:
             await self.app(scope, receive, send)
             return
         owner = view.owner(partition)
-        if local_only or owner is None or owner == self.url:
-            await self._unavailable(send, partition, owner)
-            return
         body = await read_body(receive)
-        stream = scope["path"].endswith("/watch")
-        await self._forward(scope, send, owner, body, partition, stream=stream)
+        reason = None
+        if not local_only and owner is not None and owner != self.url:
+            stream = scope["path"].endswith("/watch")
+            if await self._forward(scope, send, owner, body, partition, stream=stream):
+                return
+            reason = f"{owner} does not answer for it"
+        if not local_only and await self._from_standby(scope, body, send, partition):
+            return
+        await self._unavailable(send, partition, owner, reason=reason)
+
+    async def _from_standby(self, scope: Scope, body: bytes, send: Send, partition: int) -> bool:
+        """Answer from this node's standby copy, flagged with how stale it is (if it has one
+        that was at the log's end once); False if it has none."""
+        if self.standby is None or self.standby_app is None or scope["path"].endswith("/watch"):
+            return False
+        staleness = self.standby.staleness(partition)
+        if staleness is None:
+            return False
+        records, seconds = staleness
+        flags = [
+            (HEADER_STALE.encode(), b"true"),
+            (HEADER_LAG_RECORDS.encode(), str(records).encode()),
+            (HEADER_LAG_SECONDS.encode(), f"{seconds:.3f}".encode()),
+        ]
+
+        async def flagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *flags]}
+            await send(message)
+
+        await self.standby_app(scope, replay(body), flagged)
+        return True
 
     async def _forward(
         self,
@@ -154,8 +188,9 @@ class Router:
         partition: int,
         *,
         stream: bool = False,
-    ) -> None:
-        """The owner's answer, passed back as it comes (streams included)."""
+    ) -> bool:
+        """The owner's answer, passed back as it comes (streams included); False, with
+        nothing sent, if the owner does not answer or answers 503 and a standby might."""
         query = scope["query_string"].decode("latin-1")
         url = owner + scope["path"] + (f"?{query}" if query else "")
         headers = {
@@ -174,8 +209,10 @@ class Router:
         except httpx.HTTPError as error:
             log.info("owner %s of partition %d did not answer: %r", owner, partition, error)
             self.membership.refresh_soon()
-            await self._unavailable(send, partition, owner, reason=f"{owner} does not answer")
-            return
+            return False
+        if response.status_code == 503 and self.standby is not None:
+            await response.aclose()
+            return False
         try:
             out = [(k, v) for k, v in response.headers.raw if k.lower() in _PASSED_BACK]
             out += [(k, v) for k, v in response.headers.raw if k.lower().startswith(b"x-behest-")]
@@ -190,6 +227,7 @@ class Router:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
+        return True
 
     async def _unavailable(
         self, send: Send, partition: int, owner: str | None, *, reason: str | None = None
@@ -227,7 +265,8 @@ class Router:
         if local_only or owner is None or owner == self.url:
             await self._unavailable(send, partition, owner)
             return
-        await self._forward(scope, send, owner, b"", partition)
+        if not await self._forward(scope, send, owner, b"", partition):
+            await self._unavailable(send, partition, owner, reason=f"{owner} does not answer")
 
     # --- many runs ----------------------------------------------------------------------------
 

@@ -193,7 +193,7 @@ class Projector:
                 on_lost=self._on_lost,
             )
             while not (self._stopping.is_set() or (stop_event and stop_event.is_set())):
-                messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+                messages = self._next_batch(consumer)
                 records = self._usable(messages) if messages else []
                 if records:
                     self._process(consumer, records)
@@ -366,6 +366,18 @@ class Projector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group moved on without us (session expired): as a revocation, counted apart."""
         self._on_revoke(consumer, partitions, lost=True)
+
+    def _next_batch(self, consumer: Consumer) -> list[Any]:
+        """Up to `batch_size` records: waits (up to `poll_timeout`) only for the first, then
+        takes what librdkafka has already fetched. `consume(n, timeout)` alone would hold a
+        partial batch for the whole timeout, which every live reader (`watch`, read-your-
+        writes) would wait out on a lightly loaded topic."""
+        first = consumer.poll(self.poll_timeout)
+        if first is None:
+            return []
+        if self.batch_size == 1:
+            return [first]
+        return [first, *consumer.consume(num_messages=self.batch_size - 1, timeout=0)]
 
     def _usable(self, messages: list[Any]) -> list[Any]:
         """The records of a consume call; errors are raised or logged."""

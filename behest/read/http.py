@@ -25,46 +25,46 @@ import gc
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from behest.errors import RunNotFoundError, WaitTimeoutError
-from behest.events import AgentEvent, RunState, RunStatus
+from behest.errors import WaitTimeoutError
 from behest.read.console import add_console, name_operations
 from behest.read.health import ProjectorWatch
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
-from behest.read.projection_routes import ErrorBody, add_projection_routes
+from behest.read.projection_routes import add_projection_routes
 from behest.read.query import (
-    DEFAULT_EVENTS_LIMIT,
-    DEFAULT_RUNS_LIMIT,
     MAX_BATCH,
-    MAX_LIMIT,
-    MAX_SEQUENCE,
-    Absent,
     RunStateQuery,
 )
 from behest.read.reader import ProjectionReader
 from behest.read.routes import (
-    DirectRoute,
+    BAD_INPUT,
+    DirectDispatch,
+    ErrorBody,
     error_answer,
     error_body,
-    match_direct,
     validation_body,
 )
+from behest.read.run_routes import (
+    BatchRequest,
+    BatchResponse,
+    EventList,
+    RunList,
+    add_run_routes,
+)
 from behest.read.sse import watch_routes
-from behest.read.watch import event_json
-from behest.times import parse_time
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -91,37 +91,6 @@ JSON: Final = "application/json"
 
 
 # --- the wire models (they make /openapi.json; answers are built from stored bytes) ----------
-
-
-class BatchRequest(BaseModel):
-    """States of up to MAX_BATCH runs, now or as of a time."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_ids: list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]] = Field(
-        max_length=MAX_BATCH, description=f"Run ids, at most {MAX_BATCH}."
-    )
-    as_of: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = Field(
-        default=None, description="RFC 3339 time: each state after its events up to then."
-    )
-
-
-class BatchResponse(BaseModel):
-    runs: list[RunState] = Field(description="Known runs' states, in the order asked.")
-    missing: list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]] = Field(
-        description="Ids (canonical text) of runs unknown, or without an event by as_of."
-    )
-
-
-class RunList(BaseModel):
-    runs: list[RunState] = Field(description="Newest first, by creation time.")
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null after the last page."
-    )
-
-
-class EventList(BaseModel):
-    events: list[AgentEvent] = Field(description="In sequence order.")
 
 
 class Readiness(BaseModel):
@@ -188,7 +157,7 @@ class _Instrumented:
     def __init__(self, app: ASGIApp, metrics: QueryMetrics, routes: Sequence[Any]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self.direct = DirectDispatch(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -206,7 +175,7 @@ class _Instrumented:
 
         try:
             answer = _oversized(scope)
-            direct = None if answer is not None else match_direct(self.routes, scope)
+            direct = None if answer is not None else self.direct(scope)
             if direct is not None:
                 template = direct.path
                 status = await direct.serve(scope, receive, send)
@@ -251,28 +220,6 @@ def _oversized(scope: Scope) -> Response | None:
 
 
 # --- the app ----------------------------------------------------------------------------------
-
-_BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
-    "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
-}
-_RUN_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
-    404: {"model": ErrorBody, "description": "Unknown run, or no event by the point asked."},
-    **_BAD_INPUT,
-}
-_RunId = Annotated[
-    str,
-    Path(description="The run id (a UUID).", json_schema_extra={"format": "uuid"}),
-]
-_AsOf = Annotated[
-    str | None,
-    Query(
-        description="RFC 3339 time: the state after every event up to then.",
-        json_schema_extra={"format": "date-time"},
-    ),
-]
-_AtSequence = Annotated[
-    int | None, Query(ge=0, le=MAX_SEQUENCE, description="The state after this sequence.")
-]
 
 
 def _package_version() -> str:
@@ -344,14 +291,14 @@ def create_app(
 
     if query is not None:
         app.include_router(watch_routes(query))  # before /runs/{run_id}, which takes any id
-        _add_run_routes(app, query.raw)
+        add_run_routes(app, query.raw)
     add_projection_routes(app, readers)
 
     @app.get(
         "/wait",
         response_model=Folded,
         responses={
-            **_BAD_INPUT,
+            **BAD_INPUT,
             503: {"model": ErrorBody, "description": "Not folded within the timeout."},
         },
         summary="Read your writes: returns once the write at a position is folded",
@@ -417,107 +364,6 @@ def create_app(
     return app
 
 
-def _add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
-    """Contract §4's run endpoints, each a `DirectRoute` over the stored JSON."""
-
-    @app.get("/runs/batch", include_in_schema=False)
-    async def batch_is_post() -> Response:
-        return _error(405, 'use POST /runs/batch with {"run_ids": [...]}')
-
-    def get_run(run_id: _RunId, as_of: _AsOf = None, at_sequence: _AtSequence = None) -> bytes:
-        moment = None if as_of is None else parse_time(as_of)
-        found = query.find_at(run_id, as_of=moment, at_sequence=at_sequence)
-        if found is Absent.UNKNOWN:
-            raise RunNotFoundError(f"run {run_id} is unknown")
-        if found is Absent.NOT_YET:
-            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
-            raise RunNotFoundError(f"run {run_id} had no event {point}")
-        return found
-
-    def get_batch(request: BatchRequest) -> bytes:
-        moment = None if request.as_of is None else parse_time(request.as_of)
-        found = query.get_many(request.run_ids, as_of=moment)
-        states = [v for v in found.values() if v is not None]
-        missing = [str(run) for run, v in found.items() if v is None]
-        return b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
-
-    def list_runs(
-        session_id: Annotated[
-            str | None,
-            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
-        ] = None,
-        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
-        active: Annotated[
-            bool | None,
-            Query(description="true: only runs not yet finished; false: only finished runs."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_RUNS_LIMIT,
-        cursor: Annotated[
-            str | None, Query(description="next_cursor of the previous page.")
-        ] = None,
-    ) -> bytes:
-        states, next_cursor = query.list_runs(
-            session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
-        )
-        cursor_json = orjson.dumps(next_cursor)
-        return b'{"runs":[' + b",".join(states) + b'],"next_cursor":' + cursor_json + b"}"
-
-    def list_events(
-        run_id: _RunId,
-        from_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_EVENTS_LIMIT,
-    ) -> bytes:
-        events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
-        if not events and query.get(run_id) is None:
-            raise RunNotFoundError(f"run {run_id} is unknown")
-        return b'{"events":[' + b",".join(map(event_json, events)) + b"]}"
-
-    routes: list[tuple[str, Any, str, dict[str, Any]]] = [
-        (
-            "/runs/{run_id}",
-            get_run,
-            "GET",
-            {
-                "response_model": RunState,
-                "responses": _RUN_ERRORS,
-                "summary": "A run's state: current, as of a time, or at a sequence",
-            },
-        ),
-        (
-            "/runs/batch",
-            get_batch,
-            "POST",
-            {
-                "response_model": BatchResponse,
-                "responses": _BAD_INPUT,
-                "summary": "States of many runs in one call",
-            },
-        ),
-        (
-            "/runs",
-            list_runs,
-            "GET",
-            {
-                "response_model": RunList,
-                "responses": _BAD_INPUT,
-                "summary": "Runs newest first, by session, status or activity",
-            },
-        ),
-        (
-            "/runs/{run_id}/events",
-            list_events,
-            "GET",
-            {
-                "response_model": EventList,
-                "responses": _RUN_ERRORS,
-                "summary": "A run's events in sequence order",
-            },
-        ),
-    ]
-    for path, endpoint, method, options in routes:
-        app.router.routes.append(DirectRoute(path, endpoint, methods=[method], **options))
-
-
 # --- serving ----------------------------------------------------------------------------------
 
 
@@ -532,10 +378,13 @@ def _config(
     *,
     own_logging: bool = False,
     telemetry: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> uvicorn.Config:
     extra: dict[str, Any] = {"log_config": None} if own_logging else {}
+    app = create_app(query, metrics_source, projections, watch, telemetry=telemetry)
+    app.openapi()  # built now, so `serve` freezes it with the rest
     return uvicorn.Config(
-        create_app(query, metrics_source, projections, watch, telemetry=telemetry),
+        app if wrap is None else wrap(app),
         host=host,
         port=port,
         log_level=log_level,
@@ -555,9 +404,11 @@ def serve(
     projections: Sequence[ProjectionReader[Any]] = (),
     watch: ProjectorWatch | None = None,
     telemetry: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
     Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
+    `wrap` puts a layer in front of the app (`behest.cluster` routes requests so).
 
     Meant to own its process: it freezes everything allocated so far out of the garbage
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
@@ -573,8 +424,8 @@ def serve(
         watch,
         own_logging=True,
         telemetry=telemetry,
+        wrap=wrap,
     )
-    cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()
     uvicorn.Server(config).run()

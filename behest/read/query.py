@@ -28,7 +28,6 @@ from typing_extensions import TypeVar
 from behest.codec import decode
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.events import AgentEvent, RunId, RunState, RunStatus
-from behest.fold.store import StateStore
 from behest.projections.run_state import (
     INDEX_SUFFIX_SIZE,
     RunStateProjection,
@@ -56,6 +55,7 @@ from behest.read.reader import (
     Freshness,
     Position,
     ProjectionReader,
+    StoreReader,
 )
 from behest.times import parse_time
 
@@ -105,7 +105,7 @@ class RunStateQuery(Generic[T]):
 
     def __init__(
         self,
-        store: StateStore,
+        store: StoreReader,
         projection: RunStateProjection | None = None,
         *,
         topic: str = DEFAULT_TOPIC,
@@ -143,7 +143,7 @@ class RunStateQuery(Generic[T]):
         return _over(self.reader, _identity)
 
     @property
-    def store(self) -> StateStore:
+    def store(self) -> StoreReader:
         return self.reader.store
 
     @property

@@ -7,30 +7,69 @@ is a plain function of its path and query parameters (and, for a POST, one pydan
 model) that returns the JSON body of a 200 or raises; the route converts the parameters
 from the request itself and maps every error through one function, `error_answer`. So
 each endpoint has one implementation and one error mapping, whether reached through the
-router or directly from the middleware (`match_direct`), and is a plain function that
+router or directly from the middleware (`DirectDispatch`), and is a plain function that
 routing (e.g. across nodes) can wrap.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, JsonValue, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from behest.errors import QueryError, RunNotFoundError, StoreError
+from behest.read.reader import Absent
 
-__all__ = ["DirectRoute", "error_answer", "error_body", "match_direct", "send_json"]
+__all__ = [
+    "BAD_INPUT",
+    "DirectDispatch",
+    "DirectRoute",
+    "ErrorBody",
+    "error_answer",
+    "error_body",
+    "present",
+    "send_json",
+    "validation_body",
+]
 
 log = logging.getLogger("behest.read.http")
 
 _JSON_HEADERS: Final = (b"content-type", b"application/json")
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer."""
+
+    error: str = Field(description="What is wrong, and what to do about it.")
+    detail: JsonValue = Field(
+        default=None, description="Structured detail, e.g. one entry per invalid field."
+    )
+
+
+BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
+    "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
+}
+"""OpenAPI `responses` of an endpoint whose only failures are bad input."""
+
+
+def present(found: bytes | Absent, what: str, as_of: str | None, at_sequence: int | None) -> bytes:
+    """The state a point-in-time read found, or the 404 that says why there is none:
+    `what` (e.g. "run <id>") is unknown, or had no event by the point asked."""
+    if found is Absent.UNKNOWN:
+        raise RunNotFoundError(f"{what} is unknown")
+    if found is Absent.NOT_YET:
+        point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
+        raise RunNotFoundError(f"{what} had no event {point}")
+    return found
 
 
 def error_body(error: str, detail: Any = None) -> bytes:
@@ -96,8 +135,14 @@ class DirectRoute(APIRoute):
     """An `APIRoute` (documented in OpenAPI as usual) answered without FastAPI's
     parameter machinery; see the module docstring."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], *, inline: bool = True, **kwargs: Any
+    ) -> None:
+        """`inline`: answer on the event loop (a read of microseconds); False for reads that
+        may take milliseconds (batches, pages), which run on a worker thread instead so
+        they never hold up the single-state reads beside them."""
         super().__init__(path, endpoint, **kwargs)
+        self.inline = inline
         self._query = {field.alias: field for field in self.dependant.query_params}
         body = self.body_field
         self._body: tuple[str, type[BaseModel]] | None = None
@@ -117,7 +162,10 @@ class DirectRoute(APIRoute):
             if self._body is not None:
                 name, model = self._body
                 params[name] = model.model_validate_json(await _read_body(receive))
-            status, body = 200, self.endpoint(**params)
+            if self.inline:
+                status, body = 200, self.endpoint(**params)
+            else:
+                status, body = 200, await run_in_threadpool(self.endpoint, **params)
         except Exception as error:  # every error maps to an answer; bugs are logged there
             status, body = error_answer(error, f"{scope['method']} {scope['path']}")
         await send_json(send, status, body)
@@ -162,20 +210,52 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def match_direct(routes: Sequence[Any], scope: Scope) -> DirectRoute | None:
-    """The route that answers `scope` when it is a `DirectRoute` (scope updated with its
-    path parameters), else None: the first full match in router order decides. A route's
-    path pattern is tried first, which costs a tenth of a full `matches`."""
+def _first_direct(routes: Sequence[Any], scope: Scope) -> DirectRoute | None:
+    """The route the router would pick for `scope` if it is a `DirectRoute`, else None."""
     path = scope["path"]
     plain = not scope.get("root_path")
     for route in routes:
         pattern = getattr(route, "path_regex", None)
         if plain and pattern is not None and pattern.match(path) is None:
-            continue
-        match, child = route.matches(scope)
+            continue  # a tenth of the cost of a full `matches`
+        match, _ = route.matches(dict(scope))
         if match is Match.FULL:
-            if isinstance(route, DirectRoute):
-                scope.update(child)
-                return route
-            return None
+            return route if isinstance(route, DirectRoute) else None
     return None
+
+
+_UUID_SEGMENT: Final = re.compile(
+    r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?=/|$)"
+)
+_DECISIONS: Final = 4096
+
+
+class DirectDispatch:
+    """Which `DirectRoute` answers a request, decided as the router decides (the first full
+    match in router order) once per method and path shape, then remembered: no route tells
+    one UUID in a path from another, so `/runs/<any id>` is one decision. Finding the first
+    full match costs more than a state read once routers are included (FastAPI matches an
+    included router route by route), so it is done once, not per request."""
+
+    def __init__(self, routes: Sequence[Any]) -> None:
+        self.routes = routes
+        self._decided: dict[tuple[str, str], DirectRoute | None] = {}
+
+    def __call__(self, scope: Scope) -> DirectRoute | None:
+        """The route (scope updated with its path parameters), or None: not a direct one."""
+        if scope.get("root_path"):  # mounted below a prefix: decide afresh (rare)
+            route = _first_direct(self.routes, scope)
+        else:
+            key = (scope["method"], _UUID_SEGMENT.sub("/~", scope["path"]))
+            try:
+                route = self._decided[key]
+            except KeyError:
+                route = _first_direct(self.routes, scope)
+                if len(self._decided) >= _DECISIONS:  # paths of free-text keys: stay bounded
+                    self._decided.clear()
+                self._decided[key] = route
+        if route is None:
+            return None
+        _, child = route.matches(scope)
+        scope.update(child)
+        return route

@@ -24,9 +24,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from behest.errors import InvalidQueryError, QueryError
 from behest.events import RunStatus
-from behest.read.projection_routes import ErrorBody
 from behest.read.query import MAX_SEQUENCE, RunStateQuery
-from behest.read.routes import error_answer
+from behest.read.routes import ErrorBody, error_answer
 from behest.read.watch import Change
 
 __all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "encode", "watch_routes"]
@@ -180,8 +179,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
             watch.start()  # registered before the first line: a client that read it misses nothing
             try:
                 yield b"retry: %d\n\n" % RETRY_MS
-                async for change in watch.achanges(keepalive):
-                    yield _KEEPALIVE if change is None else _change(change)
+                async for batch in watch.abatches(keepalive):
+                    yield b"".join(map(_change, batch)) if batch else _KEEPALIVE
             finally:
                 watch.close()
 

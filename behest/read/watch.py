@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
 import threading
 import time
 import weakref
@@ -39,7 +41,6 @@ import orjson
 
 from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, RunState, format_time
-from behest.fold.store import prefix_end
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
 from behest.read.reader import Absent, ProjectionReader
 from behest.watching import RunUpdate
@@ -71,6 +72,9 @@ FEED_INTERVAL: Final = 0.1
 """Seconds between the runs feed's comparisons (a list view needs no more)."""
 
 _PAGE: Final = 256
+_FAILURE_LOG_INTERVAL: Final = 60.0
+
+log = logging.getLogger(__name__)
 _TIME_BIAS: Final = 1 << 63
 
 
@@ -224,6 +228,7 @@ class Tailer:
         self._wanted = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._failed_at = -float("inf")
 
     # --- registration (any thread) ------------------------------------------------------
 
@@ -307,6 +312,9 @@ class Tailer:
             except Exception:  # the store failed or was closed: try again next tick
                 if self._stopping:
                     return
+                if started - self._failed_at > _FAILURE_LOG_INTERVAL:
+                    self._failed_at = started
+                    log.exception("watching %s: a look at the store failed", self.reader.name)
             time.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     def tick(self) -> None:
@@ -339,6 +347,7 @@ class Tailer:
                 if channel.sequence < 0:
                     continue
                 changes = [Change(channel.sequence, b"null", True, deleted=True)]
+                channel.state, channel.sequence = None, -1  # a run made again starts afresh
             elif head[0] <= channel.sequence:
                 continue
             else:
@@ -370,13 +379,8 @@ class Tailer:
         """Runs the feed compares: the active ones and the `FEED_RECENT` newest."""
         store = self.reader.store
         runs = {key[-16:] for key in store.scan_index(INDEX_ACTIVE)}
-        iterator = store.index.iter()
-        iterator.seek_for_prev(prefix_end(INDEX_ALL))
-        for _ in range(FEED_RECENT):
-            if not iterator.valid() or not iterator.key().startswith(INDEX_ALL):
-                break
-            runs.add(iterator.key()[-16:])
-            iterator.prev()
+        newest = itertools.islice(store.scan_index(INDEX_ALL, reverse=True), FEED_RECENT)
+        runs.update(key[-16:] for key in newest)
         return sorted(runs)
 
     def _tick_feed(self) -> list[_Inbox]:
@@ -560,9 +564,10 @@ class RunWatch:
                 yield _update(change)
 
     async def __aiter__(self) -> AsyncIterator[RunUpdate]:
-        async for change in self.achanges():
-            if change is not None and not change.deleted:
-                yield _update(change)
+        async for batch in self.abatches():
+            for change in batch:
+                if not change.deleted:
+                    yield _update(change)
 
     def changes(self, keepalive: float | None = None) -> Iterator[Change]:
         """The raw changes, blocking this thread between them."""
@@ -584,8 +589,9 @@ class RunWatch:
         finally:
             cursor.close()
 
-    async def achanges(self, keepalive: float | None = None) -> AsyncIterator[Change | None]:
-        """The raw changes, awaiting between them; None after `keepalive` idle seconds."""
+    async def abatches(self, keepalive: float | None = None) -> AsyncIterator[list[Change]]:
+        """The raw changes, as many at a time as are ready, awaiting between them; an empty
+        list after `keepalive` idle seconds."""
         loop = asyncio.get_running_loop()
         cursor = self._cursor(loop)
         try:
@@ -600,8 +606,8 @@ class RunWatch:
                         page = next(pages, None)
                     if page is None:
                         break
-                    for change in page:
-                        yield change
+                    if page:
+                        yield page
                 inbox = cursor.inbox
                 while not cursor.done:
                     inbox.ready_async.clear()
@@ -609,13 +615,13 @@ class RunWatch:
                     if found is None:
                         break
                     if found:
-                        for change in found:
-                            yield change
+                        yield found
                         continue
                     try:
-                        await asyncio.wait_for(inbox.ready_async.wait(), keepalive)
+                        async with asyncio.timeout(keepalive):
+                            await inbox.ready_async.wait()
                     except TimeoutError:
-                        yield None
+                        yield []
                 if cursor.done:
                     return
         finally:
@@ -703,7 +709,8 @@ class RunsWatch:
                         yield item
                     continue
                 try:
-                    await asyncio.wait_for(inbox.ready_async.wait(), keepalive)
+                    async with asyncio.timeout(keepalive):
+                        await inbox.ready_async.wait()
                 except TimeoutError:
                     yield None
         finally:

@@ -27,6 +27,7 @@ class NodeProcess:
     group: str
     state_dir: Path
     session_timeout: float = 6.0
+    standby_replicas: int = 0
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -54,6 +55,8 @@ class NodeProcess:
             self.bootstrap,
             "--session-timeout",
             str(self.session_timeout),
+            "--standby-replicas",
+            str(self.standby_replicas),
         ]
         with (self.state_dir.parent / f"{self.name}.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, env=dict(os.environ))
@@ -107,6 +110,7 @@ def wait_until_serving(
     """Until every live node sees all of them in the group and all partitions served."""
     deadline = time.monotonic() + timeout
     urls = sorted(n.url for n in nodes)
+    views: list[dict[str, Any] | None] = []
     while time.monotonic() < deadline:
         views = [n.cluster(client) for n in nodes]
         if all(
@@ -117,4 +121,6 @@ def wait_until_serving(
             if sorted(served) == list(range(partitions)):
                 return
         time.sleep(0.3)
-    raise TimeoutError(f"nodes {urls} did not serve all {partitions} partitions in {timeout} s")
+    raise TimeoutError(
+        f"nodes {urls} did not serve all {partitions} partitions in {timeout} s; they saw {views}"
+    )

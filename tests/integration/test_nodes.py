@@ -6,6 +6,9 @@ session's broker. Each answer is checked against the plain fold of what was prod
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,13 +114,13 @@ def test_a_killed_owners_runs_are_served_by_another_node(
     with httpx.Client() as http:
         view = nodes[0].cluster(http)
         assert view is not None
-        victim = next(n for n in nodes[1:] if any(u == n.url for u in view["owners"].values()))
+        victim = next(n for n in nodes if n.url in view["owners"].values())
         lost = {int(p) for p, url in view["owners"].items() if url == victim.url}
         victims_runs = [e for e in runs if partition_for(str(e[0].run_id), PARTITIONS) in lost]
         assert victims_runs
         victim.kill()
         killed_at = time.monotonic()
-        survivor = nodes[0]
+        survivor = next(n for n in nodes if n is not victim)
         statuses: dict[int, int] = {}
         pending = {str(e[0].run_id): expected(e) for e in victims_runs}
         while pending and time.monotonic() - killed_at < 60:
@@ -135,3 +138,107 @@ def test_a_killed_owners_runs_are_served_by_another_node(
     assert not pending, f"still not served after {took:.1f} s: {statuses}"
     assert set(statuses) <= {200, 503}
     print(f"\ntakeover (SIGKILL, 6 s session, no standby): {took:.1f} s; answers {statuses}")
+
+
+def test_a_split_deployment_is_a_node_too(
+    bootstrap_servers: str, make_topic: Callable[..., str], unique_group: str, tmp_path: Path
+) -> None:
+    """`behest project --advertise URL` + `behest serve --advertise URL`, beside a node."""
+    topic = make_topic(partitions=PARTITIONS)
+    make_topic(f"{topic}.dlq", partitions=PARTITIONS)
+    full = NodeProcess("full", bootstrap_servers, topic, unique_group, tmp_path / "full")
+    split = NodeProcess("split", bootstrap_servers, topic, unique_group, tmp_path / "split")
+    common = [
+        "--bootstrap-servers", bootstrap_servers, "--topic", topic,
+        "--state-dir", str(split.state_dir), "--group-id", unique_group,
+        "--advertise", split.url,
+    ]  # fmt: skip
+    behest = [sys.executable, "-m", "behest.cli"]
+    processes = [
+        subprocess.Popen([*behest, "project", "--session-timeout", "6", *common]),
+        subprocess.Popen([*behest, "serve", "--port", str(split.port), "--wait", "60", *common]),
+    ]
+    full.start()
+    try:
+        settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic)
+        runs = [sample_run(events=8, seed=200 + n) for n in range(12)]
+        last = _produce(settings, runs)
+        with httpx.Client() as http:
+            wait_until_serving([full, split], PARTITIONS, http)
+        for url in (full.url, split.url):
+            with RunStateClient(url) as client:
+                for delivery in last.values():
+                    client.wait_for(delivery, timeout=60)
+                for events in runs:
+                    answer = client.raw.get(events[0].run_id)
+                    assert answer is not None and orjson.loads(answer) == expected(events)
+    finally:
+        full.stop()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(40)
+
+
+def test_a_standby_answers_flagged_while_the_owner_is_gone(
+    bootstrap_servers: str, make_topic: Callable[..., str], unique_group: str, tmp_path: Path
+) -> None:
+    topic = make_topic(partitions=PARTITIONS)
+    make_topic(f"{topic}.dlq", partitions=PARTITIONS)
+    nodes = [
+        NodeProcess(
+            f"node{i}", bootstrap_servers, topic, unique_group, tmp_path / f"node{i}",
+            standby_replicas=1,
+        ).start()
+        for i in range(3)
+    ]  # fmt: skip
+    try:
+        settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic)
+        runs = [sample_run(events=10, seed=300 + n) for n in range(18)]
+        last = _produce(settings, runs)
+        with httpx.Client() as http:
+            wait_until_serving(nodes, PARTITIONS, http)
+            with RunStateClient(nodes[0].url) as client:
+                for delivery in last.values():
+                    client.wait_for(delivery, timeout=60)
+            run = runs[0]
+            partition = partition_for(str(run[0].run_id), PARTITIONS)
+            time.sleep(2)  # the copies catch up (each was at the log's end once)
+            for _ in range(50):  # the views agree on the owner and the standby (no rebalance)
+                views = [n.cluster(http) for n in nodes]
+                pairs = {
+                    (v["owners"].get(str(partition)), tuple(v["standbys"].get(str(partition), ())))
+                    for v in views
+                    if v is not None
+                }
+                if len(pairs) == 1 and None not in views:
+                    break
+                time.sleep(0.2)
+            ((owner_url, (standby_url,)),) = pairs
+            owner = next(n for n in nodes if n.url == owner_url)
+            standby = next(n for n in nodes if n.url == standby_url)
+            owner.kill()
+            killed = time.monotonic()
+            stale = current = None
+            while current is None and time.monotonic() - killed < 60:
+                answer = http.get(f"{standby.url}/runs/{run[0].run_id}", timeout=15)
+                if answer.status_code == 503:
+                    assert answer.headers["retry-after"]
+                else:
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json() == expected(run)
+                    if answer.headers.get("x-behest-stale") == "true":
+                        assert int(answer.headers["x-behest-lag-records"]) >= 0
+                        assert float(answer.headers["x-behest-lag-seconds"]) >= 0
+                        stale = stale or time.monotonic() - killed
+                    else:
+                        current = time.monotonic() - killed
+                time.sleep(0.1)
+        assert stale is not None and current is not None, (stale, current)
+        print(
+            f"\nwith a standby: flagged stale answers after {stale:.1f} s, "
+            f"current after {current:.1f} s"
+        )
+    finally:
+        for node in nodes:
+            node.stop()

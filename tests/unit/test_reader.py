@@ -3,6 +3,7 @@ scans, answered by the same code for every projection; projections found by name
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,8 @@ from behest.events import AgentEvent, EventRecord, TextDelta, Variant
 from behest.fold.catalog import installed_projections, load_projection
 from behest.fold.projection import fold
 from behest.projections.tool_usage import ToolUsageProjection
-from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import Absent, ProjectionReader
 from behest.testing import ProjectionDriver, sample_run
 from behest.times import format_micros, format_time, from_micros, parse_micros, to_micros
 
@@ -70,8 +72,7 @@ def volumes(tmp_path: Path) -> Iterator[tuple[ProjectionQuery[dict[str, object]]
     events = [e for r in runs for e in _text_run(r, ["ab", "cde", "f", "", "ghij"] * 3)]
     with ProjectionDriver(TextVolume(), tmp_path, snapshot_every=4) as driver:
         driver.feed(events)
-        reader = ProjectionReader(driver.store, TextVolume())
-        yield ProjectionQuery(reader, TextVolume().decode_state), runs
+        yield driver.query(), runs
 
 
 def test_point_in_time_equals_the_fold_of_the_prefix(
@@ -176,3 +177,26 @@ def test_times_convert_alike_every_way(moment: datetime) -> None:
     assert from_micros(micros) == moment
     assert format_micros(micros) == format_time(moment)
     assert parse_micros(format_time(moment)) == micros
+
+
+def test_no_ready_made_projection_reads_variant_names_as_text() -> None:
+    folder = Path(__file__).resolve().parents[2] / "projections"
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert 'rpartition(".")' not in text, f"{path.name} strips namespaces: use Variant"
+        assert not re.search(r'"behest\.[A-Z]', text), f"{path.name} spells a variant: use Variant"
+
+
+@pytest.mark.parametrize("command", ["project", "serve", "state"])
+def test_every_command_that_takes_a_projection_names_the_known_ones(
+    command: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from behest.cli import app
+
+    args = [command, *(["3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"] if command == "state" else [])]
+    result = CliRunner().invoke(app, [*args, "--projection", "nope", "--state-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "unknown projection 'nope'" in result.output
+    assert "run_state" in result.output and "tool_usage" in result.output

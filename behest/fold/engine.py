@@ -231,6 +231,7 @@ class BatchFolder(Generic[S]):
         arrived; else None: its partition is held for the schema, or it is a dead letter."""
         if isinstance(error, UnknownSchemaError) and self.hold is not None:
             if self.hold(record):
+                result.records -= 1
                 result.held[record.partition()] = record.offset()
                 result.positions[record.partition()] = record.offset()
                 return None
@@ -285,7 +286,8 @@ class BatchFolder(Generic[S]):
         held = result.held
         for record in records:
             if held and record.partition() in held:
-                continue  # waits for a writer schema: read again from there later
+                result.records -= 1  # waits for a writer schema: read again from there later
+                continue
             positions[record.partition()] = record.offset() + 1
             key = record.key()
             known = keys.get(key)

@@ -242,3 +242,33 @@ def test_a_standby_answers_flagged_while_the_owner_is_gone(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_watching_all_runs_on_one_node_sees_every_nodes_runs(
+    nodes: list[NodeProcess], bootstrap_servers: str
+) -> None:
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic=nodes[0].topic)
+    watcher = nodes[0]
+    with httpx.Client() as http:
+        view = watcher.cluster(http)
+    assert view is not None
+    others = {int(p) for p, url in view["owners"].items() if url != watcher.url}
+    runs = [sample_run(events=6, seed=400 + n) for n in range(40)]
+    elsewhere = [r for r in runs if partition_for(str(r[0].run_id), PARTITIONS) in others][:3]
+    wanted = {str(r[0].run_id) for r in elsewhere}
+    seen: set[str] = set()
+    timeout = httpx.Timeout(5.0, read=30.0)
+    with (
+        httpx.Client(timeout=timeout) as http,
+        http.stream("GET", f"{watcher.url}/runs/watch") as feed,
+    ):
+        assert feed.status_code == 200
+        assert feed.headers["content-type"].startswith("text/event-stream")
+        _produce(settings, elsewhere)
+        deadline = time.monotonic() + 30
+        for line in feed.iter_lines():
+            if line.startswith("data: "):
+                seen.add(orjson.loads(line[len("data: ") :])["run_id"])
+            if wanted <= seen or time.monotonic() > deadline:
+                break
+    assert wanted <= seen

@@ -13,7 +13,7 @@ times faster than building models, and the projector's hot path is the decode.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 from behest.events import EventRecord
@@ -32,7 +32,14 @@ class Projection(Protocol[S]):
     """True when the entity is the run itself (`key` is the 16-byte run id): the projector
     then also stores the run's events, snapshots every K events and deletes everything of
     the run on a tombstone. False for projections across runs (e.g. per tool): their
-    states hold only aggregates, so a tombstone cannot take a run back out of them."""
+    states hold only aggregates, so a tombstone cannot take a run back out of them. State
+    is kept per partition, so such an entity has one share per partition; give the class
+    a `combine(a, b) -> S` that adds two shares up, and readers add them (`combine`)."""
+
+    # Optional, read with getattr (a protocol member would make every existing projection
+    # fail isinstance checks): `version: int = 1`. Bump it when `apply` or the stored
+    # form changes: `behest project` then builds the new version beside the served one
+    # and switches readers to it once it has caught up (blue/green).
 
     def key(self, event: EventRecord) -> bytes | None:
         """The entity the event folds into, or None to skip the event. A run-keyed
@@ -62,6 +69,25 @@ def fold(
     """Fold events, in order, into one state: the reference a projector's result equals."""
     for event in events:
         state = projection.apply(state, event)
+    return state
+
+
+def combine(projection: Projection[S], shares: Sequence[S]) -> S:
+    """One entity's state from its shares in several partitions (projections not keyed by
+    run fold each partition apart): the projection's own `combine(a, b)`, left to right."""
+    if not shares:
+        raise ValueError("no shares to combine")
+    add: Callable[[S, S], S] | None = getattr(projection, "combine", None)
+    if add is None:
+        if len(shares) == 1:
+            return shares[0]
+        raise TypeError(
+            f"{type(projection).__name__} is folded per partition and this entity has "
+            f"{len(shares)} shares: give the class a `combine(a, b)` that adds two up"
+        )
+    state = shares[0]
+    for share in shares[1:]:
+        state = add(state, share)
     return state
 
 

@@ -20,6 +20,7 @@ position can never disagree, which is what makes the fold exactly-once.
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import uuid
@@ -115,6 +116,24 @@ def prefix_end(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+def _writer_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and times of a writer's log and manifest files: they change whenever
+    it writes, so an unchanged signature means nothing new to catch up with."""
+    entries = []
+    try:
+        with os.scandir(path) as found:
+            for entry in found:
+                name = entry.name
+                if name.endswith(".log") or name.startswith("MANIFEST-") or name == "CURRENT":
+                    stat = entry.stat()
+                    entries.append((name, stat.st_size, stat.st_mtime_ns))
+    except FileNotFoundError:
+        raise StoreError(
+            f"the projection state at {path} is gone: restart with the projector's state dir"
+        ) from None
+    return tuple(sorted(entries))
+
+
 # --- the store --------------------------------------------------------------------------------
 
 
@@ -176,6 +195,7 @@ class StateStore:
         self.offsets = self._db.get_column_family(OFFSETS)
         self._handles = {name: self._db.get_column_family_handle(name) for name in FAMILIES}
         self._closed = False
+        self._signature: tuple[tuple[str, int, int], ...] | None = None
 
     def __enter__(self) -> StateStore:
         return self
@@ -199,10 +219,17 @@ class StateStore:
         if self._secondary_path is not None:  # a secondary's own info log and options
             shutil.rmtree(self._secondary_path, ignore_errors=True)
 
-    def catch_up(self) -> None:
-        """Secondary instances only: see everything the writer has written so far."""
-        if self.secondary:
-            self._db.try_catch_up_with_primary()
+    def catch_up(self) -> bool:
+        """Secondary instances only: see everything the writer has written so far. Skipped
+        (False) when the writer's files did not change since the last catch-up."""
+        if not self.secondary:
+            return False
+        signature = _writer_signature(self.path)
+        if signature == self._signature:
+            return False
+        self._db.try_catch_up_with_primary()
+        self._signature = signature
+        return True
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -284,6 +311,21 @@ class StateStore:
         start = prefix if after is None else after + b"\x00"
         for key, _ in self._scan(self.index, prefix, start):
             yield key
+
+    def scan_index_reverse(self, prefix: bytes, before: bytes | None = None) -> Iterator[bytes]:
+        """Index keys that start with `prefix`, largest first, strictly before
+        `prefix + before` (all of them without `before`)."""
+        bound = prefix_end(prefix) if before is None else prefix + before
+        iterator = self.index.iter()
+        iterator.seek_for_prev(bound)
+        if iterator.valid() and iterator.key() >= bound:
+            iterator.prev()
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix):
+                return
+            yield key
+            iterator.prev()
 
     def _scan(self, family: Rdict, prefix: bytes, start: bytes | None = None) -> Iterator[Any]:
         iterator = family.iter()

@@ -28,21 +28,19 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
 
 from behest.codec import decode, decode_record
 from behest.config import DEFAULT_TOPIC, Settings
-from behest.errors import InvalidQueryError, StoreError, WaitTimeoutError
+from behest.errors import InvalidQueryError, WaitTimeoutError
 from behest.events import (
     AgentEvent,
     RunId,
@@ -51,7 +49,8 @@ from behest.events import (
     format_time,
     parse_run_id,
 )
-from behest.fold.store import StateStore, prefix_end, run_key, sequence_key
+from behest.fold.store import StateStore, run_key
+from behest.fold.storeset import StoreSet
 from behest.projections.run_state import (
     INDEX_ACTIVE,
     INDEX_ALL,
@@ -239,24 +238,6 @@ def _decode_cursor(cursor: str) -> bytes:
     return raw[1:]
 
 
-def _primary_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and times of the writer's log and manifest files: they change
-    whenever it writes, so an unchanged signature means nothing new to catch up with."""
-    entries = []
-    try:
-        with os.scandir(path) as found:
-            for entry in found:
-                name = entry.name
-                if name.endswith(".log") or name.startswith("MANIFEST-") or name == "CURRENT":
-                    stat = entry.stat()
-                    entries.append((name, stat.st_size, stat.st_mtime_ns))
-    except FileNotFoundError:
-        raise StoreError(
-            f"the projection state at {path} is gone: restart with the projector's state dir"
-        ) from None
-    return tuple(sorted(entries))
-
-
 # --- the query --------------------------------------------------------------------------------
 
 
@@ -265,7 +246,7 @@ class RunStateQuery:
 
     def __init__(
         self,
-        store: StateStore,
+        store: StateStore | StoreSet,
         projection: RunStateProjection | None = None,
         *,
         topic: str = DEFAULT_TOPIC,
@@ -278,7 +259,6 @@ class RunStateQuery:
         self.max_staleness = max_staleness
         self._owns_store = owns_store
         self._sync_lock = threading.Lock()
-        self._signature: tuple[tuple[str, int, int], ...] | None = None
         self._checked = -float("inf")
         self._synced_at = datetime.now(UTC)
 
@@ -293,7 +273,7 @@ class RunStateQuery:
         """Open the projection's store under `settings.state_dir`; as a secondary by
         default, so a running projector is neither blocked nor locked out."""
         projection = RunStateProjection()
-        store = StateStore(settings.state_dir / projection.name, secondary=secondary)
+        store = StoreSet.open(settings.state_dir, projection.name, secondary=secondary)
         query = cls(
             store,
             projection,
@@ -330,10 +310,7 @@ class RunStateQuery:
             return
         try:
             checked_at = datetime.now(UTC)
-            signature = _primary_signature(self.store.path)
-            if signature != self._signature:
-                self.store.catch_up()
-                self._signature = signature
+            self.store.catch_up()  # only what changed; a StoreSet also follows a switch
             self._checked = now
             self._synced_at = checked_at
         finally:
@@ -477,21 +454,16 @@ class RunStateQuery:
         projection = self.projection
         state = None if snapshot is None else projection.decode_state(snapshot[1])
         folded = False
-        # The events after the snapshot, up to the point: a plain walk of `run ‖ sequence`
-        # keys (all 24 bytes, so `key > end` also stops at the next run's first key).
-        iterator = self.store.events.iter()
-        iterator.seek(sequence_key(run, 0 if snapshot is None else snapshot[0] + 1))
-        end = sequence_key(run, MAX_SEQUENCE if sequence is None else sequence)
+        # The events after the snapshot, up to the point.
         apply = projection.apply
-        while iterator.valid():
-            if iterator.key() > end:
-                break
-            event = decode_record(iterator.value())
+        for _, data in self.store.iter_events(
+            run, 0 if snapshot is None else snapshot[0] + 1, sequence
+        ):
+            event = decode_record(data)
             if micros is not None and event["timestamp"] > micros:
                 break
             state = apply(state, event)
             folded = True
-            iterator.next()
         if not folded or state is None:
             return None if snapshot is None else snapshot[1]
         return projection.encode_state(state)
@@ -575,17 +547,8 @@ class RunStateQuery:
             yield key, key[-16:]
 
     def _scan_desc(self, prefix: bytes, before: bytes | None) -> Iterator[bytes]:
-        bound = prefix_end(prefix) if before is None else prefix + before
-        iterator = self.store.index.iter()
-        iterator.seek_for_prev(bound)
-        if iterator.valid() and iterator.key() >= bound:
-            iterator.prev()
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                return
+        for key in self.store.scan_index_reverse(prefix, before):
             yield key[-_SUFFIX_SIZE:]
-            iterator.prev()
 
     def list_events(
         self,

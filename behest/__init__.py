@@ -14,12 +14,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from behest.client import RunStateClient
     from behest.config import Settings
     from behest.emit.aio import AsyncEventProducer
-    from behest.emit.producer import (
-        Delivery,
-        EventProducer,
-    )
+    from behest.emit.delivery import Delivery
+    from behest.emit.producer import EventProducer
     from behest.emit.recorder import (
         AsyncRunRecorder,
         RunRecorder,
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
         ConfigError,
         InvalidQueryError,
         KafkaUnavailableError,
+        PartitionUnavailableError,
         ProduceError,
         QueryError,
         RunNotFoundError,
@@ -73,11 +73,13 @@ if TYPE_CHECKING:
         ToolMessageCommitted,
         UnknownFinishReason,
         UsageRecorded,
+        Variant,
         new_run_id,
     )
     from behest.fold.projection import Projection
     from behest.fold.projector import Projector
     from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionQuery
 
 _ORIGIN: dict[str, str] = {
     "AgentEvent": "behest.events",
@@ -90,7 +92,7 @@ _ORIGIN: dict[str, str] = {
     "CompactionCircuitOpened": "behest.events",
     "ConfigError": "behest.errors",
     "ContextBuilt": "behest.events",
-    "Delivery": "behest.emit.producer",
+    "Delivery": "behest.emit.delivery",
     "DoomLoopDetected": "behest.events",
     "EventProducer": "behest.emit.producer",
     "EventRecord": "behest.events",
@@ -101,6 +103,7 @@ _ORIGIN: dict[str, str] = {
     "ModelStarted": "behest.events",
     "ProduceError": "behest.errors",
     "Projection": "behest.fold.projection",
+    "ProjectionQuery": "behest.read.reader",
     "Projector": "behest.fold.projector",
     "ProviderId": "behest.events",
     "QueryError": "behest.errors",
@@ -134,7 +137,10 @@ _ORIGIN: dict[str, str] = {
     "UnknownFinishReason": "behest.events",
     "UnknownSchemaError": "behest.errors",
     "UsageRecorded": "behest.events",
+    "Variant": "behest.events",
     "WaitTimeoutError": "behest.errors",
+    "PartitionUnavailableError": "behest.errors",
+    "RunStateClient": "behest.client",
     "new_run_id": "behest.events",
 }
 
@@ -158,8 +164,10 @@ __all__ = [
     "KnownFinishReason",
     "ModelName",
     "ModelStarted",
+    "PartitionUnavailableError",
     "ProduceError",
     "Projection",
+    "ProjectionQuery",
     "Projector",
     "ProviderId",
     "QueryError",
@@ -173,6 +181,7 @@ __all__ = [
     "RunRequest",
     "RunStarted",
     "RunState",
+    "RunStateClient",
     "RunStateQuery",
     "RunStatus",
     "Settings",
@@ -193,6 +202,7 @@ __all__ = [
     "UnknownFinishReason",
     "UnknownSchemaError",
     "UsageRecorded",
+    "Variant",
     "WaitTimeoutError",
     "new_run_id",
 ]

@@ -31,6 +31,8 @@ __all__ = [
     "admin_client",
     "create_topics",
     "ensure_topic_exists",
+    "fitting_replication",
+    "min_insync",
     "partition_count",
     "topic_config",
 ]
@@ -50,10 +52,13 @@ class TopicResult:
     name: str
     created: bool
     partitions: int
+    replication: int = 0
+    """Replicas per partition (0: not known)."""
 
     def __str__(self) -> str:
         verb = "created" if self.created else "already exists"
-        return f"{self.name}: {verb} ({self.partitions} partitions)"
+        replicas = f", replication factor {self.replication}" if self.replication else ""
+        return f"{self.name}: {verb} ({self.partitions} partitions{replicas})"
 
 
 def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
@@ -92,7 +97,9 @@ def create_topics(
     """Create the event topic and `<topic>.dlq` (infinite retention); a topic that exists
     already is left as it is and reported. Waits until both are usable.
 
-    `replication_factor=-1` takes the broker's default (1 on a local single node).
+    `replication_factor=-1` fits the cluster found: `fitting_replication(brokers)`, with
+    `min.insync.replicas` one less (at most 2), so an acknowledged write survives the loss
+    of a broker wherever there are three.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be 1 or more, got {partitions}")
@@ -102,10 +109,10 @@ def create_topics(
     missing = [name for name in names if _partitions_of(existing, name) is None]
     created: set[str] = set()
     if missing:
-        new = [
-            NewTopic(name, partitions, replication_factor, config=dict(TOPIC_CONFIG))
-            for name in missing
-        ]
+        if replication_factor == -1:
+            replication_factor = fitting_replication(len(existing.brokers))
+        config = {**TOPIC_CONFIG, "min.insync.replicas": str(min_insync(replication_factor))}
+        new = [NewTopic(name, partitions, replication_factor, config=config) for name in missing]
         for name, future in admin.create_topics(new, request_timeout=timeout).items():
             try:
                 future.result()
@@ -117,18 +124,28 @@ def create_topics(
                         f"{error.args[0].str()}"
                     ) from None
     counts = _wait_until_visible(admin, settings, names, timeout=max(timeout, 10.0))
-    return [TopicResult(name, name in created, counts[name]) for name in names]
+    return [TopicResult(name, name in created, *counts[name]) for name in names]
+
+
+def fitting_replication(brokers: int) -> int:
+    """The replication factor for a cluster of `brokers`: 3 where it can be, else all."""
+    return max(1, min(3, brokers))
+
+
+def min_insync(replication_factor: int) -> int:
+    """`min.insync.replicas` for a replication factor: one replica may be down (at most 2)."""
+    return max(1, min(2, replication_factor - 1))
 
 
 def _wait_until_visible(
     admin: AdminClient, settings: Settings, names: list[str], *, timeout: float
-) -> dict[str, int]:
-    """Partition counts of `names`, once every partition has a leader (a topic is not
+) -> dict[str, tuple[int, int]]:
+    """(partitions, replicas) of `names`, once every partition has a leader (a topic is not
     writable the instant CreateTopics returns)."""
     deadline = time.monotonic() + timeout
     while True:
         metadata = _metadata(admin, settings, None, timeout)
-        counts: dict[str, int] = {}
+        counts: dict[str, tuple[int, int]] = {}
         for name in names:
             found = metadata.topics.get(name)
             if (
@@ -137,7 +154,8 @@ def _wait_until_visible(
                 and found.partitions
                 and all(p.leader >= 0 for p in found.partitions.values())
             ):
-                counts[name] = len(found.partitions)
+                replicas = len(next(iter(found.partitions.values())).replicas)
+                counts[name] = (len(found.partitions), replicas)
         if len(counts) == len(names):
             return counts
         if time.monotonic() > deadline:

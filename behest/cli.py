@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from behest.config import DEFAULT_BROKER_PORT, Settings
+
+if TYPE_CHECKING:
+    from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionReader
 
 app = typer.Typer(
     name="behest",
@@ -17,13 +21,40 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 broker_app = typer.Typer(
-    help="Run a local single-node Kafka (KRaft) on 127.0.0.1.", no_args_is_help=True
+    help="Run a local Kafka (KRaft) on 127.0.0.1: one broker, or a cluster with --nodes 3.",
+    no_args_is_help=True,
 )
 topics_app = typer.Typer(
     help="Manage the event topic and its dead-letter topic.", no_args_is_help=True
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"behest {version('behest')}")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            typer.echo("behest 0+unknown")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print behest's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Event sourcing for AI agent runs on Apache Kafka."""
 
 
 BootstrapServers = Annotated[
@@ -45,12 +76,24 @@ StateDir = Annotated[
 ]
 
 
+_PROJECTION_HELP = (
+    "An installed projection's name (run_state, tool_usage, or one a package declares under "
+    "the behest.projections entry points) or your own as package.module:Class."
+)
+
+
 def settings(
     bootstrap_servers: str | None = None, topic: str | None = None, state_dir: Path | None = None
 ) -> Settings:
-    """Settings from the environment, with the command's flags on top."""
+    """Settings from the environment, with the command's flags on top; a bad value of
+    either is one line on stderr and exit 1."""
+    from behest.errors import ConfigError
+
     flags = {"bootstrap_servers": bootstrap_servers, "topic": topic, "state_dir": state_dir}
-    return Settings().model_copy(update={k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ConfigError as exc:
+        raise fail(exc) from None
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -61,7 +104,10 @@ def fail(exc: BaseException) -> typer.Exit:
 
 # --- broker -----------------------------------------------------------------
 
-_DATA_DIR_HELP = "The broker's data dir (it identifies the broker); default: .cache/broker."
+_DATA_DIR_HELP = (
+    "The broker's (or cluster's) data dir, which identifies it; default: .cache/broker "
+    "(.cache/cluster with --nodes)."
+)
 
 
 def _echo_progress(message: str) -> None:
@@ -69,31 +115,57 @@ def _echo_progress(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _targets(data_dir: str | None) -> list[Any]:
+    """The brokers and clusters a stop/status is about: the data dir's one, or by default
+    the default broker, plus the default cluster if one was ever started."""
+    from behest.local.broker import LocalBroker
+    from behest.local.cluster import LocalCluster, default_cluster_dir, is_cluster_dir
+
+    if data_dir is not None:
+        folder = Path(data_dir)
+        return [LocalCluster(folder) if is_cluster_dir(folder) else LocalBroker(folder)]
+    found: list[Any] = [LocalBroker()]
+    if is_cluster_dir(default_cluster_dir()):
+        found.append(LocalCluster())
+    return found
+
+
 @broker_app.command("start")
 def broker_start(
-    port: int = typer.Option(
-        DEFAULT_BROKER_PORT, "--port", help="Port on 127.0.0.1 for clients; 0 picks a free one."
+    port: int | None = typer.Option(
+        None,
+        "--port",
+        help=f"Port on 127.0.0.1 for clients (default {DEFAULT_BROKER_PORT}; a cluster's nodes "
+        "take this one and the next ones, from 9093 by default); 0 picks free ones.",
     ),
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    nodes: int = typer.Option(
+        1, "--nodes", min=1, max=9, help="Brokers: 3 starts a local KRaft cluster (RF 3)."
+    ),
     timeout: float = typer.Option(90.0, "--timeout", help="Seconds to wait for the broker."),
 ) -> None:
     """Start a local Kafka (idempotent); prints its bootstrap address on stdout."""
     import time
 
     from behest.errors import BehestError
-    from behest.local.broker import LocalBroker
+    from behest.local.broker import KAFKA_VERSION, LocalBroker
+    from behest.local.cluster import LocalCluster, is_cluster_dir
 
-    broker = LocalBroker(data_dir, progress=_echo_progress)
     started = time.monotonic()
     try:
-        status = broker.start(port, timeout=timeout)
+        if nodes > 1 or (data_dir is not None and is_cluster_dir(Path(data_dir))):
+            cluster = LocalCluster(data_dir, nodes=nodes, progress=_echo_progress)
+            status: Any = cluster.start(port, timeout=timeout)
+        else:
+            broker = LocalBroker(data_dir, progress=_echo_progress)
+            status = broker.start(DEFAULT_BROKER_PORT if port is None else port, timeout=timeout)
     except (BehestError, OSError) as exc:
         raise fail(exc) from None
     if status.already_running:
         note = "already running"
     else:
-        note = f"Kafka {broker.kafka_version} started in {time.monotonic() - started:.1f} s"
-    typer.echo(f"{note}: pid {status.pid}, data dir {status.data_dir}", err=True)
+        note = f"Kafka {KAFKA_VERSION} started in {time.monotonic() - started:.1f} s"
+    typer.echo(f"{note}: {_pids(status)}, data dir {status.data_dir}", err=True)
     typer.echo(status.bootstrap)
 
 
@@ -103,18 +175,26 @@ def broker_stop(
 ) -> None:
     """Stop the local Kafka of a data dir (SIGTERM, then SIGKILL after 20 s)."""
     from behest.errors import BehestError
-    from behest.local.broker import LocalBroker
 
-    broker = LocalBroker(data_dir)
-    pid = broker.status().pid
-    try:
-        stopped = broker.stop()
-    except (BehestError, OSError) as exc:
-        raise fail(exc) from None
-    if stopped:
-        typer.echo(f"stopped: pid {pid}, data dir {broker.data_dir}")
-    else:
-        typer.echo(f"not running: data dir {broker.data_dir}")
+    for target in _targets(data_dir):
+        pids = _pids(target.status())
+        try:
+            stopped = target.stop()
+        except (BehestError, OSError) as exc:
+            raise fail(exc) from None
+        if stopped:
+            typer.echo(f"stopped: {pids}, data dir {target.data_dir}")
+        else:
+            typer.echo(f"not running: data dir {target.data_dir}")
+
+
+def _pids(status: Any) -> str:
+    """`pid N` of a broker, `node 1 pid N, node 2 down, ...` of a cluster."""
+    if not hasattr(status, "nodes"):
+        return f"pid {status.pid}"
+    return ", ".join(
+        f"node {n} pid {pid}" if pid else f"node {n} down" for n, pid in status.nodes.items()
+    )
 
 
 @broker_app.command("status")
@@ -122,13 +202,16 @@ def broker_status(
     data_dir: str | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
 ) -> None:
     """Say whether the local Kafka of a data dir runs (exit 0) or not (exit 1)."""
-    from behest.local.broker import LocalBroker
-
-    status = LocalBroker(data_dir).status()
-    if not status.running:
-        typer.echo(f"not running: data dir {status.data_dir}")
+    running = False
+    for target in _targets(data_dir):
+        status = target.status()
+        if not status.running:
+            typer.echo(f"not running: data dir {status.data_dir}")
+            continue
+        running = True
+        typer.echo(f"running at {status.bootstrap}: {_pids(status)}, data dir {status.data_dir}")
+    if not running:
         raise typer.Exit(1)
-    typer.echo(f"running at {status.bootstrap}: pid {status.pid}, data dir {status.data_dir}")
 
 
 # --- topics -----------------------------------------------------------------
@@ -215,9 +298,7 @@ def project(
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Drop the projection's state and fold the log from offset 0."
     ),
-    projection: str = typer.Option(
-        "run_state", "--projection", help="Which projection: run_state or tool_usage."
-    ),
+    projection: str = typer.Option("run_state", "--projection", help=_PROJECTION_HELP),
     bootstrap_servers: BootstrapServers = None,
     topic: Topic = None,
     state_dir: StateDir = None,
@@ -225,6 +306,19 @@ def project(
         None, "--group-id", help="Consumer group; default behest.<projection>."
     ),
     batch_size: int = typer.Option(2000, "--batch-size", min=1, help="Records per RocksDB write."),
+    session_timeout: float | None = typer.Option(
+        None,
+        "--session-timeout",
+        min=1.0,
+        help="Seconds of silence before the group moves this projector's partitions "
+        "(env BEHEST_SESSION_TIMEOUT; default 10).",
+    ),
+    static_membership: bool | None = typer.Option(
+        None,
+        "--static-membership/--dynamic-membership",
+        help="Rejoin as the same group member after a restart, taking the partitions back at "
+        "once (env BEHEST_STATIC_MEMBERSHIP; default static).",
+    ),
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
@@ -237,16 +331,17 @@ def project(
     from rich.logging import RichHandler
 
     from behest.errors import BehestError
+    from behest.fold.catalog import load_projection
     from behest.fold.projector import Projector, ProjectorMetrics
-    from behest.projections import PROJECTIONS
 
-    if projection not in PROJECTIONS:
-        typer.echo(
-            f"error: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}",
-            err=True,
-        )
-        raise typer.Exit(2)
+    try:
+        chosen = load_projection(projection)
+    except BehestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     config = settings(bootstrap_servers, topic, state_dir)
+    membership = {"session_timeout": session_timeout, "static_membership": static_membership}
+    config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -281,7 +376,7 @@ def project(
     try:
         projector = Projector(
             config,
-            PROJECTIONS[projection](),
+            chosen,
             group_id=group_id,
             batch_size=batch_size,
             on_progress=progress,
@@ -298,7 +393,13 @@ def project(
         with projector, live or nullcontext():
             console.print(
                 f"projecting {config.topic!r} at {config.bootstrap} into {projector.path} "
-                f"(group {projector.group_id})"
+                f"(group {projector.group_id}, "
+                + (
+                    f"static member {projector.instance_id}"
+                    if projector.instance_id
+                    else "dynamic member"
+                )
+                + f", session timeout {config.session_timeout:g} s)"
             )
             if rebuild:
                 metrics = projector.rebuild(until_caught_up=until_caught_up)
@@ -322,37 +423,97 @@ def project(
 # --- serve / state ----------------------------------------------------------
 
 
+def _wait_for_state(config: Settings, names: list[str], wait: float) -> None:
+    """Wait until each projection's state exists: a server started beside a fresh projector
+    (compose starts both at once) waits for it instead of exiting and being restarted."""
+    import time
+
+    deadline = time.monotonic() + wait
+    for name in names:
+        path = config.state_dir / name
+        while not (path / "CURRENT").exists() and time.monotonic() < deadline:  # RocksDB's
+            if wait:
+                typer.echo(
+                    f"waiting up to {wait:g} s for the projector's state at {path}", err=True
+                )
+                wait = 0.0  # say it once
+            time.sleep(0.5)
+
+
+def _open_readers(
+    config: Settings, specs: list[str], wait: float
+) -> tuple[RunStateQuery | None, list[ProjectionReader[Any]]]:
+    """The run-state query (when run_state is among `specs`) and a reader per projection."""
+    from behest.fold.catalog import load_projection
+    from behest.read.query import RunStateQuery
+    from behest.read.reader import ProjectionReader
+
+    projections = [load_projection(spec) for spec in dict.fromkeys(specs)]
+    _wait_for_state(config, [p.name for p in projections], wait)
+    query = None
+    readers: list[ProjectionReader[Any]] = []
+    try:
+        for projection in projections:
+            if projection.name == "run_state" and query is None:
+                query = RunStateQuery.open(config)
+                readers.append(query.reader)
+            else:
+                readers.append(ProjectionReader.open(config, projection))
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    return query, readers
+
+
 @app.command("serve")
 def serve_command(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Interface to bind; the default keeps the API on this host."
     ),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
+    projection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--projection",
+            help=_PROJECTION_HELP + " Repeat to serve several (default: run_state, which "
+            "also answers /runs).",
+        ),
+    ] = None,
     state_dir: StateDir = None,
     topic: Topic = None,
+    wait: float = typer.Option(
+        0.0,
+        "--wait",
+        min=0.0,
+        help="Seconds to wait for the projector to create its state (0: fail at once).",
+    ),
 ) -> None:
     """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
     from behest.errors import BehestError
     from behest.read.http import serve
-    from behest.read.query import RunStateQuery
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
-        query = RunStateQuery.open(config)
+        query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
-    with query:
+    try:
+        served = ", ".join(f"{r.name} ({r.store.path})" for r in readers)
         typer.echo(
-            f"serving {query.store.path} ({config.topic}) on http://{host}:{port} "
+            f"serving {served} of {config.topic} on http://{host}:{port} "
             "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
             err=True,
         )
-        serve(query, host=host, port=port)
+        serve(query, host=host, port=port, projections=readers)
+    finally:
+        for reader in readers:
+            reader.close()
 
 
 @app.command("state")
 def state_command(
-    run_id: str = typer.Argument(..., help="The run id (a UUID)."),
+    run_id: str = typer.Argument(..., help="The run id (a UUID), or another projection's key."),
     as_of: str | None = typer.Option(
         None, "--as-of", help="RFC 3339 time, e.g. 2026-11-20T14:03:07Z: the state back then."
     ),
@@ -360,35 +521,47 @@ def state_command(
         None, "--at-sequence", help="The state after folding events up to this sequence."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the contract's JSON instead."),
+    projection: str = typer.Option("run_state", "--projection", help=_PROJECTION_HELP),
     state_dir: StateDir = None,
     topic: Topic = None,
 ) -> None:
-    """Print one run's state: current, as of a time, or at a sequence."""
+    """Print one state: a run's (current, as of a time, or at a sequence), or, with
+    --projection, the state of any projection under a key (printed as JSON)."""
     import orjson
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from behest.errors import BehestError
-    from behest.events import KnownFinishReason, RunState, format_time
-    from behest.read.query import RunStateQuery, parse_time
+    from behest.events import KnownFinishReason, RunState
+    from behest.fold.catalog import load_projection
+    from behest.fold.projection import parse_key
+    from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+    from behest.times import format_time, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
+        chosen = load_projection(projection)
         moment = None if as_of is None else parse_time(as_of)
-        with RunStateQuery.open(config) as query:
-            data = query.get_at_json(run_id, as_of=moment, at_sequence=at_sequence)
-            known = data is not None or query.get_json(run_id) is not None
+        with ProjectionReader.open(config, chosen) as reader:
+            query = ProjectionQuery(reader, reader.state_json or bytes)
+            found = query.find_at(parse_key(chosen, run_id), as_of=moment, at_sequence=at_sequence)
     except BehestError as exc:
         raise fail(exc) from None
-    if data is None:
+    if isinstance(found, Absent):
         point = f" as of {as_of}" if as_of else f" at sequence {at_sequence}"
-        why = f"had no event{point}" if known else f"is unknown in {config.state_dir}"
-        typer.echo(f"error: run {run_id} {why}", err=True)
+        what = "run" if chosen.name == "run_state" else f"{chosen.name} key"
+        why = (
+            f"had no event{point}"
+            if found is Absent.NOT_YET
+            else f"is unknown in {config.state_dir}"
+        )
+        typer.echo(f"error: {what} {run_id} {why}", err=True)
         raise typer.Exit(1)
-    if as_json:
-        typer.echo(data.decode())
+    if as_json or chosen.name != "run_state":
+        typer.echo(found.decode())
         return
+    data = found
     state = RunState.model_validate_json(data)
     colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}
     usage = state.total_usage

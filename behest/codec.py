@@ -54,6 +54,7 @@ from behest.events import (
     ToolMessageCommitted,
     UnknownFinishReason,
     UsageRecorded,
+    Variant,
 )
 
 MAGIC = b"\xc3\x01"
@@ -121,6 +122,36 @@ def _load_registry(schema_dir: Path) -> tuple[SchemaVersion, dict[bytes, SchemaV
 
 CURRENT, VERSIONS = _load_registry(SCHEMA_DIR)
 """The current (reader) schema, and every known writer schema by fingerprint."""
+
+
+def _union_records(node: Any, namespace: str = "") -> set[str]:
+    """Full names of the records that are branches of a union anywhere in a schema."""
+    found: set[str] = set()
+    if isinstance(node, list):
+        for branch in node:
+            if isinstance(branch, dict) and branch.get("type") == "record":
+                found.add(f"{branch.get('namespace', namespace)}.{branch['name']}")
+            found |= _union_records(branch, namespace)
+    elif isinstance(node, dict):
+        inner = node.get("namespace", namespace)
+        for value in node.values():
+            found |= _union_records(value, inner)
+    return found
+
+
+def _check_variants(version: SchemaVersion) -> None:
+    """`behest.events.Variant` names exactly the union branches of the current schema."""
+    in_schema = _union_records(version.raw)
+    known = {v.value for v in Variant}
+    if in_schema != known:
+        raise CodecError(
+            f"{version.name} and behest.events.Variant disagree: only in the schema "
+            f"{sorted(in_schema - known)}, only in Variant {sorted(known - in_schema)}; "
+            "add each union branch to Variant (and its model to behest.events)"
+        )
+
+
+_check_variants(CURRENT)
 
 
 # --- compiling a schema into Python ---------------------------------------------------------

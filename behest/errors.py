@@ -13,7 +13,8 @@
     └── QueryError             a query that cannot be answered as asked
         ├── InvalidQueryError  malformed input (run id, time, sequence, limit, ...)
         ├── RunNotFoundError   the run is unknown (or had no event by the asked point)
-        └── WaitTimeoutError   the projection did not reach a position in time
+        ├── WaitTimeoutError   the projection did not reach a position in time
+        └── PartitionUnavailableError  no node can answer for a partition right now
 
 Every message says what was wrong and, where it can, what to do about it.
 """
@@ -75,3 +76,7 @@ class RunNotFoundError(QueryError, LookupError):
 
 class WaitTimeoutError(QueryError, TimeoutError):
     """The projection did not fold up to the awaited position in time."""
+
+
+class PartitionUnavailableError(QueryError):
+    """No node answers for the run's partition now (it is between owners); retry shortly."""

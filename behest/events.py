@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, NewType, TypeAlias, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from behest.errors import InvalidQueryError
+from behest.times import format_time as format_time
+from behest.times import utc_now as utc_now
 
 RunId = NewType("RunId", uuid.UUID)
 """Unique identifier of an agent run (a UUID; on the wire its canonical lowercase text)."""
@@ -42,11 +44,6 @@ def parse_run_id(text: str) -> RunId:
             f"{text!r} is not a run id: expected a UUID such as "
             "'3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00'"
         ) from None
-
-
-def utc_now() -> datetime:
-    """The current UTC time at microsecond precision, the resolution of the wire format."""
-    return datetime.now(UTC)
 
 
 class RunStatus(StrEnum):
@@ -359,6 +356,77 @@ PAYLOAD_TYPES: tuple[type[_Model], ...] = (
 
 TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
+NAMESPACE = "behest"
+"""The Avro namespace of every record in `schemas/agent_event.avsc`."""
+
+
+class Variant(StrEnum):
+    """The full Avro name of every record a decoded `EventRecord` names in a union: the
+    17 payload variants, then the branches of `result` and `finish_reason`.
+
+    Projections dispatch on these instead of comparing text (`behest.codec` checks at
+    import that they are exactly the schema's union branches, so a schema change that
+    adds a variant fails loudly here first). A member is its name's text, so it compares
+    and hashes as the string the codec decodes:
+
+        match Variant.of(event):
+            case Variant.RUN_STARTED: ...
+        failed = body["result"][0] == Variant.TOOL_EXECUTION_FAILURE
+    """
+
+    RUN_STARTED = "behest.RunStarted"
+    CONTEXT_BUILT = "behest.ContextBuilt"
+    MODEL_STARTED = "behest.ModelStarted"
+    TEXT_DELTA = "behest.TextDelta"
+    TOOL_CALL_STARTED = "behest.ToolCallStarted"
+    TOOL_CALL_DELTA = "behest.ToolCallDelta"
+    TOOL_CALL_COMPLETED = "behest.ToolCallCompleted"
+    TOOL_EXECUTION_STARTED = "behest.ToolExecutionStarted"
+    TOOL_EXECUTION_FINISHED = "behest.ToolExecutionFinished"
+    ASSISTANT_MESSAGE_COMMITTED = "behest.AssistantMessageCommitted"
+    TOOL_MESSAGE_COMMITTED = "behest.ToolMessageCommitted"
+    USAGE_RECORDED = "behest.UsageRecorded"
+    RUN_COMPLETED = "behest.RunCompleted"
+    RUN_FAILED = "behest.RunFailed"
+    RUN_CANCELLED = "behest.RunCancelled"
+    DOOM_LOOP_DETECTED = "behest.DoomLoopDetected"
+    COMPACTION_CIRCUIT_OPENED = "behest.CompactionCircuitOpened"
+    TOOL_EXECUTION_SUCCESS = "behest.ToolExecutionSuccess"
+    TOOL_EXECUTION_FAILURE = "behest.ToolExecutionFailure"
+    UNKNOWN_FINISH_REASON = "behest.UnknownFinishReason"
+
+    @classmethod
+    def of(cls, event: EventRecord) -> Variant:
+        """The variant of an event's payload; `ValueError` for a name behest does not know
+        (an `EventRecord` built by hand with a wrong name)."""
+        return cls(event["payload"][0])
+
+    @property
+    def short_name(self) -> str:
+        """The record's name without its namespace, e.g. `RunStarted`."""
+        return self.value.rpartition(".")[2]
+
+    @property
+    def model(self) -> type[BaseModel]:
+        """The pydantic model of this record, e.g. `RunStarted` for `RUN_STARTED`."""
+        return _MODELS[self]
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the variants that end a run."""
+        return self.short_name in TERMINAL_TYPES
+
+
+_RECORD_TYPES: tuple[type[BaseModel], ...] = (
+    *PAYLOAD_TYPES,
+    ToolExecutionSuccess,
+    ToolExecutionFailure,
+    UnknownFinishReason,
+)
+_MODELS: dict[Variant, type[BaseModel]] = {
+    Variant(f"{NAMESPACE}.{cls.__name__}"): cls for cls in _RECORD_TYPES
+}
+
 
 class AgentEvent(_Model):
     """One thing that happened in a run: the envelope written to Kafka, keyed by `run_id`."""
@@ -420,13 +488,6 @@ class RunState(_Model):
         data["created_at"] = format_time(self.created_at)
         data["updated_at"] = format_time(self.updated_at)
         return data
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a `Z`, e.g. `2026-11-20T14:03:07.000000Z`.
-    (`isoformat`, not `strftime`: glibc's `%Y` does not pad years before 1000 to 4 digits.)"""
-    utc = value.astimezone(UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 ToolChoiceTool.model_rebuild()

@@ -148,7 +148,7 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
     for _ in range(3):  # interleaved, so load elsewhere falls on all three alike
         raw += each_timed(states.get, keys)
         ours += each_timed(query.get, ids)
-        ours_json += each_timed(query.get_json, ids)
+        ours_json += each_timed(query.raw.get, ids)
 
     batches = [rng.sample(run_ids, BATCH) for _ in range(max(9, min(60, int(budget))))]
     many_raw: list[float] = []
@@ -158,7 +158,7 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
         batch_keys = [r.bytes for r in batch]
         many_raw += each_timed(states.get, [batch_keys])
         many_ours += each_timed(query.get_many, [batch])
-        many_json += each_timed(query.get_many_json, [batch])
+        many_json += each_timed(query.raw.get_many, [batch])
 
     long_id = long_run[0].run_id
     first, last = long_run[0].timestamp, long_run[-1].timestamp
@@ -296,7 +296,7 @@ def http_rows(state_dir: Path, run_ids: list[uuid.UUID], budget: float) -> list[
     paths = [f"/runs/{rng.choice(run_ids)}".encode() for _ in range(5000)]
     body_file = state_dir.parent / "body.json"
     with RunStateQuery.open(Settings(state_dir=state_dir.parent)) as query:
-        body_file.write_bytes(query.get_json(run_ids[0]) or b"{}")
+        body_file.write_bytes(query.raw.get(run_ids[0]) or b"{}")
 
     port = _free_port()
     serve = [sys.executable, "-c", "from behest.cli import app; app()", "serve",

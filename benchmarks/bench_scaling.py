@@ -260,7 +260,7 @@ def get_at_growth(ctx: BenchContext) -> list[Row]:
             latencies = []
             for run_id, sequence in probes:
                 start = time.perf_counter()
-                found = query.get_at_json(run_id, at_sequence=sequence)
+                found = query.raw.get_at(run_id, at_sequence=sequence)
                 latencies.append(time.perf_counter() - start)
                 if found is None:
                     raise RuntimeError(f"get_at found no state of {run_id} at {sequence}")

@@ -46,7 +46,7 @@ from benchmarks.common import (
     table_cells,
 )
 
-AREAS = ("limits", "codec", "producer", "projector", "query", "scaling")
+AREAS = ("limits", "codec", "producer", "projector", "query", "restart", "scaling")
 """In the order they run."""
 
 MODULES = {
@@ -55,6 +55,7 @@ MODULES = {
     "producer": "benchmarks.bench_producer",
     "projector": "benchmarks.bench_projector",
     "query": "benchmarks.bench_query",
+    "restart": "benchmarks.bench_restart",
     "scaling": "benchmarks.bench_scaling",
 }
 

@@ -1,18 +1,9 @@
-"""Ready-made projections, by the name `behest project --projection` takes."""
+"""Ready-made projections. `behest project --projection NAME` finds them by the names the
+`behest.projections` entry points give them (pyproject.toml), as it finds anyone's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from behest.fold.projection import Projection
 from behest.projections.run_state import RunStateProjection
 from behest.projections.tool_usage import ToolUsageProjection
 
-__all__ = ["PROJECTIONS", "RunStateProjection", "ToolUsageProjection"]
-
-PROJECTIONS: dict[str, Callable[[], Projection[Any]]] = {
-    RunStateProjection.name: RunStateProjection,
-    ToolUsageProjection.name: ToolUsageProjection,
-}
-"""Each projection's factory, by its name (also its consumer group and state folder)."""
+__all__ = ["RunStateProjection", "ToolUsageProjection"]

@@ -9,14 +9,11 @@ that run's calls back out of the totals.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, TypedDict
+from typing import TypedDict
 
 import orjson
 
-from behest.events import EventRecord
-
-FINISHED: Final = "ToolExecutionFinished"
-FAILURE: Final = "ToolExecutionFailure"
+from behest.events import EventRecord, Variant
 
 
 class ToolUsage(TypedDict):
@@ -29,10 +26,6 @@ class ToolUsage(TypedDict):
     max_duration_ms: int
 
 
-def _variant(name: str) -> str:
-    return name.rpartition(".")[2]
-
-
 class ToolUsageProjection:
     """Per tool: calls, failed calls, total and longest `duration_ms` of its executions."""
 
@@ -42,7 +35,7 @@ class ToolUsageProjection:
     def key(self, event: EventRecord) -> bytes | None:
         """The tool's name, for finished executions; every other event is skipped."""
         name, body = event["payload"]
-        if _variant(name) != FINISHED:
+        if name != Variant.TOOL_EXECUTION_FINISHED:
             return None
         tool: str = body["tool_name"]
         return tool.encode()
@@ -50,7 +43,7 @@ class ToolUsageProjection:
     def apply(self, state: ToolUsage | None, event: EventRecord) -> ToolUsage:
         body = event["payload"][1]
         duration: int = body["duration_ms"]
-        failed = int(_variant(body["result"][0]) == FAILURE)
+        failed = int(body["result"][0] == Variant.TOOL_EXECUTION_FAILURE)
         if state is None:
             return {
                 "tool": body["tool_name"],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import random
 import time
@@ -23,137 +22,29 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
-from aiokafka.helpers import create_ssl_context
 
 from behest.config import Settings
+from behest.emit.aiokafka_config import aiokafka_config
+from behest.emit.delivery import Delivery
 from behest.emit.partitioner import murmur2
 from behest.emit.producer import (
-    DEFAULT_DELIVERY_TIMEOUT_MS,
-    PRODUCER_DEFAULTS,
-    Delivery,
     KeyedEncoder,
     Record,
     check_event,
 )
-from behest.errors import ConfigError, ProduceError
+from behest.emit.recorder import AsyncRunRecorder
+from behest.errors import ProduceError
 from behest.events import AgentEvent
-
-if TYPE_CHECKING:
-    from behest.emit.recorder import AsyncRunRecorder
 
 __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 
 log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
-
-# librdkafka property → aiokafka keyword, for the settings both clients understand.
-_DIRECT: Final[Mapping[str, str]] = {
-    "bootstrap.servers": "bootstrap_servers",
-    "client.id": "client_id",
-    "acks": "acks",
-    "enable.idempotence": "enable_idempotence",
-    "linger.ms": "linger_ms",
-    "compression.type": "compression_type",
-    "batch.size": "max_batch_size",
-    "message.max.bytes": "max_request_size",
-    "message.timeout.ms": "request_timeout_ms",
-    "delivery.timeout.ms": "request_timeout_ms",
-    "request.timeout.ms": "request_timeout_ms",
-    "retry.backoff.ms": "retry_backoff_ms",
-    "metadata.max.age.ms": "metadata_max_age_ms",
-    "connections.max.idle.ms": "connections_max_idle_ms",
-    "security.protocol": "security_protocol",
-    "sasl.mechanism": "sasl_mechanism",
-    "sasl.mechanisms": "sasl_mechanism",
-    "sasl.username": "sasl_plain_username",
-    "sasl.password": "sasl_plain_password",
-    "sasl.kerberos.service.name": "sasl_kerberos_service_name",
-}
-_SSL_FILES: Final[Mapping[str, str]] = {
-    "ssl.ca.location": "cafile",
-    "ssl.certificate.location": "certfile",
-    "ssl.key.location": "keyfile",
-    "ssl.key.password": "password",
-}
-_INTS: Final = frozenset(
-    {
-        "linger_ms",
-        "max_batch_size",
-        "max_request_size",
-        "request_timeout_ms",
-        "retry_backoff_ms",
-        "metadata_max_age_ms",
-        "connections_max_idle_ms",
-    }
-)
-_AIOKAFKA_DEFAULTS: Final[Mapping[str, Any]] = {"max_batch_size": 512 * 1024}
-_AIOKAFKA_KEYWORDS: Final = frozenset(inspect.signature(AIOKafkaProducer).parameters) - {
-    "loop",
-    "partitioner",  # behest's, so every client places runs alike
-}
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"true", "1", "yes"}
-    return bool(value)
-
-
-def aiokafka_config(
-    settings: Settings, overrides: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """`AIOKafkaProducer` keywords from behest's defaults, `Settings.kafka_config` and
-    `overrides`, in that order. librdkafka names are translated where aiokafka has an
-    equivalent and skipped otherwise; aiokafka keywords (`request_timeout_ms`) are taken
-    from `overrides` as they are."""
-    kwargs: dict[str, Any] = dict(_AIOKAFKA_DEFAULTS)
-    ssl_files: dict[str, str] = {}
-    layers = [PRODUCER_DEFAULTS, settings.librdkafka(), overrides or {}]
-    for depth, layer in enumerate(layers):
-        for name, value in layer.items():
-            if name in _DIRECT:
-                kwargs[_DIRECT[name]] = value
-            elif "." not in name and depth == len(layers) - 1 and name != "partitioner":
-                kwargs[name] = value  # an aiokafka keyword, given as an override
-            elif name in _SSL_FILES:
-                ssl_files[_SSL_FILES[name]] = value
-            else:
-                log.debug("setting %s has no aiokafka equivalent; ignored", name)
-    for name in _INTS & kwargs.keys():
-        kwargs[name] = int(kwargs[name])
-    if "enable_idempotence" in kwargs:
-        kwargs["enable_idempotence"] = _bool(kwargs["enable_idempotence"])
-    if str(kwargs.get("acks")) in {"all", "-1"}:
-        kwargs["acks"] = "all"
-    elif "acks" in kwargs:
-        kwargs["acks"] = int(kwargs["acks"])
-    if kwargs.get("compression_type") in {"none", ""}:
-        kwargs["compression_type"] = None
-    if "security_protocol" in kwargs:
-        kwargs["security_protocol"] = str(kwargs["security_protocol"]).upper()
-    if "sasl_mechanism" in kwargs:
-        kwargs["sasl_mechanism"] = str(kwargs["sasl_mechanism"]).upper()
-    if ssl_files and "ssl_context" not in kwargs:
-        try:
-            kwargs["ssl_context"] = create_ssl_context(**ssl_files)
-        except (OSError, ValueError) as error:
-            raise ConfigError(
-                f"cannot build a TLS context from {sorted(ssl_files)}: {error}; check the "
-                "ssl.*.location paths in BEHEST_KAFKA_CONFIG"
-            ) from None
-    kwargs.setdefault("request_timeout_ms", DEFAULT_DELIVERY_TIMEOUT_MS)
-    unknown = sorted(kwargs.keys() - _AIOKAFKA_KEYWORDS)
-    if unknown:
-        raise ConfigError(
-            f"not AIOKafkaProducer settings: {', '.join(unknown)}; pass aiokafka keywords "
-            "(e.g. request_timeout_ms) or librdkafka names (e.g. message.timeout.ms)"
-        )
-    return kwargs
 
 
 class JavaPartitioner:
@@ -333,8 +224,6 @@ class AsyncEventProducer:
     ) -> AsyncRunRecorder:
         """A recorder that stamps event ids, sequences and times for one run (a new run
         unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
-        from behest.emit.recorder import AsyncRunRecorder
-
         return AsyncRunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 
     def _enqueue(self, records: list[Record], *, many: bool = False) -> asyncio.Future[Any]:

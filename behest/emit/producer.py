@@ -23,25 +23,22 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from behest import codec
 from behest.config import Settings
+from behest.emit.delivery import Delivery
+from behest.emit.recorder import RunRecorder
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
-
-if TYPE_CHECKING:
-    from behest.emit.recorder import RunRecorder
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_MS",
     "PRODUCER_DEFAULTS",
-    "Delivery",
     "EventProducer",
     "KeyedEncoder",
     "Record",
@@ -75,15 +72,6 @@ _KEY_CACHE_SIZE: Final = 65_536
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
 _QUEUE_FULL_WAIT: Final = 0.005
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """Where Kafka stored an event: a read-your-writes position for the query layer."""
-
-    topic: str
-    partition: int
-    offset: int
 
 
 def check_event(event: object) -> AgentEvent:
@@ -306,8 +294,6 @@ class EventProducer:
     ) -> RunRecorder:
         """A recorder that stamps event ids, sequences and times for one run (a new run
         unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
-        from behest.emit.recorder import RunRecorder
-
         return RunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 
     def _produce(

@@ -22,7 +22,7 @@ from typing import Generic, Protocol, TypeVar
 
 from pydantic import JsonValue
 
-from behest.emit.producer import Delivery
+from behest.emit.delivery import Delivery
 from behest.events import (
     PAYLOAD_TYPES,
     AgentEvent,

@@ -82,7 +82,7 @@ class GenerationStores:
     def catch_up(self) -> None:
         """Readers: see what the writers wrote so far (only stores that changed)."""
         for _, store in self.stores():
-            store.catch_up()
+            store.catch_up_if_changed()
 
     def close(self) -> None:
         with self._lock:

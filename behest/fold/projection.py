@@ -13,10 +13,12 @@ times faster than building models, and the projector's hot path is the decode.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from behest.events import EventRecord
+from behest.errors import InvalidQueryError
+from behest.events import EventRecord, parse_run_id
 
 S = TypeVar("S")
 
@@ -91,6 +93,19 @@ def combine(projection: Projection[S], shares: Sequence[S]) -> S:
     return state
 
 
+def combiner(projection: Projection[Any]) -> Callable[[list[bytes]], bytes] | None:
+    """Stored shares of an entity to its stored whole (None when there is nothing to add
+    up: a run-keyed projection, or one without `combine`)."""
+    if projection.run_keyed or getattr(projection, "combine", None) is None:
+        return None
+
+    def add_up(shares: list[bytes]) -> bytes:
+        decode = projection.decode_state
+        return projection.encode_state(combine(projection, [decode(s) for s in shares]))
+
+    return add_up
+
+
 def fold_by_key(projection: Projection[S], events: Iterable[EventRecord]) -> dict[bytes, S]:
     """Fold events into one state per key, as the projector does without Kafka or RocksDB."""
     states: dict[bytes, S] = {}
@@ -99,3 +114,50 @@ def fold_by_key(projection: Projection[S], events: Iterable[EventRecord]) -> dic
         if key is not None:
             states[key] = projection.apply(states.get(key), event)
     return states
+
+
+# --- optional hooks, for reading a projection's states by name (HTTP, CLI) ----------------------
+#
+# A projection may define any of these methods; without them, readers use the defaults:
+#   parse_key(text: str) -> bytes      an entity key from its text (a URL path segment)
+#   format_key(key: bytes) -> str      the text of an entity key
+#   index_entity(index_key: bytes) -> bytes   the entity an index key lists
+#   state_json(data: bytes) -> bytes   a stored state as JSON (default: stored as JSON already)
+
+
+def parse_key(projection: Projection[Any], text: str) -> bytes:
+    """The entity key `text` names: a run id's 16 bytes for run-keyed projections, the
+    UTF-8 text otherwise, unless the projection defines `parse_key`."""
+    custom = getattr(projection, "parse_key", None)
+    if custom is not None:
+        key: bytes = custom(text)
+        return key
+    if projection.run_keyed:
+        return parse_run_id(text).bytes
+    return text.encode()
+
+
+def format_key(projection: Projection[Any], key: bytes) -> str:
+    """The text of an entity key (the inverse of `parse_key`)."""
+    custom = getattr(projection, "format_key", None)
+    if custom is not None:
+        text: str = custom(key)
+        return text
+    if projection.run_keyed:
+        return str(uuid.UUID(bytes=key[:16]))
+    return key.decode(errors="backslashreplace")
+
+
+def index_entity(projection: Projection[Any], index_key: bytes) -> bytes:
+    """The entity key an index entry lists: by default, a run-keyed projection's index keys
+    end with the run's 16 bytes; others must define `index_entity`."""
+    custom = getattr(projection, "index_entity", None)
+    if custom is not None:
+        key: bytes = custom(index_key)
+        return key
+    if projection.run_keyed:
+        return index_key[-16:]
+    raise InvalidQueryError(
+        f"projection {projection.name!r} does not say which state an index key lists: "
+        "define index_entity(index_key) -> bytes on it to scan its index"
+    )

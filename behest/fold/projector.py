@@ -46,6 +46,7 @@ from confluent_kafka import (
 from behest.config import Settings
 from behest.errors import (
     BehestError,
+    ConfigError,
     KafkaUnavailableError,
     ProduceError,
     TopicMissingError,
@@ -56,7 +57,8 @@ from behest.fold.engine import (
 )
 from behest.fold.generations import GenerationWriter, plan, projection_version
 from behest.fold.layout import Layout, Manifest, new_member_id
-from behest.fold.projection import Projection
+from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
+from behest.fold.projection import Projection, combiner
 from behest.fold.storeset import StoreSet
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
@@ -112,6 +114,11 @@ class Projector:
     `StateLockedError`. In the same process the query layer may read `projector.store`, a
     `StoreSet` over this projector's stores (the served generation, followed, while it
     builds another one).
+
+    It joins the group as a static member (`behest.fold.membership`) unless
+    `settings.static_membership` is off, so a restart takes its partitions back at once;
+    `worker` tells apart projectors of one projection sharing a state dir (a second one
+    without its own `worker` fails at once with `StateLockedError`).
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class Projector:
         on_progress: Callable[[ProjectorMetrics], None] | None = None,
         poll_timeout: float = 0.5,
         metadata_timeout: float = 10.0,
+        worker: str | None = None,
     ) -> None:
         if projection is None:
             from behest.projections.run_state import RunStateProjection
@@ -152,8 +160,11 @@ class Projector:
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
         self._member = new_member_id()
         self._writer: GenerationWriter | None = None
-        self._view = StoreSet(self.layout, None, follow=False)
+        self._view = StoreSet(self.layout, None, follow=False, combine=combiner(projection))
         self._leaving = False
+        self._identity: StaticIdentity | None = None
+        if settings.static_membership and "group.instance.id" not in settings.kafka_config:
+            self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
         if self.layout.current() is None and not self.layout.is_legacy():
             self._first_generation()
 
@@ -413,6 +424,12 @@ class Projector:
         self._view.close()
         if self._writer is not None:
             self._writer.close()
+        self._release_identity()
+
+    def _release_identity(self) -> None:
+        if self._identity is not None:
+            self._identity.release()
+            self._identity = None
 
     def __enter__(self) -> Projector:
         return self
@@ -422,9 +439,30 @@ class Projector:
 
     # --- Kafka --------------------------------------------------------------------------------
 
+    @property
+    def instance_id(self) -> str | None:
+        """This projector's `group.instance.id` (None: a dynamic member)."""
+        if self._identity is not None:
+            return self._identity.id
+        configured = self.settings.kafka_config.get("group.instance.id")
+        return str(configured) if configured else None
+
+    def _membership_config(self) -> dict[str, Any]:
+        """Static membership and the session timeout; what BEHEST_KAFKA_CONFIG sets wins."""
+        session_ms = round(self.settings.session_timeout * 1000)
+        config: dict[str, Any] = {
+            "session.timeout.ms": session_ms,
+            # librdkafka's default (3 s) against a short session would leave one beat spare
+            "heartbeat.interval.ms": max(min(3000, session_ms // 3), 100),
+        }
+        if self._identity is not None:
+            config["group.instance.id"] = self._identity.id
+        return {k: v for k, v in config.items() if k not in self.settings.kafka_config}
+
     def _consumer_config(self) -> dict[str, Any]:
         # Offsets live in RocksDB: librdkafka must neither commit nor remember them itself.
         return self.settings.librdkafka(
+            **self._membership_config(),
             **{
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
@@ -434,7 +472,7 @@ class Projector:
                 "enable.partition.eof": False,
                 "error_cb": self._on_error,
                 "logger": librdkafka_log,
-            }
+            },
         )
 
     def _on_error(self, error: KafkaError) -> None:
@@ -533,10 +571,32 @@ class Projector:
                     f"the topic {self.topic!r} disappeared: run `behest topics create`, "
                     "then `behest project --rebuild`"
                 )
-            if error.fatal():
+            refused = self._membership_refused(error)
+            if refused is not None:
+                raise refused
+            if error.fatal() or error.code() == KafkaError._FATAL:
                 raise BehestError(f"fatal Kafka consumer error: {error.str()}")
             log.warning("consume: %s", error.str())
         return records
+
+    def _membership_refused(self, error: KafkaError) -> BehestError | None:
+        """The errors of a group membership that retrying cannot mend, said plainly."""
+        if error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+            return ConfigError(
+                f"the broker refuses a session timeout of {self.settings.session_timeout:g} s "
+                "(it accepts group.min.session.timeout.ms to group.max.session.timeout.ms, "
+                "6 to 1800 s by default): set --session-timeout or BEHEST_SESSION_TIMEOUT "
+                "within them"
+            )
+        # a consumer hears of its fencing only as `_FATAL`, the cause in the text
+        if error.code() == KafkaError.FENCED_INSTANCE_ID or "fenced" in error.str():
+            return ConfigError(
+                f"another projector joined group {self.group_id!r} as member "
+                f"{self.instance_id}, so the broker fenced this one off: is a copy of the "
+                f"state dir {self.settings.state_dir} in use elsewhere? Delete the "
+                f"{INSTANCE_ID_FILE} file in the copy, or use --dynamic-membership there"
+            )
+        return None
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()

@@ -42,6 +42,8 @@ OFFSETS: Final = "offsets"
 FAMILIES: Final = (STATES, EVENTS, SNAPSHOTS, SNAPTIMES, INDEX, HEADS, OFFSETS)
 
 RUN_KEY_SIZE: Final = 16
+MAX_SEQUENCE: Final = 2**63 - 1
+"""Largest sequence a run can have (an Avro long)."""
 _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">QQ")
 _PARTITION = struct.Struct(">I")
@@ -114,24 +116,6 @@ def prefix_end(prefix: bytes) -> bytes:
     if not stripped:
         raise ValueError("a prefix of only 0xff bytes has no upper bound")
     return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _writer_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and times of a writer's log and manifest files: they change whenever
-    it writes, so an unchanged signature means nothing new to catch up with."""
-    entries = []
-    try:
-        with os.scandir(path) as found:
-            for entry in found:
-                name = entry.name
-                if name.endswith(".log") or name.startswith("MANIFEST-") or name == "CURRENT":
-                    stat = entry.stat()
-                    entries.append((name, stat.st_size, stat.st_mtime_ns))
-    except FileNotFoundError:
-        raise StoreError(
-            f"the projection state at {path} is gone: restart with the projector's state dir"
-        ) from None
-    return tuple(sorted(entries))
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -219,18 +203,6 @@ class StateStore:
         if self._secondary_path is not None:  # a secondary's own info log and options
             shutil.rmtree(self._secondary_path, ignore_errors=True)
 
-    def catch_up(self) -> bool:
-        """Secondary instances only: see everything the writer has written so far. Skipped
-        (False) when the writer's files did not change since the last catch-up."""
-        if not self.secondary:
-            return False
-        signature = _writer_signature(self.path)
-        if signature == self._signature:
-            return False
-        self._db.try_catch_up_with_primary()
-        self._signature = signature
-        return True
-
     # --- writes -------------------------------------------------------------------------------
 
     def batch(self) -> StoreBatch:
@@ -246,14 +218,15 @@ class StateStore:
         except Exception as error:  # rocksdict raises plain Exception (disk full, I/O error)
             raise StoreError(f"cannot write to the state directory {self.path}: {error}") from None
 
-    # --- reads --------------------------------------------------------------------------------
+    # --- reads: the API every reader goes through (no reader walks RocksDB itself) -------
 
     def get_state(self, key: bytes) -> bytes | None:
+        """The stored state of one entity, or None."""
         value: bytes | None = self.states.get(key)
         return value
 
     def get_states(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Multi-get: one RocksDB call for many keys."""
+        """Multi-get: one RocksDB call for many keys, values in the order of `keys`."""
         if not keys:
             return []
         values: list[bytes | None] = self.states.get(list(keys)) or []
@@ -261,7 +234,32 @@ class StateStore:
 
     def iter_states(self) -> Iterator[tuple[bytes, bytes]]:
         """Every `(key, encoded state)`, in key order (for tests, exports and audits)."""
-        return self._scan(self.states, b"")
+        return self.scan_states()
+
+    def scan_states(
+        self,
+        prefix: bytes = b"",
+        *,
+        after: bytes | None = None,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """`(key, state)` of the keys that start with `prefix`, strictly between `after`
+        and `before` (either may be None), ascending, or descending with `reverse`."""
+        return _range(self.states, prefix, after, before, reverse)
+
+    def scan_index(
+        self,
+        prefix: bytes,
+        after: bytes | None = None,
+        *,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[bytes]:
+        """Index keys that start with `prefix`, strictly between `after` and `before`,
+        ascending, or descending with `reverse`."""
+        for key, _ in _range(self.index, prefix, after, before, reverse):
+            yield key
 
     def get_head(self, run: bytes) -> tuple[int, int] | None:
         """`(last folded sequence, gaps seen)` of a run, or None if it has no events."""
@@ -280,71 +278,130 @@ class StateStore:
         prefix = topic.encode() + b"\x00"
         return {
             parse_offset_key(key)[1]: decode_u64(value)
-            for key, value in self._scan(self.offsets, prefix)
+            for key, value in _range(self.offsets, prefix, None, None, False)
         }
 
     def iter_events(
         self, run: bytes, from_sequence: int = 0, to_sequence: int | None = None
     ) -> Iterator[tuple[int, bytes]]:
         """`(sequence, event bytes)` of one run in sequence order, within the bounds."""
-        start = sequence_key(run, from_sequence)
-        for key, value in self._scan(self.events, run, start):
-            sequence = parse_sequence_key(key)[1]
-            if to_sequence is not None and sequence > to_sequence:
+        iterator = self.events.iter()
+        iterator.seek(sequence_key(run, from_sequence))
+        # Every key of the family is `run ‖ sequence` (24 bytes), so one comparison with
+        # the last key wanted also stops at the next run's first key.
+        end = sequence_key(run, MAX_SEQUENCE if to_sequence is None else to_sequence)
+        while iterator.valid():
+            key = iterator.key()
+            if key > end:
                 return
-            yield sequence, value
+            yield _U64.unpack_from(key, RUN_KEY_SIZE)[0], iterator.value()
+            iterator.next()
+
+    def last_event(self, run: bytes) -> tuple[int, bytes] | None:
+        """`(sequence, event bytes)` of a run's last stored event, or None."""
+        found = _seek_for_prev(self.events, run, sequence_key(run, MAX_SEQUENCE))
+        return None if found is None else (parse_sequence_key(found[0])[1], found[1])
 
     def snapshot_at_or_before(self, run: bytes, sequence: int) -> tuple[int, bytes] | None:
-        """The latest snapshot of `run` taken at or before `sequence`."""
-        found = self._seek_for_prev(self.snapshots, run, sequence_key(run, sequence))
+        """`(sequence, state)` of the latest snapshot of `run` taken at or before `sequence`."""
+        found = _seek_for_prev(self.snapshots, run, sequence_key(run, sequence))
         if found is None:
             return None
         return parse_sequence_key(found[0])[1], found[1]
 
     def snapshot_sequence_at_or_before_time(self, run: bytes, micros: int) -> int | None:
         """Sequence of the latest snapshot of `run` whose last event is at or before `micros`."""
-        found = self._seek_for_prev(self.snaptimes, run, time_key(run, micros))
+        found = _seek_for_prev(self.snaptimes, run, time_key(run, micros))
         return None if found is None else decode_u64(found[1])
 
-    def scan_index(self, prefix: bytes, after: bytes | None = None) -> Iterator[bytes]:
-        """Index keys that start with `prefix`, in order, strictly after `after`."""
-        start = prefix if after is None else after + b"\x00"
-        for key, _ in self._scan(self.index, prefix, start):
-            yield key
+    def snapshot_at_or_before_time(self, run: bytes, micros: int) -> tuple[int, bytes] | None:
+        """`(sequence, state)` of the latest snapshot of `run` whose last event is at or
+        before `micros` (UTC microseconds)."""
+        sequence = self.snapshot_sequence_at_or_before_time(run, micros)
+        return None if sequence is None else self.snapshot_at_or_before(run, sequence)
 
-    def scan_index_reverse(self, prefix: bytes, before: bytes | None = None) -> Iterator[bytes]:
-        """Index keys that start with `prefix`, largest first, strictly before
-        `prefix + before` (all of them without `before`)."""
-        bound = prefix_end(prefix) if before is None else prefix + before
-        iterator = self.index.iter()
-        iterator.seek_for_prev(bound)
-        if iterator.valid() and iterator.key() >= bound:
-            iterator.prev()
+    # --- following the writer (secondary instances) -------------------------------------------
+
+    def catch_up(self) -> None:
+        """Secondary instances only: see everything the writer has written so far."""
+        if self.secondary:
+            self._db.try_catch_up_with_primary()
+            self._signature = self._writer_signature()
+
+    def catch_up_if_changed(self) -> bool:
+        """`catch_up`, only if the writer wrote since the last one (a look at its file names,
+        sizes and times costs microseconds; a catch-up, milliseconds). True if it caught up."""
+        if not self.secondary:
+            return False
+        signature = self._writer_signature()
+        if signature == self._signature:
+            return False
+        self._db.try_catch_up_with_primary()
+        self._signature = signature
+        return True
+
+    def _writer_signature(self) -> tuple[tuple[str, int, int], ...]:
+        """Names, sizes and times of the writer's log and manifest files: they change
+        whenever it writes, so an unchanged signature means nothing new to catch up with."""
+        entries = []
+        try:
+            with os.scandir(self.path) as found:
+                for entry in found:
+                    name = entry.name
+                    if name.endswith(".log") or name.startswith("MANIFEST-") or name == "CURRENT":
+                        stat = entry.stat()
+                        entries.append((name, stat.st_size, stat.st_mtime_ns))
+        except FileNotFoundError:
+            raise StoreError(
+                f"the projection state at {self.path} is gone: restart with the projector's "
+                "state dir"
+            ) from None
+        return tuple(sorted(entries))
+
+
+def _range(
+    family: Rdict, prefix: bytes, after: bytes | None, before: bytes | None, reverse: bool
+) -> Iterator[tuple[bytes, bytes]]:
+    """`(key, value)` of `family` under `prefix`, strictly between `after` and `before`."""
+    iterator = family.iter()
+    if not reverse:
+        start = prefix if after is None else max(prefix, after + b"\x00")
+        iterator.seek(start)
         while iterator.valid():
             key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                return
-            yield key
-            iterator.prev()
-
-    def _scan(self, family: Rdict, prefix: bytes, start: bytes | None = None) -> Iterator[Any]:
-        iterator = family.iter()
-        iterator.seek(start if start is not None else prefix)
-        while iterator.valid():
-            key = iterator.key()
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or (before is not None and key >= before):
                 return
             yield key, iterator.value()
             iterator.next()
+        return
+    bound = _upper_bound(prefix)
+    if before is not None and (bound is None or before < bound):
+        bound = before
+    if bound is None:
+        iterator.seek_to_last()
+    else:
+        iterator.seek_for_prev(bound)
+        if iterator.valid() and iterator.key() >= bound:
+            iterator.prev()
+    while iterator.valid():
+        key = iterator.key()
+        if not key.startswith(prefix) or (after is not None and key <= after):
+            return
+        yield key, iterator.value()
+        iterator.prev()
 
-    def _seek_for_prev(
-        self, family: Rdict, prefix: bytes, key: bytes
-    ) -> tuple[bytes, bytes] | None:
-        iterator = family.iter()
-        iterator.seek_for_prev(key)
-        if iterator.valid() and iterator.key().startswith(prefix):
-            return iterator.key(), iterator.value()
-        return None
+
+def _upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest key after every key under `prefix`; None when there is none."""
+    return None if not prefix.rstrip(b"\xff") else prefix_end(prefix)
+
+
+def _seek_for_prev(family: Rdict, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
+    iterator = family.iter()
+    iterator.seek_for_prev(key)
+    if iterator.valid() and iterator.key().startswith(prefix):
+        return iterator.key(), iterator.value()
+    return None
 
 
 class StoreBatch:

@@ -47,9 +47,17 @@ class StoreSet:
     """
 
     def __init__(
-        self, layout: Layout, stores: GenerationStores | None, *, follow: bool, owns: bool = False
+        self,
+        layout: Layout,
+        stores: GenerationStores | None,
+        *,
+        follow: bool,
+        owns: bool = False,
+        combine: Callable[[list[bytes]], bytes] | None = None,
     ) -> None:
         self.layout = layout
+        self.combine = combine
+        """Adds up an entity's shares of several partitions (projections not keyed by run)."""
         self.follow = follow
         self._gen = stores
         self._owns = owns  # close `stores` on close (else they are their writer's)
@@ -59,14 +67,21 @@ class StoreSet:
         self._identity = self._served_identity() if follow else None
 
     @classmethod
-    def open(cls, state_dir: Path | str, projection: str, *, secondary: bool = True) -> StoreSet:
+    def open(
+        cls,
+        state_dir: Path | str,
+        projection: str,
+        *,
+        secondary: bool = True,
+        combine: Callable[[list[bytes]], bytes] | None = None,
+    ) -> StoreSet:
         """The generation CURRENT names: as RocksDB secondaries that follow the projector
         (default), or opened for writing when no projector runs (`secondary=False`)."""
         layout = Layout.of(state_dir, projection)
         layout.check_not_legacy()
         stores = GenerationStores(layout, served_manifest(layout), secondary=secondary)
         stores.discover()
-        return cls(layout, stores, follow=secondary, owns=True)
+        return cls(layout, stores, follow=secondary, owns=True, combine=combine)
 
     # --- what is served -----------------------------------------------------------------------
 
@@ -139,6 +154,10 @@ class StoreSet:
             self._close_retired()
             return switched
 
+    def catch_up_if_changed(self) -> bool:
+        """`catch_up`: each partition store catches up only if its writer wrote since."""
+        return self.catch_up()
+
     def close(self) -> None:
         with self._lock:
             retired = [s for _, s in self._retired]
@@ -205,15 +224,9 @@ class StoreSet:
         return partition
 
     def _store_of(self, run: bytes) -> StateStore | None:
+        """The store of a run's partition (None if this node has no store for it)."""
         gen = self._gen
-        if gen is None:
-            return None
-        if not gen.manifest.run_keyed:
-            raise StoreError(
-                f"{self.layout.name} is not keyed by run: each partition folds its share of an "
-                "entity; read them with `iter_states()` or `get_state_parts(key)`"
-            )
-        return gen.get(self.partition_of(run))
+        return None if gen is None else gen.get(self.partition_of(run))
 
     def _stores(self) -> list[StateStore]:
         gen = self._gen
@@ -222,6 +235,8 @@ class StoreSet:
     # --- reads (the StateStore read API) ------------------------------------------------------
 
     def get_state(self, key: bytes) -> bytes | None:
+        if not self._run_keyed():
+            return self._combined(self.get_state_parts(key))
         store = self._store_of(key)
         return None if store is None else store.get_state(key)
 
@@ -232,18 +247,57 @@ class StoreSet:
 
     def get_states(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Multi-get: one RocksDB call per partition, answers in the order of `keys`."""
+        if not self._run_keyed():
+            return [self.get_state(key) for key in keys]
         return self._routed(keys, StateStore.get_states)
 
     def iter_states(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every `(key, state)` of every partition, merged in key order (a key not keyed by
-        run appears once per partition that holds a share of it)."""
-        return heapq.merge(*(s.iter_states() for s in self._stores()), key=lambda kv: kv[0])
+        """Every `(key, state)` in key order (shares of an aggregate combined)."""
+        return self.scan_states()
+
+    def scan_states(
+        self,
+        prefix: bytes = b"",
+        *,
+        after: bytes | None = None,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """`(key, state)` under `prefix` strictly between `after` and `before`, merged
+        across partitions in key order (descending with `reverse`)."""
+        scans = [
+            s.scan_states(prefix, after=after, before=before, reverse=reverse)
+            for s in self._stores()
+        ]
+        merged = heapq.merge(*scans, key=_first, reverse=reverse)
+        if self._run_keyed():
+            return merged
+        return (
+            (key, self._combined([v for _, v in group]) or b"")
+            for key, group in itertools.groupby(merged, key=_first)
+        )
 
     def iter_state_parts(self) -> Iterator[tuple[bytes, list[bytes]]]:
         """`(key, [its state in each partition that has one])` in key order: the shares of
         a projection not keyed by run, for `behest.fold.projection.combine`."""
-        for key, group in itertools.groupby(self.iter_states(), key=lambda kv: kv[0]):
+        scans = [s.scan_states() for s in self._stores()]
+        for key, group in itertools.groupby(heapq.merge(*scans, key=_first), key=_first):
             yield key, [value for _, value in group]
+
+    def scan_index(
+        self,
+        prefix: bytes,
+        after: bytes | None = None,
+        *,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[bytes]:
+        """Index keys under `prefix` strictly between `after` and `before`, merged across
+        partitions in order (an entry several partitions hold, once)."""
+        scans = [
+            s.scan_index(prefix, after, before=before, reverse=reverse) for s in self._stores()
+        ]
+        return (key for key, _ in itertools.groupby(heapq.merge(*scans, reverse=reverse)))
 
     def get_head(self, run: bytes) -> tuple[int, int] | None:
         store = self._store_of(run)
@@ -265,6 +319,10 @@ class StoreSet:
         store = self._store_of(run)
         return iter(()) if store is None else store.iter_events(run, from_sequence, to_sequence)
 
+    def last_event(self, run: bytes) -> tuple[int, bytes] | None:
+        store = self._store_of(run)
+        return None if store is None else store.last_event(run)
+
     def snapshot_at_or_before(self, run: bytes, sequence: int) -> tuple[int, bytes] | None:
         store = self._store_of(run)
         return None if store is None else store.snapshot_at_or_before(run, sequence)
@@ -273,14 +331,23 @@ class StoreSet:
         store = self._store_of(run)
         return None if store is None else store.snapshot_sequence_at_or_before_time(run, micros)
 
-    def scan_index(self, prefix: bytes, after: bytes | None = None) -> Iterator[bytes]:
-        """Index keys under `prefix` strictly after `after`, merged across partitions."""
-        return heapq.merge(*(s.scan_index(prefix, after) for s in self._stores()))
+    def snapshot_at_or_before_time(self, run: bytes, micros: int) -> tuple[int, bytes] | None:
+        store = self._store_of(run)
+        return None if store is None else store.snapshot_at_or_before_time(run, micros)
 
-    def scan_index_reverse(self, prefix: bytes, before: bytes | None = None) -> Iterator[bytes]:
-        """Index keys under `prefix` before `prefix + before`, largest first, merged."""
-        scans = [s.scan_index_reverse(prefix, before) for s in self._stores()]
-        return heapq.merge(*scans, reverse=True)
+    def _run_keyed(self) -> bool:
+        gen = self._gen
+        return gen is None or gen.manifest.run_keyed
+
+    def _combined(self, shares: list[bytes]) -> bytes | None:
+        if len(shares) <= 1:
+            return shares[0] if shares else None
+        if self.combine is None:
+            raise StoreError(
+                f"{self.layout.name} is not keyed by run and folds each partition's share of "
+                "an entity apart: give the projection a `combine(a, b)` to add shares up"
+            )
+        return self.combine(shares)
 
     def _routed(
         self, keys: Sequence[bytes], read: Callable[[StateStore, list[bytes]], list[T | None]]
@@ -297,6 +364,10 @@ class StoreSet:
             for i, value in zip(positions, values, strict=True):
                 answers[i] = value
         return answers
+
+
+def _first(item: tuple[bytes, bytes]) -> bytes:
+    return item[0]
 
 
 def served_manifest(layout: Layout) -> Manifest:

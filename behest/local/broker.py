@@ -49,8 +49,10 @@ __all__ = [
     "MIN_JAVA",
     "BrokerStatus",
     "LocalBroker",
+    "broker_ids",
     "default_data_dir",
     "fetch_kafka_jars",
+    "folder_lock",
     "free_port",
     "new_cluster_id",
     "parse_java_major",
@@ -153,16 +155,29 @@ def parse_java_major(version_output: str) -> int | None:
     return major
 
 
-def render_server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
-    """KRaft single node (broker and controller) on loopback, with replication factors of 1.
+def render_server_properties(
+    *,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
+) -> str:
+    """A KRaft node (broker and controller) on loopback: alone by default, or one of a
+    cluster's nodes, given the quorum's `voters` (`1@host:port,2@host:port,...`).
 
-    Topic auto-creation is off: behest creates its topics explicitly, so a missing topic is
-    a clear error instead of a silently made one-partition topic.
+    `replication` is the cluster's replication factor for new and internal topics;
+    `min.insync.replicas` is one less (at most 2), so acknowledged writes survive the
+    loss of a node. Topic auto-creation is off: behest creates its topics explicitly, so
+    a missing topic is a clear error instead of a silently made one-partition topic.
     """
+    min_isr = str(max(1, min(2, replication - 1)))
+    rf = str(replication)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@{HOST}:{controller_port}",
         "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -170,13 +185,14 @@ def render_server_properties(*, port: int, controller_port: int, log_dir: Path) 
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(log_dir),
         "num.partitions": "1",
-        "default.replication.factor": "1",
+        "default.replication.factor": rf,
+        "min.insync.replicas": min_isr,
         "auto.create.topics.enable": "false",
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
     }
     lines = ["# Written by behest.local.broker on every start; edits are overwritten."]
@@ -251,7 +267,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def folder_lock(lock_path: Path) -> Iterator[None]:
     """Serialize processes working on the same folder (two starts, two downloads)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as handle:
@@ -284,7 +300,7 @@ def fetch_kafka_jars(
             f"{libs}, and it is not on PATH: install it (e.g. `sudo apt-get install maven`), "
             "or set BEHEST_BOOTSTRAP_SERVERS to use a Kafka you already run."
         )
-    with _locked(cache_dir / ".lock"):
+    with folder_lock(cache_dir / ".lock"):
         if marker.exists():  # another process finished the download while we waited
             return libs
         if progress:
@@ -340,12 +356,21 @@ class LocalBroker:
         log4j_version: str = LOG4J_VERSION,
         heap: str = HEAP,
         progress: Callable[[str], None] | None = None,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
     ) -> None:
         self.data_dir = Path(data_dir).resolve() if data_dir else default_data_dir().resolve()
         self.kafka_version = kafka_version
         self.log4j_version = log4j_version
         self.heap = heap
         self.progress = progress
+        # One node of a local cluster (behest.local.cluster) shares its quorum and cluster id.
+        self.node_id = node_id
+        self.voters = voters
+        self.cluster_id = cluster_id
+        self.replication = replication
 
     def __repr__(self) -> str:
         return f"LocalBroker({str(self.data_dir)!r})"
@@ -400,7 +425,7 @@ class LocalBroker:
         returned (with `already_running=True`), whatever port was asked for.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.data_dir / ".lock"):
+        with folder_lock(self.data_dir / ".lock"):
             current = self.status()
             if current.running and current.pid is not None and current.port is not None:
                 self._wait_until_ready(current.pid, current.port, timeout, launched=False)
@@ -411,31 +436,67 @@ class LocalBroker:
                     port=current.port,
                     already_running=True,
                 )
-            self._forget_pid()
             port = port or free_port()
-            if port_in_use(port):
-                raise BrokerError(
-                    f"port {port} on {HOST} is already in use (another broker or program); "
-                    "pick another with --port, or stop what holds it (`behest broker status "
-                    "--data-dir ...` shows brokers behest started)."
-                )
-            java = self._find_java()
-            controller_port = self._controller_port(port)
-            libs = fetch_kafka_jars(
-                self.jar_cache_dir, self.kafka_version, self.log4j_version, progress=self.progress
-            )
-            self._write_config(port, controller_port)
-            self._format_storage(java, libs)
-            pid = self._launch(java, libs)
-            self._write_state(pid=pid, port=port, controller_port=controller_port)
+            pid = self._launch_unlocked(port, self._controller_port(port))
             self._wait_until_ready(pid, port, timeout, launched=True)
             return BrokerStatus(running=True, data_dir=self.data_dir, pid=pid, port=port)
+
+    def launch(self, port: int, controller_port: int) -> int:
+        """Start the broker process without waiting for it to answer (a cluster's nodes
+        answer only once a majority of them runs); its pid. A running one is kept."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.data_dir / ".lock"):
+            current = self.status()
+            if current.running and current.pid is not None:
+                return current.pid
+            return self._launch_unlocked(port, controller_port)
+
+    def _launch_unlocked(self, port: int, controller_port: int) -> int:
+        self._forget_pid()
+        if port_in_use(port):
+            raise BrokerError(
+                f"port {port} on {HOST} is already in use (another broker or program); "
+                "pick another with --port, or stop what holds it (`behest broker status "
+                "--data-dir ...` shows brokers behest started)."
+            )
+        java = self._find_java()
+        libs = fetch_kafka_jars(
+            self.jar_cache_dir, self.kafka_version, self.log4j_version, progress=self.progress
+        )
+        self._write_config(port, controller_port)
+        self._format_storage(java, libs)
+        pid = self._launch(java, libs)
+        self._write_state(pid=pid, port=port, controller_port=controller_port)
+        return pid
+
+    def check_alive(self) -> None:
+        """Raise `BrokerError` (with the log's tail) unless the broker process runs."""
+        pid = self._read_pid()
+        if pid is None or not self._is_our_process(pid):
+            raise BrokerError(
+                f"the Kafka broker of {self.data_dir} is not running; see {self.log_path}. "
+                f"Its last lines:\n{tail(self.log_path)}"
+            )
+
+    def kill(self) -> bool:
+        """SIGKILL the broker, as a crash would; False if it was not running."""
+        with folder_lock(self.data_dir / ".lock"):
+            pid = self._read_pid()
+            if pid is None or not self._is_our_process(pid):
+                return False
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while self._is_our_process(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._forget_pid()
+            return True
 
     def stop(self, *, timeout: float = STOP_TIMEOUT) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after `timeout`); False if it was not running."""
         if not self.data_dir.exists():
             return False
-        with _locked(self.data_dir / ".lock"):
+        with folder_lock(self.data_dir / ".lock"):
             pid = self._read_pid()
             was_running = pid is not None and self._is_our_process(pid)
             if pid is not None and was_running:
@@ -486,7 +547,12 @@ class LocalBroker:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.properties_path.write_text(
             render_server_properties(
-                port=port, controller_port=controller_port, log_dir=self.log_dir
+                port=port,
+                controller_port=controller_port,
+                log_dir=self.log_dir,
+                node_id=self.node_id,
+                voters=self.voters,
+                replication=self.replication,
             )
         )
         (self.data_dir / "log4j2.properties").write_text(render_log4j2_properties())
@@ -511,7 +577,7 @@ class LocalBroker:
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            new_cluster_id(),
+            self.cluster_id or new_cluster_id(),
             "-c",
             str(self.properties_path),
             "-g",
@@ -666,3 +732,23 @@ def _answers(bootstrap: str) -> bool:
     except KafkaException:
         return False
     return bool(metadata.brokers)
+
+
+def broker_ids(bootstrap: str, timeout: float = 2.0) -> set[int]:
+    """Node ids of the brokers the cluster at `bootstrap` lists (empty if none answers)."""
+    listening = []
+    for address in bootstrap.split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                listening.append(address)
+        except OSError:
+            continue
+    if not listening:
+        return set()  # nothing listens yet: skip the client and its log noise
+    admin = AdminClient({"bootstrap.servers": ",".join(listening), "log_level": 0})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return set()
+    return set(metadata.brokers)

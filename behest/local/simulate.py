@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any, Final
 
 from behest.config import Settings
-from behest.emit.producer import Delivery
+from behest.emit.delivery import Delivery
 from behest.emit.recorder import RunStamper
 from behest.events import (
     AssistantMessageCommitted,

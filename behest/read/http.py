@@ -4,19 +4,23 @@
     POST /runs/batch {"run_ids": [...], "as_of"?: ...}     {"runs": [...], "missing": [...]}
     GET  /runs?session_id=&status=&active=&limit=&cursor=  {"runs": [...], "next_cursor": ...}
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
+    GET  /projections[/{name}/...]                         any projection served (see below)
     GET  /healthz · GET /metrics
 
-States are served as the bytes the projector stored (already the contract's JSON), so the
-hot path never builds a model. Every answer that is not a 2xx has one shape,
-`{"error": "<what is wrong and what to do>", "detail": <structured, or null>}`: 400 for
-bad input, 404 for an unknown run, 413 for an oversized body; 5xx only if the store
-itself fails (503) or on a bug (500, logged).
+The run endpoints are `DirectRoute`s (behest.read.routes): one plain function each, one
+error mapping for all, no FastAPI parameter machinery per request. States are served as
+the bytes the projector stored (already the contract's JSON), through `query.raw`, so no
+model is built. Every other projection served is read through the same generic reader at
+`/projections/{name}/...` (behest.read.projection_routes).
+
+Every answer that is not a 2xx has one shape, `{"error": "<what is wrong and what to
+do>", "detail": <structured, or null>}`: 400 for bad input, 404 for an unknown run, 413
+for an oversized body; 5xx only if the store itself fails (503) or on a bug (500, logged).
 """
 
 from __future__ import annotations
 
 import gc
-import logging
 import socket
 import threading
 import time
@@ -30,27 +34,32 @@ import uvicorn
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from behest.errors import (
-    InvalidQueryError,
-    QueryError,
-    RunNotFoundError,
-    StoreError,
-)
-from behest.events import AgentEvent, RunState, RunStatus, format_time
+from behest.errors import RunNotFoundError, WaitTimeoutError
+from behest.events import AgentEvent, RunState, RunStatus
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
+from behest.read.projection_routes import ErrorBody, add_projection_routes
 from behest.read.query import (
     DEFAULT_EVENTS_LIMIT,
     DEFAULT_RUNS_LIMIT,
     MAX_BATCH,
     MAX_LIMIT,
     MAX_SEQUENCE,
+    Absent,
     RunStateQuery,
-    parse_time,
 )
+from behest.read.reader import ProjectionReader
+from behest.read.routes import (
+    DirectRoute,
+    error_answer,
+    error_body,
+    match_direct,
+    validation_body,
+)
+from behest.times import format_time, parse_time
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -65,7 +74,8 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger(__name__)
+MAX_WAIT: Final = 30.0
+"""Longest `GET /wait` (seconds); a client that wants longer asks again."""
 
 MAX_BODY_BYTES: Final = 1 << 20
 """Largest request body accepted; a full batch of ids is about 40 KiB."""
@@ -74,15 +84,6 @@ JSON: Final = "application/json"
 
 
 # --- the wire models (they make /openapi.json; answers are built from stored bytes) ----------
-
-
-class ErrorBody(BaseModel):
-    """Every non-2xx answer."""
-
-    error: str = Field(description="What is wrong, and what to do about it.")
-    detail: JsonValue = Field(
-        default=None, description="Structured detail, e.g. one entry per invalid field."
-    )
 
 
 class BatchRequest(BaseModel):
@@ -116,6 +117,11 @@ class EventList(BaseModel):
     events: list[AgentEvent] = Field(description="In sequence order.")
 
 
+class Folded(BaseModel):
+    partition: int
+    offset: int = Field(description="The position is folded: reads that follow see it.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     topic: str
@@ -127,23 +133,12 @@ class Health(BaseModel):
 # --- answers ----------------------------------------------------------------------------------
 
 
-def _json(content: bytes, status: int = 200) -> Response:
-    return Response(content=content, status_code=status, media_type=JSON)
+def _json(content: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=content, status_code=status, media_type=JSON, headers=headers)
 
 
 def _error(status: int, error: str, detail: Any = None) -> Response:
-    return _json(_error_body(error, detail), status)
-
-
-def _error_body(error: str, detail: Any = None) -> bytes:
-    return orjson.dumps({"error": error, "detail": detail})
-
-
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    """What `_json(body, status)` sends, without building a `Response` (the fast path)."""
-    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return _json(error_body(error, detail), status)
 
 
 def _event_json(event: AgentEvent) -> dict[str, Any]:
@@ -152,48 +147,24 @@ def _event_json(event: AgentEvent) -> dict[str, Any]:
     return data
 
 
-def _where(loc: Sequence[int | str]) -> str:
-    kind = {"query": "query parameter", "path": "path parameter", "body": "body field"}
-    if not loc:
-        return "request"
-    if loc[0] == "body" and len(loc) == 1:
-        return "request body"
-    place = kind.get(str(loc[0]), str(loc[0]))
-    return f"{place} {'.'.join(str(part) for part in loc[1:])!r}"
-
-
 def _validation_error(error: RequestValidationError) -> Response:
     problems = [
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
         for e in error.errors()
     ]
-    first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
-    if first.get("type") == "json_invalid":
-        message = 'the request body is not valid JSON: send e.g. {"run_ids": ["<uuid>"]}'
-    else:
-        message = f"{_where(first['loc'])}: {first['msg']}"
-        if len(problems) > 1:
-            message += f" (and {len(problems) - 1} more problem(s), see detail)"
-    return _error(400, message, problems)
-
-
-def _point(as_of: str | None, at_sequence: int | None) -> datetime | None:
-    if as_of is not None and at_sequence is not None:
-        raise InvalidQueryError("give as_of or at_sequence, not both")
-    return None if as_of is None else parse_time(as_of)
+    return _json(validation_body(problems), 400)
 
 
 class _Instrumented:
     """ASGI middleware: times every request per route template, refuses bodies larger than
-    `MAX_BODY_BYTES` before anything reads them, and answers the hottest request, a plain
-    `GET /runs/{run_id}`, itself: FastAPI's parameter machinery would cost that read more
-    than the read (OpenAPI still documents it; anything with a query string goes through
-    FastAPI's route as usual, with the same answers)."""
+    `MAX_BODY_BYTES` before anything reads them, and hands a request whose route is a
+    `DirectRoute` straight to it (the same route the router would pick, minus FastAPI's
+    middleware stack on the way)."""
 
-    def __init__(self, app: ASGIApp, metrics: QueryMetrics, query: RunStateQuery) -> None:
+    def __init__(self, app: ASGIApp, metrics: QueryMetrics, routes: Sequence[Any]) -> None:
         self.app = app
         self.metrics = metrics
-        self.query = query
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -211,13 +182,14 @@ class _Instrumented:
 
         try:
             answer = _oversized(scope)
-            if answer is None and _plain_get_run(scope):
-                template = _GET_RUN
-                status, body = self._current_state(scope["path"][len("/runs/") :])
-                await _send_json(send, status, body)
+            direct = None if answer is not None else match_direct(self.routes, scope)
+            if direct is not None:
+                template = direct.path
+                status = await direct.serve(scope, receive, send)
             elif answer is not None:
                 await answer(scope, receive, send_and_note)
             else:
+                _label_body_json(scope)
                 await self.app(scope, receive, send_and_note)
         finally:
             if template is None:
@@ -225,41 +197,17 @@ class _Instrumented:
             method = scope["method"] if scope["method"] in _METHODS else "other"
             self.metrics.observe(method, template, status, time.perf_counter() - started)
 
-    def _current_state(self, run_id: str) -> tuple[int, bytes]:
-        try:
-            data = self.query.get_json(run_id)
-        except InvalidQueryError as error:
-            return 400, _error_body(str(error))
-        except StoreError as error:
-            return 503, _store_failure(error)
-        return (404, _error_body(f"run {run_id} is unknown")) if data is None else (200, data)
 
-
-_GET_RUN: Final = "/runs/{run_id}"
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods counted by name in /metrics; any other is `other`, so labels stay few."""
 
 
-def _plain_get_run(scope: Scope) -> bool:
-    path: str = scope["path"]
-    return (
-        scope["method"] == "GET"
-        and not scope["query_string"]
-        and path.startswith("/runs/")
-        and len(path) > len("/runs/")
-        and "/" not in path[len("/runs/") :]
-        and path != "/runs/batch"
-    )
-
-
-def _store_unavailable(error: StoreError) -> Response:
-    return _json(_store_failure(error), 503)
-
-
-def _store_failure(error: StoreError) -> bytes:
-    """Logs a store failure; the body of the 503 that reports it."""
-    log.error("state store failed: %s", error)
-    return _error_body(f"the state store is unavailable: {error}")
+def _label_body_json(scope: Scope) -> None:
+    """Every body this API takes is JSON: a POST labelled otherwise (`curl -d` says it is a
+    form) is read as JSON rather than refused for its label."""
+    if scope["method"] == "POST":
+        headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+        scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
 def _oversized(scope: Scope) -> Response | None:
@@ -291,6 +239,16 @@ _RunId = Annotated[
     str,
     Path(description="The run id (a UUID).", json_schema_extra={"format": "uuid"}),
 ]
+_AsOf = Annotated[
+    str | None,
+    Query(
+        description="RFC 3339 time: the state after every event up to then.",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+_AtSequence = Annotated[
+    int | None, Query(ge=0, le=MAX_SEQUENCE, description="The state after this sequence.")
+]
 
 
 def _package_version() -> str:
@@ -300,39 +258,34 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None) -> FastAPI:
-    """The HTTP API over `query`; `metrics_source` (e.g. `lambda: projector.metrics`) adds
+def create_app(
+    query: RunStateQuery[Any] | None,
+    metrics_source: MetricsSource | None = None,
+    projections: Sequence[ProjectionReader[Any]] = (),
+) -> FastAPI:
+    """The HTTP API over `query` (the /runs endpoints; None: none) and the `projections`
+    (under /projections/{name}); `metrics_source` (e.g. `lambda: projector.metrics`) adds
     the projector's lag and counters to /metrics."""
+    readers = ([] if query is None else [query.reader]) + [
+        r for r in projections if query is None or r is not query.reader
+    ]
+    if not readers:
+        raise ValueError("nothing to serve: give the run-state query or a projection")
     app = FastAPI(
         title="behest",
         version=_package_version(),
-        description="Current, point-in-time and batch states of agent runs.",
+        description="Current, point-in-time and batch states of agent runs, and of every "
+        "projection served.",
         # /metrics is Prometheus; FastAPI's own OpenTelemetry hooks would cost every
         # request provider look-ups (about a tenth of a state read) for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    metrics = QueryMetrics(query, metrics_source)
-    app.add_middleware(_Instrumented, metrics=metrics, query=query)
+    metrics = QueryMetrics(readers[0], metrics_source)
+    app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, error: RequestValidationError) -> Response:
         return _validation_error(error)
-
-    @app.exception_handler(InvalidQueryError)
-    async def invalid_query(_: Request, error: InvalidQueryError) -> Response:
-        return _error(400, str(error))
-
-    @app.exception_handler(RunNotFoundError)
-    async def not_found(_: Request, error: RunNotFoundError) -> Response:
-        return _error(404, str(error))
-
-    @app.exception_handler(QueryError)
-    async def query_error(_: Request, error: QueryError) -> Response:
-        return _error(400, str(error))
-
-    @app.exception_handler(StoreError)
-    async def store_error(_: Request, error: StoreError) -> Response:
-        return _store_unavailable(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -348,109 +301,39 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
         return _error(error.status_code, message)
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> Response:
-        log.exception("unhandled error answering %s %s", request.method, request.url.path)
-        return _error(500, "internal error: the server log has the details")
+    async def any_error(request: Request, error: Exception) -> Response:
+        status, body = error_answer(error, f"{request.method} {request.url.path}")
+        return _json(body, status)
 
-    @app.get("/runs/batch", include_in_schema=False)
-    async def batch_is_post() -> Response:
-        return _error(405, 'use POST /runs/batch with {"run_ids": [...]}')
-
-    @app.get(
-        _GET_RUN,
-        response_model=RunState,
-        responses=_RUN_ERRORS,
-        summary="A run's state: current, as of a time, or at a sequence",
-    )
-    async def get_run(
-        run_id: _RunId,
-        as_of: Annotated[
-            str | None,
-            Query(
-                description="RFC 3339 time: the state after every event up to then.",
-                json_schema_extra={"format": "date-time"},
-            ),
-        ] = None,
-        at_sequence: Annotated[
-            int | None,
-            Query(ge=0, le=MAX_SEQUENCE, description="The state after this sequence."),
-        ] = None,
-    ) -> Response:
-        moment = _point(as_of, at_sequence)
-        data = query.get_at_json(run_id, as_of=moment, at_sequence=at_sequence)
-        if data is None:
-            if (as_of is None and at_sequence is None) or query.get_json(run_id) is None:
-                raise RunNotFoundError(f"run {run_id} is unknown")
-            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
-            raise RunNotFoundError(f"run {run_id} had no event {point}")
-        return _json(data)
-
-    @app.post(
-        "/runs/batch",
-        response_model=BatchResponse,
-        responses=_BAD_INPUT,
-        summary="States of many runs in one call",
-    )
-    def get_batch(request: BatchRequest) -> Response:
-        moment = None if request.as_of is None else parse_time(request.as_of)
-        found = query.get_many_json(request.run_ids, as_of=moment)
-        states = [v for v in found.values() if v is not None]
-        missing = [str(run) for run, v in found.items() if v is None]
-        body = b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
-        return _json(body)
+    if query is not None:
+        _add_run_routes(app, query.raw)
+    add_projection_routes(app, readers)
 
     @app.get(
-        "/runs",
-        response_model=RunList,
-        responses=_BAD_INPUT,
-        summary="Runs newest first, by session, status or activity",
+        "/wait",
+        response_model=Folded,
+        responses={
+            **_BAD_INPUT,
+            503: {"model": ErrorBody, "description": "Not folded within the timeout."},
+        },
+        summary="Read your writes: returns once the write at a position is folded",
     )
-    def list_runs(
-        session_id: Annotated[
-            str | None,
-            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
-        ] = None,
-        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
-        active: Annotated[
-            bool | None,
-            Query(description="true: only runs not yet finished; false: only finished runs."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_RUNS_LIMIT,
-        cursor: Annotated[
-            str | None, Query(description="next_cursor of the previous page.")
-        ] = None,
+    def wait(
+        partition: Annotated[int, Query(ge=0, description="The write's partition.")],
+        offset: Annotated[int, Query(ge=0, description="The write's offset.")],
+        timeout: Annotated[
+            float, Query(gt=0, le=MAX_WAIT, description="Seconds to wait at most.")
+        ] = 10.0,
     ) -> Response:
-        states, next_cursor = query.list_runs_json(
-            session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
-        )
-        body = (
-            b'{"runs":['
-            + b",".join(states)
-            + b'],"next_cursor":'
-            + orjson.dumps(next_cursor)
-            + b"}"
-        )
-        return _json(body)
-
-    @app.get(
-        "/runs/{run_id}/events",
-        response_model=EventList,
-        responses=_RUN_ERRORS,
-        summary="A run's events in sequence order",
-    )
-    def list_events(
-        run_id: _RunId,
-        from_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_EVENTS_LIMIT,
-    ) -> Response:
-        events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
-        if not events and query.get_json(run_id) is None:
-            raise RunNotFoundError(f"run {run_id} is unknown")
-        return _json(orjson.dumps({"events": [_event_json(e) for e in events]}))
+        try:
+            readers[0].wait_for((partition, offset), timeout=timeout)
+        except WaitTimeoutError as error:
+            return _json(error_body(str(error)), 503, headers={"retry-after": "1"})
+        return _json(orjson.dumps({"partition": partition, "offset": offset}))
 
     @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
     def healthz() -> Response:
-        fresh = query.freshness()
+        fresh = readers[0].freshness()
         return _json(orjson.dumps({"status": "ok", **fresh.to_json_dict()}))
 
     @app.get(
@@ -465,18 +348,120 @@ def create_app(query: RunStateQuery, metrics_source: MetricsSource | None = None
     return app
 
 
+def _add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
+    """Contract §4's run endpoints, each a `DirectRoute` over the stored JSON."""
+
+    @app.get("/runs/batch", include_in_schema=False)
+    async def batch_is_post() -> Response:
+        return _error(405, 'use POST /runs/batch with {"run_ids": [...]}')
+
+    def get_run(run_id: _RunId, as_of: _AsOf = None, at_sequence: _AtSequence = None) -> bytes:
+        moment = None if as_of is None else parse_time(as_of)
+        found = query.find_at(run_id, as_of=moment, at_sequence=at_sequence)
+        if found is Absent.UNKNOWN:
+            raise RunNotFoundError(f"run {run_id} is unknown")
+        if found is Absent.NOT_YET:
+            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
+            raise RunNotFoundError(f"run {run_id} had no event {point}")
+        return found
+
+    def get_batch(request: BatchRequest) -> bytes:
+        moment = None if request.as_of is None else parse_time(request.as_of)
+        found = query.get_many(request.run_ids, as_of=moment)
+        states = [v for v in found.values() if v is not None]
+        missing = [str(run) for run, v in found.items() if v is None]
+        return b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
+
+    def list_runs(
+        session_id: Annotated[
+            str | None,
+            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
+        ] = None,
+        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+        active: Annotated[
+            bool | None,
+            Query(description="true: only runs not yet finished; false: only finished runs."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_RUNS_LIMIT,
+        cursor: Annotated[
+            str | None, Query(description="next_cursor of the previous page.")
+        ] = None,
+    ) -> bytes:
+        states, next_cursor = query.list_runs(
+            session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
+        )
+        cursor_json = orjson.dumps(next_cursor)
+        return b'{"runs":[' + b",".join(states) + b'],"next_cursor":' + cursor_json + b"}"
+
+    def list_events(
+        run_id: _RunId,
+        from_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_EVENTS_LIMIT,
+    ) -> bytes:
+        events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
+        if not events and query.get(run_id) is None:
+            raise RunNotFoundError(f"run {run_id} is unknown")
+        return orjson.dumps({"events": [_event_json(e) for e in events]})
+
+    routes: list[tuple[str, Any, str, dict[str, Any]]] = [
+        (
+            "/runs/{run_id}",
+            get_run,
+            "GET",
+            {
+                "response_model": RunState,
+                "responses": _RUN_ERRORS,
+                "summary": "A run's state: current, as of a time, or at a sequence",
+            },
+        ),
+        (
+            "/runs/batch",
+            get_batch,
+            "POST",
+            {
+                "response_model": BatchResponse,
+                "responses": _BAD_INPUT,
+                "summary": "States of many runs in one call",
+            },
+        ),
+        (
+            "/runs",
+            list_runs,
+            "GET",
+            {
+                "response_model": RunList,
+                "responses": _BAD_INPUT,
+                "summary": "Runs newest first, by session, status or activity",
+            },
+        ),
+        (
+            "/runs/{run_id}/events",
+            list_events,
+            "GET",
+            {
+                "response_model": EventList,
+                "responses": _RUN_ERRORS,
+                "summary": "A run's events in sequence order",
+            },
+        ),
+    ]
+    for path, endpoint, method, options in routes:
+        app.router.routes.append(DirectRoute(path, endpoint, methods=[method], **options))
+
+
 # --- serving ----------------------------------------------------------------------------------
 
 
 def _config(
-    query: RunStateQuery,
+    query: RunStateQuery[Any] | None,
     host: str,
     port: int,
     metrics_source: MetricsSource | None,
     log_level: str,
+    projections: Sequence[ProjectionReader[Any]] = (),
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(query, metrics_source),
+        create_app(query, metrics_source, projections),
         host=host,
         port=port,
         log_level=log_level,
@@ -486,12 +471,13 @@ def _config(
 
 
 def serve(
-    query: RunStateQuery,
+    query: RunStateQuery[Any] | None,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
+    projections: Sequence[ProjectionReader[Any]] = (),
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
 
@@ -499,7 +485,7 @@ def serve(
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level)
+    config = _config(query, host, port, metrics_source, log_level, projections)
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()
@@ -517,18 +503,20 @@ class BackgroundServer:
 
     def __init__(
         self,
-        query: RunStateQuery,
+        query: RunStateQuery[Any] | None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         metrics_source: MetricsSource | None = None,
         log_level: str = "warning",
+        projections: Sequence[ProjectionReader[Any]] = (),
     ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
-        self._server = uvicorn.Server(_config(query, host, self.port, metrics_source, log_level))
+        config = _config(query, host, self.port, metrics_source, log_level, projections)
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
         )

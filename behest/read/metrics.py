@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from behest.read.query import RunStateQuery
+from behest.read.reader import Freshness
 
 __all__ = [
     "CONTENT_TYPE",
@@ -68,6 +68,12 @@ class ProjectorStats(Protocol):
     def dead_letters(self) -> int: ...
 
 
+class FreshnessSource(Protocol):
+    """What says how fresh answers are (a `ProjectionReader` or a `RunStateQuery`)."""
+
+    def freshness(self) -> Freshness: ...
+
+
 MetricsSource = Callable[[], ProjectorStats]
 """A projector's current stats, e.g. `lambda: projector.metrics`."""
 
@@ -75,7 +81,7 @@ MetricsSource = Callable[[], ProjectorStats]
 class _StoreCollector(Collector):
     """Freshness of the query's view, and the projector's progress if a source is given."""
 
-    def __init__(self, query: RunStateQuery, source: MetricsSource | None) -> None:
+    def __init__(self, query: FreshnessSource, source: MetricsSource | None) -> None:
         self.query = query
         self.source = source
 
@@ -122,7 +128,7 @@ class _StoreCollector(Collector):
 class QueryMetrics:
     """The query server's metrics: latency per route, freshness, projector progress."""
 
-    def __init__(self, query: RunStateQuery, source: MetricsSource | None = None) -> None:
+    def __init__(self, query: FreshnessSource, source: MetricsSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "behest_http_request_duration_seconds",

@@ -3,7 +3,8 @@
 Where the broker comes from, first match wins:
 
 1. `BEHEST_BOOTSTRAP_SERVERS` is set: that Kafka (nothing is started or stopped);
-2. `BEHEST_TEST_BROKER=testcontainers` and a Docker engine answers: a KRaft `KafkaContainer`;
+2. `BEHEST_TEST_BROKER=testcontainers` and a Docker engine answers: the `apache/kafka` image at
+   `behest.local.broker.KAFKA_VERSION` (the version compose and the local broker run);
 3. otherwise a `behest.local.broker.LocalBroker` on a free port, with its data in
    `.cache/test-broker-<pid>`, stopped and removed at the end of the session.
 
@@ -25,7 +26,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from behest.config import Settings, project_home
-from behest.local.broker import LocalBroker, free_port
+from behest.local.broker import KAFKA_VERSION, LocalBroker, free_port
 
 HERE = Path(__file__).resolve().parent
 TEST_PARTITIONS = 3
@@ -49,6 +50,40 @@ def _docker_answers() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _kafka_container() -> Iterator[str]:
+    """The official `apache/kafka` image at the version `behest broker start` runs (and
+    docker/compose.yml names), single-node KRaft, its client port on a free host port."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    port = free_port()
+    image = os.environ.get("BEHEST_TEST_KAFKA_IMAGE", f"apache/kafka:{KAFKA_VERSION}")
+    container = (
+        DockerContainer(image)
+        .with_bind_ports(9092, port)
+        .with_envs(
+            KAFKA_NODE_ID="1",
+            KAFKA_PROCESS_ROLES="broker,controller",
+            KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+            KAFKA_LISTENERS="HOST://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093",
+            KAFKA_ADVERTISED_LISTENERS=f"HOST://127.0.0.1:{port}",
+            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="HOST:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            KAFKA_INTER_BROKER_LISTENER_NAME="HOST",
+            KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+            KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+            KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR="1",
+            KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+        )
+        .waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(90))
+    )
+    with container:
+        yield f"127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def bootstrap_servers() -> Iterator[str]:
     """Bootstrap servers of a real Kafka for the whole session (see the module docstring)."""
@@ -56,11 +91,8 @@ def bootstrap_servers() -> Iterator[str]:
         yield configured
         return
     if os.environ.get("BEHEST_TEST_BROKER") == "testcontainers" and _docker_answers():
-        from testcontainers.community.kafka import KafkaContainer
-
-        image = os.environ.get("BEHEST_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.9.0")
-        with KafkaContainer(image).with_kraft() as container:
-            yield container.get_bootstrap_server()
+        with _kafka_container() as bootstrap:
+            yield bootstrap
         return
     data_dir = project_home() / f"test-broker-{os.getpid()}"
     broker = LocalBroker(data_dir)

@@ -25,7 +25,8 @@ import pytest
 
 from behest.codec import decode_record, encode
 from behest.config import Settings
-from behest.emit.producer import Delivery, EventProducer
+from behest.emit.delivery import Delivery
+from behest.emit.producer import EventProducer
 from behest.events import AgentEvent
 from behest.fold.projection import fold
 from behest.fold.projector import Projector

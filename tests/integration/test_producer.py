@@ -17,8 +17,9 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, TopicParti
 from behest import codec
 from behest.config import Settings
 from behest.emit.aio import AsyncEventProducer
+from behest.emit.delivery import Delivery
 from behest.emit.partitioner import partition_for, run_key
-from behest.emit.producer import Delivery, EventProducer
+from behest.emit.producer import EventProducer
 from behest.emit.recorder import RunStamper
 from behest.errors import ProduceError
 from behest.events import AgentEvent, ModelStarted, RunId, TextDelta, TokenUsage, UsageRecorded

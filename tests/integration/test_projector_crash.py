@@ -247,3 +247,38 @@ def test_two_projectors_in_one_group_hold_every_run_exactly_once(
     assert {**states_a, **states_b} == expected_states(events)
     assert not partitions_a & partitions_b
     assert partitions_a | partitions_b == set(ends)
+
+
+def test_a_restarted_projector_folds_again_within_seconds_of_a_kill(
+    settings: Settings, bootstrap_servers: str, unique_group: str
+) -> None:
+    """Static membership: the group hands a restarted projector its partitions back at once.
+
+    The session timeout is 30 s, so a projector that had to wait out its killed
+    predecessor's session (a dynamic member) could not fold within the bound.
+    """
+    state_dir = settings.state_dir
+    events = iter(stream(11, runs=3, length=4))
+
+    def fold_one() -> float:
+        """Seconds until the next event is folded, from now."""
+        started = time.monotonic()
+        before = folded_so_far(state_dir, settings.topic)
+        produce(bootstrap_servers, settings.topic, [next(events)], chunk=1, pause=0.0)
+        wait_until(lambda: folded_so_far(state_dir, settings.topic) > before, 60, "a fold")
+        return time.monotonic() - started
+
+    args = ("--session-timeout", "30")
+    first = ProjectProcess(settings, state_dir, unique_group, *args)
+    with running(first):
+        fold_one()  # joined and folding
+        killed_at = time.monotonic()
+        first.process.send_signal(signal.SIGKILL)
+        first.wait(10)
+    second = ProjectProcess(settings, state_dir, unique_group, *args)
+    with running(second):
+        fold_one()
+        restart_to_fold = time.monotonic() - killed_at
+        assert second.process.poll() is None, second.output()
+    assert restart_to_fold < 15.0, second.output()
+    assert "static member behest-" in " ".join(second.output().split())

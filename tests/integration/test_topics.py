@@ -45,7 +45,7 @@ def test_create_is_idempotent_and_keeps_everything(fresh: Settings) -> None:
         (fresh.topic, False, 4),
         (fresh.dlq_topic, False, 4),
     ]
-    assert "already exists (4 partitions)" in str(again[0])
+    assert "already exists (4 partitions, replication factor 1)" in str(again[0])
     for name in (fresh.topic, fresh.dlq_topic):
         config = topic_config(fresh, name)
         assert config["retention.ms"] == "-1"
@@ -82,11 +82,11 @@ def test_cli_create_twice_then_unreachable(fresh: Settings) -> None:
     flags = ["--bootstrap-servers", fresh.bootstrap, "--topic", fresh.topic]
     first = behest("topics", "create", "--partitions", "2", *flags)
     assert first.returncode == 0, first.stderr
-    assert f"{fresh.topic}: created (2 partitions)" in first.stdout
-    assert f"{fresh.dlq_topic}: created (2 partitions)" in first.stdout
+    assert f"{fresh.topic}: created (2 partitions, replication factor 1)" in first.stdout
+    assert f"{fresh.dlq_topic}: created (2 partitions, replication factor 1)" in first.stdout
     second = behest("topics", "create", *flags)
     assert second.returncode == 0, second.stderr
-    assert f"{fresh.topic}: already exists (2 partitions)" in second.stdout
+    assert f"{fresh.topic}: already exists (2 partitions, replication factor 1)" in second.stdout
     assert "keeps its 2 partitions (asked for 6)" in second.stderr
 
     nowhere = f"127.0.0.1:{free_port()}"

@@ -283,3 +283,60 @@ def test_a_failed_download_reports_maven_output_and_leaves_no_marker(
 
 def test_module_exports_are_real() -> None:
     assert all(hasattr(broker, name) for name in broker.__all__)
+
+
+def test_a_cluster_node_joins_one_quorum_with_replication_three(tmp_path: Path) -> None:
+    voters = "1@127.0.0.1:1001,2@127.0.0.1:1002,3@127.0.0.1:1003"
+    props = parse_properties(
+        render_server_properties(
+            port=9093,
+            controller_port=1002,
+            log_dir=tmp_path,
+            node_id=2,
+            voters=voters,
+            replication=3,
+        )
+    )
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == voters
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9093,CONTROLLER://127.0.0.1:1002"
+    for key in (
+        "default.replication.factor",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+    ):
+        assert props[key] == "3", key
+    assert props["min.insync.replicas"] == "2"
+    assert props["transaction.state.log.min.isr"] == "2"
+
+
+def test_a_single_node_keeps_replication_one(tmp_path: Path) -> None:
+    props = parse_properties(
+        render_server_properties(port=9092, controller_port=9999, log_dir=tmp_path)
+    )
+    assert props["node.id"] == "1"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:9999"
+    assert props["default.replication.factor"] == "1"
+    assert props["min.insync.replicas"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("brokers", "replication", "insync"), [(1, 1, 1), (2, 2, 1), (3, 3, 2), (5, 3, 2)]
+)
+def test_topics_fit_the_cluster_found(brokers: int, replication: int, insync: int) -> None:
+    from behest.admin import fitting_replication, min_insync
+
+    assert fitting_replication(brokers) == replication
+    assert min_insync(replication) == insync
+
+
+def test_a_cluster_plans_distinct_ports_and_one_quorum(tmp_path: Path) -> None:
+    from behest.local.cluster import LocalCluster, is_cluster_dir
+
+    cluster = LocalCluster(tmp_path / "c", nodes=3)
+    plan = cluster._plan(0)
+    ports = [*plan["ports"].values(), *plan["controller_ports"].values()]
+    assert len(set(ports)) == 6
+    assert plan["voters"].count("@") == 3
+    assert not is_cluster_dir(tmp_path / "c")
+    assert cluster.status().running is False

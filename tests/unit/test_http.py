@@ -15,6 +15,7 @@ import pytest
 
 from behest.errors import StoreError
 from behest.events import AgentEvent, RunState
+from behest.fold.store import StateStore
 from behest.projections.run_state import RunStateProjection
 from behest.read.http import MAX_BODY_BYTES, BackgroundServer
 from behest.read.query import MAX_BATCH, RunStateQuery
@@ -63,7 +64,7 @@ def test_get_run_serves_the_contract_json_as_stored(api: Fixture) -> None:
     answer = api.client.get(f"/runs/{run_id}")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/json"
-    assert answer.content == api.query.get_json(run_id)
+    assert answer.content == api.query.raw.get(run_id)
     state = answer.json()
     assert set(state) == {
         "run_id", "session_id", "status", "provider", "model", "metadata", "iteration",
@@ -83,7 +84,7 @@ def test_get_run_at_a_sequence_or_time(api: Fixture) -> None:
     by_sequence = api.client.get(f"/runs/{run_id}", params={"at_sequence": 12})
     assert by_sequence.status_code == 200
     assert by_sequence.json()["sequence"] == 12
-    assert by_sequence.content == api.query.get_at_json(run_id, at_sequence=12)
+    assert by_sequence.content == api.query.raw.get_at(run_id, at_sequence=12)
 
     moment = events[12].timestamp
     for text in (
@@ -117,7 +118,7 @@ def test_batch_returns_states_in_order_and_the_missing_ids(api: Fixture) -> None
     body = answer.json()
     assert [s["run_id"] for s in body["runs"]] == [_run(api, 2), _run(api, 0)]
     assert body["missing"] == [unknown]
-    assert body["runs"][0] == orjson.loads(api.query.get_json(_run(api, 2)) or b"")
+    assert body["runs"][0] == orjson.loads(api.query.raw.get(_run(api, 2)) or b"")
 
     moment = api.runs[1][0].timestamp.isoformat()
     then = api.client.post(
@@ -213,6 +214,12 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         "/runs/batch",
         "/runs",
         "/runs/{run_id}/events",
+        "/projections",
+        "/projections/{name}/states/{key}",
+        "/projections/{name}/states/batch",
+        "/projections/{name}/states",
+        "/projections/{name}/index/{prefix}",
+        "/wait",
         "/healthz",
         "/metrics",
     }
@@ -221,6 +228,7 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         ("/runs/batch", "post"): "BatchResponse",
         ("/runs", "get"): "RunList",
         ("/runs/{run_id}/events", "get"): "EventList",
+        ("/wait", "get"): "Folded",
         ("/healthz", "get"): "Health",
     }
     for (path, method), model in ok.items():
@@ -257,7 +265,7 @@ RUN = "3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"
         ("GET", f"/runs/{RUN}/events?from_sequence=-1", None, 400, "'from_sequence'"),
         ("GET", f"/runs/{RUN}/events?limit=5000", None, 400, "'limit'"),
         ("POST", "/runs/batch", b'{"run_ids": [', 400, "not valid JSON"),
-        ("POST", "/runs/batch", b"[" * 50_000, 400, "cannot be parsed as JSON"),
+        ("POST", "/runs/batch", b"[" * 50_000, 400, "not valid JSON"),
         ("POST", "/runs/batch", b"{}", 400, "body field 'run_ids': Field required"),
         ("POST", "/runs/batch", b'{"run_ids": "abc"}', 400, "'run_ids'"),
         ("POST", "/runs/batch", b'{"run_ids": ["x"]}', 400, "'x' is not a run id"),
@@ -291,21 +299,22 @@ def test_bad_input_is_a_4xx_that_says_what_is_wrong(
 # --- server-side failures: still JSON, and logged ---------------------------------------------
 
 
-class BrokenQuery(RunStateQuery):
-    """A query whose store fails, or which has a bug."""
+class BrokenStore(StateStore):
+    """A store whose disk fails on reads of states, and whose index scans have a bug."""
 
-    def get_json(self, run_id: str | uuid.UUID) -> bytes | None:
+    def get_state(self, key: bytes) -> bytes | None:
         raise StoreError("disk on fire")
 
-    def list_runs_json(self, **_: Any) -> tuple[list[bytes], str | None]:
+    def scan_index(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
         raise RuntimeError("a bug")
 
 
 def test_store_failures_are_503_and_bugs_500_both_json(
     api: Fixture, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = BrokenQuery(api.query.store)
+    broken = RunStateQuery(BrokenStore(api.query.store.path, secondary=True), owns_store=True)
     with (
+        broken,
         BackgroundServer(broken) as server,
         httpx.Client(base_url=server.url, timeout=10) as client,
     ):

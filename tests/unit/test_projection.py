@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from behest.codec import decode_record, encode, encode_record
 from behest.errors import ProduceError
 from behest.events import AgentEvent, RunId, TextDelta
+from behest.fold.catalog import installed_projections, load_projection
 from behest.fold.engine import (
     HEADER_ERROR,
     HEADER_OFFSET,
@@ -30,7 +31,7 @@ from behest.fold.engine import (
 )
 from behest.fold.projection import Projection, fold, fold_by_key
 from behest.fold.store import FAMILIES, StateStore, parse_sequence_key
-from behest.projections import PROJECTIONS, RunStateProjection, ToolUsageProjection
+from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import ProjectionDriver, Tombstone, run_projection, sample_run
 from tests.unit.strategies import run_histories
 
@@ -101,7 +102,7 @@ SETTINGS = settings(
     runs=st.lists(run_histories(max_events=12), min_size=1, max_size=4, unique_by=_run_of),
     sizes=st.lists(st.integers(1, 9), max_size=12),
     seed=st.integers(0, 2**32),
-    name=st.sampled_from(sorted(PROJECTIONS)),
+    name=st.sampled_from(sorted(installed_projections())),
 )
 def test_any_batch_split_stores_exactly_what_one_batch_does(
     tmp_path: Path,
@@ -117,7 +118,7 @@ def test_any_batch_split_stores_exactly_what_one_batch_does(
         stream.insert(rng.randrange(len(stream) + 1), rng.choice(stream))
     doomed = runs[0][0].run_id
     stream.insert(rng.randrange(len(stream) + 1), Tombstone(doomed))
-    projection = PROJECTIONS[name]()
+    projection = load_projection(name)
     folder = tmp_path / uuid.uuid4().hex
     with ProjectionDriver(projection, folder / "one", partitions=3, snapshot_every=3) as one:
         one.feed(stream)
@@ -140,8 +141,8 @@ def test_the_store_holds_what_a_plain_fold_computes(
     tmp_path: Path, runs: list[list[AgentEvent]], seed: int
 ) -> None:
     stream = interleave(runs, random.Random(seed))
-    for name, factory in PROJECTIONS.items():
-        projection: Projection[Any] = factory()
+    for name in installed_projections():
+        projection: Projection[Any] = load_projection(name)
         states = run_projection(projection, stream, directory=tmp_path / uuid.uuid4().hex)
         assert states == fold_by_key(projection, records(stream)), name
 

@@ -168,7 +168,7 @@ def test_get_at_equals_the_fold_up_to_the_point(
         n = data.draw(st.integers(0, last + 3), label="at_sequence")
         expected = reference([e for e in events if e.sequence <= n])
         assert as_dict(query.get_at(run_id, at_sequence=n)) == expected
-        as_json = query.get_at_json(run_id, at_sequence=n)
+        as_json = query.raw.get_at(run_id, at_sequence=n)
         assert (None if as_json is None else orjson.loads(as_json)) == expected
 
         moment = data.draw(
@@ -210,9 +210,9 @@ def test_get_serves_the_stored_bytes(driver: ProjectionDriver[Any], query: RunSt
     assert state.status is RunStatus.FAILED
     assert state.last_error == "provider timeout"
     assert state.total_usage.total_tokens == 66
-    assert query.get_json(str(run_id)) == driver.store.get_state(run_id.bytes)
+    assert query.raw.get(str(run_id)) == driver.store.get_state(run_id.bytes)
     assert query.get(uuid.uuid4()) is None
-    assert query.get_json(str(uuid.uuid4())) is None
+    assert query.raw.get(str(uuid.uuid4())) is None
 
 
 def test_get_many_keeps_the_order_asked_and_marks_unknown_runs(
@@ -374,7 +374,7 @@ def test_get_at_refuses_bad_points(
 def test_every_read_refuses_a_malformed_run_id(query: RunStateQuery, bad: str) -> None:
     for call in (
         lambda: query.get(bad),
-        lambda: query.get_json(bad),
+        lambda: query.raw.get(bad),
         lambda: query.get_at(bad, at_sequence=0),
         lambda: query.list_events(bad),
     ):

@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 from pydantic import ValidationError
 
-from behest.emit.producer import Delivery, EventProducer, check_event
+from behest.emit.delivery import Delivery
+from behest.emit.producer import EventProducer, check_event
 from behest.emit.recorder import RunRecorder, RunStamper
 from behest.errors import ProduceError
 from behest.events import (

@@ -1,0 +1,1 @@
+"""Scale-out on Kafka alone: membership from the consumer group, routing, standby copies."""

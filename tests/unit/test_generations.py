@@ -19,7 +19,7 @@ from behest.fold.generations import (
     projection_version,
 )
 from behest.fold.layout import Layout, Manifest
-from behest.fold.projection import combine
+from behest.fold.projection import combine, combiner
 from behest.fold.storeset import StoreSet
 from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.read.query import RunStateQuery
@@ -150,7 +150,13 @@ def test_partition_stores_read_as_one_equal_a_single_store(tmp_path: Path) -> No
         assert stores.get_states(keys) == single.store.get_states(keys)
         assert list(stores.iter_states()) == list(single.store.iter_states())
         assert list(stores.scan_index(b"")) == list(single.store.scan_index(b""))
-        assert list(stores.scan_index_reverse(b"a")) == list(single.store.scan_index_reverse(b"a"))
+        for reverse in (False, True):
+            assert list(stores.scan_index(b"a", reverse=reverse)) == list(
+                single.store.scan_index(b"a", reverse=reverse)
+            )
+            assert list(stores.scan_states(reverse=reverse)) == list(
+                single.store.scan_states(reverse=reverse)
+            )
         for key in keys[:3]:
             assert list(stores.iter_events(key, 3, 9)) == list(single.store.iter_events(key, 3, 9))
             assert stores.get_head(key) == single.store.get_head(key)
@@ -163,6 +169,7 @@ def test_partition_stores_read_as_one_equal_a_single_store(tmp_path: Path) -> No
         one = RunStateQuery(single.store, topic=TOPIC)
         ids = [run[0].run_id for run in runs]
         assert many.get_many(ids) == one.get_many(ids)
+        assert stores.last_event(ids[0].bytes) == single.store.last_event(ids[0].bytes)
         assert many.list_runs(limit=5) == one.list_runs(limit=5)
         mid = runs[0][len(runs[0]) // 2]
         assert many.get_at(mid.run_id, as_of=mid.timestamp) == one.get_at(
@@ -175,17 +182,25 @@ def test_shares_of_an_aggregate_combine_to_the_whole(tmp_path: Path) -> None:
     runs = [sample_run(seed=n, events=40) for n in range(10)]
     events = [e for run in runs for e in run]
     layout = fold_partitioned(tmp_path, projection, events)
-    with StoreSet.open(layout.root.parent, projection.name) as stores:
-        combined = {
-            key: combine(projection, [projection.decode_state(v) for v in shares])
-            for key, shares in stores.iter_state_parts()
-        }
-        assert any(len(shares) > 1 for _, shares in stores.iter_state_parts())
-        with pytest.raises(StoreError, match="not keyed by run"):
-            stores.get_state(b"search")
     with ProjectionDriver(projection, tmp_path / "single") as single:
         single.feed(events)
-        assert combined == single.states()
+        whole = single.states()
+    state_dir = layout.root.parent
+    with StoreSet.open(state_dir, projection.name) as raw:
+        shared = {key for key, shares in raw.iter_state_parts() if len(shares) > 1}
+        assert shared  # some tool is used on several partitions
+        with pytest.raises(StoreError, match="combine"):
+            raw.get_state(next(iter(shared)))
+        parts = {
+            key: combine(projection, [projection.decode_state(v) for v in shares])
+            for key, shares in raw.iter_state_parts()
+        }
+        assert parts == whole
+    with StoreSet.open(state_dir, projection.name, combine=combiner(projection)) as stores:
+        decode = projection.decode_state
+        assert {k: decode(v) for k, v in stores.iter_states()} == whole
+        keys = sorted(whole)
+        assert [decode(v) for v in stores.get_states(keys) if v] == [whole[k] for k in keys]
 
 
 def test_a_reader_follows_a_switch_and_a_rollback(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Topic administration: the event topic and its dead-letter topic, and questions about them.
+"""Topic administration: the event topic, its dead-letter and schemas topics, and questions.
 
 The event topic is the source of truth, so it keeps everything (`retention.ms=-1`,
 `cleanup.policy=delete`: a tombstone removes a run from projections, not from the log).
@@ -26,6 +26,7 @@ from behest.errors import KafkaUnavailableError, TopicMissingError
 
 __all__ = [
     "DEFAULT_PARTITIONS",
+    "SCHEMAS_TOPIC_CONFIG",
     "TOPIC_CONFIG",
     "TopicResult",
     "admin_client",
@@ -43,6 +44,8 @@ DEFAULT_PARTITIONS: Final = 6
 CONNECT_TIMEOUT: Final = 5.0
 TOPIC_CONFIG: Final[dict[str, str]] = {"retention.ms": "-1", "cleanup.policy": "delete"}
 """The log is the truth: keep every event forever."""
+SCHEMAS_TOPIC_CONFIG: Final[dict[str, str]] = {"cleanup.policy": "compact", "retention.ms": "-1"}
+"""Writer schemas by fingerprint: compaction keeps the latest record of each, forever."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,9 @@ def create_topics(
     replication_factor: int = -1,
     timeout: float = CONNECT_TIMEOUT,
 ) -> list[TopicResult]:
-    """Create the event topic and `<topic>.dlq` (infinite retention); a topic that exists
-    already is left as it is and reported. Waits until both are usable.
+    """Create the event topic and `<topic>.dlq` (infinite retention), and `<topic>.schemas`
+    (compacted, one partition: the writer schemas producers publish); a topic that exists
+    already is left as it is and reported. Waits until all are usable.
 
     `replication_factor=-1` fits the cluster found: `fitting_replication(brokers)`, with
     `min.insync.replicas` one less (at most 2), so an acknowledged write survives the loss
@@ -104,7 +108,7 @@ def create_topics(
     if partitions < 1:
         raise ValueError(f"partitions must be 1 or more, got {partitions}")
     admin = admin_client(settings)
-    names = [settings.topic, settings.dlq_topic]
+    names = [settings.topic, settings.dlq_topic, settings.schemas_topic]
     existing = _metadata(admin, settings, None, timeout)
     missing = [name for name in names if _partitions_of(existing, name) is None]
     created: set[str] = set()
@@ -112,7 +116,13 @@ def create_topics(
         if replication_factor == -1:
             replication_factor = fitting_replication(len(existing.brokers))
         config = {**TOPIC_CONFIG, "min.insync.replicas": str(min_insync(replication_factor))}
-        new = [NewTopic(name, partitions, replication_factor, config=config) for name in missing]
+        schemas = {**config, **SCHEMAS_TOPIC_CONFIG}
+        new = [
+            NewTopic(name, 1, replication_factor, config=schemas)
+            if name == settings.schemas_topic
+            else NewTopic(name, partitions, replication_factor, config=config)
+            for name in missing
+        ]
         for name, future in admin.create_topics(new, request_timeout=timeout).items():
             try:
                 future.result()

@@ -7,9 +7,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from behest.fold.engine import BatchResult
     from behest.read.query import RunStateQuery
     from behest.read.reader import ProjectionReader
 
@@ -77,7 +81,8 @@ StateDir = Annotated[
 
 
 _PROJECTION_HELP = (
-    "An installed projection's name (run_state, tool_usage, or one a package declares under "
+    "An installed projection's name (run_state, tool_usage, otel: each finished run exported "
+    "as OpenTelemetry GenAI spans over OTLP, or one a package declares under "
     "the behest.projections entry points) or your own as package.module:Class."
 )
 
@@ -94,6 +99,34 @@ def settings(
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ConfigError as exc:
         raise fail(exc) from None
+
+
+def _telemetry(config: Settings, service: str) -> None:
+    """With `BEHEST_OTEL=true`, this command exports its spans over OTLP."""
+    if config.otel:
+        from behest.telemetry import configure
+
+        configure(service)
+
+
+def _span_export() -> Callable[[BatchResult], None]:
+    """The otel projection's effect: each batch's finished runs, as GenAI spans, over OTLP
+    (`OTEL_EXPORTER_OTLP_ENDPOINT`; behest[otel])."""
+    from behest.errors import ConfigError
+    from behest.projections.otel import export_runs
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError(
+            "the otel projection exports over OTLP: pip install 'behest[otel]'"
+        ) from None
+    exporter = OTLPSpanExporter()
+
+    def export(result: BatchResult) -> None:
+        export_runs(result.states.values(), exporter)
+
+    return export
 
 
 def fail(exc: BaseException) -> typer.Exit:
@@ -224,7 +257,8 @@ def topics_create(
     topic: Topic = None,
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the broker."),
 ) -> None:
-    """Create the event topic and its dead-letter topic (infinite retention); idempotent."""
+    """Create the event topic, its dead-letter topic (infinite retention) and its compacted
+    schemas topic; idempotent."""
     from behest.admin import create_topics
     from behest.errors import BehestError
 
@@ -236,6 +270,8 @@ def topics_create(
     for result in results:
         typer.echo(f"{result} at {config.bootstrap}")
     for result in results:
+        if result.name == config.schemas_topic:
+            continue  # one partition by design
         if not result.created and result.partitions != partitions:
             typer.echo(
                 f"note: {result.name} keeps its {result.partitions} partitions "
@@ -342,6 +378,10 @@ def project(
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
+    try:
+        _telemetry(config, f"behest-projector-{projection}")
+    except BehestError as exc:
+        raise fail(exc) from None
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING,
@@ -380,6 +420,7 @@ def project(
             group_id=group_id,
             batch_size=batch_size,
             on_progress=progress,
+            on_batch=_span_export() if chosen.name == "otel" else None,
         )
     except BehestError as exc:
         raise fail(exc) from None
@@ -416,7 +457,8 @@ def project(
         f"{metrics.records:,} records in {elapsed:.1f} s "
         f"({metrics.records / max(elapsed, 1e-9):,.0f}/s), folded "
         f"{metrics.events_folded:,} events; {metrics.dead_letters:,} dead letters, "
-        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps"
+        f"{metrics.duplicates:,} duplicates, {metrics.gaps:,} gaps, "
+        f"{metrics.late_repaired:,} late repaired"
     )
 
 
@@ -495,6 +537,7 @@ def serve_command(
 
     config = settings(topic=topic, state_dir=state_dir)
     try:
+        _telemetry(config, "behest-serve")
         query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
@@ -505,10 +548,13 @@ def serve_command(
             "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
             err=True,
         )
-        serve(query, host=host, port=port, projections=readers)
+        serve(query, host=host, port=port, projections=readers, telemetry=config.otel)
     finally:
         for reader in readers:
             reader.close()
+
+
+app.command("node")(node_command)
 
 
 @app.command("state")
@@ -577,7 +623,7 @@ def state_command(
     table.add_column()
     rows = [
         ("status", f"[{colour.get(state.status.value, 'cyan')}]{state.status.value}[/]"),
-        ("session", str(state.session_id)),
+        ("session", str(state.session_id or "-")),
         ("provider / model", f"{state.provider or '-'} / {state.model or '-'}"),
         ("iteration", str(state.iteration)),
         (

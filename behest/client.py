@@ -6,7 +6,8 @@
         runs, cursor = client.list_runs(active=True)
 
 Any node of a cluster (`behest node`) answers any request, so the URL may be a load
-balancer. The methods, their arguments and their errors are `RunStateQuery`'s: bad input
+balancer. The methods, their arguments and their errors are `RunStateQuery`'s (`raw`
+answers the JSON bytes instead of models): bad input
 raises `InvalidQueryError` (the server's 400 message), an unknown run gives None. A `503`
 (a partition between owners) is retried, as its `Retry-After` says, for up to
 `retry_for` seconds, then raises `PartitionUnavailableError`. An answer served from a
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Generic
 
 import httpx
 import orjson
+from typing_extensions import TypeVar
 
 from behest.errors import (
     InvalidQueryError,
@@ -39,6 +41,8 @@ DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_RETRY_FOR: Final = 15.0
 _MAX_RETRY_PAUSE: Final = 1.0
 
+T = TypeVar("T", default=RunState)
+
 HEADER_STALE: Final = "x-behest-stale"
 HEADER_LAG_RECORDS: Final = "x-behest-lag-records"
 HEADER_LAG_SECONDS: Final = "x-behest-lag-seconds"
@@ -52,178 +56,27 @@ class Staleness:
     seconds: float
 
 
-class RunStateClient:
-    """The reads of `RunStateQuery`, answered by a behest node over HTTP."""
+class _Connection:
+    """The pooled HTTP connection a client and its `raw` view share."""
 
     def __init__(
         self,
         base_url: str,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        transport: httpx.BaseTransport | None = None,
+        timeout: float,
+        retry_for: float,
+        transport: httpx.BaseTransport | None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_for = retry_for
         self.last_staleness: Staleness | None = None
-        self._http = httpx.Client(
+        self.http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(max_keepalive_connections=16),
         )
 
-    def close(self) -> None:
-        """Close the pooled connections."""
-        self._http.close()
-
-    def __enter__(self) -> RunStateClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- current and point-in-time states -----------------------------------------------------
-
-    def get_json(self, run_id: str | uuid.UUID) -> bytes | None:
-        """The current state as the contract's JSON, or None if the run is unknown."""
-        return self.get_at_json(run_id)
-
-    def get(self, run_id: str | uuid.UUID) -> RunState | None:
-        """The current state of a run, or None if it is unknown."""
-        data = self.get_json(run_id)
-        return None if data is None else RunState.model_validate_json(data)
-
-    def get_at_json(
-        self,
-        run_id: str | uuid.UUID,
-        *,
-        as_of: datetime | None = None,
-        at_sequence: int | None = None,
-    ) -> bytes | None:
-        """`get_at` as the contract's JSON."""
-        run = _run_id(run_id)
-        if as_of is not None and at_sequence is not None:
-            raise InvalidQueryError("give as_of or at_sequence, not both")
-        params: dict[str, Any] = {}
-        if as_of is not None:
-            params["as_of"] = _time(as_of)
-        if at_sequence is not None:
-            params["at_sequence"] = at_sequence
-        response = self._request("GET", f"/runs/{run}", params=params, not_found=True)
-        return None if response.status_code == 404 else response.content
-
-    def get_at(
-        self,
-        run_id: str | uuid.UUID,
-        *,
-        as_of: datetime | None = None,
-        at_sequence: int | None = None,
-    ) -> RunState | None:
-        """The state after every event with timestamp <= `as_of` (or sequence <=
-        `at_sequence`); None if the run had no event by then. Neither: the current state."""
-        data = self.get_at_json(run_id, as_of=as_of, at_sequence=at_sequence)
-        return None if data is None else RunState.model_validate_json(data)
-
-    def get_many_json(
-        self, run_ids: Iterable[str | uuid.UUID], *, as_of: datetime | None = None
-    ) -> dict[RunId, bytes | None]:
-        """Stored JSON per run id (None when unknown), in the order asked, duplicates once."""
-        if isinstance(run_ids, str | bytes):
-            raise InvalidQueryError("run_ids must be a list of run ids, not one string")
-        ids = list(dict.fromkeys(_run_id(r) for r in run_ids))
-        body: dict[str, Any] = {"run_ids": [str(r) for r in ids]}
-        if as_of is not None:
-            body["as_of"] = _time(as_of)
-        response = self._request("POST", "/runs/batch", content=orjson.dumps(body))
-        found: dict[RunId, bytes | None] = dict.fromkeys(ids)
-        for state in orjson.loads(response.content)["runs"]:
-            found[parse_run_id(state["run_id"])] = orjson.dumps(state)
-        return found
-
-    def get_many(
-        self, run_ids: Iterable[str | uuid.UUID], *, as_of: datetime | None = None
-    ) -> dict[RunId, RunState | None]:
-        """States of up to 1000 runs in one request, keyed by run id in the order asked."""
-        return {
-            run: None if data is None else RunState.model_validate_json(data)
-            for run, data in self.get_many_json(run_ids, as_of=as_of).items()
-        }
-
-    # --- listing ------------------------------------------------------------------------------
-
-    def list_runs_json(
-        self,
-        *,
-        session_id: str | uuid.UUID | None = None,
-        status: RunStatus | str | None = None,
-        active: bool | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[bytes], str | None]:
-        """`list_runs` as JSON states."""
-        params: dict[str, Any] = {"limit": limit}
-        if session_id is not None:
-            params["session_id"] = str(session_id)
-        if status is not None:
-            params["status"] = status.value if isinstance(status, RunStatus) else status
-        if active is not None:
-            params["active"] = "true" if active else "false"
-        if cursor is not None:
-            params["cursor"] = cursor
-        response = self._request("GET", "/runs", params=params)
-        page = orjson.loads(response.content)
-        return [orjson.dumps(state) for state in page["runs"]], page["next_cursor"]
-
-    def list_runs(
-        self,
-        *,
-        session_id: str | uuid.UUID | None = None,
-        status: RunStatus | str | None = None,
-        active: bool | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[RunState], str | None]:
-        """Runs newest first across every partition, one page at a time (see RunStateQuery)."""
-        values, next_cursor = self.list_runs_json(
-            session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
-        )
-        return [RunState.model_validate_json(v) for v in values], next_cursor
-
-    def list_events(
-        self, run_id: str | uuid.UUID, from_sequence: int = 0, limit: int = 100
-    ) -> list[AgentEvent]:
-        """Up to `limit` stored events of a run from `from_sequence` on (empty if unknown)."""
-        params = {"from_sequence": from_sequence, "limit": limit}
-        response = self._request(
-            "GET", f"/runs/{_run_id(run_id)}/events", params=params, not_found=True
-        )
-        if response.status_code == 404:
-            return []
-        return [AgentEvent.model_validate(e) for e in orjson.loads(response.content)["events"]]
-
-    # --- read your writes ---------------------------------------------------------------------
-
-    def wait_for(self, position: Any, timeout: float = 10.0) -> None:
-        """Return once the owner of the position's partition has folded it (a producer
-        `Delivery` or `(partition, offset)`), so a read that follows sees that write."""
-        if isinstance(position, tuple):
-            partition, offset = position
-        else:
-            partition, offset = position.partition, position.offset
-        if not (isinstance(partition, int) and isinstance(offset, int)):
-            raise InvalidQueryError(f"a position is (partition, offset), not {position!r}")
-        params = {"partition": partition, "offset": offset, "timeout": min(timeout, 30.0)}
-        try:
-            self._request(
-                "GET", "/wait", params=params, retry_for=timeout, read_timeout=timeout + 5.0
-            )
-        except PartitionUnavailableError as error:
-            raise WaitTimeoutError(str(error)) from None
-
-    # --- transport ----------------------------------------------------------------------------
-
-    def _request(
+    def request(
         self,
         method: str,
         path: str,
@@ -240,7 +93,7 @@ class RunStateClient:
         headers = {"content-type": "application/json"} if content is not None else None
         while True:
             try:
-                response = self._http.request(
+                response = self.http.request(
                     method,
                     path,
                     params=params,
@@ -267,6 +120,159 @@ class RunStateClient:
             error_type = InvalidQueryError if response.status_code < 500 else QueryError
             raise error_type(_message(response))
         return response
+
+
+class RunStateClient(Generic[T]):
+    """The reads of `RunStateQuery`, answered by a behest node over HTTP, as `RunState`
+    models (`client.raw`: the same reads as the contract's JSON bytes)."""
+
+    _connection: _Connection
+    finish: Callable[[bytes], T]
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._connection = _Connection(base_url, timeout, retry_for, transport)
+        self.finish = _state  # type: ignore[assignment]  # T defaults to RunState
+
+    @property
+    def raw(self) -> RunStateClient[bytes]:
+        """The same reads over the same connection, answering the stored JSON bytes."""
+        view: RunStateClient[bytes] = RunStateClient.__new__(RunStateClient)
+        view._connection = self._connection
+        view.finish = _identity
+        return view
+
+    @property
+    def base_url(self) -> str:
+        return self._connection.base_url
+
+    @property
+    def last_staleness(self) -> Staleness | None:
+        """How stale the last answer was, if a standby copy gave it (None: current)."""
+        return self._connection.last_staleness
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._connection.http.close()
+
+    def __enter__(self) -> RunStateClient[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- current and point-in-time states -----------------------------------------------------
+
+    def get(self, run_id: str | uuid.UUID) -> T | None:
+        """The current state of a run, or None if it is unknown."""
+        return self.get_at(run_id)
+
+    def get_at(
+        self,
+        run_id: str | uuid.UUID,
+        *,
+        as_of: datetime | None = None,
+        at_sequence: int | None = None,
+    ) -> T | None:
+        """The state after every event with timestamp <= `as_of` (or sequence <=
+        `at_sequence`); None if the run had no event by then. Neither: the current state."""
+        run = _run_id(run_id)
+        if as_of is not None and at_sequence is not None:
+            raise InvalidQueryError("give as_of or at_sequence, not both")
+        params: dict[str, Any] = {}
+        if as_of is not None:
+            params["as_of"] = _time(as_of)
+        if at_sequence is not None:
+            params["at_sequence"] = at_sequence
+        response = self._connection.request("GET", f"/runs/{run}", params=params, not_found=True)
+        return None if response.status_code == 404 else self.finish(response.content)
+
+    def get_many(
+        self, run_ids: Iterable[str | uuid.UUID], *, as_of: datetime | None = None
+    ) -> dict[RunId, T | None]:
+        """States of up to 1000 runs in one request, keyed by run id in the order asked,
+        duplicates once (None for unknown runs, or runs with no event by `as_of`)."""
+        if isinstance(run_ids, str | bytes):
+            raise InvalidQueryError("run_ids must be a list of run ids, not one string")
+        ids = list(dict.fromkeys(_run_id(r) for r in run_ids))
+        body: dict[str, Any] = {"run_ids": [str(r) for r in ids]}
+        if as_of is not None:
+            body["as_of"] = _time(as_of)
+        response = self._connection.request("POST", "/runs/batch", content=orjson.dumps(body))
+        found: dict[RunId, T | None] = dict.fromkeys(ids)
+        for state in orjson.loads(response.content)["runs"]:
+            found[parse_run_id(state["run_id"])] = self.finish(orjson.dumps(state))
+        return found
+
+    # --- listing ------------------------------------------------------------------------------
+
+    def list_runs(
+        self,
+        *,
+        session_id: str | uuid.UUID | None = None,
+        status: RunStatus | str | None = None,
+        active: bool | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[T], str | None]:
+        """Runs newest first across every partition, one page at a time (see RunStateQuery)."""
+        params: dict[str, Any] = {"limit": limit}
+        if session_id is not None:
+            params["session_id"] = str(session_id)
+        if status is not None:
+            params["status"] = status.value if isinstance(status, RunStatus) else status
+        if active is not None:
+            params["active"] = "true" if active else "false"
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = self._connection.request("GET", "/runs", params=params)
+        page = orjson.loads(response.content)
+        return [self.finish(orjson.dumps(s)) for s in page["runs"]], page["next_cursor"]
+
+    def list_events(
+        self, run_id: str | uuid.UUID, from_sequence: int = 0, limit: int = 100
+    ) -> list[AgentEvent]:
+        """Up to `limit` stored events of a run from `from_sequence` on (empty if unknown)."""
+        params = {"from_sequence": from_sequence, "limit": limit}
+        response = self._connection.request(
+            "GET", f"/runs/{_run_id(run_id)}/events", params=params, not_found=True
+        )
+        if response.status_code == 404:
+            return []
+        return [AgentEvent.model_validate(e) for e in orjson.loads(response.content)["events"]]
+
+    # --- read your writes ---------------------------------------------------------------------
+
+    def wait_for(self, position: Any, timeout: float = 10.0) -> None:
+        """Return once the owner of the position's partition has folded it (a producer
+        `Delivery` or `(partition, offset)`), so a read that follows sees that write."""
+        if isinstance(position, tuple):
+            partition, offset = position
+        else:
+            partition, offset = position.partition, position.offset
+        if not (isinstance(partition, int) and isinstance(offset, int)):
+            raise InvalidQueryError(f"a position is (partition, offset), not {position!r}")
+        params = {"partition": partition, "offset": offset, "timeout": min(timeout, 30.0)}
+        try:
+            self._connection.request(
+                "GET", "/wait", params=params, retry_for=timeout, read_timeout=timeout + 5.0
+            )
+        except PartitionUnavailableError as error:
+            raise WaitTimeoutError(str(error)) from None
+
+
+def _state(data: bytes) -> RunState:
+    return RunState.model_validate_json(data)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
 
 
 def _run_id(value: str | uuid.UUID) -> RunId:

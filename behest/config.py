@@ -94,6 +94,25 @@ class Settings(BaseSettings):
         ),
     )
 
+    registry_url: str | None = Field(
+        default=None,
+        description=(
+            "A Confluent-compatible Schema Registry: the projector then also reads records "
+            "framed 00 + schema id (behest[registry])."
+        ),
+    )
+    registry_write: bool = Field(
+        default=False,
+        description="Producers write Confluent framing (00 + schema id) instead of single-object.",
+    )
+    otel: bool = Field(
+        default=False,
+        description=(
+            "Export behest's own spans (projector batches linked to the producers' spans, "
+            "HTTP requests) over OTLP from its commands; needs behest[otel]."
+        ),
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -109,6 +128,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "a Kafka topic name is 1 to 240 of the characters a-z A-Z 0-9 . _ - "
                 "(behest adds .dlq and .schemas to it)"
+            )
+        return value
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # unset: single-object framing only
+        if not value.startswith(("http://", "https://", "mock://")):
+            raise ValueError(
+                "a Schema Registry URL starts with http:// or https:// (mock:// for tests)"
             )
         return value
 

@@ -6,7 +6,8 @@
     ├── KafkaUnavailableError  no broker answered at the configured bootstrap servers
     ├── TopicMissingError      the event topic does not exist yet
     ├── CodecError             bytes that are not a valid behest event
-    │   └── UnknownSchemaError the writer schema's fingerprint is not one we know
+    │   ├── UnknownSchemaError the writer schema's fingerprint is not one we know
+    │   └── IncompatibleSchemaError  the writer schema cannot be read as the current one
     ├── ProduceError           an event could not be delivered to Kafka
     ├── StoreError             the RocksDB state directory cannot be used
     │   └── StateLockedError   another process holds the state directory
@@ -48,6 +49,10 @@ class CodecError(BehestError):
 
 class UnknownSchemaError(CodecError):
     """The writer schema's fingerprint matches none of the schemas in `schemas/`."""
+
+
+class IncompatibleSchemaError(CodecError):
+    """A published writer schema the current schema cannot read (Avro resolution rules)."""
 
 
 class ProduceError(BehestError):

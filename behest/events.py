@@ -460,13 +460,15 @@ class RunState(_Model):
     """The projected state of a run: every event of it folded, in sequence order.
 
     Field names follow the seed's `RunState`, plus `sequence`, the last folded sequence.
+    `session_id`, `provider` and `model` come from `RunStarted`: null (unknown) until it
+    is folded.
     """
 
     run_id: RunId
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None
     status: RunStatus
-    provider: ProviderId
-    model: ModelName
+    provider: ProviderId | None
+    model: ModelName | None
     metadata: JsonValue = None
     iteration: int = 0
     total_usage: TokenUsage = Field(default_factory=TokenUsage)

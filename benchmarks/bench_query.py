@@ -5,7 +5,7 @@ its rows for the suite. No broker: the store is built through the projector's ow
 fold (`behest.testing.ProjectionDriver`), then read as `behest serve` reads it, through a
 RocksDB secondary instance.
 
-- `get` / `get_json`: each call timed alone over random runs, beside a raw rocksdict `get`
+- `get` / `raw.get`: each call timed alone over random runs, beside a raw rocksdict `get`
   of the same keys on the same instance (interleaved repeats).
 - `get_many(1000)`: median of repeated batches, beside one raw rocksdict multi-get.
 - `get_at`: random points (half by sequence, half by time) on a 10k-event run, beside
@@ -184,11 +184,11 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
                  percentile(raw, 50) * us),
         make_row("get p99", percentile(ours, 99) * us, "µs", "raw rocksdict get p99",
                  percentile(raw, 99) * us),
-        make_row("get_json p99 (stored bytes)", percentile(ours_json, 99) * us, "µs",
+        make_row("raw.get p99 (stored bytes)", percentile(ours_json, 99) * us, "µs",
                  "raw rocksdict get p99", percentile(raw, 99) * us),
         make_row(f"get_many({BATCH}) median", median(many_ours) * ms, "ms",
                  f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
-        make_row(f"get_many_json({BATCH}) median (stored bytes)", median(many_json) * ms, "ms",
+        make_row(f"raw.get_many({BATCH}) median (stored bytes)", median(many_json) * ms, "ms",
                  f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
         make_row(f"get_at p50, {LONG_RUN_EVENTS // 1000}k-event run", percentile(at, 50) * ms,
                  "ms", "fold the run from sequence 0 (no snapshots)", median(replays) * ms),

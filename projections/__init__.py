@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
+from behest.projections.otel import OtelProjection
 from behest.projections.run_state import RunStateProjection
 from behest.projections.tool_usage import ToolUsageProjection
 
-__all__ = ["RunStateProjection", "ToolUsageProjection"]
+__all__ = ["OtelProjection", "RunStateProjection", "ToolUsageProjection"]

@@ -11,8 +11,9 @@ The seed's rules (shared/seeds/state.rs.txt):
 - every event moves `updated_at` to its own time and counts in `event_count`;
   `sequence` is the last folded sequence.
 
-A run whose first event is not `RunStarted` starts `pending` with an unknown (nil)
-session and empty provider and model; `created_at` is its first event's time.
+A run whose first event is not `RunStarted` starts `pending` with session, provider and
+model unknown (null) until its `RunStarted` is folded; `created_at` is its first event's
+time.
 
 The state is a plain dict in the contract's JSON shape, with times kept as UTC
 microseconds while folding; it is stored as the contract's JSON (RFC 3339 times),
@@ -32,7 +33,6 @@ import orjson
 from behest.events import EventRecord, RunStatus, Variant
 from behest.times import format_micros, parse_micros
 
-NIL_SESSION: Final = str(uuid.UUID(int=0))
 _U64 = struct.Struct(">Q")
 _TIME_BIAS: Final = 1 << 63
 """Added to times in keys, so byte order is time order before 1970 too."""
@@ -53,13 +53,15 @@ class Usage(TypedDict):
 
 
 class RunStateData(TypedDict):
-    """A run's state while folding: the contract's fields, times as UTC microseconds."""
+    """A run's state while folding: `behest.events.RunState` (the one model of a run's
+    state) in its fast form, as `EventRecord` is `AgentEvent`'s: the same fields, times as
+    UTC microseconds; a test keeps the two field lists equal."""
 
     run_id: str
-    session_id: str
+    session_id: str | None
     status: str
-    provider: str
-    model: str
+    provider: str | None
+    model: str | None
     metadata: Any
     iteration: int
     total_usage: Usage
@@ -74,10 +76,10 @@ class RunStateData(TypedDict):
 def _initial(event: EventRecord) -> RunStateData:
     return {
         "run_id": event["run_id"],
-        "session_id": NIL_SESSION,
+        "session_id": None,
         "status": RunStatus.PENDING.value,
-        "provider": "",
-        "model": "",
+        "provider": None,
+        "model": None,
         "metadata": None,
         "iteration": 0,
         "total_usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
@@ -195,11 +197,9 @@ class RunStateProjection:
         """All runs, active runs, runs of a session, runs per status; each list ordered by
         creation time: `prefix ‖ (created_at µs + 2^63, 8 bytes BE) ‖ run id (16 bytes)`."""
         suffix = _U64.pack(state["created_at"] + _TIME_BIAS) + _uuid_bytes(state["run_id"])
-        keys = [
-            INDEX_ALL + suffix,
-            INDEX_SESSION + _uuid_bytes(state["session_id"]) + suffix,
-            INDEX_STATUS + STATUS_CODES[state["status"]] + suffix,
-        ]
+        keys = [INDEX_ALL + suffix, INDEX_STATUS + STATUS_CODES[state["status"]] + suffix]
+        if state["session_id"] is not None:  # unknown until RunStarted
+            keys.append(INDEX_SESSION + _uuid_bytes(state["session_id"]) + suffix)
         if state["status"] not in TERMINAL:
             keys.append(INDEX_ACTIVE + suffix)
         return keys

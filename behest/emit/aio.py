@@ -37,8 +37,11 @@ from behest.emit.producer import (
     check_event,
 )
 from behest.emit.recorder import AsyncRunRecorder
+from behest.emit.schemas import publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
+from behest.registry import registry_encoder
+from behest.telemetry import trace_headers
 
 __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 
@@ -75,7 +78,7 @@ class _Item:
     """Records queued by one `emit`/`emit_many` call, waiting for the sender task;
     `deliveries` is None for a single event (its future gets the `Delivery` itself)."""
 
-    __slots__ = ("deliveries", "future", "pending", "records", "settled")
+    __slots__ = ("deliveries", "future", "headers", "pending", "records", "settled")
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class _Item:
     ) -> None:
         self.records = records
         self.future = future
+        self.headers = trace_headers() or []  # the emitting caller's trace context
         self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
         self.pending = len(records)
         self.settled = bytearray(len(records))
@@ -116,7 +120,7 @@ class AsyncEventProducer:
         self.topic = topic or self.settings.topic
         self.config = aiokafka_config(self.settings, overrides)
         self.delivery_timeout = int(self.config["request_timeout_ms"]) / 1000
-        self._encode = KeyedEncoder()
+        self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._queue: deque[_Item] = deque()
         self._client: AIOKafkaProducer | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -127,6 +131,7 @@ class AsyncEventProducer:
         self._closing = False
         self._closed = False
         self._partitioner = JavaPartitioner()
+        self._publishing: asyncio.Future[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -159,7 +164,10 @@ class AsyncEventProducer:
         if self._sender is None:
             self._closed = True
             return
-        await self.flush(self.delivery_timeout if timeout is None else timeout)
+        budget = self.delivery_timeout if timeout is None else timeout
+        if self._publishing is not None:  # the schema record goes out with the events
+            await asyncio.wait({self._publishing}, timeout=budget)
+        await self.flush(budget)
         self._closing = True
         self._closed = True
         while self._queue:
@@ -170,6 +178,10 @@ class AsyncEventProducer:
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
         if self._client is not None:
             await self._client.stop()
             self._client = None
@@ -259,6 +271,7 @@ class AsyncEventProducer:
             if self._client is None:
                 try:
                     self._client = await self._connect()
+                    self._publishing = asyncio.ensure_future(self._publish_schema(self._client))
                 except Exception as error:  # fail what waits; the next emit tries again
                     failure = (
                         error
@@ -306,11 +319,12 @@ class AsyncEventProducer:
             members: list[_Member] = []
             for item, index, (key, value, timestamp) in entries:
                 at = timestamp or None  # 0: now
-                if builder.append(key=key, value=value, timestamp=at) is None:
+                headers = item.headers
+                if builder.append(key=key, value=value, timestamp=at, headers=headers) is None:
                     await self._submit(client, builder, partition, members)
                     builder = client.create_batch()
                     members = []
-                    if builder.append(key=key, value=value, timestamp=at) is None:
+                    if builder.append(key=key, value=value, timestamp=at, headers=headers) is None:
                         self._settle(item, index, None, self._too_large(key, value))
                         continue
                 members.append((item, index))
@@ -357,6 +371,19 @@ class AsyncEventProducer:
         settle = self._settle
         for offset, (item, index) in enumerate(members, start=base):
             settle(item, index, Delivery(topic, partition, offset), None)
+
+    async def _publish_schema(self, client: AIOKafkaProducer) -> None:
+        """Write the writer schema to `<topic>.schemas` once connected, beside the first
+        events (never before them in the queue), if that topic exists."""
+        schema = publication(self.topic)
+        try:
+            metadata = await client.client.fetch_all_metadata()
+            if schema.topic not in metadata.topics():
+                schema.missing(self.settings.bootstrap)
+                return
+            await client.send_and_wait(schema.topic, schema.value, schema.key)
+        except KafkaError as error:
+            schema.failed(repr(error))
 
     async def _connect(self) -> AIOKafkaProducer:
         """An aiokafka producer connected to the cluster, retried until the delivery

@@ -33,8 +33,11 @@ from behest import codec
 from behest.config import Settings
 from behest.emit.delivery import Delivery
 from behest.emit.recorder import RunRecorder
+from behest.emit.schemas import publication
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
+from behest.registry import registry_encoder
+from behest.telemetry import trace_headers
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_MS",
@@ -103,9 +106,9 @@ class KeyedEncoder:
 
     __slots__ = ("_encode", "_keys")
 
-    def __init__(self) -> None:
+    def __init__(self, encode: Callable[[AgentEvent], bytes] | None = None) -> None:
         self._keys: dict[uuid.UUID, bytes] = {}
-        self._encode = codec.encode
+        self._encode = encode or codec.encode  # or Confluent framing (behest.registry)
 
     def __call__(self, event: AgentEvent) -> Record:
         run_id = event.run_id
@@ -210,14 +213,19 @@ class EventProducer:
                 f"cannot create a Kafka producer with this configuration: {error}; check "
                 "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
             ) from None
-        self._encode = KeyedEncoder()
+        self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._closed = False
         self._stop = threading.Event()
+        self._schema_queued = threading.Event()
+        self._emitted = False
         self._poll_interval = poll_interval
         self._poller = threading.Thread(
             target=self._poll_loop, name="behest-producer-poll", daemon=True
         )
         self._poller.start()
+        threading.Thread(
+            target=self._publish_schema_once, name="behest-producer-schema", daemon=True
+        ).start()
         # Forgotten close(): still deliver what was queued before the interpreter exits.
         self._at_exit = weakref.finalize(
             self, _flush_at_exit, self._producer, self.settings.bootstrap, self.delivery_timeout
@@ -234,9 +242,10 @@ class EventProducer:
         """Queue one event; the future resolves to where Kafka stored it, or to a
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
         key, value, timestamp = self._encode(check_event(event))
+        self._emitted = True
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
-        self._produce(key, value, partial(self._deliver, future), timestamp)
+        self._produce(key, value, partial(self._deliver, future), timestamp, trace_headers())
         return future
 
     def emit_many(self, events: Iterable[AgentEvent]) -> Future[list[Delivery]]:
@@ -247,6 +256,7 @@ class EventProducer:
         """
         encode = self._encode
         records = [encode(check_event(event)) for event in events]
+        self._emitted = True
         batch = _Batch(self.topic, len(records), self._describe)
         if not records:
             batch.future.set_result([])
@@ -256,13 +266,16 @@ class EventProducer:
         produce = self._producer.produce
         topic = self.topic
         on_delivery = batch.on_delivery
+        headers = trace_headers()  # one look-up for the batch: its events share the caller's span
         for index, (key, value, timestamp) in enumerate(records):
             callback = partial(on_delivery, index)
             try:
-                produce(topic, value, key, on_delivery=callback, timestamp=timestamp)
+                produce(
+                    topic, value, key, on_delivery=callback, timestamp=timestamp, headers=headers
+                )
             except BufferError:
                 try:
-                    self._produce(key, value, callback, timestamp)
+                    self._produce(key, value, callback, timestamp, headers)
                 except ProduceError as error:
                     self._abandon(batch, index, error)
             except KafkaException as error:
@@ -282,7 +295,10 @@ class EventProducer:
         """Queue a record with the run's key and no value: every projection deletes the run."""
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()
-        self._produce(self._encode.key(run_id), None, partial(self._deliver, future))
+        self._emitted = True
+        self._produce(
+            self._encode.key(run_id), None, partial(self._deliver, future), 0, trace_headers()
+        )
         return future
 
     def run(
@@ -302,10 +318,11 @@ class EventProducer:
         value: bytes | None,
         on_delivery: Callable[[Any, Message], None],
         timestamp: int = 0,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         if self._closed:
             raise ProduceError("the producer is closed; create a new EventProducer")
-        produce = self._producer.produce
+        produce = partial(self._producer.produce, headers=headers)
         try:
             produce(self.topic, value, key, on_delivery=on_delivery, timestamp=timestamp)
             return
@@ -348,6 +365,38 @@ class EventProducer:
         else:
             log.debug("Kafka client error (retrying): %s", error.str())
 
+    def _publish_schema(self) -> None:
+        """Write the writer schema to `<topic>.schemas` (on a thread of its own at start, so
+        neither `emit` nor delivery reports wait for it), if that topic exists: a missing
+        one is not created."""
+        schema = publication(self.topic)
+        while not self._stop.is_set():
+            try:
+                metadata = self._producer.list_topics(timeout=1.0)
+                break
+            except KafkaException:
+                continue  # no broker yet: librdkafka keeps trying
+        else:
+            return
+        if schema.topic not in metadata.topics:
+            schema.missing(self.settings.bootstrap)
+            return
+
+        def delivered(error: KafkaError | None, _msg: Message) -> None:
+            if error is not None:
+                schema.failed(error.str())
+
+        try:
+            self._producer.produce(schema.topic, schema.value, schema.key, on_delivery=delivered)
+        except (BufferError, KafkaException) as error:
+            schema.failed(str(error))
+
+    def _publish_schema_once(self) -> None:
+        try:
+            self._publish_schema()
+        finally:
+            self._schema_queued.set()
+
     def _poll_loop(self) -> None:
         poll = self._producer.poll
         while not self._stop.is_set():
@@ -378,7 +427,11 @@ class EventProducer:
         `ProduceError`, and stop the poll thread. Idempotent."""
         if self._closed:
             return
-        remaining = self.flush(self.delivery_timeout if timeout is None else timeout)
+        budget = self.delivery_timeout if timeout is None else timeout
+        started = time.monotonic()
+        if self._emitted:  # the schema record goes out with the events
+            self._schema_queued.wait(budget)
+        remaining = self.flush(max(0.0, budget - (time.monotonic() - started)))
         self._closed = True
         if remaining:
             self._producer.purge(in_queue=True, in_flight=True)

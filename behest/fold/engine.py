@@ -3,9 +3,11 @@
 Pure of Kafka: it takes records shaped like Kafka's (`LogRecord`) and a `StateStore`, so the
 `Projector` (the Kafka runtime) and `behest.testing` (no broker) run the very same code:
 
-    records ─► decode (poison ─► dead letters) ─► per-run sequence check (duplicates
-    skipped, gaps recorded, tombstones reset) ─► group per entity ─► one multi-get of
-    states ─► fold ─► one write (states, events, snapshots, index, heads, next offsets)
+    records ─► decode + validate (poison ─► dead letters) ─► per-run sequence check
+    (duplicates skipped, conflicts dead-lettered, gaps recorded, late events kept,
+    tombstones reset) ─► group per entity ─► one multi-get of states ─► fold (a run with a
+    late event re-folded from the snapshot before it) ─► one write (states, events,
+    snapshots, index, heads, next offsets)
 
 Run-keyed projections (`RunStateProjection`) also keep each run's events (`run ‖ seq` →
 the bytes as on the log), a snapshot every `snapshot_every` events, and delete all of a
@@ -17,15 +19,19 @@ out of an aggregate.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-from behest.codec import decode_record
-from behest.errors import CodecError
+from behest.codec import check_record, decode_record
+from behest.errors import CodecError, UnknownSchemaError
+from behest.events import EventRecord
 from behest.fold.projection import Projection
+from behest.fold.refold import EntityFold, Folded, Item, by_sequence
+from behest.fold.sequences import RunHead
 from behest.fold.store import StateStore, StoreBatch
 
 __all__ = [
@@ -48,6 +54,8 @@ DEFAULT_SNAPSHOT_EVERY: Final = 32
 """A run's state is snapshotted after every 32nd event: `get_at` folds at most 31 events
 (~0.3 ms), for about 10% more disk than the events alone."""
 _KEY_CACHE_LIMIT: Final = 100_000
+MAX_ERROR_CHARS: Final = 1000
+"""A dead letter's error text is cut to this (a huge bad key would otherwise repeat in it)."""
 
 HEADER_TOPIC: Final = "behest.source.topic"
 HEADER_PARTITION: Final = "behest.source.partition"
@@ -90,20 +98,34 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one batch did; `positions` are the next offsets written, per partition."""
+    """What one batch did; `positions` are the next offsets written, per partition.
+
+    `gaps` counts sequence ranges found missing; `late_repaired` the late events folded in
+    their place (each fills a gap or part of one); conflicts are among `dead_letters`."""
 
     records: int = 0
     folded: int = 0
     duplicates: int = 0
     gaps: int = 0
+    late_repaired: int = 0
     tombstones: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
+    held: dict[int, int] = field(default_factory=dict)
+    """Partitions stopped at a record waiting for its writer schema: partition → its offset."""
+    states: dict[bytes, Any] = field(default_factory=dict)
+    """The new state of every entity the batch changed (deleted ones are absent)."""
 
 
-# (sequence, decoded event or None for a tombstone, value bytes, the record)
-_Item = tuple[int, Any, bytes, LogRecord]
-_Head = tuple[int, int] | None
+@dataclass(slots=True)
+class _Pass:
+    """One batch in progress: the heads as they were and as they become, and the result."""
+
+    result: BatchResult
+    before: dict[bytes, RunHead | None]
+    heads: dict[bytes, RunHead | None]
+    epochs: dict[bytes, int] = field(default_factory=dict)
+    reset: set[bytes] = field(default_factory=set)
 
 
 def _parse_key(key: bytes | None) -> tuple[str, bytes] | None:
@@ -140,14 +162,25 @@ class BatchFolder(Generic[S]):
         *,
         topic: str,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        hold: Callable[[LogRecord], bool] | None = None,
+        decode: Callable[[bytes], tuple[EventRecord, bytes]] | None = None,
     ) -> None:
+        """`hold(record)` is asked about a record whose writer schema is unknown: True
+        stops its partition at it for this batch (`BatchResult.held`: the caller reads it
+        again later), False decodes it again (dead-lettered if still unknown). Without it,
+        such records are dead letters at once."""
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+        self.hold = hold
         self.store = store
         self.projection = projection
         self.topic = topic
         self.snapshot_every = snapshot_every
+        self._decode = decode
+        """Another framing's reader (Schema Registry): the record, and the single-object
+        bytes to store for it; None reads single-object only."""
         self._keys: dict[bytes | None, tuple[str, bytes]] = {}
+        self._entity = EntityFold(store, projection, snapshot_every)
 
     def process(
         self,
@@ -163,17 +196,18 @@ class BatchFolder(Generic[S]):
         """
         result = BatchResult(records=len(records))
         heads = self._load_heads(records)
-        before = dict(heads)
-        reset: set[bytes] = set()
-        groups = self._check(records, heads, reset, result)
+        run = _Pass(result, dict(heads), heads)
+        groups, pending = self._check(records, run)
+        if pending:
+            self._resolve(pending, groups, run)
         batch = self.store.batch()
-        self._fold(groups, batch, result)
-        for run, head in heads.items():
-            if head != before[run] or run in reset:
+        self._fold(groups, batch, run)
+        for key, head in heads.items():
+            if head != run.before[key] or key in run.reset:
                 if head is None:
-                    batch.delete_head(run)
+                    batch.delete_head(key)
                 else:
-                    batch.put_head(run, head[0], head[1])
+                    batch.put_head(key, head)
         for partition, next_offset in result.positions.items():
             batch.put_offset(self.topic, partition, next_offset)
         if result.dead_letters and dead_letter is not None:
@@ -182,13 +216,37 @@ class BatchFolder(Generic[S]):
         return result
 
     def _dead(self, result: BatchResult, record: LogRecord, error: str) -> None:
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[: MAX_ERROR_CHARS - 1] + "…"
         result.dead_letters.append(
             DeadLetter(
                 self.topic, record.partition(), record.offset(), record.key(), record.value(), error
             )
         )
 
-    def _load_heads(self, records: Sequence[LogRecord]) -> dict[bytes, _Head]:
+    def _undecodable(
+        self, record: LogRecord, value: bytes, error: CodecError, result: BatchResult
+    ) -> tuple[Any, bytes] | None:
+        """The event (and bytes) of a record that did not decode if its writer schema just
+        arrived; else None: its partition is held for the schema, or it is a dead letter."""
+        if isinstance(error, UnknownSchemaError) and self.hold is not None:
+            if self.hold(record):
+                result.held[record.partition()] = record.offset()
+                result.positions[record.partition()] = record.offset()
+                return None
+            try:
+                if self._decode is None:
+                    event: Any = decode_record(value)
+                else:
+                    event, value = self._decode(value)
+                check_record(event)
+                return event, value
+            except CodecError as again:
+                error = again
+        self._dead(result, record, str(error))
+        return None
+
+    def _load_heads(self, records: Sequence[LogRecord]) -> dict[bytes, RunHead | None]:
         """The heads of every run the batch names, in one multi-get (keys parsed once)."""
         keys = self._keys
         if len(keys) > _KEY_CACHE_LIMIT:
@@ -204,22 +262,30 @@ class BatchFolder(Generic[S]):
             runs.append(known[1])
         return dict(zip(runs, self.store.get_heads(runs), strict=True))
 
+    # --- the sequence check, in log order -----------------------------------------------------
+
     def _check(
-        self,
-        records: Sequence[LogRecord],
-        heads: dict[bytes, _Head],
-        reset: set[bytes],
-        result: BatchResult,
-    ) -> dict[bytes, list[_Item]]:
-        """Decode, validate and sequence-check every record, in log order; the events to
-        fold, grouped per entity. Poison goes to `result.dead_letters`, tombstones reset
-        heads (and join their run's group when the entity is the run)."""
+        self, records: Sequence[LogRecord], run_pass: _Pass
+    ) -> tuple[dict[bytes, list[Item]], list[Item]]:
+        """Decode, validate and sequence-check every record, in log order.
+
+        Returns the items to fold grouped per entity, and the items under a sequence folded
+        before this batch, which a run-keyed projection compares with the stored event
+        (`_resolve`). Poison goes to the dead letters; tombstones reset heads (and join
+        their run's group when the entity is the run)."""
         projection = self.projection
-        entity_of = None if projection.run_keyed else projection.key
+        run_keyed = projection.run_keyed
+        entity_of = projection.key
         keys = self._keys
+        result, heads, epochs = run_pass.result, run_pass.heads, run_pass.epochs
         positions = result.positions
-        groups: dict[bytes, list[_Item]] = {}
+        groups: dict[bytes, list[Item]] = {}
+        seen: dict[bytes, dict[int, bytes]] = {}  # per run: the events accepted in this batch
+        pending: list[Item] = []
+        held = result.held
         for record in records:
+            if held and record.partition() in held:
+                continue  # waits for a writer schema: read again from there later
             positions[record.partition()] = record.offset() + 1
             key = record.key()
             known = keys.get(key)
@@ -227,7 +293,7 @@ class BatchFolder(Generic[S]):
                 self._dead(
                     result,
                     record,
-                    f"record key {key!r} is not a run id (canonical lowercase UUID text)",
+                    f"record key {key!r:.200} is not a run id (canonical lowercase UUID text)",
                 )
                 continue
             text, run = known
@@ -235,117 +301,189 @@ class BatchFolder(Generic[S]):
             if value is None:
                 result.tombstones += 1
                 heads[run] = None
-                reset.add(run)
-                if entity_of is None:
-                    groups.setdefault(run, []).append((-1, None, b"", record))
+                run_pass.reset.add(run)
+                seen.pop(run, None)
+                epochs[run] = epochs.get(run, 0) + 1
+                if run_keyed:
+                    item = Item(run, -1, None, b"", record, epochs[run])
+                    groups.setdefault(run, []).append(item)
                 continue
             try:
-                event: Any = decode_record(value)
+                if self._decode is None:
+                    event: Any = decode_record(value)
+                else:
+                    event, value = self._decode(value)
+                check_record(event)
             except CodecError as error:
-                self._dead(result, record, str(error))
-                continue
+                decoded = self._undecodable(record, value, error, result)
+                if decoded is None:
+                    continue
+                event, value = decoded
             run_id = event["run_id"]
             sequence = event["sequence"]
             if run_id != text and not _same_run(text, run_id):
                 self._dead(result, record, f"record key {text} is not the event's run_id {run_id}")
                 continue
-            if sequence < 0:
-                self._dead(result, record, f"event sequence {sequence} is negative")
-                continue
+            item = Item(run, sequence, event, value, record, epochs.get(run, 0))
             head = heads[run]
             if head is None:
-                heads[run] = (sequence, 0)
-            else:
-                last, gaps = head
-                if sequence <= last:
+                heads[run] = RunHead.first(sequence)
+                if sequence:
+                    self._gap(result, text, 0, sequence)
+            elif sequence > head.last:
+                if sequence > head.last + 1:
+                    self._gap(result, text, head.last + 1, sequence)
+                heads[run] = head.advance(sequence)
+            elif head.is_missing(sequence):
+                heads[run] = head.fill(sequence)
+                item.late = True
+            else:  # a sequence folded before: a duplicate or a conflict (or never stored)
+                earlier = seen.get(run, {}).get(sequence)
+                if earlier is not None:
+                    self._repeat(result, item, earlier)
+                elif run_keyed and not item.epoch:
+                    pending.append(item)
+                else:
                     result.duplicates += 1
-                    log.debug("run %s: duplicate sequence %d (at %d)", text, sequence, last)
-                    continue
-                if sequence > last + 1:
-                    gaps += 1
-                    result.gaps += 1
-                    log.warning(
-                        "run %s: sequences %d..%d missing (got %d after %d); folded past the gap",
-                        text,
-                        last + 1,
-                        sequence - 1,
-                        sequence,
-                        last,
-                    )
-                heads[run] = (sequence, gaps)
-            entity = run if entity_of is None else entity_of(event)
+                continue
+            seen.setdefault(run, {})[sequence] = value
+            entity = run if run_keyed else entity_of(event)
             if entity is not None:
-                item = (sequence, event, value, record)
                 group = groups.get(entity)
                 if group is None:
                     groups[entity] = [item]
                 else:
                     group.append(item)
-        return groups
+        return groups, pending
 
-    def _fold(
-        self, groups: dict[bytes, list[_Item]], batch: StoreBatch, result: BatchResult
+    @staticmethod
+    def _gap(result: BatchResult, run: str, first: int, sequence: int) -> None:
+        result.gaps += 1
+        log.warning(
+            "run %s: sequences %d..%d missing (got %d); folded past the gap (a late event "
+            "fills it in place)",
+            run,
+            first,
+            sequence - 1,
+            sequence,
+        )
+
+    def _repeat(self, result: BatchResult, item: Item, folded: bytes) -> None:
+        """An event under a sequence already folded: a duplicate when it is the same bytes
+        (skipped), a conflict otherwise (dead-lettered)."""
+        if item.value == folded:
+            result.duplicates += 1
+            return
+        self._dead(
+            result,
+            item.record,
+            f"conflict: sequence {item.sequence} of run {item.event['run_id']} was already "
+            "folded with different bytes (two events under one sequence); the first one stays",
+        )
+
+    def _resolve(
+        self, pending: list[Item], groups: dict[bytes, list[Item]], run_pass: _Pass
     ) -> None:
+        """Compare each event under an already-folded sequence with the stored one (one
+        multi-get). None stored means it was never folded (a gap forgotten, or a store
+        older than gap tracking): late after all."""
+        stored = self.store.get_events([(item.run, item.sequence) for item in pending])
+        accepted: dict[tuple[bytes, int], bytes] = {}
+        for item, data in zip(pending, stored, strict=True):
+            earlier = data if data is not None else accepted.get((item.run, item.sequence))
+            if earlier is not None:
+                self._repeat(run_pass.result, item, earlier)
+                continue
+            item.late = True
+            accepted[(item.run, item.sequence)] = item.value
+            groups.setdefault(item.run, []).append(item)
+
+    # --- the fold -----------------------------------------------------------------------------
+
+    def _fold(self, groups: dict[bytes, list[Item]], batch: StoreBatch, run_pass: _Pass) -> None:
         """Fold each entity's events onto its stored state (one multi-get) and stage the
         new states, index changes, and, for runs, their events and snapshots."""
         projection = self.projection
-        decode, encode = projection.decode_state, projection.encode_state
+        decode = projection.decode_state
+        fold = self._entity.fold
+        refuse = functools.partial(self._refuse, run_pass=run_pass)
         entities = list(groups)
         for entity, data in zip(entities, self.store.get_states(entities), strict=True):
             original = None if data is None else decode(data)
-            state = self._fold_entity(entity, original, groups[entity], batch, result)
-            self._reindex(original, state, batch)
-            if state is not None:
-                batch.put_state(entity, encode(state))
+            items = groups[entity]
+            if not projection.run_keyed:  # across runs: in log order, as they come
+                folded = fold(original, items, None, refuse)
+                self._stage(entity, original, folded, False, batch, run_pass)
+                continue
+            epochs = max(item.epoch for item in items)
+            base = run_pass.before[entity]
+            repair = None if base is None else (entity, base.last)
+            for epoch in range(epochs + 1):  # a tombstone starts the run afresh
+                events = [i for i in items if i.epoch == epoch and i.event is not None]
+                events.sort(key=by_sequence)
+                if epoch:
+                    folded = fold(None, events, None, refuse)
+                else:
+                    folded = fold(original, events, repair, refuse)
+                if epoch < epochs:  # folded, then deleted by the tombstone after them
+                    run_pass.result.folded += len(folded[1])
+            if epochs:
+                batch.delete_run(entity)
+            self._stage(entity, original, folded, epochs > 0, batch, run_pass)
 
-    def _fold_entity(
+    def _refuse(self, item: Item, reason: str, run_pass: _Pass) -> None:
+        """Dead-letter an event the fold cannot take; its sequence counts as missing again,
+        so the same event replayed after a fix is late, not a duplicate."""
+        self._dead(run_pass.result, item.record, f"projection {self.projection.name!r} {reason}")
+        head = run_pass.heads.get(item.run)
+        if head is not None and item.epoch == run_pass.epochs.get(item.run, 0):
+            run_pass.heads[item.run] = head.reopen(item.sequence)
+
+    def _stage(
         self,
         entity: bytes,
-        state: S | None,
-        items: list[_Item],
+        original: S | None,
+        folded: Folded,
+        deleted: bool,
         batch: StoreBatch,
-        result: BatchResult,
-    ) -> S | None:
-        """Fold one entity's events in order; for a run, keep its events and snapshots."""
+        run_pass: _Pass,
+    ) -> None:
+        """Put the new state, its index changes and, for a run, its new events and the
+        snapshots due; if the state cannot be encoded or indexed, refuse its events."""
+        state, items, snapshots = folded
         projection = self.projection
-        apply = projection.apply
         run_keyed = projection.run_keyed
-        every = self.snapshot_every
-        events: list[tuple[int, bytes]] = []
-        folded = 0
-        for sequence, event, value, record in items:
-            if event is None:  # a tombstone (runs only): what came before goes with it
-                batch.delete_run(entity)
-                events.clear()
-                state = None
-                continue
-            try:
-                state = apply(state, event)
-            except Exception as error:  # a fold that cannot take an event must not stall us
-                self._dead(
-                    result,
-                    record,
-                    f"projection {projection.name!r} cannot fold this event: "
-                    f"{type(error).__name__}: {error}",
-                )
-                continue
-            folded += 1
-            if run_keyed:
-                events.append((sequence, value))
-                if (sequence + 1) % every == 0:
-                    encoded = projection.encode_state(state)
-                    batch.put_snapshot(entity, sequence, event["timestamp"], encoded)
-        if events:
-            batch.put_events(entity, events)
-        result.folded += folded
-        return state
-
-    def _reindex(self, original: S | None, state: S | None, batch: StoreBatch) -> None:
-        """Delete the index entries the entity lost; add the ones it gained."""
-        index_keys = self.projection.index_keys
+        index_keys = projection.index_keys
+        try:
+            encoded = None if state is None else projection.encode_state(state)
+            new = set() if state is None else set(index_keys(state))
+        except Exception as error:  # the entity stays as it was (or deleted, if tombstoned)
+            for item in items:
+                reason = f"cannot store the state after this event: {type(error).__name__}: "
+                self._refuse(item, reason + str(error), run_pass)
+            items, snapshots, encoded = [], [], None
+            new = set() if deleted or original is None else set(index_keys(original))
+        result = run_pass.result
+        result.folded += len(items)
+        late = sum(item.late for item in items)
+        if late:
+            result.late_repaired += late
+            log.info(
+                "%s %s: %d late event(s) folded in place",
+                "run" if run_keyed else "entity",
+                uuid.UUID(bytes=entity) if run_keyed else entity,
+                late,
+            )
         old = set() if original is None else set(index_keys(original))
-        new = set() if state is None else set(index_keys(state))
         for key in old - new:
             batch.delete_index(key)
         for key in new - old:
             batch.put_index(key)
+        if encoded is not None:
+            batch.put_state(entity, encoded)
+            result.states[entity] = state
+        if run_keyed:
+            if items:
+                batch.put_events(entity, [(item.sequence, item.value) for item in items])
+            for sequence, micros, snapshot in snapshots:
+                batch.put_snapshot(entity, sequence, micros, snapshot)

@@ -110,11 +110,14 @@ class GenerationWriter:
         *,
         member: str,
         snapshot_every: int,
+        **folder_options: Any,
     ) -> None:
+        """`folder_options` go to each partition's `BatchFolder` (`hold`, `decode`)."""
         self.layout = layout
         self.projection = projection
         self.member = member
         self.snapshot_every = snapshot_every
+        self.folder_options = folder_options
         self.stores = GenerationStores(layout, manifest, secondary=False)
         self._folders: dict[int, BatchFolder[Any]] = {}
         self._owned: set[int] = set()
@@ -147,7 +150,11 @@ class GenerationWriter:
             store = self.stores.open(partition)
             if partition not in self._folders:
                 self._folders[partition] = BatchFolder(
-                    store, self.projection, topic=topic, snapshot_every=self.snapshot_every
+                    store,
+                    self.projection,
+                    topic=topic,
+                    snapshot_every=self.snapshot_every,
+                    **self.folder_options,
                 )
             offsets.update(store.stored_offsets(topic))
             self._owned.add(partition)

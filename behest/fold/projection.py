@@ -148,16 +148,19 @@ def format_key(projection: Projection[Any], key: bytes) -> str:
     return key.decode(errors="backslashreplace")
 
 
-def index_entity(projection: Projection[Any], index_key: bytes) -> bytes:
-    """The entity key an index entry lists: by default, a run-keyed projection's index keys
-    end with the run's 16 bytes; others must define `index_entity`."""
-    custom = getattr(projection, "index_entity", None)
+def index_entity(projection: Projection[Any]) -> Callable[[bytes], bytes]:
+    """How to find the entity key an index entry lists: by default, a run-keyed
+    projection's index keys end with the run's 16 bytes; others must define `index_entity`."""
+    custom: Callable[[bytes], bytes] | None = getattr(projection, "index_entity", None)
     if custom is not None:
-        key: bytes = custom(index_key)
-        return key
+        return custom
     if projection.run_keyed:
-        return index_key[-16:]
+        return _last_16
     raise InvalidQueryError(
         f"projection {projection.name!r} does not say which state an index key lists: "
         "define index_entity(index_key) -> bytes on it to scan its index"
     )
+
+
+def _last_16(index_key: bytes) -> bytes:
+    return index_key[-16:]

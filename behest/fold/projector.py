@@ -39,27 +39,28 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
+from behest import codec
 from behest.config import Settings
 from behest.errors import (
     BehestError,
     ConfigError,
     KafkaUnavailableError,
-    ProduceError,
     TopicMissingError,
 )
-from behest.fold.engine import (
-    DEFAULT_SNAPSHOT_EVERY,
-    DeadLetter,
-)
+from behest.fold.deadletter import DeadLetterSender
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchResult
 from behest.fold.generations import GenerationWriter, plan, projection_version
 from behest.fold.layout import Layout, Manifest, new_member_id
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.projection import Projection, combiner
+from behest.fold.schemas import SchemaWait
+from behest.fold.store import StateStore
 from behest.fold.storeset import StoreSet
+from behest.registry import framing_decoder
+from behest.telemetry import fold_span
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
 
@@ -86,6 +87,7 @@ class ProjectorMetrics:
     events_folded: int = 0
     duplicates: int = 0
     gaps: int = 0
+    late_repaired: int = 0
     dead_letters: int = 0
     tombstones: int = 0
     batches: int = 0
@@ -130,6 +132,7 @@ class Projector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         on_progress: Callable[[ProjectorMetrics], None] | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
         poll_timeout: float = 0.5,
         metadata_timeout: float = 10.0,
         worker: str | None = None,
@@ -150,14 +153,23 @@ class Projector:
         self.batch_size = batch_size
         self.snapshot_every = snapshot_every
         self.on_progress = on_progress
+        self.on_batch = on_batch
+        """Called with each batch's result (its new states) once the batch is written: the
+        place for effects such as exporting (the otel projection's spans)."""
         self.poll_timeout = poll_timeout
         self.metadata_timeout = metadata_timeout
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
-        self._dlq: Producer | None = None
+        self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
+        self._schemas = SchemaWait(
+            settings,
+            self._schema_stores,
+            group_id=f"{self.group_id}.schemas",
+            librdkafka_log=librdkafka_log,
+        )
         self._member = new_member_id()
         self._writer: GenerationWriter | None = None
         self._view = StoreSet(self.layout, None, follow=False, combine=combiner(projection))
@@ -221,6 +233,7 @@ class Projector:
             return self._stopping.is_set() or bool(stop_event and stop_event.is_set())
 
         consumer = Consumer(self._consumer_config())
+        codec.on_published_schema(self._schemas.keep)
         try:
             partitions = self._check_topic(consumer)
             writer = self._prepare(consumer, partitions, rebuild=rebuild)
@@ -244,6 +257,7 @@ class Projector:
                 if targets is not None and self._caught_up(consumer, targets, idle=idle):
                     break
         finally:
+            codec.on_published_schema(None)
             self._stopping.clear()  # a stop asked for before or during this run ends it only
             self._leave(consumer)
         return self.metrics
@@ -254,6 +268,8 @@ class Projector:
         records = self._usable(messages) if messages else []
         if records:
             self._process(consumer, records)
+        if self._schemas.waiting:
+            self._resume_ready(consumer)
         self._update_lag(consumer)
         if self._writer is not None:
             self._writer.heartbeat()
@@ -268,6 +284,7 @@ class Projector:
             consumer.close()
         finally:
             self._leaving = False
+            self._schemas.waiting.clear()
             with self._lock:
                 self._assigned.clear()
                 self._metrics.assigned = ()
@@ -318,7 +335,13 @@ class Projector:
             self.projection,
             member=self._member,
             snapshot_every=self.snapshot_every,
+            hold=self._schemas.hold,
+            decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
         )
+
+    def _schema_stores(self) -> list[StateStore]:
+        """Where writer schemas are kept: every partition store this projector has open."""
+        return [] if self._writer is None else [s for _, s in self._writer.stores.stores()]
 
     def _decide(
         self, consumer: Consumer, partitions: list[int], *, rebuild: bool
@@ -369,6 +392,7 @@ class Projector:
         """Fold every partition into the new generation, outside the consumer group, until
         caught up; then switch readers to it. False if stopped first."""
         stored = writer.add(partitions)
+        self._schemas.attach()
         consumer.assign(
             [TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions]
         )
@@ -419,8 +443,8 @@ class Projector:
 
     def close(self) -> None:
         """Flush dead letters in flight and close the stores (releasing their locks)."""
-        if self._dlq is not None:
-            self._dlq.flush(10)
+        self._dead_letters.close()
+        self._schemas.close()
         self._view.close()
         if self._writer is not None:
             self._writer.close()
@@ -531,6 +555,7 @@ class Projector:
         keep = set(writer.owned) | wanted  # others are open from an earlier run: close them
         writer.remove([p for p in writer.stores.partitions() if p not in keep])
         stored = writer.add(sorted(wanted))
+        self._schemas.attach()
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
@@ -549,6 +574,7 @@ class Projector:
         # A revoked partition's store closes (its next owner may be another process on this
         # state dir); when this projector leaves, they stay open for its in-process readers.
         consumer.unassign()
+        self._schemas.forget([tp.partition for tp in partitions])
         if self._writer is not None:
             self._writer.remove([tp.partition for tp in partitions], close=not self._leaving)
         with self._lock:
@@ -600,7 +626,10 @@ class Projector:
 
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
-        result = self._writing().process(records, dead_letter=self._send_dead_letters)
+        with fold_span(records, self.topic):  # linked to the producers' spans, if traced
+            result = self._writing().process(records, dead_letter=self._dead_letters.send)
+        if result.held:
+            self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
         with self._lock:
@@ -609,69 +638,32 @@ class Projector:
             m.events_folded += result.folded
             m.duplicates += result.duplicates
             m.gaps += result.gaps
+            m.late_repaired += result.late_repaired
             m.dead_letters += len(result.dead_letters)
             m.tombstones += result.tombstones
             m.batches += 1
             m.last_batch_at = time.time()
             m.last_batch_seconds = elapsed
             m.positions.update(result.positions)
-        if self._metrics.building:  # outside the group: its committed offsets are not ours
-            return
-        offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
-        with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
-            consumer.commit(offsets=offsets, asynchronous=True)
+        if not self._metrics.building:  # outside the group, its committed offsets are not ours
+            offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
+            with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
+                consumer.commit(offsets=offsets, asynchronous=True)
+        if self.on_batch is not None:
+            self.on_batch(result)
 
-    def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Produce and flush every dead letter, or raise: then the batch is not written."""
-        if self._dlq is None:
-            self._dlq = Producer(
-                self.settings.librdkafka(
-                    **{
-                        "acks": "all",
-                        "enable.idempotence": True,
-                        "linger.ms": 5,
-                        "message.timeout.ms": 30_000,
-                        "partitioner": "murmur2_random",
-                        "logger": librdkafka_log,
-                    }
-                )
-            )
-        producer = self._dlq
-        failures: list[str] = []
+    def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
+        """Stop each partition at the record that waits for its writer schema."""
+        for partition, offset in held.items():
+            tp = TopicPartition(self.topic, partition, offset)
+            consumer.pause([tp])
+            consumer.seek(tp)
 
-        def delivered(error: KafkaError | None, _message: Any) -> None:
-            if error is not None:
-                failures.append(error.str())
-
-        for letter in letters:
-            log.warning(
-                "dead-lettering %s[%d]@%d to %s: %s",
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                self.settings.dlq_topic,
-                letter.error,
-            )
-            while True:
-                try:
-                    producer.produce(
-                        self.settings.dlq_topic,
-                        key=letter.key,
-                        value=letter.value,
-                        headers=letter.headers(),
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        pending = producer.flush(40)
-        if pending or failures:
-            reason = failures[0] if failures else f"{pending} still pending after 40 s"
-            raise ProduceError(
-                f"could not dead-letter {len(letters)} record(s) to "
-                f"{self.settings.dlq_topic!r} ({reason}); the batch was not written, so its "
-                "records are read again on restart"
-            )
+    def _resume_ready(self, consumer: Consumer) -> None:
+        """Resume held partitions whose schema arrived or whose wait is over."""
+        ready = self._schemas.ready()
+        if ready:
+            consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""

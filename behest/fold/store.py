@@ -9,8 +9,9 @@ One RocksDB per projection, one column family per kind of record:
 | snapshots | run id ‖ sequence                     | encoded state after folding `sequence` |
 | snaptimes | run id ‖ time (µs + 2^63, 8 bytes BE) | sequence of the snapshot at that time  |
 | index     | projection-defined (`s`‖session‖…)    | empty                                  |
-| heads     | run id                                | last folded sequence ‖ gap count       |
+| heads     | run id                                | highest sequence ‖ gaps (`RunHead`)    |
 | offsets   | topic ‖ 0x00 ‖ partition (4 bytes BE) | next offset to read (8 bytes, BE)      |
+| schemas   | writer schema fingerprint (8 bytes)   | JSON of a published schema events use  |
 
 Big-endian integers make RocksDB's byte order the numeric order, so a prefix
 scan yields a run's events in sequence order. Everything a batch of Kafka
@@ -31,6 +32,7 @@ from typing import Any, Final
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from behest.errors import StateLockedError, StoreError
+from behest.fold.sequences import RunHead, decode_head, encode_head
 
 STATES: Final = "states"
 EVENTS: Final = "events"
@@ -39,13 +41,13 @@ SNAPTIMES: Final = "snaptimes"
 INDEX: Final = "index"
 HEADS: Final = "heads"
 OFFSETS: Final = "offsets"
-FAMILIES: Final = (STATES, EVENTS, SNAPSHOTS, SNAPTIMES, INDEX, HEADS, OFFSETS)
+SCHEMAS: Final = "schemas"
+FAMILIES: Final = (STATES, EVENTS, SNAPSHOTS, SNAPTIMES, INDEX, HEADS, OFFSETS, SCHEMAS)
 
 RUN_KEY_SIZE: Final = 16
 MAX_SEQUENCE: Final = 2**63 - 1
 """Largest sequence a run can have (an Avro long)."""
 _U64 = struct.Struct(">Q")
-_HEAD = struct.Struct(">QQ")
 _PARTITION = struct.Struct(">I")
 _TIME_BIAS = 1 << 63
 
@@ -86,16 +88,6 @@ def encode_u64(value: int) -> bytes:
 def decode_u64(data: bytes) -> int:
     value: int = _U64.unpack(data)[0]
     return value
-
-
-def encode_head(last_sequence: int, gaps: int) -> bytes:
-    """Per-run bookkeeping: the last folded sequence and how many gaps were seen."""
-    return _HEAD.pack(last_sequence, gaps)
-
-
-def decode_head(data: bytes) -> tuple[int, int]:
-    last, gaps = _HEAD.unpack(data)
-    return int(last), int(gaps)
 
 
 def offset_key(topic: str, partition: int) -> bytes:
@@ -177,6 +169,7 @@ class StateStore:
         self.index = self._db.get_column_family(INDEX)
         self.heads = self._db.get_column_family(HEADS)
         self.offsets = self._db.get_column_family(OFFSETS)
+        self.schemas = self._db.get_column_family(SCHEMAS)
         self._handles = {name: self._db.get_column_family_handle(name) for name in FAMILIES}
         self._closed = False
         self._signature: tuple[tuple[str, int, int], ...] | None = None
@@ -261,17 +254,24 @@ class StateStore:
         for key, _ in _range(self.index, prefix, after, before, reverse):
             yield key
 
-    def get_head(self, run: bytes) -> tuple[int, int] | None:
-        """`(last folded sequence, gaps seen)` of a run, or None if it has no events."""
+    def get_head(self, run: bytes) -> RunHead | None:
+        """A run's highest sequence seen and its gaps, or None if it has no events."""
         value = self.heads.get(run)
         return None if value is None else decode_head(value)
 
-    def get_heads(self, runs: Sequence[bytes]) -> list[tuple[int, int] | None]:
+    def get_heads(self, runs: Sequence[bytes]) -> list[RunHead | None]:
         """Multi-get of heads, in the order of `runs`."""
         if not runs:
             return []
         values: list[bytes | None] = self.heads.get(list(runs)) or []
         return [None if v is None else decode_head(v) for v in values]
+
+    def get_events(self, keys: Sequence[tuple[bytes, int]]) -> list[bytes | None]:
+        """Multi-get of stored events by `(run, sequence)`, in the order of `keys`."""
+        if not keys:
+            return []
+        values: list[bytes | None] = self.events.get([sequence_key(r, s) for r, s in keys]) or []
+        return values
 
     def stored_offsets(self, topic: str) -> dict[int, int]:
         """Next offset to read for each partition of `topic` this store has folded."""
@@ -280,6 +280,15 @@ class StateStore:
             parse_offset_key(key)[1]: decode_u64(value)
             for key, value in _range(self.offsets, prefix, None, None, False)
         }
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None:
+        """The JSON of a writer schema this store's events were folded with, if kept."""
+        value: bytes | None = self.schemas.get(fingerprint)
+        return value
+
+    def iter_schemas(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every kept `(fingerprint, schema JSON)`."""
+        return _range(self.schemas, b"", None, None, False)
 
     def iter_events(
         self, run: bytes, from_sequence: int = 0, to_sequence: int | None = None
@@ -434,8 +443,8 @@ class StoreBatch:
         self.raw.put(sequence_key(run, sequence), state, self._h[SNAPSHOTS])
         self.raw.put(time_key(run, micros), encode_u64(sequence), self._h[SNAPTIMES])
 
-    def put_head(self, run: bytes, last_sequence: int, gaps: int) -> None:
-        self.raw.put(run, encode_head(last_sequence, gaps), self._h[HEADS])
+    def put_head(self, run: bytes, head: RunHead) -> None:
+        self.raw.put(run, encode_head(head), self._h[HEADS])
 
     def delete_head(self, run: bytes) -> None:
         self.raw.delete(run, self._h[HEADS])
@@ -445,6 +454,9 @@ class StoreBatch:
 
     def delete_index(self, key: bytes) -> None:
         self.raw.delete(key, self._h[INDEX])
+
+    def put_schema(self, fingerprint: bytes, schema: bytes) -> None:
+        self.raw.put(fingerprint, schema, self._h[SCHEMAS])
 
     def put_offset(self, topic: str, partition: int, next_offset: int) -> None:
         self.raw.put(offset_key(topic, partition), encode_u64(next_offset), self._h[OFFSETS])

@@ -26,6 +26,7 @@ from behest.emit.partitioner import partition_for
 from behest.errors import StoreError
 from behest.fold.layout import DEFAULT_OWNER_MAX_AGE, Layout, Manifest, Owner
 from behest.fold.partitions import GenerationStores
+from behest.fold.sequences import RunHead
 from behest.fold.store import RUN_KEY_SIZE, StateStore
 
 __all__ = ["StoreSet"]
@@ -299,11 +300,19 @@ class StoreSet:
         ]
         return (key for key, _ in itertools.groupby(heapq.merge(*scans, reverse=reverse)))
 
-    def get_head(self, run: bytes) -> tuple[int, int] | None:
+    def get_schema(self, fingerprint: bytes) -> bytes | None:
+        """A writer schema kept with the folded events (in any partition store)."""
+        for store in self._stores():
+            found = store.get_schema(fingerprint)
+            if found is not None:
+                return found
+        return None
+
+    def get_head(self, run: bytes) -> RunHead | None:
         store = self._store_of(run)
         return None if store is None else store.get_head(run)
 
-    def get_heads(self, runs: Sequence[bytes]) -> list[tuple[int, int] | None]:
+    def get_heads(self, runs: Sequence[bytes]) -> list[RunHead | None]:
         return self._routed(runs, StateStore.get_heads)
 
     def stored_offsets(self, topic: str) -> dict[int, int]:
@@ -350,7 +359,7 @@ class StoreSet:
         return self.combine(shares)
 
     def _routed(
-        self, keys: Sequence[bytes], read: Callable[[StateStore, list[bytes]], list[T | None]]
+        self, keys: Sequence[bytes], read: Callable[[StateStore, Sequence[bytes]], list[T | None]]
     ) -> list[T | None]:
         """`read(store, keys)` once per partition store; answers in the order asked."""
         answers: list[T | None] = [None] * len(keys)

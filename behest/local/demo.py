@@ -114,7 +114,7 @@ def _state_table(states: list[RunState]) -> Table:
             str(state.iteration),
             str(state.total_usage.total_tokens),
             str(state.event_count),
-            state.model,
+            state.model or "-",
         )
     return table
 

@@ -4,6 +4,7 @@
     POST /runs/batch {"run_ids": [...], "as_of"?: ...}     {"runs": [...], "missing": [...]}
     GET  /runs?session_id=&status=&active=&limit=&cursor=  {"runs": [...], "next_cursor": ...}
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
+    GET  /runs/{run_id}/watch · GET /runs/watch            Server-Sent Events (behest.read.sse)
     GET  /projections[/{name}/...]                         any projection served (see below)
     GET  /healthz · GET /metrics
 
@@ -59,7 +60,9 @@ from behest.read.routes import (
     match_direct,
     validation_body,
 )
-from behest.times import format_time, parse_time
+from behest.read.sse import watch_routes
+from behest.read.watch import event_json
+from behest.times import parse_time
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -139,12 +142,6 @@ def _json(content: bytes, status: int = 200, headers: dict[str, str] | None = No
 
 def _error(status: int, error: str, detail: Any = None) -> Response:
     return _json(error_body(error, detail), status)
-
-
-def _event_json(event: AgentEvent) -> dict[str, Any]:
-    data = event.model_dump(mode="json")
-    data["timestamp"] = format_time(event.timestamp)
-    return data
 
 
 def _validation_error(error: RequestValidationError) -> Response:
@@ -262,10 +259,13 @@ def create_app(
     query: RunStateQuery[Any] | None,
     metrics_source: MetricsSource | None = None,
     projections: Sequence[ProjectionReader[Any]] = (),
+    *,
+    telemetry: bool = False,
 ) -> FastAPI:
     """The HTTP API over `query` (the /runs endpoints; None: none) and the `projections`
     (under /projections/{name}); `metrics_source` (e.g. `lambda: projector.metrics`) adds
-    the projector's lag and counters to /metrics."""
+    the projector's lag and counters to /metrics; `telemetry` turns on FastAPI's own
+    OpenTelemetry spans, metrics and logs (global providers; `BEHEST_OTEL=true`)."""
     readers = ([] if query is None else [query.reader]) + [
         r for r in projections if query is None or r is not query.reader
     ]
@@ -276,9 +276,14 @@ def create_app(
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
         "projection served.",
-        # /metrics is Prometheus; FastAPI's own OpenTelemetry hooks would cost every
-        # request provider look-ups (about a tenth of a state read) for nothing.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
+        # cost every request provider look-ups (about a tenth of a state read).
+        telemetry={
+            "tracing": telemetry,
+            "metrics": telemetry,
+            "logs": telemetry,
+            "operation_spans": telemetry,
+        },
     )
     metrics = QueryMetrics(readers[0], metrics_source)
     app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
@@ -306,6 +311,7 @@ def create_app(
         return _json(body, status)
 
     if query is not None:
+        app.include_router(watch_routes(query))  # before /runs/{run_id}, which takes any id
         _add_run_routes(app, query.raw)
     add_projection_routes(app, readers)
 
@@ -401,7 +407,7 @@ def _add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
         events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
         if not events and query.get(run_id) is None:
             raise RunNotFoundError(f"run {run_id} is unknown")
-        return orjson.dumps({"events": [_event_json(e) for e in events]})
+        return b'{"events":[' + b",".join(map(event_json, events)) + b"]}"
 
     routes: list[tuple[str, Any, str, dict[str, Any]]] = [
         (
@@ -459,9 +465,10 @@ def _config(
     metrics_source: MetricsSource | None,
     log_level: str,
     projections: Sequence[ProjectionReader[Any]] = (),
+    telemetry: bool = False,
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(query, metrics_source, projections),
+        create_app(query, metrics_source, projections, telemetry=telemetry),
         host=host,
         port=port,
         log_level=log_level,
@@ -478,6 +485,7 @@ def serve(
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
     projections: Sequence[ProjectionReader[Any]] = (),
+    telemetry: bool = False,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
 
@@ -485,7 +493,7 @@ def serve(
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level, projections)
+    config = _config(query, host, port, metrics_source, log_level, projections, telemetry)
     cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
     gc.collect()
     gc.freeze()

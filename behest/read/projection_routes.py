@@ -221,7 +221,8 @@ def add_projection_routes(app: FastAPI, readers: Sequence[ProjectionReader[Any]]
             before=position if reverse else None,
             reverse=reverse,
         )
-        listed = [(format_key(projection, index_entity(projection, k)), v) for k, v in found]
+        entity = index_entity(projection)
+        listed = [(format_key(projection, entity(k)), v) for k, v in found]
         return _page(listed, last)
 
     routes: list[tuple[str, Any, str, Any, str]] = [

@@ -20,7 +20,7 @@ import heapq
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Final, Generic
+from typing import TYPE_CHECKING, Any, Final, Generic
 
 import orjson
 from typing_extensions import TypeVar
@@ -59,6 +59,9 @@ from behest.read.reader import (
     ProjectionReader,
 )
 from behest.times import parse_time
+
+if TYPE_CHECKING:
+    from behest.read.watch import RunsWatch, RunWatch
 
 __all__ = [
     "DEFAULT_EVENTS_LIMIT",
@@ -223,6 +226,38 @@ class RunStateQuery(Generic[T]):
         `at_sequence`); None if the run had no event by then. Neither: the current state."""
         found = self.find_at(run_id, as_of=as_of, at_sequence=at_sequence)
         return None if isinstance(found, Absent) else found
+
+    # --- watching (behest.read.watch) ---------------------------------------------------------
+
+    def watch(self, run_id: str | uuid.UUID, *, from_sequence: int | None = None) -> RunWatch:
+        """A run's updates as they are folded: iterate (or `async for`) `RunUpdate`s, first
+        the current state, then each event with the state after it, until the run ends.
+        With `from_sequence`, the stored events from that sequence on instead of the
+        current state, then live: no gap, no duplicate. A run with no event yet can be
+        watched; its updates start with its first event."""
+        from behest.read.watch import RunWatch
+
+        key = check_run_id(run_id).bytes
+        start = None if from_sequence is None else check_sequence(from_sequence, "from_sequence")
+        return RunWatch(self.reader, key, start)
+
+    def watch_runs(
+        self,
+        *,
+        session_id: str | uuid.UUID | None = None,
+        status: RunStatus | str | None = None,
+        active: bool | None = None,
+    ) -> RunsWatch:
+        """The states of runs as they change (those matching the filters), for list views;
+        iterate (or `async for`) until you stop."""
+        from behest.read.watch import RunsWatch
+
+        return RunsWatch(
+            self.reader,
+            session_id=None if session_id is None else str(check_session_id(session_id)),
+            status=None if status is None else check_status(status).value,
+            active=check_active(active),
+        )
 
     # --- listings -----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, Protocol, TypeVar
 
+from behest import codec
 from behest.codec import decode_record
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.errors import InvalidQueryError, WaitTimeoutError
@@ -135,9 +136,15 @@ class ProjectionReader(Generic[S]):
         self._sync_lock = threading.Lock()
         self._checked = -float("inf")
         self._synced_at = datetime.now(UTC)
+        self._closers: list[Callable[[], None]] = []
         custom = getattr(projection, "state_json", None)
         self.state_json: Callable[[bytes], bytes] | None = custom
         """How a stored state becomes JSON; None when it is stored as JSON already."""
+        codec.add_schema_source(self)  # stored events written with a published schema
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None:
+        """A published writer schema the projector kept beside the events that use it."""
+        return self.store.get_schema(fingerprint)
 
     @classmethod
     def open(
@@ -162,9 +169,17 @@ class ProjectionReader(Generic[S]):
         return self.projection.name
 
     def close(self) -> None:
-        """Release the store if this reader opened it."""
+        """Stop what reads along with this reader (`on_close`), then release the store if
+        this reader opened it."""
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
         if self._owns_store:
             self.store.close()
+
+    def on_close(self, close: Callable[[], None]) -> None:
+        """Have `close` run first when this reader closes (e.g. a background tailer)."""
+        self._closers.append(close)
 
     def __enter__(self) -> ProjectionReader[S]:
         return self
@@ -346,9 +361,9 @@ class ProjectionReader(Generic[S]):
         order, skipping entries whose state is gone (or that `keep` refuses); and the last
         index key returned when there may be more (a cursor's position), else None."""
         found: list[tuple[bytes, bytes]] = []
-        projection = self.projection
+        entity = index_entity(self.projection)
         for chunk in _chunks(iter(index_keys), limit + 1):
-            values = self.store.get_states([index_entity(projection, k) for k in chunk])
+            values = self.store.get_states([entity(k) for k in chunk])
             for index_key, value in zip(chunk, values, strict=True):
                 # None: deleted since the index was read
                 if value is not None and (keep is None or keep(value)):

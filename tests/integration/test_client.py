@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from behest.client import RunStateClient
@@ -58,7 +59,7 @@ def test_the_client_reads_what_the_query_reads(
     ids = [events[0].run_id for events in runs]
     for run_id, events in zip(ids, runs, strict=True):
         assert client.get(run_id) == query.get(run_id)
-        assert client.get_json(run_id) == query.raw.get(run_id)
+        assert client.raw.get(run_id) == query.raw.get(run_id)
         assert client.get_at(run_id, at_sequence=17) == query.get_at(run_id, at_sequence=17)
         moment = events[20].timestamp + timedelta(microseconds=1)
         assert client.get_at(run_id, as_of=moment) == query.get_at(run_id, as_of=moment)
@@ -89,3 +90,19 @@ def test_bad_input_and_a_write_never_folded_raise_what_the_query_raises(
         client.list_runs(status="sleeping")
     with pytest.raises(WaitTimeoutError):
         client.wait_for((0, 10**9), timeout=0.5)
+
+
+def test_wait_refuses_a_position_that_is_not_one(
+    served: tuple[RunStateQuery, RunStateClient, EventProducer],
+) -> None:
+    _, client, _ = served
+    with httpx.Client(base_url=client.base_url) as http:
+        for params in (
+            {"partition": -1, "offset": 0},
+            {"partition": 0, "offset": "x"},
+            {"offset": 0},
+            {"partition": 0, "offset": 0, "timeout": 31},
+        ):
+            answer = http.get("/wait", params=params)
+            assert answer.status_code == 400, params
+            assert answer.json()["error"]

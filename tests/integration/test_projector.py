@@ -24,6 +24,7 @@ from behest.events import AgentEvent
 from behest.fold.engine import HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from behest.fold.projection import Projection, combine, fold_by_key
 from behest.fold.projector import Projector
+from behest.fold.sequences import RunHead
 from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import sample_run
 
@@ -132,8 +133,8 @@ def test_replays_fold_once_and_gaps_are_recorded(
         metrics = projector.run(until_caught_up=True)
         assert stored(projector) == expected(RUN_STATE, clean + kept)
         assert (metrics.duplicates, metrics.gaps) == (10, 1)
-        assert projector.store.get_head(clean[0].run_id.bytes) == (len(clean) - 1, 0)
-        assert projector.store.get_head(gappy[0].run_id.bytes) == (len(gappy) - 1, 1)
+        assert projector.store.get_head(clean[0].run_id.bytes) == RunHead(len(clean) - 1)
+        assert projector.store.get_head(gappy[0].run_id.bytes) == RunHead(len(gappy) - 1, ((5, 7),))
 
 
 def test_poison_is_dead_lettered_with_its_origin_and_the_rest_folded(

@@ -31,6 +31,7 @@ from behest.config import Settings
 from behest.errors import StoreError
 from behest.events import AgentEvent
 from behest.fold.projection import fold_by_key
+from behest.fold.sequences import RunHead
 from behest.fold.storeset import StoreSet
 from behest.projections import RunStateProjection
 from behest.testing import sample_run
@@ -203,7 +204,7 @@ def test_sigkill_at_random_moments_neither_loses_nor_doubles_an_event(
             by_run.setdefault(event.run_id.bytes, []).append(encode(event))
         for run, values in by_run.items():
             assert [v for _, v in store.iter_events(run)] == values
-            assert store.get_head(run) == (len(values) - 1, 0)
+            assert store.get_head(run) == RunHead(len(values) - 1)
 
 
 def group_settled(admin: AdminClient, group: str, members: int) -> bool:

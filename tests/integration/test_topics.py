@@ -26,7 +26,9 @@ def fresh(bootstrap_servers: str, admin_client: AdminClient) -> Iterator[Setting
     """Settings naming a topic that does not exist yet (deleted, with its DLQ, afterwards)."""
     settings = Settings(bootstrap_servers=bootstrap_servers, topic=f"t-{uuid.uuid4().hex[:12]}")
     yield settings
-    futures = admin_client.delete_topics([settings.topic, settings.dlq_topic])
+    futures = admin_client.delete_topics(
+        [settings.topic, settings.dlq_topic, settings.schemas_topic]
+    )
     for future in futures.values():
         try:
             future.result(timeout=30)
@@ -39,17 +41,20 @@ def test_create_is_idempotent_and_keeps_everything(fresh: Settings) -> None:
     assert [(r.name, r.created, r.partitions) for r in first] == [
         (fresh.topic, True, 4),
         (fresh.dlq_topic, True, 4),
+        (fresh.schemas_topic, True, 1),
     ]
     again = create_topics(fresh, partitions=9)
     assert [(r.name, r.created, r.partitions) for r in again] == [
         (fresh.topic, False, 4),
         (fresh.dlq_topic, False, 4),
+        (fresh.schemas_topic, False, 1),
     ]
     assert "already exists (4 partitions, replication factor 1)" in str(again[0])
     for name in (fresh.topic, fresh.dlq_topic):
         config = topic_config(fresh, name)
         assert config["retention.ms"] == "-1"
         assert config["cleanup.policy"] == "delete"
+    assert topic_config(fresh, fresh.schemas_topic)["cleanup.policy"] == "compact"
     assert partition_count(fresh) == 4
     assert ensure_topic_exists(fresh) == 4
 
@@ -88,6 +93,7 @@ def test_cli_create_twice_then_unreachable(fresh: Settings) -> None:
     assert second.returncode == 0, second.stderr
     assert f"{fresh.topic}: already exists (2 partitions, replication factor 1)" in second.stdout
     assert "keeps its 2 partitions (asked for 6)" in second.stderr
+    assert "schemas keeps" not in second.stderr
 
     nowhere = f"127.0.0.1:{free_port()}"
     down = behest("topics", "create", "--bootstrap-servers", nowhere, "--timeout", "1")

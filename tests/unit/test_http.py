@@ -214,6 +214,8 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         "/runs/batch",
         "/runs",
         "/runs/{run_id}/events",
+        "/runs/{run_id}/watch",
+        "/runs/watch",
         "/projections",
         "/projections/{name}/states/{key}",
         "/projections/{name}/states/batch",

@@ -30,6 +30,7 @@ from behest.fold.engine import (
     DeadLetter,
 )
 from behest.fold.projection import Projection, fold, fold_by_key
+from behest.fold.sequences import RunHead
 from behest.fold.store import FAMILIES, StateStore, parse_sequence_key
 from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import ProjectionDriver, Tombstone, run_projection, sample_run
@@ -166,27 +167,29 @@ def test_a_gap_is_folded_recorded_and_logged(
     run = sample_run(seed=2)
     key = run[0].run_id.bytes
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
-        with caplog.at_level(logging.WARNING, logger="behest.fold.projector"):
+        with caplog.at_level(logging.WARNING, logger="behest.fold.engine"):
             result = driver.feed([*run[:3], *run[6:8], run[10]])[0]
         assert (result.folded, result.gaps) == (6, 2)
-        assert driver.store.get_head(key) == (10, 2)
+        assert driver.store.get_head(key) == RunHead(10, ((3, 5), (8, 9)))
         assert str(run[0].run_id) in caplog.text
         assert "sequences 3..5 missing" in caplog.text
         assert "sequences 8..9 missing" in caplog.text
         state = driver.state(key)
         assert state is not None
         assert (state["event_count"], state["sequence"]) == (6, 10)
-        # The missing events arriving late are below the head: duplicates, not refolds.
+        # The missing events arriving late fill their gap: the run is folded again.
         late = driver.feed(run[3:6])[0]
-        assert (late.folded, late.duplicates) == (0, 3)
+        assert (late.folded, late.late_repaired, late.duplicates) == (3, 3, 0)
+        assert driver.store.get_head(key) == RunHead(10, ((8, 9),))
+        assert driver.state(key) == fold(RUN_STATE, records([*run[:8], run[10]]))
 
 
 def test_a_run_may_begin_at_any_sequence(tmp_path: Path) -> None:
     run = sample_run(seed=3)
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
         result = driver.feed(run[4:9])[0]
-        assert (result.folded, result.gaps) == (5, 0)
-        assert driver.store.get_head(run[0].run_id.bytes) == (8, 0)
+        assert (result.folded, result.gaps) == (5, 1)  # 0..3 are missing
+        assert driver.store.get_head(run[0].run_id.bytes) == RunHead(8, ((0, 3),))
 
 
 def test_a_tombstone_deletes_everything_of_its_run_only(tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ def test_a_tombstone_deletes_everything_of_its_run_only(tmp_path: Path) -> None:
         assert result.tombstones == 1
         after = dump(driver.partition_store())
     for family in FAMILIES:
-        if family == "offsets":
+        if family in ("offsets", "schemas"):  # positions and writer schemas are not per run
             continue
         remaining = {k for k, _ in after[family]}
         gone = [k for k, _ in before[family] if k not in remaining]
@@ -219,7 +222,7 @@ def test_a_run_deleted_mid_batch_starts_afresh(tmp_path: Path) -> None:
         assert state is not None
         assert (state["event_count"], state["sequence"]) == (3, 9)
         assert [s for s, _ in driver.store.iter_events(run_id.bytes)] == [7, 8, 9]
-        assert driver.store.get_head(run_id.bytes) == (9, 0)
+        assert driver.store.get_head(run_id.bytes) == RunHead(9, ((0, 6),))
         index = list(driver.store.scan_index(b""))
         assert len(index) == len(set(RUN_STATE.index_keys(state)))
 
@@ -264,7 +267,7 @@ def test_poison_is_dead_lettered_and_the_rest_folded(tmp_path: Path) -> None:
     run = sample_run(seed=8)
     key = str(run[0].run_id).encode()
     cases = poison_cases(run)
-    # A RunStarted whose metadata is not JSON decodes, but the fold cannot take it.
+    # A RunStarted whose metadata is not JSON decodes, but no reader could read it back.
     bad_json = decode_record(encode(run[0]))
     bad_json["sequence"] = len(run)
     bad_json["payload"][1]["metadata"] = "{not json"
@@ -282,7 +285,7 @@ def test_poison_is_dead_lettered_and_the_rest_folded(tmp_path: Path) -> None:
     assert state is not None
     assert state["sequence"] == len(run) + 1
     expected = [(k, v, why) for k, v, why in cases]
-    expected.append((key, encode_record(bad_json), "cannot fold this event"))
+    expected.append((key, encode_record(bad_json), "RunStarted.metadata is not valid JSON"))
     assert len(letters) == len(expected)
     for letter, (k, v, why) in zip(letters, expected, strict=True):
         assert (letter.key, letter.value) == (k, v)
@@ -335,7 +338,8 @@ def test_tool_usage_is_exactly_once_but_keeps_aggregates_past_a_tombstone(
         # The run id starts afresh: its events count again.
         driver.feed(run[:1] + finished[:1])
         assert sum(s["calls"] for s in driver.states().values()) == len(finished) + 1
-        assert driver.store.get_head(run[0].run_id.bytes) == (finished[0].sequence, 1)
+        head = RunHead(finished[0].sequence, ((1, finished[0].sequence - 1),))
+        assert driver.store.get_head(run[0].run_id.bytes) == head
 
 
 def test_a_fold_that_raises_does_not_stall_the_batch(tmp_path: Path) -> None:

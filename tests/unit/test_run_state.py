@@ -48,7 +48,6 @@ from behest.times import format_micros, parse_micros
 from tests.unit.strategies import agent_events, run_histories, sample_events
 
 PROJECTION = RunStateProjection()
-NIL = str(uuid.UUID(int=0))
 
 
 def _time(moment: datetime) -> str:
@@ -66,10 +65,10 @@ def reference(events: list[AgentEvent]) -> dict[str, Any] | None:
         if state is None:
             state = {
                 "run_id": str(event.run_id),
-                "session_id": NIL,
+                "session_id": None,
                 "status": "pending",
-                "provider": "",
-                "model": "",
+                "provider": None,
+                "model": None,
                 "metadata": None,
                 "iteration": 0,
                 "total_usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
@@ -194,7 +193,8 @@ def test_failed_and_unknown_finish_reasons() -> None:
         "something broke",
         None,
     )
-    assert state["session_id"] == NIL  # no RunStarted: unknown session, still pending-born
+    # no RunStarted: session, provider and model unknown (null), still pending-born
+    assert (state["session_id"], state["provider"], state["model"]) == (None, None, None)
     reason = UnknownFinishReason(unknown="max_turns")
     done = AgentEvent(
         run_id=run_id, sequence=2, payload=RunCompleted(finish_reason=reason, iterations=3)
@@ -264,3 +264,11 @@ def test_index_keys_list_a_run_by_session_status_and_activity_in_time_order() ->
     times = [-(10**12), -1, 0, 1, 10**15]
     ordered = [next(iter(PROJECTION.index_keys({**started, "created_at": t}))) for t in times]
     assert ordered == sorted(ordered)
+
+
+def test_the_folding_state_is_the_run_state_model_field_for_field() -> None:
+    assert list(RunStateData.__annotations__) == list(RunState.model_fields)
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in sample_events()])
+    assert state is not None
+    stored = PROJECTION.encode_state(state)
+    assert RunState.model_validate_json(stored).to_json_dict() == orjson.loads(stored)

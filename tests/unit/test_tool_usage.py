@@ -15,6 +15,7 @@ from behest.events import (
     ToolExecutionSuccess,
 )
 from behest.fold.projection import fold_by_key
+from behest.fold.sequences import RunHead
 from behest.projections import ToolUsageProjection
 from behest.testing import ProjectionDriver, run_projection, sample_run
 
@@ -77,7 +78,7 @@ def test_stores_only_states_and_heads_not_runs(tmp_path: Path) -> None:
         assert not list(store.snapshots.keys())
         assert not list(store.index.keys())
         assert [store.get_head(run[0].run_id.bytes) for run in runs] == [
-            (len(run) - 1, 0) for run in runs
+            RunHead(len(run) - 1) for run in runs
         ]
 
 

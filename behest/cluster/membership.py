@@ -1,0 +1,287 @@
+"""Who owns which partition, and at which URL: learned from the consumer group alone.
+
+Every projector worker of a node joins the projection's consumer group with its
+`client.id` set to `behest-node <advertised URL>` (`client_id_for`). The group coordinator
+already knows every live member and the partitions it was assigned, and the admin API
+describes both (`describe_consumer_groups`): so Kafka is the only coordination service,
+and a member that stops heartbeating drops out of the description when its session times
+out. `Membership` polls that description on a short interval (and at once when asked, e.g.
+after a forward failed) and publishes an immutable `ClusterView`.
+
+Standby copies need no coordination either: the nodes that keep a warm copy of a
+partition are a pure function of the live nodes (rendezvous hashing), so every node
+computes the same answer, and a node's standbys stay put when another node comes or goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from behest.config import Settings
+
+__all__ = [
+    "CLIENT_ID_PREFIX",
+    "DEFAULT_REFRESH_INTERVAL",
+    "ClusterView",
+    "Membership",
+    "client_id_for",
+    "standbys_for",
+    "url_of",
+    "view_of",
+]
+
+log = logging.getLogger(__name__)
+_librdkafka_log = logging.getLogger("behest.librdkafka")
+
+CLIENT_ID_PREFIX: Final = "behest-node "
+DEFAULT_REFRESH_INTERVAL: Final = 1.0
+"""Seconds between two descriptions of the group: a rebalance is seen within this."""
+_DESCRIBE_TIMEOUT: Final = 5.0
+
+
+def client_id_for(url: str) -> str:
+    """The Kafka `client.id` that advertises a node's URL to the group's other members."""
+    return CLIENT_ID_PREFIX + url.rstrip("/")
+
+
+def url_of(client_id: str) -> str | None:
+    """The advertised URL in a member's `client.id`, or None for a non-node member."""
+    if not client_id.startswith(CLIENT_ID_PREFIX):
+        return None
+    return client_id[len(CLIENT_ID_PREFIX) :] or None
+
+
+def _rank(url: str, partition: int) -> bytes:
+    return hashlib.blake2b(f"{partition}\0{url}".encode(), digest_size=8).digest()
+
+
+def standbys_for(
+    partition: int, nodes: Iterable[str], owner: str | None, replicas: int
+) -> tuple[str, ...]:
+    """The `replicas` nodes other than the owner that keep a warm copy of `partition`:
+    the highest-ranked by rendezvous hashing, so they move only when one of them leaves."""
+    if replicas <= 0:
+        return ()
+    ranked = sorted(set(nodes), key=lambda url: _rank(url, partition), reverse=True)
+    return tuple(url for url in ranked if url != owner)[:replicas]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One consistent picture of the group: partition owners, standbys and node URLs."""
+
+    partitions: int
+    owners: Mapping[int, str] = field(default_factory=dict)
+    """Partition -> URL of the node that owns it now (absent: no live owner)."""
+    standbys: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    nodes: tuple[str, ...] = ()
+    """Every node URL with a live member in the group, sorted."""
+    group_state: str = "unknown"
+    fetched_at: float = 0.0
+    """`time.monotonic()` of the description this view comes from."""
+
+    def owner(self, partition: int) -> str | None:
+        return self.owners.get(partition)
+
+    def owned_by(self, url: str) -> frozenset[int]:
+        return frozenset(p for p, owner in self.owners.items() if owner == url)
+
+    def standbys_of(self, url: str) -> frozenset[int]:
+        return frozenset(p for p, nodes in self.standbys.items() if url in nodes)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "partitions": self.partitions,
+            "group_state": self.group_state,
+            "nodes": list(self.nodes),
+            "owners": {str(p): url for p, url in sorted(self.owners.items())},
+            "standbys": {str(p): list(urls) for p, urls in sorted(self.standbys.items())},
+            "age_s": round(time.monotonic() - self.fetched_at, 3),
+        }
+
+
+def view_of(
+    members: Iterable[tuple[str, Iterable[int]]],
+    partitions: int,
+    *,
+    standby_replicas: int = 0,
+    group_state: str = "unknown",
+    fetched_at: float = 0.0,
+) -> ClusterView:
+    """The view for `(client.id, assigned partitions)` of each live member (pure)."""
+    owners: dict[int, str] = {}
+    nodes: set[str] = set()
+    for client_id, assigned in members:
+        url = url_of(client_id)
+        if url is None:
+            continue
+        nodes.add(url)
+        for partition in assigned:
+            if 0 <= partition < partitions:
+                owners[partition] = url
+    standbys = {
+        p: found
+        for p in range(partitions)
+        if (found := standbys_for(p, nodes, owners.get(p), standby_replicas))
+    }
+    return ClusterView(
+        partitions=partitions,
+        owners=owners,
+        standbys=standbys,
+        nodes=tuple(sorted(nodes)),
+        group_state=group_state,
+        fetched_at=fetched_at,
+    )
+
+
+class Membership:
+    """Keeps a fresh `ClusterView` of a projection's consumer group, on a thread.
+
+    `view` is always the latest complete view; `refresh()` asks for a new one now (after a
+    failed forward, say) and returns once it is in. `on_change` is called with each view
+    that differs from the previous one in owners or nodes.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        *,
+        standby_replicas: int = 0,
+        interval: float = DEFAULT_REFRESH_INTERVAL,
+        on_change: Callable[[ClusterView], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.standby_replicas = standby_replicas
+        self.interval = interval
+        self.on_change = on_change
+        self._admin = AdminClient(settings.librdkafka(logger=_librdkafka_log))
+        self._consumer: Consumer | None = None
+        self._view = ClusterView(partitions=0)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._fresh = threading.Condition()
+        self._generation = 0
+        self._thread = threading.Thread(target=self._loop, name="behest-membership", daemon=True)
+
+    @property
+    def view(self) -> ClusterView:
+        return self._view
+
+    def start(self) -> Membership:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        if self._consumer is not None:
+            self._consumer.close()
+
+    def __enter__(self) -> Membership:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def refresh(self, timeout: float = _DESCRIBE_TIMEOUT) -> ClusterView:
+        """Describe the group now; the new view (or the last one, if Kafka is slow)."""
+        with self._fresh:
+            wanted = self._generation + 1
+            self._wake.set()
+            self._fresh.wait_for(lambda: self._generation >= wanted or self._stop.is_set(), timeout)
+        return self._view
+
+    def refresh_soon(self) -> None:
+        """Describe the group again now, without waiting for it (e.g. a rebalance was seen)."""
+        self._wake.set()
+
+    def high_watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The topic's current end offsets for `partitions` (for catch-up checks)."""
+        consumer = self._watermark_consumer()
+        marks = {}
+        for partition in partitions:
+            try:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.settings.topic, partition), timeout=_DESCRIBE_TIMEOUT
+                )
+            except KafkaException as error:
+                log.warning("no watermark for partition %d: %s", partition, error)
+                continue
+            marks[partition] = high
+        return marks
+
+    # --- the thread ---------------------------------------------------------------------------
+
+    def _watermark_consumer(self) -> Consumer:
+        """A consumer that never subscribes: it only asks for end offsets."""
+        if self._consumer is None:
+            self._consumer = Consumer(
+                self.settings.librdkafka(
+                    **{
+                        "group.id": f"{self.group_id}.watermarks",
+                        "enable.auto.commit": False,
+                        "logger": _librdkafka_log,
+                    }
+                )
+            )
+        return self._consumer
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                view = self._describe()
+            except Exception as error:  # a broker restart, a timeout: keep the last view
+                log.warning("cannot describe consumer group %s: %s", self.group_id, error)
+            else:
+                previous, self._view = self._view, view
+                if self.on_change is not None and (
+                    view.owners != previous.owners or view.nodes != previous.nodes
+                ):
+                    self.on_change(view)
+            with self._fresh:
+                self._generation += 1
+                self._fresh.notify_all()
+            self._wake.wait(self.interval)
+
+    def _describe(self) -> ClusterView:
+        fetched_at = time.monotonic()
+        topic = self.settings.topic
+        metadata = self._admin.list_topics(topic=topic, timeout=_DESCRIBE_TIMEOUT)
+        found = metadata.topics.get(topic)
+        partitions = 0 if found is None or found.error is not None else len(found.partitions)
+        future = self._admin.describe_consumer_groups(
+            [self.group_id], request_timeout=_DESCRIBE_TIMEOUT
+        )[self.group_id]
+        group = future.result(timeout=_DESCRIBE_TIMEOUT)
+        members = [
+            (
+                member.client_id,
+                [
+                    tp.partition
+                    for tp in (member.assignment.topic_partitions if member.assignment else [])
+                    if tp.topic == topic
+                ],
+            )
+            for member in group.members
+        ]
+        return view_of(
+            members,
+            partitions,
+            standby_replicas=self.standby_replicas,
+            group_state=str(getattr(group.state, "name", group.state)).lower(),
+            fetched_at=fetched_at,
+        )

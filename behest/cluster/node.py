@@ -1,0 +1,329 @@
+"""`behest node`: one full instance — projector workers plus the HTTP API that answers for
+every run (contract §6).
+
+    main process ── HTTP API (uvicorn) ── Router ── Membership (describes the group)
+         │                                              Ownership (what this node serves)
+         └── worker processes 1..N: a Projector each, in the projection's consumer group,
+             advertising this node's URL in its client.id; each reports what it holds
+
+Workers are processes, not threads, so a node folds on every core. Each reports its
+assigned partitions and folded offsets to the main process several times a second; an
+assignment change there asks the membership for a fresh description at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, Final
+
+from behest.cluster.membership import Membership, client_id_for
+from behest.config import Settings
+from behest.errors import BehestError
+
+if TYPE_CHECKING:
+    from behest.read.metrics import MetricsSource
+    from behest.read.query import RunStateQuery
+
+__all__ = ["Node", "RoutedAPI", "WorkerReport", "node_settings", "run_node"]
+
+log = logging.getLogger(__name__)
+
+_REPORT_EVERY: Final = 0.1
+_STOP_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What a worker holds right now (sent to the node's main process)."""
+
+    worker: int
+    assigned: tuple[int, ...]
+    positions: dict[int, int]
+
+
+def node_settings(settings: Settings, url: str, **kafka: Any) -> Settings:
+    """`settings` whose Kafka clients advertise `url` to the group (and any extra config)."""
+    config = {**settings.kafka_config, "client.id": client_id_for(url), **kafka}
+    return settings.model_copy(update={"kafka_config": config})
+
+
+def _worker(
+    settings_data: dict[str, Any],
+    projection_name: str,
+    group_id: str,
+    index: int,
+    reports: Any,
+    stop: Any,
+) -> None:
+    """A worker process: one Projector in the group, reporting what it holds."""
+    from behest.fold.catalog import load_projection
+    from behest.fold.projector import Projector
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
+    settings = Settings.model_validate(settings_data)
+    projector = Projector(
+        settings, load_projection(projection_name), group_id=group_id, worker=f"w{index}"
+    )
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: projector.stop())
+    stopping = threading.Event()
+
+    def report() -> None:
+        last: tuple[tuple[int, ...], dict[int, int]] | None = None
+        while not stopping.wait(_REPORT_EVERY):
+            if stop.is_set():
+                projector.stop()
+            metrics = projector.metrics
+            current = (metrics.assigned, dict(metrics.positions))
+            if current != last:
+                reports.put(WorkerReport(index, *current))
+                last = current
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    with projector:
+        projector.run()
+    stopping.set()
+    reports.put(WorkerReport(index, (), {}))
+
+
+class Node:
+    """Worker processes and what the main process knows of them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        url: str,
+        workers: int,
+        projection: str = "run_state",
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = node_settings(settings, url)
+        self.url = url
+        self.workers = workers
+        self.projection = projection
+        self.group_id = group_id or f"behest.{projection}"
+        self._context = multiprocessing.get_context("spawn")
+        self._reports: Any = self._context.Queue()
+        self._stop = self._context.Event()
+        self._processes: list[BaseProcess] = []
+        self._held: dict[int, WorkerReport] = {}
+        self._lock = threading.Lock()
+        self.membership: Membership | None = None
+        self._listener = threading.Thread(target=self._listen, daemon=True)
+        self._stopping = False
+
+    def start(self) -> Node:
+        for index in range(self.workers):
+            process = self._context.Process(
+                target=_worker,
+                args=(
+                    self.settings.model_dump(mode="json"),
+                    self.projection,
+                    self.group_id,
+                    index,
+                    self._reports,
+                    self._stop,
+                ),
+                name=f"behest-worker-{index}",
+                daemon=False,
+            )
+            process.start()
+            self._processes.append(process)
+        self._listener.start()
+        return self
+
+    def assigned(self) -> frozenset[int]:
+        """Partitions this node's workers hold right now."""
+        with self._lock:
+            return frozenset(p for r in self._held.values() for p in r.assigned)
+
+    def folded(self) -> Mapping[int, int]:
+        """Next offset folded per partition, as the workers report it."""
+        with self._lock:
+            return {p: o for r in self._held.values() for p, o in r.positions.items()}
+
+    def dead_workers(self) -> list[int]:
+        """Workers that exited while the node was not stopping."""
+        if self._stopping:
+            return []
+        return [i for i, p in enumerate(self._processes) if not p.is_alive()]
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Ask every worker to finish its batch and leave the group; kill stragglers."""
+        self._stopping = True
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for process in self._processes:
+            process.join(max(deadline - time.monotonic(), 0.1))
+        for process in self._processes:
+            if process.is_alive():
+                log.warning("worker %s did not stop in %.0f s: killed", process.name, timeout)
+                process.kill()
+                process.join(5)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                report: WorkerReport = self._reports.get(timeout=1.0)
+            except queue.Empty:
+                if self._stopping and not any(p.is_alive() for p in self._processes):
+                    return
+                continue
+            except (EOFError, OSError):
+                return
+            with self._lock:
+                before = self._held.get(report.worker)
+                self._held[report.worker] = report
+            if self.membership is not None and (
+                before is None or before.assigned != report.assigned
+            ):
+                self.membership.refresh_soon()
+
+
+class RoutedAPI:
+    """The HTTP API over a query, wrapped so that it answers for every run of the group.
+
+    Owns the membership thread; `app` is what uvicorn serves. `folded` and `assigned`
+    come from this node's workers (`Node`) or, beside a separate `behest project`, from
+    the store alone.
+    """
+
+    def __init__(
+        self,
+        query: RunStateQuery,
+        settings: Settings,
+        *,
+        url: str,
+        group_id: str,
+        standby_replicas: int = 0,
+        folded: Callable[[], Mapping[int, int]] | None = None,
+        assigned: Callable[[], frozenset[int]] | None = None,
+        metrics_source: MetricsSource | None = None,
+    ) -> None:
+        from behest.cluster.ownership import Ownership
+        from behest.cluster.routing import Router
+        from behest.read.http import create_app
+
+        self.url = url.rstrip("/")
+        self.membership = Membership(settings, group_id, standby_replicas=standby_replicas)
+        self.ownership = Ownership(
+            self.url,
+            self.membership,
+            folded or (lambda: query.freshness().offsets),
+            assigned,
+        )
+        self.membership.on_change = self.ownership.update
+        self.app = Router(
+            create_app(query, metrics_source),
+            url=self.url,
+            membership=self.membership,
+            ownership=self.ownership,
+        )
+
+    def start(self) -> RoutedAPI:
+        self.membership.start()
+        return self
+
+    def close(self) -> None:
+        self.membership.close()
+
+
+def _open_query(settings: Settings, node: Node, deadline: float) -> RunStateQuery:
+    """The workers' store as a reader, retried while a worker is still creating it."""
+    from behest.errors import StoreError
+    from behest.read.query import RunStateQuery
+
+    while True:
+        try:
+            return RunStateQuery.open(settings)
+        except StoreError:
+            if node.dead_workers() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def run_node(
+    settings: Settings,
+    *,
+    workers: int,
+    host: str,
+    port: int,
+    advertise: str | None = None,
+    standby_replicas: int = 0,
+    group_id: str | None = None,
+    ready_timeout: float = 120.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Run a node until SIGINT/SIGTERM (0) or until a worker dies (1): the exit status."""
+    import uvicorn
+
+    from behest.projections.run_state import RunStateProjection
+
+    url = (advertise or f"http://{host}:{port}").rstrip("/")
+    node = Node(settings, url=url, workers=workers, group_id=group_id).start()
+    routed: RoutedAPI | None = None
+    query: RunStateQuery | None = None
+    try:
+        store = settings.state_dir / RunStateProjection.name
+        deadline = time.monotonic() + ready_timeout
+        while not (store / "CURRENT").exists():  # the workers create it as they start
+            if node.dead_workers() or time.monotonic() > deadline:
+                raise BehestError(
+                    f"the projector workers did not create their state at {store} "
+                    f"within {ready_timeout:g} s: see their errors above"
+                )
+            time.sleep(0.2)
+        query = _open_query(settings, node, deadline)
+        routed = RoutedAPI(
+            query,
+            node.settings,
+            url=url,
+            group_id=node.group_id,
+            standby_replicas=standby_replicas,
+            folded=node.folded,
+            assigned=node.assigned,
+        )
+        node.membership = routed.membership
+        routed.start()
+        config = uvicorn.Config(
+            routed.app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        failed = threading.Event()
+
+        def watch() -> None:
+            announced = on_ready is None
+            while not server.should_exit:
+                if node.dead_workers():
+                    log.error("a projector worker of %s died: stopping the node", url)
+                    failed.set()
+                    server.should_exit = True
+                    return
+                if not announced and server.started and on_ready is not None:
+                    on_ready(url)
+                    announced = True
+                time.sleep(0.2)
+
+        threading.Thread(target=watch, daemon=True).start()
+        server.run()
+        return 1 if failed.is_set() else 0
+    finally:
+        node.stop()
+        if routed is not None:
+            routed.close()
+        if query is not None:
+            query.close()

@@ -1,0 +1,160 @@
+"""Folding one entity's events: in order onto its state, or, for a run that received a late
+event, again from its nearest snapshot before that event.
+
+The batch engine (`behest.fold.engine`) hands each entity's new events here, sorted by
+sequence for a run. When one of a run's events is below a sequence already stored, the
+run's state is read back from the snapshot before it and the stored events after that
+snapshot are folded again together with the new ones, in sequence order: the state, every
+snapshot after that point, and so the time index and the index entries come out exactly as
+if the events had arrived in order. Pure of Kafka; reads the store, writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from behest.codec import decode_record
+from behest.fold.projection import Projection
+from behest.fold.store import StateStore
+
+if TYPE_CHECKING:
+    from behest.fold.engine import LogRecord
+
+__all__ = ["EntityFold", "Folded", "Item", "Refuse"]
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+class Item:
+    """One record on its way through a batch: an event to fold, or a run's tombstone."""
+
+    __slots__ = ("epoch", "event", "late", "record", "run", "sequence", "value")
+
+    def __init__(
+        self, run: bytes, sequence: int, event: Any, value: bytes, record: LogRecord, epoch: int
+    ) -> None:
+        self.run = run
+        self.sequence = sequence
+        self.event = event  # None for a tombstone
+        self.value = value
+        self.record = record
+        self.epoch = epoch  # tombstones of its run before it in the batch
+        self.late = False
+
+
+# The outcome of folding some events: the state, the items folded and the snapshots due.
+Folded = tuple[Any, list[Item], list[tuple[int, int, bytes]]]
+# A step of a fold: (sequence, the batch's item or None for a stored event, stored bytes).
+Step = tuple[int, Item | None, bytes]
+
+
+Refuse = Callable[[Item, str], None]
+"""Dead-letters an item with the reason the fold could not take it."""
+
+
+def by_sequence(item: Item) -> int:
+    return item.sequence
+
+
+class EntityFold(Generic[S]):
+    """Folds an entity's events for the batch engine, re-folding a run around late ones."""
+
+    def __init__(self, store: StateStore, projection: Projection[S], snapshot_every: int) -> None:
+        self.store = store
+        self.projection = projection
+        self.snapshot_every = snapshot_every
+
+    def fold(
+        self,
+        state: S | None,
+        items: list[Item],
+        repair: tuple[bytes, int] | None,
+        refuse: Refuse,
+    ) -> Folded:
+        """Fold `items`, in their order, onto `state`.
+
+        With `repair` = (run, its last stored sequence) and the first item below it (late),
+        the fold starts instead from the run's nearest snapshot before that item and takes
+        the stored events after the snapshot along, in sequence order. An event the
+        projection refuses is dead-lettered and its sequence stays missing; should a
+        stored event no longer fold after the late ones, those late ones are refused."""
+        projection = self.projection
+        apply, encode = projection.apply, projection.encode_state
+        every = self.snapshot_every if projection.run_keyed else 0
+        skipped: set[int] = set()
+        while True:
+            start: Any = state
+            stored: list[Step] = []
+            if repair is not None and items and items[0].sequence < repair[1]:
+                start, stored = self._reread(repair[0], items[0].sequence, skipped)
+            steps: list[Step] = [(i.sequence, i, b"") for i in items]
+            if stored:
+                steps = sorted(steps + stored, key=lambda step: step[0])
+            current: Any = start
+            folded: list[Item] = []
+            snapshots: list[tuple[int, int, bytes]] = []
+            refused: list[Item] = []
+            broken: tuple[int, str] | None = None
+            for sequence, item, data in steps:
+                try:
+                    event = item.event if item is not None else decode_record(data)
+                    after = apply(current, event)
+                    if every and (sequence + 1) % every == 0:
+                        snapshots.append((sequence, event["timestamp"], encode(after)))
+                except Exception as error:  # a fold that cannot take an event must not stall us
+                    reason = f"{type(error).__name__}: {error}"
+                    if item is None:
+                        broken = (sequence, reason)
+                        break
+                    refuse(item, f"cannot fold this event: {reason}")
+                    refused.append(item)
+                    continue
+                current = after
+                if item is not None:
+                    folded.append(item)
+            for item in refused:
+                items.remove(item)
+            if broken is None:
+                return current, folded, snapshots
+            if not self._refuse_late(items, broken, refuse):
+                skipped.add(broken[0])
+
+    def _reread(self, run: bytes, first_late: int, skipped: set[int]) -> tuple[Any, list[Step]]:
+        """The run's state at its nearest snapshot before `first_late`, and the stored
+        events after that snapshot (to fold again around the late ones)."""
+        snapshot = self.store.snapshot_at_or_before(run, first_late - 1) if first_late else None
+        state = None if snapshot is None else self.projection.decode_state(snapshot[1])
+        begin = 0 if snapshot is None else snapshot[0] + 1
+        stored: list[Step] = [
+            (sequence, None, data)
+            for sequence, data in self.store.iter_events(run, begin)
+            if sequence not in skipped
+        ]
+        return state, stored
+
+    def _refuse_late(self, items: list[Item], broken: tuple[int, str], refuse: Refuse) -> bool:
+        """A stored event no longer folds with the late events before it: refuse those
+        (the run stays as it was). False if there are none (then the stored event is
+        skipped: the projection itself changed)."""
+        sequence, reason = broken
+        culprits = [item for item in items if item.sequence < sequence]
+        if not culprits:
+            log.error(
+                "projection %r: the stored event at sequence %d no longer folds (%s); skipped",
+                self.projection.name,
+                sequence,
+                reason,
+            )
+            return False
+        for item in culprits:
+            items.remove(item)
+            refuse(
+                item,
+                f"cannot fold this late event in place: the stored event at sequence "
+                f"{sequence} no longer folds after it ({reason})",
+            )
+        return True

@@ -1,0 +1,137 @@
+"""`behest node` on one machine: any node answers any run, through a node's crash.
+
+Three node processes (`--workers 1`, 6 s session timeout) share a 6-partition topic of the
+session's broker. Each answer is checked against the plain fold of what was produced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from behest.client import RunStateClient
+from behest.codec import decode_record, encode
+from behest.config import Settings
+from behest.emit.partitioner import partition_for
+from behest.emit.producer import EventProducer
+from behest.events import AgentEvent
+from behest.fold.projection import fold
+from behest.projections.run_state import RunStateProjection
+from behest.testing import sample_run
+from tests.integration.cluster_nodes import NodeProcess, wait_until_serving
+
+PARTITIONS = 6
+PROJECTION = RunStateProjection()
+
+
+def expected(events: list[AgentEvent]) -> dict[str, Any]:
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in events])
+    assert state is not None
+    return orjson.loads(PROJECTION.encode_state(state))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def nodes(
+    bootstrap_servers: str, make_topic: Callable[..., str], unique_group: str, tmp_path: Path
+) -> Iterator[list[NodeProcess]]:
+    topic = make_topic(partitions=PARTITIONS)
+    make_topic(f"{topic}.dlq", partitions=PARTITIONS)
+    started = [
+        NodeProcess(
+            f"node{i}", bootstrap_servers, topic, unique_group, tmp_path / f"node{i}"
+        ).start()
+        for i in range(3)
+    ]
+    try:
+        with httpx.Client() as client:
+            wait_until_serving(started, PARTITIONS, client)
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def _produce(settings: Settings, runs: list[list[AgentEvent]]) -> dict[int, Any]:
+    """Produce every run; the last delivery per partition."""
+    last: dict[int, Any] = {}
+    with EventProducer(settings) as producer:
+        futures = [producer.emit(event) for events in runs for event in events]
+        for future in futures:
+            delivery = future.result(timeout=60)
+            last[delivery.partition] = delivery
+    return last
+
+
+def test_every_node_answers_every_run_batch_and_listing(
+    nodes: list[NodeProcess], bootstrap_servers: str
+) -> None:
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic=nodes[0].topic)
+    runs = [sample_run(events=12, seed=n) for n in range(24)]
+    last = _produce(settings, runs)
+    ids = [str(events[0].run_id) for events in runs]
+    states = {str(events[0].run_id): expected(events) for events in runs}
+
+    for node in nodes:
+        with RunStateClient(node.url) as client:
+            for delivery in last.values():  # read your writes, from whichever node
+                client.wait_for(delivery, timeout=60)
+            for run_id in ids:
+                answer = client.raw.get(run_id)
+                assert answer is not None and orjson.loads(answer) == states[run_id]
+            found = client.raw.get_many(ids)
+            assert [orjson.loads(s) if s else None for s in found.values()] == [
+                states[r] for r in ids
+            ]
+            listed, cursor = [], None
+            while True:
+                page, cursor = client.raw.list_runs(limit=5, cursor=cursor)
+                listed += [orjson.loads(s)["run_id"] for s in page]
+                if cursor is None:
+                    break
+            assert sorted(listed) == sorted(ids) and len(listed) == len(ids)
+            events = client.list_events(ids[3])
+            assert events == runs[3]
+
+
+def test_a_killed_owners_runs_are_served_by_another_node(
+    nodes: list[NodeProcess], bootstrap_servers: str
+) -> None:
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic=nodes[0].topic)
+    runs = [sample_run(events=10, seed=100 + n) for n in range(18)]
+    last = _produce(settings, runs)
+    with RunStateClient(nodes[0].url) as client:
+        for delivery in last.values():
+            client.wait_for(delivery, timeout=60)
+    with httpx.Client() as http:
+        view = nodes[0].cluster(http)
+        assert view is not None
+        victim = next(n for n in nodes[1:] if any(u == n.url for u in view["owners"].values()))
+        lost = {int(p) for p, url in view["owners"].items() if url == victim.url}
+        victims_runs = [e for e in runs if partition_for(str(e[0].run_id), PARTITIONS) in lost]
+        assert victims_runs
+        victim.kill()
+        killed_at = time.monotonic()
+        survivor = nodes[0]
+        statuses: dict[int, int] = {}
+        pending = {str(e[0].run_id): expected(e) for e in victims_runs}
+        while pending and time.monotonic() - killed_at < 60:
+            for run_id, state in list(pending.items()):
+                answer = http.get(f"{survivor.url}/runs/{run_id}", timeout=15)
+                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+                if answer.status_code == 503:
+                    assert answer.headers["retry-after"]
+                    continue
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == state  # never a stale state as current
+                del pending[run_id]
+            time.sleep(0.1)
+        took = time.monotonic() - killed_at
+    assert not pending, f"still not served after {took:.1f} s: {statuses}"
+    assert set(statuses) <= {200, 503}
+    print(f"\ntakeover (SIGKILL, 6 s session, no standby): {took:.1f} s; answers {statuses}")

@@ -1,0 +1,296 @@
+"""Watching runs live, end to end: events produced through the real broker, folded by a
+running `Projector`, watched in-process (`query.watch`) and over HTTP (`/runs/{id}/watch`).
+
+Every expectation is the plain fold of what was produced: each watcher must see each event
+exactly once, in order, with the state after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from behest.codec import decode_record, encode
+from behest.config import Settings
+from behest.emit.producer import Delivery, EventProducer
+from behest.errors import StoreError
+from behest.events import AgentEvent, RunState
+from behest.fold.projection import fold
+from behest.fold.projector import Projector
+from behest.projections.run_state import RunStateProjection
+from behest.read.http import BackgroundServer
+from behest.read.query import RunStateQuery
+from behest.read.sse import Message, parse
+from behest.read.watch import RunUpdate, tailer_of
+from behest.testing import sample_run
+
+WAIT = 60.0
+PROJECTION = RunStateProjection()
+
+
+@dataclass
+class Live:
+    settings: Settings
+    query: RunStateQuery
+    producer: EventProducer
+    url: str
+
+    def emit(self, events: Sequence[AgentEvent]) -> Delivery:
+        futures = [self.producer.emit(event) for event in events]
+        return [future.result(timeout=WAIT) for future in futures][-1]
+
+    def emit_and_wait(self, events: Sequence[AgentEvent]) -> Delivery:
+        delivery = self.emit(events)
+        self.query.wait_for(delivery, timeout=WAIT)
+        return delivery
+
+
+@pytest.fixture
+def live(settings: Settings, unique_group: str) -> Iterator[Live]:
+    """A projector folding the test's topic on a thread, and the API over its state."""
+    projector = Projector(settings, group_id=unique_group, poll_timeout=0.05)
+    worker = threading.Thread(target=projector.run, daemon=True)
+    worker.start()
+    try:
+        with EventProducer(settings) as producer:
+            # the store exists once the projector folded something: a run of one event
+            producer.emit(sample_run(events=3, seed=1)[0]).result(timeout=WAIT)
+            with (
+                _open_query(settings) as query,
+                BackgroundServer(query) as server,
+            ):
+                yield Live(settings, query, producer, server.url)
+    finally:
+        projector.stop()
+        worker.join(30)
+        projector.close()
+
+
+def _open_query(settings: Settings) -> RunStateQuery:
+    """The query, once the projector has created its store."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return RunStateQuery.open(settings)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def expected(events: Sequence[AgentEvent]) -> dict[str, Any] | None:
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in events])
+    return None if state is None else orjson.loads(PROJECTION.encode_state(state))
+
+
+def _fold_states(events: Sequence[AgentEvent]) -> list[dict[str, Any] | None]:
+    return [expected(events[: n + 1]) for n in range(len(events))]
+
+
+def _check_updates(updates: Sequence[RunUpdate], events: Sequence[AgentEvent], first: int) -> None:
+    """`updates` hold exactly events[first:], in order, each with the state after it."""
+    states = _fold_states(events)
+    assert [u.sequence for u in updates] == list(range(first, len(events)))
+    for update in updates:
+        assert update.event == events[update.sequence]
+        assert update.state.model_dump(mode="json") == _json(states[update.sequence])
+
+
+def _json(state: dict[str, Any] | None) -> Any:
+    return RunState.model_validate(state).model_dump(mode="json")
+
+
+def _collect(
+    live: Live, run_id: uuid.UUID, **kwargs: Any
+) -> tuple[threading.Thread, list[RunUpdate]]:
+    got: list[RunUpdate] = []
+
+    def work() -> None:
+        got.extend(live.query.watch(run_id, **kwargs))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_a_watcher_connected_mid_run_gets_every_later_event_once_in_order(live: Live) -> None:
+    events = sample_run(events=40, seed=11)
+    live.emit_and_wait(events[:15])
+    thread, got = _collect(live, events[0].run_id)
+    live.emit(events[15:])
+    thread.join(WAIT)
+    assert not thread.is_alive(), "the watch did not end after the terminal state"
+    opening, rest = got[0], got[1:]
+    assert opening.event is None and opening.sequence >= 14
+    assert opening.state.model_dump(mode="json") == _json(expected(events[: opening.sequence + 1]))
+    _check_updates(rest, events, opening.sequence + 1)
+
+
+def test_a_run_that_does_not_exist_yet_is_watched_from_its_first_event(live: Live) -> None:
+    events = sample_run(events=25, seed=12)
+    thread, got = _collect(live, events[0].run_id)
+    threading.Event().wait(0.2)  # the watcher is registered before the run exists
+    assert tailer_of(live.query.reader).watchers >= 1
+    live.emit(events)
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    _check_updates(got, events, 0)
+
+
+def test_from_sequence_replays_the_stored_events_then_continues_live(live: Live) -> None:
+    events = sample_run(events=30, seed=13)
+    live.emit_and_wait(events[:20])
+    thread, got = _collect(live, events[0].run_id, from_sequence=5)
+    live.emit(events[20:])
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    _check_updates(got, events, 5)
+
+
+async def test_the_async_iterator_gets_the_same_updates(live: Live) -> None:
+    events = sample_run(events=30, seed=14)
+    live.emit_and_wait(events[:10])
+    got: list[RunUpdate] = []
+
+    async def watch() -> None:
+        async for update in live.query.watch(events[0].run_id, from_sequence=0):
+            got.append(update)
+
+    task = asyncio.create_task(watch())
+    await asyncio.to_thread(live.emit, events[10:])
+    await asyncio.wait_for(task, WAIT)
+    _check_updates(got, events, 0)
+
+
+# --- over HTTP ---------------------------------------------------------------------------------
+
+
+def _read(response: httpx.Response, until: int | None = None) -> list[Message]:
+    """Messages of a stream until the terminal state (or the state of sequence `until`)."""
+    messages = []
+    for message in parse(response.iter_lines()):
+        messages.append(message)
+        if message.event == "state":
+            state = orjson.loads(message.data)
+            if until is not None and state["sequence"] >= until:
+                break
+            if state["status"] in ("completed", "failed", "cancelled"):
+                break
+    return messages
+
+
+def _ended(state: str) -> bool:
+    return orjson.loads(state)["status"] in ("completed", "failed", "cancelled")
+
+
+def _pairs(messages: Sequence[Message]) -> list[int]:
+    """The sequences of the events among `messages`, checking each has its state after it."""
+    sequences = []
+    for before, after in itertools.pairwise(messages):
+        if before.event == "event":
+            assert after.event == "state" and after.id == before.id
+            event = orjson.loads(before.data)
+            assert int(before.id or -1) == event["sequence"] == orjson.loads(after.data)["sequence"]
+            sequences.append(event["sequence"])
+    return sequences
+
+
+def test_sse_disconnect_and_resume_with_last_event_id_has_no_gap_and_no_duplicate(
+    live: Live,
+) -> None:
+    events = sample_run(events=40, seed=21)
+    run = events[0].run_id
+    live.emit_and_wait(events[:10])
+    with httpx.Client(base_url=live.url, timeout=WAIT) as client:
+        with client.stream("GET", f"/runs/{run}/watch") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            first = _read(response, until=9)
+        assert first[0].event == "state" and first[0].id == "9"
+        live.emit_and_wait(events[10:25])
+        with client.stream(
+            "GET", f"/runs/{run}/watch", headers={"Last-Event-ID": "17"}
+        ) as response:
+            second = _read(response, until=24)
+        live.emit(events[25:])
+        with client.stream(
+            "GET", f"/runs/{run}/watch", headers={"Last-Event-ID": "24"}
+        ) as response:
+            third = _read(response)
+        assert _pairs(second) == list(range(18, 25))
+        assert _pairs(third) == list(range(25, len(events)))
+        assert orjson.loads(third[-1].data) == expected(events)
+        # resuming after the end: nothing more, and a browser stops reconnecting
+        done = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": str(len(events) - 1)})
+        assert done.status_code == 204
+        bad = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": "x"})
+        assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]
+        for url, params in [
+            ("/runs/not-a-uuid/watch", {}),
+            (f"/runs/{run}/watch", {"from_sequence": "-1"}),
+            ("/runs/watch", {"status": "sleeping"}),
+            ("/runs/watch", {"session_id": "x"}),
+            ("/runs/watch", {"active": "maybe"}),
+        ]:
+            answer = client.get(url, params=params)
+            assert answer.status_code == 400, (url, params)
+            assert answer.json()["error"]
+
+
+def test_the_runs_feed_reports_state_changes(live: Live) -> None:
+    events = sample_run(events=12, seed=31)
+    with (
+        httpx.Client(base_url=live.url, timeout=10) as client,  # fails, not hangs
+        client.stream("GET", "/runs/watch", params={"active": "false"}) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")  # registered: nothing folded from now is missed
+        live.emit(events)
+        for message in parse(lines):
+            state = orjson.loads(message.data)
+            assert state["status"] in ("completed", "failed", "cancelled")
+            if state["run_id"] == str(events[0].run_id):
+                assert state == expected(events)
+                break
+
+
+async def test_500_concurrent_watchers_on_one_server_all_get_every_event(live: Live) -> None:
+    events = sample_run(events=30, seed=41)
+    run = events[0].run_id
+    watchers = 500
+    connected = asyncio.Semaphore(0)
+
+    async def watch(client: httpx.AsyncClient) -> list[int]:
+        sequences: list[int] = []
+        async with client.stream("GET", f"/runs/{run}/watch", params={"from_sequence": 0}) as r:
+            connected.release()
+            lines = r.aiter_lines()
+            event = ""
+            async for line in lines:
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "event":
+                    sequences.append(orjson.loads(line[6:])["sequence"])
+                elif line.startswith("data: ") and event == "state" and _ended(line[6:]):
+                    break
+        return sequences
+
+    limits = httpx.Limits(max_connections=watchers + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=live.url, timeout=WAIT, limits=limits) as client:
+        tasks = [asyncio.create_task(watch(client)) for _ in range(watchers)]
+        for _ in range(watchers):
+            await asyncio.wait_for(connected.acquire(), WAIT)
+        await asyncio.to_thread(live.emit, events)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+    assert all(r == list(range(len(events))) for r in results)

@@ -206,19 +206,25 @@ class GenerationWriter:
         dead_letter: Callable[[list[DeadLetter]], None] | None = None,
     ) -> BatchResult:
         """Fold a consumed batch: each partition's records into its own store, in one
-        `WriteBatch` per partition (its states and its next offset together). Records of a
-        partition not owned here (revoked meanwhile) are left to its new owner."""
+        `WriteBatch` per partition (its states and its next offset together), written once
+        the whole batch's dead letters are stored. Records of a partition not owned here
+        (revoked meanwhile) are left to its new owner."""
         by_partition: dict[int, list[LogRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition(), []).append(record)
-        results = []
+        folded = []
         for partition, chunk in by_partition.items():
             folder = self._folders.get(partition) if partition in self._owned else None
             if folder is None:
                 log.debug("skipping %d records of partition %d: not owned", len(chunk), partition)
                 continue
-            results.append(folder.process(chunk, dead_letter=dead_letter))
-        return merge_results(results)
+            folded.append((folder, *folder.fold(chunk)))
+        result = merge_results(r for _, r, _ in folded)
+        if result.dead_letters and dead_letter is not None:
+            dead_letter(result.dead_letters)  # stored durably, or nothing of the batch is
+        for folder, _, batch in folded:
+            folder.store.write(batch)
+        return result
 
     def close(self) -> None:
         """Release the claim and close every store."""

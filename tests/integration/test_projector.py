@@ -254,11 +254,15 @@ def test_clear_errors_for_a_missing_topic_and_a_locked_state_dir(
     missing = settings.model_copy(update={"topic": f"absent-{uuid.uuid4().hex[:8]}"})
     with make(missing) as projector, pytest.raises(TopicMissingError, match="topics create"):
         projector.run(until_caught_up=True)
-    # A partition's store is locked by the projector that folds it: another projector on the
-    # same state dir (in another group, so also assigned that partition) is refused.
-    with make(settings) as first, make(settings) as second:
+    with make(settings) as first:
+        with pytest.raises(StateLockedError, match="another projector"):
+            make(settings)  # the same member of the group: refused at once
+        # A partition's store is locked by the projector that folds it: another projector
+        # on the same state dir (a worker in another group, so also given the partition)
+        # is refused when it is assigned it.
         first.run(until_caught_up=True)
-        with pytest.raises(StateLockedError, match="in use by another projector"):
+        second = make(settings, worker="w2")
+        with second, pytest.raises(StateLockedError, match="in use by another projector"):
             second.run(until_caught_up=True)
 
 

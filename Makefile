@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint format unit integration bench clean
+.PHONY: venv demo test browser lint format unit integration bench clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,20 @@ demo: venv
 	$(BIN)/behest demo
 
 ## lint, types, then every test; the session fixture starts a local broker when none is configured
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest tests
+
+## headless Chromium for the console's browser tests: Debian's chromium + chromium-driver,
+## installed when missing and this is root on apt; otherwise a loud warning (the tests fail)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver for the browser tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "!!! no chromium/chromedriver, and no root apt-get to install them: the console's" >&2; \
+		echo "!!! browser tests will FAIL. Install Debian's chromium and chromium-driver." >&2; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .

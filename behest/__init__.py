@@ -78,8 +78,8 @@ if TYPE_CHECKING:
     )
     from behest.fold.projection import Projection
     from behest.fold.projector import Projector
+    from behest.read.projection_query import ProjectionQuery
     from behest.read.query import RunStateQuery
-    from behest.read.reader import ProjectionQuery
 
 _ORIGIN: dict[str, str] = {
     "AgentEvent": "behest.events",
@@ -103,7 +103,7 @@ _ORIGIN: dict[str, str] = {
     "ModelStarted": "behest.events",
     "ProduceError": "behest.errors",
     "Projection": "behest.fold.projection",
-    "ProjectionQuery": "behest.read.reader",
+    "ProjectionQuery": "behest.read.projection_query",
     "Projector": "behest.fold.projector",
     "ProviderId": "behest.events",
     "QueryError": "behest.errors",

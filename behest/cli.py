@@ -1,7 +1,8 @@
-"""The `behest` command line: broker, topics, simulate, project, serve, state, demo."""
+"""The `behest` command line: broker, topics, simulate, project, serve, state, dlq, demo."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 
 from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
+from behest.dlq_command import dlq_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,6 +35,7 @@ topics_app = typer.Typer(
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _print_version(asked: bool) -> None:
@@ -80,11 +83,68 @@ StateDir = Annotated[
 ]
 
 
+class Level(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogLevel = Annotated[
+    Level,
+    typer.Option(
+        "--log-level",
+        envvar="BEHEST_LOG_LEVEL",
+        case_sensitive=False,
+        help="Least severe log lines shown (env BEHEST_LOG_LEVEL).",
+    ),
+]
+LogFormat = Annotated[
+    Format,
+    typer.Option(
+        "--log-format",
+        envvar="BEHEST_LOG_FORMAT",
+        case_sensitive=False,
+        help="text, or json: one object per line for log shippers (env BEHEST_LOG_FORMAT).",
+    ),
+]
+
+
+def setup_logging(level: Level, log_format: Format, console: Any = None) -> None:
+    """Logging of a long-running command (`behest.logs`): rich text on a terminal."""
+    from behest.logs import setup_logging as setup
+
+    handler = None
+    if log_format is Format.text and console is not None and console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)
+    setup(level.value, log_format.value, handler=handler)
+
+
 _PROJECTION_HELP = (
     "An installed projection's name (run_state, tool_usage, otel: each finished run exported "
     "as OpenTelemetry GenAI spans over OTLP, or one a package declares under "
     "the behest.projections entry points) or your own as package.module:Class."
 )
+
+
+Advertise = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise",
+        help="URL of this process's HTTP API for the cluster's other nodes: the projector "
+        "(`project`) puts it in its client.id, the API (`serve`) routes by it (see `behest node`).",
+    ),
+]
+GroupId = Annotated[
+    str | None, typer.Option("--group-id", help="Consumer group; default behest.<projection>.")
+]
 
 
 def settings(
@@ -291,6 +351,8 @@ def simulate_command(
     bootstrap_servers: BootstrapServers = None,
     topic: Topic = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    log_level: LogLevel = Level.info,
+    log_format: LogFormat = Format.text,
 ) -> None:
     """Produce realistic agent-run traffic (half via confluent-kafka, half via aiokafka)."""
     from rich.console import Console
@@ -300,6 +362,7 @@ def simulate_command(
     from behest.local.simulate import simulate
 
     config = settings(bootstrap_servers, topic)
+    setup_logging(log_level, log_format, Console(stderr=True))
     try:
         summary = simulate(config, runs, concurrency=concurrency, seed=seed, progress=progress)
     except BehestError as exc:
@@ -355,6 +418,21 @@ def project(
         help="Rejoin as the same group member after a restart, taking the partitions back at "
         "once (env BEHEST_STATIC_MEMBERSHIP; default static).",
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        envvar="BEHEST_METRICS_PORT",
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on this port at /metrics (env BEHEST_METRICS_PORT; "
+        "default: off).",
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", "--metrics-host", help="Interface the metrics port binds."
+    ),
+    log_level: LogLevel = Level.info,
+    log_format: LogFormat = Format.text,
+    advertise: Advertise = None,
 ) -> None:
     """Fold the event log into RocksDB, exactly once; Ctrl-C stops after the batch in hand."""
     import logging
@@ -364,9 +442,9 @@ def project(
 
     from rich.console import Console
     from rich.live import Live
-    from rich.logging import RichHandler
+    from rich.markup import render
 
-    from behest.errors import BehestError
+    from behest.errors import BehestError, ConfigError
     from behest.fold.catalog import load_projection
     from behest.fold.projector import Projector, ProjectorMetrics
 
@@ -378,22 +456,32 @@ def project(
     config = settings(bootstrap_servers, topic, state_dir)
     membership = {"session_timeout": session_timeout, "static_membership": static_membership}
     config = config.model_copy(update={k: v for k, v in membership.items() if v is not None})
+    if advertise is not None:  # a split deployment: `behest serve --advertise` routes by it
+        from behest.cluster.node import node_settings
+
+        config = node_settings(config, advertise)
     try:
         _telemetry(config, f"behest-projector-{projection}")
     except BehestError as exc:
         raise fail(exc) from None
     console = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    logging.getLogger("behest.librdkafka").setLevel(logging.CRITICAL)  # errors: via error_cb
-    live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
+    setup_logging(log_level, log_format, console)
+    log = logging.getLogger("behest.project")
+    # the live line and rich text on a terminal; log lines (text or JSON) elsewhere
+    live = None
+    if console.is_terminal and log_format is Format.text:
+        live = Live(console=console, refresh_per_second=4)
+
+    def say(markup: str) -> None:
+        if live is not None:
+            console.print(markup)
+        else:
+            log.info("%s", render(markup).plain)
+
     started = time.monotonic()
     rate = {"at": started, "folded": 0, "per_second": 0.0, "printed": started}
 
-    def render(metrics: ProjectorMetrics) -> str:
+    def line(metrics: ProjectorMetrics) -> str:
         return (
             f"[bold]{metrics.projection}[/] folded {metrics.events_folded:,} events · "
             f"{rate['per_second']:,.0f} ev/s · lag {metrics.total_lag:,} · "
@@ -408,10 +496,10 @@ def project(
             rate["per_second"] = (metrics.events_folded - rate["folded"]) / (now - rate["at"])
             rate["at"], rate["folded"] = now, metrics.events_folded
         if live is not None:
-            live.update(render(metrics))
+            live.update(line(metrics))
         elif now - rate["printed"] >= 10.0:
             rate["printed"] = now
-            console.print(render(metrics))
+            say(line(metrics))
 
     try:
         projector = Projector(
@@ -424,23 +512,30 @@ def project(
         )
     except BehestError as exc:
         raise fail(exc) from None
+    exporter = None
+    if metrics_port is not None:
+        from behest.read.metrics import ProjectorExporter
+
+        try:
+            exporter = ProjectorExporter(lambda: projector.metrics, metrics_host, metrics_port)
+        except OSError as exc:
+            projector.close()
+            why = f"cannot serve metrics on {metrics_host}:{metrics_port} ({exc.strerror})"
+            raise fail(ConfigError(f"{why}: choose a free --metrics-port")) from None
 
     def stop(signum: int, _frame: object) -> None:
-        console.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")
+        say(f"{signal.Signals(signum).name}: finishing the batch in hand…")
         projector.stop()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    member = f"static member {projector.instance_id}" if projector.instance_id else "dynamic member"
     try:
         with projector, live or nullcontext():
-            console.print(
+            say(
                 f"projecting {config.topic!r} at {config.bootstrap} into {projector.path} "
-                f"(group {projector.group_id}, "
-                + (
-                    f"static member {projector.instance_id}"
-                    if projector.instance_id
-                    else "dynamic member"
-                )
-                + f", session timeout {config.session_timeout:g} s)"
+                f"(group {projector.group_id}, {member}, "
+                f"session timeout {config.session_timeout:g} s)"
+                + (f"; metrics at {exporter.url}" if exporter else "")
             )
             if rebuild:
                 metrics = projector.rebuild(until_caught_up=until_caught_up)
@@ -451,8 +546,10 @@ def project(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if exporter is not None:
+            exporter.close()
     elapsed = time.monotonic() - started
-    console.print(
+    say(
         f"{'caught up' if until_caught_up else 'stopped cleanly'}: read "
         f"{metrics.records:,} records in {elapsed:.1f} s "
         f"({metrics.records / max(elapsed, 1e-9):,.0f}/s), folded "
@@ -530,17 +627,43 @@ def serve_command(
         min=0.0,
         help="Seconds to wait for the projector to create its state (0: fail at once).",
     ),
+    ready_max_lag: float = typer.Option(
+        30.0,
+        "--ready-max-lag",
+        envvar="BEHEST_READY_MAX_LAG",
+        min=0.0,
+        help="/readyz answers 503 when the projector is more seconds behind the log than "
+        "this (env BEHEST_READY_MAX_LAG).",
+    ),
+    log_level: LogLevel = Level.info,
+    log_format: LogFormat = Format.text,
+    advertise: Advertise = None,
+    group_id: GroupId = None,
+    bootstrap_servers: BootstrapServers = None,
 ) -> None:
-    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector."""
+    """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector;
+    with --advertise, beside `behest project --advertise` processes of a cluster, answering
+    for every run (see `behest node`)."""
+    from rich.console import Console
+
     from behest.errors import BehestError
+    from behest.read.health import ProjectorWatch
     from behest.read.http import serve
 
-    config = settings(topic=topic, state_dir=state_dir)
+    config = settings(bootstrap_servers, topic, state_dir)
+    setup_logging(log_level, log_format, Console(stderr=True))
     try:
         _telemetry(config, "behest-serve")
         query, readers = _open_readers(config, projection or ["run_state"], wait)
     except BehestError as exc:
         raise fail(exc) from None
+    routed = None
+    if advertise is not None and query is not None:
+        from behest.cluster.node import RoutedAPI
+
+        routed = RoutedAPI(
+            query, config, url=advertise, group_id=group_id or "behest.run_state"
+        ).start()
     try:
         served = ", ".join(f"{r.name} ({r.store.path})" for r in readers)
         typer.echo(
@@ -548,8 +671,19 @@ def serve_command(
             "(OpenAPI: /openapi.json, docs: /docs); Ctrl-C stops",
             err=True,
         )
-        serve(query, host=host, port=port, projections=readers, telemetry=config.otel)
+        serve(
+            query,
+            host=host,
+            port=port,
+            projections=readers,
+            log_level=log_level.value,
+            telemetry=config.otel,
+            watch=ProjectorWatch.of(config.state_dir, readers[0].name, max_lag=ready_max_lag),
+            wrap=None if routed is None else routed.wrap,
+        )
     finally:
+        if routed is not None:
+            routed.close()
         for reader in readers:
             reader.close()
 
@@ -582,7 +716,8 @@ def state_command(
     from behest.events import KnownFinishReason, RunState
     from behest.fold.catalog import load_projection
     from behest.fold.projection import parse_key
-    from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+    from behest.read.projection_query import ProjectionQuery
+    from behest.read.reader import Absent, ProjectionReader
     from behest.times import format_time, parse_time
 
     config = settings(topic=topic, state_dir=state_dir)
@@ -645,6 +780,42 @@ def state_command(
 
 
 # --- demo -------------------------------------------------------------------
+
+
+@app.command("watch")
+def watch_command(
+    run_id: str = typer.Argument(..., help="The run id (a UUID); it need not exist yet."),
+    url: str | None = typer.Option(
+        None, "--url", help="Watch through a behest server (e.g. http://127.0.0.1:8000)."
+    ),
+    from_sequence: int | None = typer.Option(
+        None, "--from-sequence", min=0, help="Replay the stored events from this sequence on."
+    ),
+    state_dir: StateDir = None,
+    topic: Topic = None,
+) -> None:
+    """A live terminal view of one run (status, iteration, tokens, the model's text, the
+    latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.errors import BehestError
+    from behest.events import parse_run_id
+    from behest.watch_view import show
+
+    try:
+        run = parse_run_id(run_id)
+        if url is not None:
+            from behest.client import RunStateClient
+
+            with RunStateClient(url) as client:
+                show(str(run), client.watch(run, from_sequence=from_sequence))
+        else:
+            from behest.read.query import RunStateQuery
+
+            with RunStateQuery.open(settings(topic=topic, state_dir=state_dir)) as query:
+                show(str(run), query.watch(run, from_sequence=from_sequence))
+    except BehestError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command("demo")

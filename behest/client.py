@@ -4,6 +4,7 @@
         client.wait_for(delivery)          # read your own write (waits on the run's owner)
         state = client.get(run_id)         # RunState or None
         runs, cursor = client.list_runs(active=True)
+        for update in client.watch(run_id): ...  # live, until the run ends (behest.watching)
 
 Any node of a cluster (`behest node`) answers any request, so the URL may be a load
 balancer. The methods, their arguments and their errors are `RunStateQuery`'s (`raw`
@@ -34,6 +35,7 @@ from behest.errors import (
     WaitTimeoutError,
 )
 from behest.events import AgentEvent, RunId, RunState, RunStatus, format_time, parse_run_id
+from behest.watching import RemoteRunWatch
 
 __all__ = ["DEFAULT_RETRY_FOR", "DEFAULT_TIMEOUT", "RunStateClient", "Staleness"]
 
@@ -246,6 +248,21 @@ class RunStateClient(Generic[T]):
         if response.status_code == 404:
             return []
         return [AgentEvent.model_validate(e) for e in orjson.loads(response.content)["events"]]
+
+    # --- watching -----------------------------------------------------------------------------
+
+    def watch(self, run_id: str | uuid.UUID, *, from_sequence: int | None = None) -> RemoteRunWatch:
+        """`RunStateQuery.watch` over HTTP: iterate (or `async for`) `RunUpdate`s until the
+        run ends; a dropped connection is resumed where it stopped."""
+        if from_sequence is not None and (
+            isinstance(from_sequence, bool)
+            or not isinstance(from_sequence, int)
+            or from_sequence < 0
+        ):
+            raise InvalidQueryError(f"from_sequence must be an integer >= 0, not {from_sequence!r}")
+        return RemoteRunWatch(
+            self.base_url, _run_id(run_id), from_sequence, http=self._connection.http
+        )
 
     # --- read your writes ---------------------------------------------------------------------
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from io import BytesIO
 from itertools import count
 from pathlib import Path
@@ -59,6 +60,7 @@ from behest.events import (
     UsageRecorded,
     Variant,
 )
+from behest.times import EPOCH, MICROSECOND
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -74,9 +76,6 @@ def _schema_dir() -> Path:
 
 
 SCHEMA_DIR = _schema_dir()
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _strip_logical_types(node: Any) -> Any:
@@ -199,7 +198,10 @@ def header_fingerprint(data: bytes | None) -> bytes | None:
 
 def _from_sources(fp: bytes) -> SchemaVersion | None:
     for source in list(_SOURCES):
-        text = source.get_schema(fp)
+        try:
+            text = source.get_schema(fp)
+        except Exception:  # noqa: S112 - a source that cannot answer (closed) is passed over
+            continue
         if text is not None:
             with contextlib.suppress(CodecError):
                 return add_writer_schema(text, "from the projection's store")
@@ -758,7 +760,7 @@ def _record_of(event: AgentEvent) -> dict[str, Any]:
         "event_id": _uuid_text(event.event_id),
         "run_id": _uuid_text(event.run_id),
         "sequence": event.sequence,
-        "timestamp": (event.timestamp - _EPOCH) // _MICROSECOND,
+        "timestamp": (event.timestamp - EPOCH) // MICROSECOND,
         "payload": (_FULL_NAMES[cls], vars(payload) if convert is None else convert(payload)),
     }
 
@@ -849,7 +851,7 @@ def to_event(record: EventRecord) -> AgentEvent:
                 "event_id": record["event_id"],
                 "run_id": record["run_id"],
                 "sequence": record["sequence"],
-                "timestamp": _EPOCH + _MICROSECOND * record["timestamp"],
+                "timestamp": EPOCH + MICROSECOND * record["timestamp"],
                 "payload": adapt(fields),
             }
         )
@@ -877,14 +879,14 @@ MAX_JSON_DEPTH = 128
 """JSON values nest at most this deep: a reader validates and serializes them recursively,
 and pydantic and orjson stop near 255 levels (with the envelope around them)."""
 
-_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
-_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 _UUID = TypeAdapter(uuid.UUID)
-_HEX = frozenset("0123456789abcdef")
+_CANONICAL_UUID = re.compile("-".join(f"[0-9a-f]{{{n}}}" for n in (8, 4, 4, 4, 12))).fullmatch
 
 
 def _check_uuid(text: str, where: str) -> None:
-    if len(text) == 36 and text.count("-") == 4 and _HEX.issuperset(text.replace("-", "")):
+    if _CANONICAL_UUID(text) is not None:
         return  # canonical lowercase text, the common case
     try:
         _UUID.validate_python(text)

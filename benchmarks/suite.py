@@ -46,7 +46,7 @@ from benchmarks.common import (
     table_cells,
 )
 
-AREAS = ("limits", "codec", "producer", "projector", "query", "restart", "scaling")
+AREAS = ("limits", "codec", "producer", "projector", "query", "restart", "watch", "scaling")
 """In the order they run."""
 
 MODULES = {
@@ -56,6 +56,7 @@ MODULES = {
     "projector": "benchmarks.bench_projector",
     "query": "benchmarks.bench_query",
     "restart": "benchmarks.bench_restart",
+    "watch": "benchmarks.bench_watch",
     "scaling": "benchmarks.bench_scaling",
 }
 

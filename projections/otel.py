@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-from behest.events import EventRecord
+from behest.events import EventRecord, Variant
 
 __all__ = ["SEMCONV_VERSION", "OtelProjection", "export_runs", "run_spans"]
 
@@ -49,15 +49,16 @@ TOOL_TYPE: Final = "gen_ai.tool.type"
 ERROR_TYPE: Final = "error.type"
 
 _EARLIEST: Final = -(2**63)
+_NOTED: Final = frozenset(
+    (Variant.DOOM_LOOP_DETECTED, Variant.COMPACTION_CIRCUIT_OPENED, Variant.CONTEXT_BUILT)
+)
+"""Variants recorded as events of the open span."""
+_ENDS: Final = frozenset(v for v in Variant if v.is_terminal)
 
 Span = dict[str, Any]
 """A span as stored: name, id, parent, start/end (µs), attributes, events, error."""
 OtelRun = dict[str, Any]
 """A run's state: `run_id`, `spans` (the root first), the open chat / tool spans, `ended`."""
-
-
-def _variant(name: str) -> str:
-    return name.rpartition(".")[2]
 
 
 def _span_id(run_id: str, sequence: int) -> str:
@@ -107,13 +108,12 @@ class OtelProjection:
         )
         spans: list[Span] = run["spans"]
         at = event["timestamp"]
-        name, body = event["payload"]
-        variant = _variant(name)
+        variant, body = event["payload"]
         if not spans:  # the root, whichever event comes first (normally RunStarted)
             _open(run, event, "invoke_agent", {OP: "invoke_agent", "behest.run_id": run["run_id"]})
         root = spans[0]
         chat = spans[run["chat"]] if run["chat"] is not None else None
-        if variant == "RunStarted":
+        if variant == Variant.RUN_STARTED:
             root["attributes"].update(
                 {
                     PROVIDER: body["provider"],
@@ -121,7 +121,7 @@ class OtelProjection:
                     CONVERSATION: body["session_id"],
                 }
             )
-        elif variant == "ModelStarted":
+        elif variant == Variant.MODEL_STARTED:
             _close(chat, at)
             _open(
                 run,
@@ -130,7 +130,7 @@ class OtelProjection:
                 {OP: "chat", PROVIDER: body["provider"], REQUEST_MODEL: body["model"]},
             )
             run["chat"] = len(spans) - 1
-        elif variant == "UsageRecorded" and chat is not None:
+        elif variant == Variant.USAGE_RECORDED and chat is not None:
             usage = body["usage"]
             for span in (chat, root):
                 attributes = span["attributes"]
@@ -138,7 +138,7 @@ class OtelProjection:
                 attributes[OUTPUT_TOKENS] = (
                     attributes.get(OUTPUT_TOKENS, 0) + usage["output_tokens"]
                 )
-        elif variant == "ToolExecutionStarted":
+        elif variant == Variant.TOOL_EXECUTION_STARTED:
             _close(chat, at)
             _open(
                 run,
@@ -152,7 +152,7 @@ class OtelProjection:
                 },
             )
             run["tools"][body["call_id"]] = len(spans) - 1
-        elif variant == "ToolExecutionFinished":
+        elif variant == Variant.TOOL_EXECUTION_FINISHED:
             index = run["tools"].pop(body["call_id"], None)
             if index is None:  # no start seen: the span is as long as the tool said
                 began = max(at - body["duration_ms"] * 1000, _EARLIEST)  # a 64-bit time
@@ -171,21 +171,22 @@ class OtelProjection:
                 tool = spans[index]
             _close(tool, at)
             result_name, result = body["result"]
-            if _variant(result_name) == "ToolExecutionFailure":
+            if result_name == Variant.TOOL_EXECUTION_FAILURE:
                 tool["error"] = result["error"]
                 tool["attributes"][ERROR_TYPE] = "tool_error"
-        elif variant in ("DoomLoopDetected", "CompactionCircuitOpened", "ContextBuilt"):
-            root["events"].append({"name": variant, "time": at, "attributes": body})
-        elif variant in ("RunCompleted", "RunFailed", "RunCancelled"):
+        elif variant in _NOTED:
+            name = Variant(variant).short_name
+            root["events"].append({"name": name, "time": at, "attributes": body})
+        elif variant in _ENDS:
             for span in spans:
                 _close(span, at)
             run["ended"] = True
-            if variant == "RunCompleted":
+            if variant == Variant.RUN_COMPLETED:
                 reasons = [_finish_reason(body["finish_reason"])]
                 root["attributes"][FINISH_REASONS] = reasons
                 if chat is not None:
                     chat["attributes"][FINISH_REASONS] = reasons
-            elif variant == "RunFailed":
+            elif variant == Variant.RUN_FAILED:
                 root["error"] = body["error"]
                 root["attributes"][ERROR_TYPE] = "RunFailed"
             else:

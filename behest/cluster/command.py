@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -45,16 +44,24 @@ def node_command(
         help="Seconds of silence before the group moves a dead node's partitions "
         "(env BEHEST_SESSION_TIMEOUT; default 10).",
     ),
+    log_level: str | None = typer.Option(
+        None, "--log-level", help="debug, info, warning or error (env BEHEST_LOG_LEVEL)."
+    ),
+    log_format: str | None = typer.Option(
+        None, "--log-format", help="text, or json lines (env BEHEST_LOG_FORMAT)."
+    ),
 ) -> None:
     """A full instance: projector workers in the consumer group and the HTTP API, which
     answers for every run (from this node's state, or forwarded to the run's owner)."""
-    import logging
-
-    from behest.cluster.node import run_node
+    from behest.cluster.node import run_node, worker_count
     from behest.errors import BehestError
+    from behest.logs import setup_logging_from_env
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("behest.librdkafka").setLevel(logging.CRITICAL)
+    try:
+        setup_logging_from_env(log_level, log_format)  # the workers inherit it
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     flags = {
         "bootstrap_servers": bootstrap_servers,
         "topic": topic,
@@ -62,7 +69,7 @@ def node_command(
         "session_timeout": session_timeout,
     }
     config = Settings().model_copy(update={k: v for k, v in flags.items() if v is not None})
-    count = workers or os.cpu_count() or 1
+    count = worker_count(workers)
 
     def ready(url: str) -> None:
         typer.echo(

@@ -5,8 +5,10 @@ Every projector worker of a node joins the projection's consumer group with its
 already knows every live member and the partitions it was assigned, and the admin API
 describes both (`describe_consumer_groups`): so Kafka is the only coordination service,
 and a member that stops heartbeating drops out of the description when its session times
-out. `Membership` polls that description on a short interval (and at once when asked, e.g.
-after a forward failed) and publishes an immutable `ClusterView`.
+out. `Membership` has that description asked for on a short interval (and at once when
+asked, e.g. after a rebalance or a failed forward) and publishes an immutable
+`ClusterView`. The asking runs in a child process (`behest.cluster.describer`), because
+librdkafka may abort the process that asks when a broker fails.
 
 Standby copies need no coordination either: the nodes that keep a warm copy of a
 partition are a pure function of the live nodes (rendezvous hashing), so every node
@@ -15,16 +17,19 @@ computes the same answer, and a node's standbys stay put when another node comes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import IO, Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from behest.config import Settings
 
@@ -165,10 +170,10 @@ class Membership:
         self.standby_replicas = standby_replicas
         self.interval = interval
         self.on_change = on_change
-        self._admin = AdminClient(settings.librdkafka(logger=_librdkafka_log))
         self._consumer: Consumer | None = None
         self._view = ClusterView(partitions=0)
-        self._wake = threading.Event()
+        self._child: subprocess.Popen[str] | None = None
+        self._child_lock = threading.Lock()
         self._stop = threading.Event()
         self._fresh = threading.Condition()
         self._generation = 0
@@ -184,7 +189,17 @@ class Membership:
 
     def close(self) -> None:
         self._stop.set()
-        self._wake.set()
+        with self._child_lock:
+            child, self._child = self._child, None
+        if child is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if child.stdin is not None:
+                    child.stdin.close()  # end of input: the child returns
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         if self._thread.is_alive():
             self._thread.join(10)
         if self._consumer is not None:
@@ -200,13 +215,17 @@ class Membership:
         """Describe the group now; the new view (or the last one, if Kafka is slow)."""
         with self._fresh:
             wanted = self._generation + 1
-            self._wake.set()
+            self.refresh_soon()
             self._fresh.wait_for(lambda: self._generation >= wanted or self._stop.is_set(), timeout)
         return self._view
 
     def refresh_soon(self) -> None:
         """Describe the group again now, without waiting for it (e.g. a rebalance was seen)."""
-        self._wake.set()
+        with self._child_lock:
+            if self._child is not None and self._child.stdin is not None:
+                with contextlib.suppress(OSError, ValueError):  # it is restarting
+                    self._child.stdin.write("\n")
+                    self._child.stdin.flush()
 
     def high_watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
         """The topic's current end offsets for `partitions` (for catch-up checks)."""
@@ -240,48 +259,59 @@ class Membership:
         return self._consumer
 
     def _loop(self) -> None:
+        """Run the describer child, turn its lines into views; restart it if it dies."""
         while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                view = self._describe()
-            except Exception as error:  # a broker restart, a timeout: keep the last view
-                log.warning("cannot describe consumer group %s: %s", self.group_id, error)
-            else:
-                previous, self._view = self._view, view
-                if self.on_change is not None and (
-                    view.owners != previous.owners or view.nodes != previous.nodes
-                ):
-                    self.on_change(view)
-            with self._fresh:
-                self._generation += 1
-                self._fresh.notify_all()
-            self._wake.wait(self.interval)
+            child, lines = self._spawn()
+            for line in lines:
+                self._take(line)
+                if self._stop.is_set():
+                    break
+            code = child.wait()
+            if not self._stop.is_set():
+                log.warning("the group describer exited (%s): restarting it", code)
+                self._stop.wait(0.5)
 
-    def _describe(self) -> ClusterView:
-        fetched_at = time.monotonic()
-        topic = self.settings.topic
-        metadata = self._admin.list_topics(topic=topic, timeout=_DESCRIBE_TIMEOUT)
-        found = metadata.topics.get(topic)
-        partitions = 0 if found is None or found.error is not None else len(found.partitions)
-        future = self._admin.describe_consumer_groups(
-            [self.group_id], request_timeout=_DESCRIBE_TIMEOUT
-        )[self.group_id]
-        group = future.result(timeout=_DESCRIBE_TIMEOUT)
-        members = [
-            (
-                member.client_id,
-                [
-                    tp.partition
-                    for tp in (member.assignment.topic_partitions if member.assignment else [])
-                    if tp.topic == topic
-                ],
-            )
-            for member in group.members
-        ]
-        return view_of(
-            members,
-            partitions,
-            standby_replicas=self.standby_replicas,
-            group_state=str(getattr(group.state, "name", group.state)).lower(),
-            fetched_at=fetched_at,
+    def _spawn(self) -> tuple[subprocess.Popen[str], IO[str]]:
+        request = {
+            "config": {k: v for k, v in self.settings.librdkafka().items() if not callable(v)},
+            "topic": self.settings.topic,
+            "group": self.group_id,
+            "interval": self.interval,
+        }
+        child = subprocess.Popen(
+            [sys.executable, "-m", "behest.cluster.describer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
+        stdin, stdout = child.stdin, child.stdout
+        if stdin is None or stdout is None:  # pragma: no cover - both are pipes
+            raise RuntimeError("the describer has no pipes")
+        with self._child_lock:
+            self._child = child
+            stdin.write(json.dumps(request) + "\n")
+            stdin.flush()
+        return child, stdout
+
+    def _take(self, line: str) -> None:
+        """One description from the child: a new view (or, on an error, the last one)."""
+        answer = json.loads(line)
+        if "error" in answer:
+            log.warning("cannot describe consumer group %s: %s", self.group_id, answer["error"])
+        else:
+            view = view_of(
+                [(client_id, partitions) for client_id, partitions in answer["members"]],
+                answer["partitions"],
+                standby_replicas=self.standby_replicas,
+                group_state=answer["state"],
+                fetched_at=time.monotonic(),
+            )
+            previous, self._view = self._view, view
+            if self.on_change is not None and (
+                view.owners != previous.owners or view.nodes != previous.nodes
+            ):
+                self.on_change(view)
+        with self._fresh:
+            self._generation += 1
+            self._fresh.notify_all()

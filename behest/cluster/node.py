@@ -13,13 +13,16 @@ assignment change there asks the membership for a fresh description at once.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Final
@@ -29,10 +32,11 @@ from behest.config import Settings
 from behest.errors import BehestError
 
 if TYPE_CHECKING:
-    from behest.read.metrics import MetricsSource
+    from starlette.types import ASGIApp
+
     from behest.read.query import RunStateQuery
 
-__all__ = ["Node", "RoutedAPI", "WorkerReport", "node_settings", "run_node"]
+__all__ = ["Node", "RoutedAPI", "WorkerReport", "node_settings", "run_node", "worker_count"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,9 @@ def _worker(
     """A worker process: one Projector in the group, reporting what it holds."""
     from behest.fold.catalog import load_projection
     from behest.fold.projector import Projector
+    from behest.logs import setup_logging_from_env
 
+    setup_logging_from_env()  # as the node's command set it up
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
     settings = Settings.model_validate(settings_data)
     projector = Projector(
@@ -75,10 +81,12 @@ def _worker(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: projector.stop())
     stopping = threading.Event()
 
+    parent = os.getppid()
+
     def report() -> None:
         last: tuple[tuple[int, ...], dict[int, int]] | None = None
         while not stopping.wait(_REPORT_EVERY):
-            if stop.is_set():
+            if stop.is_set() or os.getppid() != parent:  # asked to, or orphaned: leave
                 projector.stop()
             metrics = projector.metrics
             current = (metrics.assigned, dict(metrics.positions))
@@ -190,11 +198,11 @@ class Node:
 
 
 class RoutedAPI:
-    """The HTTP API over a query, wrapped so that it answers for every run of the group.
+    """What makes an HTTP API answer for every run of the group: membership, ownership,
+    and `wrap(app)`, the router in front of the app. Owns the membership thread.
 
-    Owns the membership thread; `app` is what uvicorn serves. `folded` and `assigned`
-    come from this node's workers (`Node`) or, beside a separate `behest project`, from
-    the store alone.
+    `folded` and `assigned` come from this node's workers (`Node`) or, beside a separate
+    `behest project`, from the store alone.
     """
 
     def __init__(
@@ -207,14 +215,13 @@ class RoutedAPI:
         standby_replicas: int = 0,
         folded: Callable[[], Mapping[int, int]] | None = None,
         assigned: Callable[[], frozenset[int]] | None = None,
-        metrics_source: MetricsSource | None = None,
     ) -> None:
         from behest.cluster.ownership import Ownership
-        from behest.cluster.routing import Router
-        from behest.read.http import create_app
 
         self.url = url.rstrip("/")
-        self.membership = Membership(settings, group_id, standby_replicas=standby_replicas)
+        self.membership = Membership(
+            node_settings(settings, self.url), group_id, standby_replicas=standby_replicas
+        )
         self.ownership = Ownership(
             self.url,
             self.membership,
@@ -222,12 +229,13 @@ class RoutedAPI:
             assigned,
         )
         self.membership.on_change = self.ownership.update
-        self.app = Router(
-            create_app(query, metrics_source),
-            url=self.url,
-            membership=self.membership,
-            ownership=self.ownership,
-        )
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """`app` behind the router."""
+        from behest.cluster.routing import Router
+
+        return Router(app, url=self.url, membership=self.membership, ownership=self.ownership)
 
     def start(self) -> RoutedAPI:
         self.membership.start()
@@ -237,18 +245,58 @@ class RoutedAPI:
         self.membership.close()
 
 
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, minus re-raising the signal that stopped it: the node still
+        has to stop its workers (they would be left folding, as orphans, in the group)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def _open_query(settings: Settings, node: Node, deadline: float) -> RunStateQuery:
-    """The workers' store as a reader, retried while a worker is still creating it."""
-    from behest.errors import StoreError
+    """The workers' store as a reader, retried while the workers are still creating it."""
     from behest.read.query import RunStateQuery
 
     while True:
         try:
             return RunStateQuery.open(settings)
-        except StoreError:
+        except BehestError as error:
             if node.dead_workers() or time.monotonic() > deadline:
-                raise
+                raise BehestError(
+                    f"the projector workers did not create a readable state in "
+                    f"{settings.state_dir} ({error}): see their errors above"
+                ) from None
             time.sleep(0.2)
+
+
+def worker_count(asked: int) -> int:
+    """Workers a node runs: as asked (0: one per core), while they can share a state dir.
+
+    Several projector processes share one state dir only where each partition has a store
+    of its own (`behest.fold.storeset`); with one store per projection they would lock
+    each other out, so a node then runs one worker, and says so.
+    """
+    wanted = asked or os.cpu_count() or 1
+    if wanted > 1 and importlib.util.find_spec("behest.fold.storeset") is None:
+        log.warning(
+            "%d workers asked for, but this state layout has one store per projection, "
+            "which one process writes: running 1 worker",
+            wanted,
+        )
+        return 1
+    return wanted
 
 
 def run_node(
@@ -266,22 +314,14 @@ def run_node(
     """Run a node until SIGINT/SIGTERM (0) or until a worker dies (1): the exit status."""
     import uvicorn
 
-    from behest.projections.run_state import RunStateProjection
+    from behest.read.http import create_app
 
     url = (advertise or f"http://{host}:{port}").rstrip("/")
     node = Node(settings, url=url, workers=workers, group_id=group_id).start()
     routed: RoutedAPI | None = None
     query: RunStateQuery | None = None
     try:
-        store = settings.state_dir / RunStateProjection.name
         deadline = time.monotonic() + ready_timeout
-        while not (store / "CURRENT").exists():  # the workers create it as they start
-            if node.dead_workers() or time.monotonic() > deadline:
-                raise BehestError(
-                    f"the projector workers did not create their state at {store} "
-                    f"within {ready_timeout:g} s: see their errors above"
-                )
-            time.sleep(0.2)
         query = _open_query(settings, node, deadline)
         routed = RoutedAPI(
             query,
@@ -295,14 +335,14 @@ def run_node(
         node.membership = routed.membership
         routed.start()
         config = uvicorn.Config(
-            routed.app,
+            routed.wrap(create_app(query)),
             host=host,
             port=port,
             log_level="warning",
             access_log=False,
             lifespan="off",
         )
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         failed = threading.Event()
 
         def watch() -> None:

@@ -23,7 +23,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any, Final, NoReturn
 
@@ -38,6 +38,7 @@ from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 from behest.registry import registry_encoder
 from behest.telemetry import trace_headers
+from behest.times import EPOCH
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_MS",
@@ -72,7 +73,6 @@ client puts a run on the same partition; lz4 is fast and aiokafka reads it via c
 """
 
 _KEY_CACHE_SIZE: Final = 65_536
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
 _QUEUE_FULL_WAIT: Final = 0.005
 
@@ -116,7 +116,7 @@ class KeyedEncoder:
         if key is None:
             key = self.key(run_id)
         value = self._encode(event)
-        return key, value, (event.timestamp - _EPOCH) // _MILLISECOND
+        return key, value, (event.timestamp - EPOCH) // _MILLISECOND
 
     def key(self, run_id: uuid.UUID | str) -> bytes:
         """The Kafka key of a run (canonical lowercase UUID text), cached."""

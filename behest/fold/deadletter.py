@@ -109,9 +109,7 @@ class DeadLetterSender:
     def send(self, letters: Sequence[DeadLetter]) -> None:
         """Produce every letter and wait for Kafka's acknowledgement, or raise
         `ProduceError` (after `ATTEMPTS` rounds) saying what failed and what to do."""
-        # per letter: how far it was cut (None: whole), and what went wrong last
-        todo: dict[int, int | None] = dict.fromkeys(range(len(letters)))
-        errors: dict[int, KafkaError] = {}
+        todo: dict[int, int | None] = dict.fromkeys(range(len(letters)))  # index: its cut
         for letter in letters:
             log.warning(
                 "dead-lettering %s[%d]@%d to %s: %s",
@@ -121,44 +119,54 @@ class DeadLetterSender:
                 self.topic,
                 letter.error,
             )
-        for attempt in range(1, ATTEMPTS + 1):
+        failures = 0
+        while True:
             if not self._topic_seen:
                 self._check_topic()
-            failed = self._round(letters, todo, errors)
-            if not failed:
+            errors: list[KafkaError] = []
+            todo, failed = self._round(letters, todo, errors)
+            if not todo:
                 return
-            todo = failed
-            self._topic_seen = False  # did it go away?
+            if not failed:  # only records the broker found too large: a smaller cut next
+                continue
+            failures += 1
+            if failures == ATTEMPTS:
+                break
             log.warning(
                 "could not dead-letter %d record(s) (attempt %d of %d): %s",
-                len(failed),
-                attempt,
+                len(todo),
+                failures,
                 ATTEMPTS,
-                next(iter(errors.values())).str(),
+                errors[0].str(),
             )
             self.close()  # a fresh producer for the next round (an idempotent one can fence)
-        reason = next((error.str() for error in errors.values()), "no acknowledgement")
+            self._topic_seen = False  # did the topic go away?
         raise ProduceError(
-            f"could not dead-letter {len(todo)} record(s) to {self.topic!r} ({reason}); the "
-            "batch was not written, so its records are read again on the next start: check "
-            f"that {self.topic!r} exists (`behest topics create`) and the broker accepts writes"
+            f"could not dead-letter {len(todo)} record(s) to {self.topic!r} "
+            f"({errors[0].str()}); the batch was not written, so its records are read again "
+            f"on the next start: check that {self.topic!r} exists (`behest topics create`) "
+            "and the broker accepts writes"
         )
 
     def _round(
         self,
         letters: Sequence[DeadLetter],
         todo: dict[int, int | None],
-        errors: dict[int, KafkaError],
-    ) -> dict[int, int | None]:
-        """Send each letter of `todo` once; the ones to try again, with their next cut."""
+        errors: list[KafkaError],
+    ) -> tuple[dict[int, int | None], bool]:
+        """Send each letter of `todo` once: the ones to send again, with their next cut,
+        and whether any failed for another reason than its size."""
         producer = self._client()
         retry: dict[int, int | None] = {}
 
         def report(index: int, cut: int | None) -> Any:
             def delivered(error: KafkaError | None, _message: Any) -> None:
                 if error is not None:
-                    retry[index] = _next_cut(cut) if error.code() in _TOO_LARGE else cut
-                    errors[index] = error
+                    smaller = error.code() in _TOO_LARGE and cut != PREFIXES[-1]
+                    retry[index] = _next_cut(cut) if smaller else cut
+                    errors.append(error)
+                    if not smaller:
+                        errors.insert(0, errors.pop())  # the reason to report
 
             return delivered
 
@@ -181,9 +189,12 @@ class DeadLetterSender:
                     cut = _next_cut(cut)
                     key, value, headers = dead_letter_message(letters[index], cut)
         if producer.flush(self.timeout + 10):
-            errors[-1] = KafkaError(KafkaError._MSG_TIMED_OUT, "no acknowledgement in time")
-            return dict(todo)
-        return retry
+            errors.insert(0, KafkaError(KafkaError._MSG_TIMED_OUT, "no acknowledgement in time"))
+            return dict(todo), True
+        hard = any(error.code() not in _TOO_LARGE for error in errors) or any(
+            cut == PREFIXES[-1] and todo.get(index) == cut for index, cut in retry.items()
+        )
+        return retry, hard
 
     def _check_topic(self) -> None:
         """Raise at once if the dead-letter topic does not exist (rather than let each

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -53,8 +54,10 @@ from behest.errors import (
 from behest.fold.deadletter import DeadLetterSender
 from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchResult
 from behest.fold.generations import GenerationWriter, plan, projection_version
+from behest.fold.heartbeat import Heartbeat, HeartbeatWriter, heartbeat_path
 from behest.fold.layout import Layout, Manifest, new_member_id
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
+from behest.fold.progress import LagClock, ProjectorMetrics
 from behest.fold.projection import Projection, combiner
 from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
@@ -70,41 +73,6 @@ librdkafka_log = logging.getLogger("behest.librdkafka")
 reach the projector's error callback, which logs each kind once)."""
 
 DEFAULT_BATCH_SIZE: Final = 2000
-
-
-@dataclass(slots=True)
-class ProjectorMetrics:
-    """Counters and positions of a Projector, for `/metrics` and the CLI's live line.
-
-    `positions` are the next offsets folded per partition (what RocksDB holds); `lag` is
-    the partition's high watermark minus that, for the partitions this instance owns.
-    """
-
-    projection: str
-    group_id: str
-    topic: str
-    records: int = 0
-    events_folded: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    late_repaired: int = 0
-    dead_letters: int = 0
-    tombstones: int = 0
-    batches: int = 0
-    last_batch_at: float | None = None
-    last_batch_seconds: float = 0.0
-    assigned: tuple[int, ...] = ()
-    generation: int | None = None
-    """The generation written (`behest generations list`)."""
-    building: bool = False
-    """True while it builds a generation beside the served one (readers are not on it yet)."""
-    positions: dict[int, int] = field(default_factory=dict)
-    lag: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def total_lag(self) -> int:
-        """Records the owned partitions hold beyond what is folded."""
-        return sum(self.lag.values())
 
 
 class Projector:
@@ -164,6 +132,10 @@ class Projector:
         self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
+        self._lag_clock = LagClock()
+        self._heartbeat = HeartbeatWriter(
+            heartbeat_path(settings.state_dir, projection.name, worker)
+        )
         self._schemas = SchemaWait(
             settings,
             self._schema_stores,
@@ -177,6 +149,7 @@ class Projector:
         self._identity: StaticIdentity | None = None
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
             self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
+        self._metrics.instance_id = self.instance_id
         if self.layout.current() is None and not self.layout.is_legacy():
             self._first_generation()
 
@@ -191,8 +164,7 @@ class Projector:
     def metrics(self) -> ProjectorMetrics:
         """A consistent copy of the counters, safe to read from another thread."""
         with self._lock:
-            m = self._metrics
-            return replace(m, positions=dict(m.positions), lag=dict(m.lag))
+            return self._metrics.copy()
 
     def folded_position(self, partition: int) -> int:
         """Next offset of `partition` this store has folded (0: nothing yet).
@@ -223,7 +195,10 @@ class Projector:
         one, which readers keep reading until the new one has caught up and is switched to
         (the old one stays for `behest generations rollback` until dropped)."""
         with self._lock:
-            self._metrics = ProjectorMetrics(self.projection.name, self.group_id, self.topic)
+            self._metrics = ProjectorMetrics(
+                self.projection.name, self.group_id, self.topic, self.instance_id
+            )
+        self._lag_clock = LagClock()
         return self._run(until_caught_up=until_caught_up, stop_event=stop_event, rebuild=True)
 
     def _run(
@@ -247,7 +222,7 @@ class Projector:
                 [self.topic],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
-                on_lost=self._on_revoke,
+                on_lost=self._on_lost,
             )
             while not stopped():
                 idle = self._step(consumer)
@@ -264,13 +239,14 @@ class Projector:
 
     def _step(self, consumer: Consumer) -> bool:
         """Consume one batch and fold it; True if there was nothing to consume."""
-        messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        messages = self._next_batch(consumer)
         records = self._usable(messages) if messages else []
         if records:
             self._process(consumer, records)
         if self._schemas.waiting:
             self._resume_ready(consumer)
         self._update_lag(consumer)
+        self._heartbeat.beat(self._beat)
         if self._writer is not None:
             self._writer.heartbeat()
         if self.on_progress is not None:
@@ -290,6 +266,7 @@ class Projector:
                 self._metrics.assigned = ()
             if self._writer is not None:
                 self._writer.release()
+            self._heartbeat.write(self._beat(time.time(), self._heartbeat.started_at, stopped=True))
 
     # --- generations --------------------------------------------------------------------------
 
@@ -563,13 +540,16 @@ class Projector:
             self._assigned = wanted
             self._metrics.assigned = tuple(sorted(self._assigned))
             self._metrics.positions.update(stored)
+            self._metrics.assignments += 1
         log.info(
             "assigned %s: resuming at %s",
             self._metrics.assigned,
             {tp.partition: stored.get(tp.partition, 0) for tp in partitions},
         )
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(
+        self, consumer: Consumer, partitions: list[TopicPartition], *, lost: bool = False
+    ) -> None:
         # Every batch is written before the next consume, so nothing is in flight here.
         # A revoked partition's store closes (its next owner may be another process on this
         # state dir); when this projector leaves, they stay open for its in-process readers.
@@ -581,7 +561,30 @@ class Projector:
             self._assigned.clear()
             self._metrics.assigned = ()
             self._metrics.lag.clear()
-        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+            self._metrics.lag_seconds.clear()
+            if lost:
+                self._metrics.losses += 1
+            else:
+                self._metrics.revocations += 1
+            for tp in partitions:
+                self._lag_clock.forget(tp.partition)
+        log.info("%s %s", "lost" if lost else "revoked", sorted(tp.partition for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved on without us (session expired): as a revocation, counted apart."""
+        self._on_revoke(consumer, partitions, lost=True)
+
+    def _next_batch(self, consumer: Consumer) -> list[Any]:
+        """Up to `batch_size` records: waits (up to `poll_timeout`) only for the first, then
+        takes what librdkafka has already fetched. `consume(n, timeout)` alone would hold a
+        partial batch for the whole timeout, which every live reader (`watch`, read-your-
+        writes) would wait out on a lightly loaded topic."""
+        first = consumer.poll(self.poll_timeout)
+        if first is None:
+            return []
+        if self.batch_size == 1:
+            return [first]
+        return [first, *consumer.consume(num_messages=self.batch_size - 1, timeout=0)]
 
     def _usable(self, messages: list[Any]) -> list[Any]:
         """The records of a consume call; errors are raised or logged."""
@@ -644,13 +647,30 @@ class Projector:
             m.batches += 1
             m.last_batch_at = time.time()
             m.last_batch_seconds = elapsed
+            m.batch_latency.observe(elapsed)
             m.positions.update(result.positions)
+            self._note_fold_times(records, result.positions)
         if not self._metrics.building:  # outside the group, its committed offsets are not ours
             offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
             with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
                 consumer.commit(offsets=offsets, asynchronous=True)
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _note_fold_times(self, records: list[Any], positions: dict[int, int]) -> None:
+        """Tell the lag clock the log time of each partition's last record folded, the
+        last one below its new position (a record held for its schema is not folded);
+        read from the batch's end: a handful of records, not the batch."""
+        left = dict(positions)
+        for record in reversed(records):
+            partition = record.partition()
+            if partition in left and record.offset() < left[partition]:
+                del left[partition]
+                kind, millis = record.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE:
+                    self._lag_clock.folded(partition, millis / 1000)
+                if not left:
+                    return
 
     def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
         """Stop each partition at the record that waits for its writer schema."""
@@ -666,18 +686,40 @@ class Projector:
             consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
 
     def _update_lag(self, consumer: Consumer) -> None:
-        """Lag of owned partitions from the watermarks librdkafka cached on its last fetch."""
+        """Lag of owned partitions, in records from the watermarks librdkafka cached on its
+        last fetch, and in seconds from the lag clock (`behest.fold.progress`)."""
+        now = time.time()
         with self._lock:
-            assigned = list(self._assigned)
             positions = self._metrics.positions
-            lag = {}
-            for partition in assigned:
+            lag: dict[int, int] = {}
+            seconds: dict[int, float] = {}
+            for partition in self._assigned:
                 _, high = consumer.get_watermark_offsets(
                     TopicPartition(self.topic, partition), cached=True
                 )
                 if high >= 0:
                     lag[partition] = max(high - positions.get(partition, 0), 0)
+                    behind = self._lag_clock.seconds(partition, lag[partition], now)
+                    if behind is not None:
+                        seconds[partition] = behind
             self._metrics.lag = lag
+            self._metrics.lag_seconds = seconds
+
+    def _beat(self, now: float, started_at: float, *, stopped: bool = False) -> Heartbeat:
+        """This projector's heartbeat as of now (`behest.fold.heartbeat`)."""
+        with self._lock:
+            m = self._metrics
+            return Heartbeat(
+                projection=m.projection,
+                pid=os.getpid(),
+                at=now,
+                started_at=started_at,
+                instance=m.instance_id,
+                stopped=stopped,
+                assigned=m.assigned,
+                lag=dict(m.lag),
+                lag_seconds=dict(m.lag_seconds),
+            )
 
     def _caught_up(self, consumer: Consumer, targets: dict[int, int], *, idle: bool) -> bool:
         """Whether every owned partition is folded up to its target.

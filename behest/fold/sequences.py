@@ -24,6 +24,7 @@ projection then counts it as a duplicate."""
 
 _PAIR = struct.Struct(">QQ")
 _ABOVE_ALL: Final = 1 << 64
+_new_tuple = tuple.__new__
 
 Gap = tuple[int, int]
 """An inclusive range of sequences never folded, `(first, last)`."""
@@ -55,8 +56,8 @@ class RunHead(NamedTuple):
 
     def advance(self, sequence: int) -> RunHead:
         """The head after `sequence` > `last`; what lies between is a new gap."""
-        if sequence == self.last + 1:
-            return RunHead(sequence, self.missing)
+        if sequence == self.last + 1:  # the hot path: skip NamedTuple's slower __new__
+            return _new_tuple(RunHead, (sequence, self.missing))
         return RunHead(sequence, _bounded((*self.missing, (self.last + 1, sequence - 1))))
 
     def fill(self, sequence: int) -> RunHead:

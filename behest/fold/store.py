@@ -282,7 +282,10 @@ class StateStore:
         }
 
     def get_schema(self, fingerprint: bytes) -> bytes | None:
-        """The JSON of a writer schema this store's events were folded with, if kept."""
+        """The JSON of a writer schema this store's events were folded with, if kept (None
+        once closed: a reader still registered as the codec's schema source may outlive it)."""
+        if self._closed:
+            return None
         value: bytes | None = self.schemas.get(fingerprint)
         return value
 

@@ -30,6 +30,7 @@ from behest.events import RunId, RunState, format_time
 from behest.fold.projector import Projector, ProjectorMetrics
 from behest.local.broker import LocalBroker, port_in_use
 from behest.local.simulate import SimulationSummary, simulate
+from behest.read.health import ProjectorWatch
 from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
 
@@ -183,6 +184,7 @@ def run_demo(
             query,
             port=port if port and not port_in_use(port) else 0,
             metrics_source=lambda: projector.metrics,
+            watch=ProjectorWatch.of(settings.state_dir, projector.projection.name),
         )
         stack.enter_context(server)
         console.print(f"[bold]API[/]     {server.url}  (OpenAPI: {server.url}/openapi.json)")

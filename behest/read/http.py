@@ -6,7 +6,7 @@
     GET  /runs/{run_id}/events?from_sequence=&limit=       {"events": [...]}
     GET  /runs/{run_id}/watch · GET /runs/watch            Server-Sent Events (behest.read.sse)
     GET  /projections[/{name}/...]                         any projection served (see below)
-    GET  /healthz · GET /metrics
+    GET  /healthz · GET /readyz · GET /metrics               (see behest.read.health)
 
 The run endpoints are `DirectRoute`s (behest.read.routes): one plain function each, one
 error mapping for all, no FastAPI parameter machinery per request. States are served as
@@ -25,44 +25,46 @@ import gc
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from behest.errors import RunNotFoundError, WaitTimeoutError
-from behest.events import AgentEvent, RunState, RunStatus
+from behest.errors import WaitTimeoutError
+from behest.read.console import add_console, name_operations
+from behest.read.health import ProjectorWatch
 from behest.read.metrics import CONTENT_TYPE, MetricsSource, QueryMetrics
-from behest.read.projection_routes import ErrorBody, add_projection_routes
+from behest.read.projection_routes import add_projection_routes
 from behest.read.query import (
-    DEFAULT_EVENTS_LIMIT,
-    DEFAULT_RUNS_LIMIT,
     MAX_BATCH,
-    MAX_LIMIT,
-    MAX_SEQUENCE,
-    Absent,
     RunStateQuery,
 )
 from behest.read.reader import ProjectionReader
 from behest.read.routes import (
-    DirectRoute,
+    BAD_INPUT,
+    ErrorBody,
     error_answer,
     error_body,
     match_direct,
     validation_body,
 )
+from behest.read.run_routes import (
+    BatchRequest,
+    BatchResponse,
+    EventList,
+    RunList,
+    add_run_routes,
+)
 from behest.read.sse import watch_routes
-from behest.read.watch import event_json
-from behest.times import parse_time
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -72,6 +74,8 @@ __all__ = [
     "ErrorBody",
     "EventList",
     "Health",
+    "ProjectorState",
+    "Readiness",
     "RunList",
     "create_app",
     "serve",
@@ -89,35 +93,10 @@ JSON: Final = "application/json"
 # --- the wire models (they make /openapi.json; answers are built from stored bytes) ----------
 
 
-class BatchRequest(BaseModel):
-    """States of up to MAX_BATCH runs, now or as of a time."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_ids: list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]] = Field(
-        max_length=MAX_BATCH, description=f"Run ids, at most {MAX_BATCH}."
-    )
-    as_of: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = Field(
-        default=None, description="RFC 3339 time: each state after its events up to then."
-    )
-
-
-class BatchResponse(BaseModel):
-    runs: list[RunState] = Field(description="Known runs' states, in the order asked.")
-    missing: list[Annotated[str, Field(json_schema_extra={"format": "uuid"})]] = Field(
-        description="Ids (canonical text) of runs unknown, or without an event by as_of."
-    )
-
-
-class RunList(BaseModel):
-    runs: list[RunState] = Field(description="Newest first, by creation time.")
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null after the last page."
-    )
-
-
-class EventList(BaseModel):
-    events: list[AgentEvent] = Field(description="In sequence order.")
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reason: str | None = Field(description="Why not ready; null when ready.")
+    projector: ProjectorState | None
 
 
 class Folded(BaseModel):
@@ -125,8 +104,25 @@ class Folded(BaseModel):
     offset: int = Field(description="The position is folded: reads that follow see it.")
 
 
+class ProjectorState(BaseModel):
+    alive: bool = Field(description="It beat within the staleness bound and did not stop.")
+    ready: bool = Field(description="Alive, owning partitions, none beyond the lag bound.")
+    reason: str | None = Field(description="Why not alive or not ready; null when it is.")
+    pid: int | None
+    heartbeat_age_s: float | None
+    assigned: list[int]
+    lag: dict[str, int] = Field(description="Records behind the log, per owned partition.")
+    lag_seconds: dict[str, float] = Field(description="Seconds behind the log, per partition.")
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="ok: the store answers and its projector is alive; degraded: the store "
+        "answers but the projector is not alive (see projector.reason)."
+    )
+    projector: ProjectorState | None = Field(
+        description="The projector writing the store, from its heartbeat (null: not watched)."
+    )
     topic: str
     offsets: dict[str, int] = Field(description="Next offset folded, per partition.")
     synced_at: datetime = Field(description="Answers include every write made before this.")
@@ -225,28 +221,6 @@ def _oversized(scope: Scope) -> Response | None:
 
 # --- the app ----------------------------------------------------------------------------------
 
-_BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
-    "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
-}
-_RUN_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
-    404: {"model": ErrorBody, "description": "Unknown run, or no event by the point asked."},
-    **_BAD_INPUT,
-}
-_RunId = Annotated[
-    str,
-    Path(description="The run id (a UUID).", json_schema_extra={"format": "uuid"}),
-]
-_AsOf = Annotated[
-    str | None,
-    Query(
-        description="RFC 3339 time: the state after every event up to then.",
-        json_schema_extra={"format": "date-time"},
-    ),
-]
-_AtSequence = Annotated[
-    int | None, Query(ge=0, le=MAX_SEQUENCE, description="The state after this sequence.")
-]
-
 
 def _package_version() -> str:
     try:
@@ -259,12 +233,15 @@ def create_app(
     query: RunStateQuery[Any] | None,
     metrics_source: MetricsSource | None = None,
     projections: Sequence[ProjectionReader[Any]] = (),
+    watch: ProjectorWatch | None = None,
     *,
     telemetry: bool = False,
 ) -> FastAPI:
     """The HTTP API over `query` (the /runs endpoints; None: none) and the `projections`
     (under /projections/{name}); `metrics_source` (e.g. `lambda: projector.metrics`) adds
-    the projector's lag and counters to /metrics; `telemetry` turns on FastAPI's own
+    the projector's lag and counters to /metrics; `watch` (the projector's heartbeat, see
+    `behest.read.health`) makes /healthz and /readyz judge the projector, and adds its
+    liveness (and lag, without a source) to /metrics; `telemetry` turns on FastAPI's own
     OpenTelemetry spans, metrics and logs (global providers; `BEHEST_OTEL=true`)."""
     readers = ([] if query is None else [query.reader]) + [
         r for r in projections if query is None or r is not query.reader
@@ -275,7 +252,9 @@ def create_app(
         title="behest",
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
-        "projection served.",
+        "projection served. The console is at `/`.",
+        docs_url=None,  # served by add_console from assets in the package: no CDN
+        redoc_url=None,
         # Off unless asked for: /metrics is Prometheus, and FastAPI's OpenTelemetry hooks
         # cost every request provider look-ups (about a tenth of a state read).
         telemetry={
@@ -285,7 +264,7 @@ def create_app(
             "operation_spans": telemetry,
         },
     )
-    metrics = QueryMetrics(readers[0], metrics_source)
+    metrics = QueryMetrics(readers[0], metrics_source, watch)
     app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(RequestValidationError)
@@ -312,14 +291,14 @@ def create_app(
 
     if query is not None:
         app.include_router(watch_routes(query))  # before /runs/{run_id}, which takes any id
-        _add_run_routes(app, query.raw)
+        add_run_routes(app, query.raw)
     add_projection_routes(app, readers)
 
     @app.get(
         "/wait",
         response_model=Folded,
         responses={
-            **_BAD_INPUT,
+            **BAD_INPUT,
             503: {"model": ErrorBody, "description": "Not folded within the timeout."},
         },
         summary="Read your writes: returns once the write at a position is folded",
@@ -337,10 +316,40 @@ def create_app(
             return _json(error_body(str(error)), 503, headers={"retry-after": "1"})
         return _json(orjson.dumps({"partition": partition, "offset": offset}))
 
-    @app.get("/healthz", response_model=Health, summary="Liveness, and how fresh answers are")
+    add_console(app)
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": ErrorBody, "description": "The store cannot be read."}},
+        summary="Liveness: the store answers (and whether its projector is alive)",
+    )
     def healthz() -> Response:
         fresh = readers[0].freshness()
-        return _json(orjson.dumps({"status": "ok", **fresh.to_json_dict()}))
+        health = None if watch is None else watch.check()
+        body = {
+            "status": "ok" if health is None or health.alive else "degraded",
+            "projector": None if health is None else health.to_json_dict(),
+            **fresh.to_json_dict(),
+        }
+        return _json(orjson.dumps(body))
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: see reason."}},
+        summary="Readiness: the projector writing the store is alive and within its lag bound",
+    )
+    def readyz() -> Response:
+        readers[0].freshness()  # the store answers (a StoreError is a 503 too)
+        health = None if watch is None else watch.check()
+        ready = health is None or health.ready
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "reason": None if health is None else health.reason,
+            "projector": None if health is None else health.to_json_dict(),
+        }
+        return _json(orjson.dumps(body), 200 if ready else 503)
 
     @app.get(
         "/metrics",
@@ -351,108 +360,8 @@ def create_app(
     def prometheus() -> Response:
         return Response(content=metrics.render(), media_type=CONTENT_TYPE)
 
+    name_operations(app)
     return app
-
-
-def _add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
-    """Contract §4's run endpoints, each a `DirectRoute` over the stored JSON."""
-
-    @app.get("/runs/batch", include_in_schema=False)
-    async def batch_is_post() -> Response:
-        return _error(405, 'use POST /runs/batch with {"run_ids": [...]}')
-
-    def get_run(run_id: _RunId, as_of: _AsOf = None, at_sequence: _AtSequence = None) -> bytes:
-        moment = None if as_of is None else parse_time(as_of)
-        found = query.find_at(run_id, as_of=moment, at_sequence=at_sequence)
-        if found is Absent.UNKNOWN:
-            raise RunNotFoundError(f"run {run_id} is unknown")
-        if found is Absent.NOT_YET:
-            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
-            raise RunNotFoundError(f"run {run_id} had no event {point}")
-        return found
-
-    def get_batch(request: BatchRequest) -> bytes:
-        moment = None if request.as_of is None else parse_time(request.as_of)
-        found = query.get_many(request.run_ids, as_of=moment)
-        states = [v for v in found.values() if v is not None]
-        missing = [str(run) for run, v in found.items() if v is None]
-        return b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
-
-    def list_runs(
-        session_id: Annotated[
-            str | None,
-            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
-        ] = None,
-        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
-        active: Annotated[
-            bool | None,
-            Query(description="true: only runs not yet finished; false: only finished runs."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_RUNS_LIMIT,
-        cursor: Annotated[
-            str | None, Query(description="next_cursor of the previous page.")
-        ] = None,
-    ) -> bytes:
-        states, next_cursor = query.list_runs(
-            session_id=session_id, status=status, active=active, limit=limit, cursor=cursor
-        )
-        cursor_json = orjson.dumps(next_cursor)
-        return b'{"runs":[' + b",".join(states) + b'],"next_cursor":' + cursor_json + b"}"
-
-    def list_events(
-        run_id: _RunId,
-        from_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_EVENTS_LIMIT,
-    ) -> bytes:
-        events = query.list_events(run_id, from_sequence=from_sequence, limit=limit)
-        if not events and query.get(run_id) is None:
-            raise RunNotFoundError(f"run {run_id} is unknown")
-        return b'{"events":[' + b",".join(map(event_json, events)) + b"]}"
-
-    routes: list[tuple[str, Any, str, dict[str, Any]]] = [
-        (
-            "/runs/{run_id}",
-            get_run,
-            "GET",
-            {
-                "response_model": RunState,
-                "responses": _RUN_ERRORS,
-                "summary": "A run's state: current, as of a time, or at a sequence",
-            },
-        ),
-        (
-            "/runs/batch",
-            get_batch,
-            "POST",
-            {
-                "response_model": BatchResponse,
-                "responses": _BAD_INPUT,
-                "summary": "States of many runs in one call",
-            },
-        ),
-        (
-            "/runs",
-            list_runs,
-            "GET",
-            {
-                "response_model": RunList,
-                "responses": _BAD_INPUT,
-                "summary": "Runs newest first, by session, status or activity",
-            },
-        ),
-        (
-            "/runs/{run_id}/events",
-            list_events,
-            "GET",
-            {
-                "response_model": EventList,
-                "responses": _RUN_ERRORS,
-                "summary": "A run's events in sequence order",
-            },
-        ),
-    ]
-    for path, endpoint, method, options in routes:
-        app.router.routes.append(DirectRoute(path, endpoint, methods=[method], **options))
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -465,13 +374,21 @@ def _config(
     metrics_source: MetricsSource | None,
     log_level: str,
     projections: Sequence[ProjectionReader[Any]] = (),
+    watch: ProjectorWatch | None = None,
+    *,
+    own_logging: bool = False,
     telemetry: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> uvicorn.Config:
+    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
+    app = create_app(query, metrics_source, projections, watch, telemetry=telemetry)
+    app.openapi()  # built now, so `serve` freezes it with the rest
     return uvicorn.Config(
-        create_app(query, metrics_source, projections, telemetry=telemetry),
+        app if wrap is None else wrap(app),
         host=host,
         port=port,
         log_level=log_level,
+        **extra,
         access_log=False,  # /metrics counts requests; a line per request costs throughput
         lifespan="off",
     )
@@ -485,16 +402,30 @@ def serve(
     metrics_source: MetricsSource | None = None,
     log_level: str = "info",
     projections: Sequence[ProjectionReader[Any]] = (),
+    watch: ProjectorWatch | None = None,
     telemetry: bool = False,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
+    Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
+    `wrap` puts a layer in front of the app (`behest.cluster` routes requests so).
 
     Meant to own its process: it freezes everything allocated so far out of the garbage
     collector's reach, since a full collection over FastAPI's and pydantic's start-up
     objects pauses every request in flight for tens of milliseconds.
     """
-    config = _config(query, host, port, metrics_source, log_level, projections, telemetry)
-    cast(FastAPI, config.app).openapi()  # built now, so it is frozen with the rest
+    config = _config(
+        query,
+        host,
+        port,
+        metrics_source,
+        log_level,
+        projections,
+        watch,
+        own_logging=True,
+        telemetry=telemetry,
+        wrap=wrap,
+    )
     gc.collect()
     gc.freeze()
     uvicorn.Server(config).run()
@@ -518,12 +449,13 @@ class BackgroundServer:
         metrics_source: MetricsSource | None = None,
         log_level: str = "warning",
         projections: Sequence[ProjectionReader[Any]] = (),
+        watch: ProjectorWatch | None = None,
     ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
-        config = _config(query, host, self.port, metrics_source, log_level, projections)
+        config = _config(query, host, self.port, metrics_source, log_level, projections, watch)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True

@@ -35,22 +35,14 @@ from behest.read.inputs import (
     decode_cursor,
     encode_cursor,
 )
-from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
-from behest.read.routes import DirectRoute
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import ProjectionReader
+from behest.read.routes import DirectRoute, ErrorBody, present
 from behest.times import parse_time
 
-__all__ = ["ErrorBody", "add_projection_routes"]
+__all__ = ["add_projection_routes"]
 
 DEFAULT_STATES_LIMIT: Final = 100
-
-
-class ErrorBody(BaseModel):
-    """Every non-2xx answer."""
-
-    error: str = Field(description="What is wrong, and what to do about it.")
-    detail: JsonValue = Field(
-        default=None, description="Structured detail, e.g. one entry per invalid field."
-    )
 
 
 class ProjectionInfo(BaseModel):
@@ -125,6 +117,11 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
+def _bounds(position: bytes | None, reverse: bool) -> dict[str, bytes | None]:
+    """Where a page continues: after the cursor's key, or before it when descending."""
+    return {"after": None, "before": position} if reverse else {"after": position, "before": None}
+
+
 def _page(found: list[tuple[str, bytes]], last: bytes | None) -> bytes:
     states = b",".join(b'{"key":' + orjson.dumps(k) + b',"state":' + v + b"}" for k, v in found)
     cursor = orjson.dumps(None if last is None else encode_cursor(last))
@@ -150,12 +147,7 @@ def add_projection_routes(app: FastAPI, readers: Sequence[ProjectionReader[Any]]
         moment = None if as_of is None else parse_time(as_of)
         entity = parse_key(query.reader.projection, key)
         found = query.find_at(entity, as_of=moment, at_sequence=at_sequence)
-        if found is Absent.UNKNOWN:
-            raise RunNotFoundError(f"{name} has no state under key {key!r}")
-        if found is Absent.NOT_YET:
-            point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
-            raise RunNotFoundError(f"{name} had no event for key {key!r} {point}")
-        return found
+        return present(found, f"{name} key {key!r}", as_of, at_sequence)
 
     def get_states(name: _Name, request: KeysRequest) -> bytes:
         query = served(name)
@@ -187,12 +179,7 @@ def add_projection_routes(app: FastAPI, readers: Sequence[ProjectionReader[Any]]
                 "leave prefix out, or list runs through its index"
             )
         position = None if cursor is None else decode_cursor(cursor)
-        scan = query.scan(
-            prefix.encode(),
-            after=None if reverse else position,
-            before=position if reverse else None,
-            reverse=reverse,
-        )
+        scan = query.scan(prefix.encode(), reverse=reverse, **_bounds(position, reverse))
         rows = list(itertools.islice(scan, check_limit(limit) + 1))
         last = rows[limit - 1][0] if len(rows) > limit else None
         return _page([(format_key(projection, k), v) for k, v in rows[:limit]], last)
@@ -214,13 +201,8 @@ def add_projection_routes(app: FastAPI, readers: Sequence[ProjectionReader[Any]]
                 "e.g. 61 for b'a'"
             ) from None
         position = None if cursor is None else decode_cursor(cursor)
-        found, last = query.index(
-            start,
-            limit=check_limit(limit),
-            after=None if reverse else position,
-            before=position if reverse else None,
-            reverse=reverse,
-        )
+        bounds = _bounds(position, reverse)
+        found, last = query.index(start, limit=check_limit(limit), reverse=reverse, **bounds)
         entity = index_entity(projection)
         listed = [(format_key(projection, entity(k)), v) for k, v in found]
         return _page(listed, last)
@@ -264,5 +246,6 @@ def add_projection_routes(app: FastAPI, readers: Sequence[ProjectionReader[Any]]
             response_model=model,
             responses=_ERRORS,
             summary=summary,
+            inline=endpoint in (list_projections, get_state),  # one state; others pages
         )
         app.router.routes.append(route)

@@ -28,8 +28,6 @@ from typing_extensions import TypeVar
 from behest.codec import decode
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.events import AgentEvent, RunId, RunState, RunStatus
-from behest.fold.store import StateStore
-from behest.fold.storeset import StoreSet
 from behest.projections.run_state import (
     INDEX_SUFFIX_SIZE,
     RunStateProjection,
@@ -57,6 +55,7 @@ from behest.read.reader import (
     Freshness,
     Position,
     ProjectionReader,
+    StoreReader,
 )
 from behest.times import parse_time
 
@@ -106,7 +105,7 @@ class RunStateQuery(Generic[T]):
 
     def __init__(
         self,
-        store: StateStore | StoreSet,
+        store: StoreReader,
         projection: RunStateProjection | None = None,
         *,
         topic: str = DEFAULT_TOPIC,
@@ -144,7 +143,7 @@ class RunStateQuery(Generic[T]):
         return _over(self.reader, _identity)
 
     @property
-    def store(self) -> StateStore | StoreSet:
+    def store(self) -> StoreReader:
         return self.reader.store
 
     @property

@@ -1,15 +1,10 @@
-"""Read any projection's states: by key, many at once, at a point in time, by index.
-
-    with ProjectionQuery.open(Settings(), MyProjection()) as query:
-        query.get(b"key")                          # the state, decoded by the projection
-        query.get_many([b"a", b"b"])               # one RocksDB multi-get
-        query.get_at(run_key, as_of=datetime(...))  # run-keyed projections: back then
-        query.raw.get(b"key")                      # the same read, the stored bytes
+"""Read any projection's store: by key, many at once, at a point in time, by index.
 
 `ProjectionReader` is the one code path of every read: it asks the store (never RocksDB
-itself) and answers stored bytes. A `ProjectionQuery` is that reader plus a last step,
-bytes to what the caller wants (the projection's state, a model, or the bytes as they
-are), so each read exists once and HTTP serves stored bytes without re-encoding them.
+itself) and answers stored bytes. `ProjectionQuery` (behest.read.projection_query) and
+`RunStateQuery` add the last step, bytes to what the caller wants (the projection's
+state, a model, or the bytes as they are), so each read exists once and HTTP serves
+stored bytes without re-encoding them.
 
 Reads come from a RocksDB *secondary* instance: the projector keeps writing undisturbed
 and this side catches up lazily. Before answering, if the last check is older than
@@ -33,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from behest import codec
@@ -40,9 +36,8 @@ from behest.codec import decode_record
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.errors import InvalidQueryError, WaitTimeoutError
 from behest.fold.projection import Projection, combiner, index_entity
-from behest.fold.store import StateStore
+from behest.fold.sequences import RunHead
 from behest.fold.storeset import StoreSet
-from behest.read.inputs import bounded, check_point
 from behest.times import format_time
 
 __all__ = [
@@ -51,8 +46,8 @@ __all__ = [
     "Absent",
     "Freshness",
     "Position",
-    "ProjectionQuery",
     "ProjectionReader",
+    "StoreReader",
     "open_store",
 ]
 
@@ -67,6 +62,60 @@ _WAIT_MAX_SLEEP: Final = 0.05
 S = TypeVar("S")
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+class StoreReader(Protocol):
+    """The read API a reader needs of a projection's store: a `StateStore`, or anything that
+    reads several of them as one (e.g. one store per partition). Nothing else is used, so
+    no reader walks RocksDB iterators or reads RocksDB's files itself."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def secondary(self) -> bool: ...
+
+    def get_state(self, key: bytes) -> bytes | None: ...
+
+    def get_states(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def scan_states(
+        self,
+        prefix: bytes = b"",
+        *,
+        after: bytes | None = None,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def scan_index(
+        self,
+        prefix: bytes,
+        after: bytes | None = None,
+        *,
+        before: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[bytes]: ...
+
+    def get_heads(self, runs: Sequence[bytes]) -> list[RunHead | None]: ...
+
+    def stored_offsets(self, topic: str) -> dict[int, int]: ...
+
+    def get_schema(self, fingerprint: bytes) -> bytes | None: ...
+
+    def iter_events(
+        self, run: bytes, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> Iterator[tuple[int, bytes]]: ...
+
+    def last_event(self, run: bytes) -> tuple[int, bytes] | None: ...
+
+    def snapshot_at_or_before(self, run: bytes, sequence: int) -> tuple[int, bytes] | None: ...
+
+    def snapshot_at_or_before_time(self, run: bytes, micros: int) -> tuple[int, bytes] | None: ...
+
+    def catch_up_if_changed(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class Absent(enum.Enum):
@@ -121,7 +170,7 @@ class ProjectionReader(Generic[S]):
 
     def __init__(
         self,
-        store: StateStore | StoreSet,
+        store: StoreReader,
         projection: Projection[S],
         *,
         topic: str = DEFAULT_TOPIC,
@@ -381,112 +430,6 @@ class ProjectionReader(Generic[S]):
             if len(found) == limit:
                 break
         return found
-
-
-class ProjectionQuery(Generic[T]):
-    """A `ProjectionReader` plus the last step of every read: stored bytes to `T`."""
-
-    def __init__(self, reader: ProjectionReader[Any], finish: Callable[[bytes], T]) -> None:
-        self.reader = reader
-        self.finish = finish
-
-    @staticmethod
-    def open(
-        settings: Settings,
-        projection: Projection[S],
-        *,
-        secondary: bool = True,
-        max_staleness: float = DEFAULT_MAX_STALENESS,
-    ) -> ProjectionQuery[S]:
-        """States of `projection` as its own `decode_state` gives them back."""
-        reader = ProjectionReader.open(
-            settings, projection, secondary=secondary, max_staleness=max_staleness
-        )
-        return ProjectionQuery(reader, projection.decode_state)
-
-    def then(self, finish: Callable[[bytes], U]) -> ProjectionQuery[U]:
-        """The same reads with another last step (the store is shared)."""
-        return ProjectionQuery(self.reader, finish)
-
-    @property
-    def raw(self) -> ProjectionQuery[bytes]:
-        """The same reads, answering the stored bytes."""
-        return self.then(_identity)
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def __enter__(self) -> ProjectionQuery[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def get(self, key: bytes) -> T | None:
-        """The current state under `key`, or None."""
-        data = self.reader.get(key)
-        return None if data is None else self.finish(data)
-
-    def get_many(
-        self, keys: Iterable[bytes], *, as_of: datetime | None = None
-    ) -> dict[bytes, T | None]:
-        """States of up to `MAX_BATCH` keys in one multi-get (None when unknown), in the
-        order asked; with `as_of`, each as of that time."""
-        wanted = list(dict.fromkeys(bounded(keys, "keys")))
-        micros, _ = check_point(as_of, None)
-        values = self.reader.get_many(wanted, micros)
-        finish = self.finish
-        return {k: None if v is None else finish(v) for k, v in zip(wanted, values, strict=True)}
-
-    def find_at(
-        self, key: bytes, *, as_of: datetime | None = None, at_sequence: int | None = None
-    ) -> T | Absent:
-        """The state at the point asked, or why there is none (`Absent`)."""
-        micros, sequence = check_point(as_of, at_sequence)
-        data = self.reader.get_at(key, micros, sequence)
-        return data if isinstance(data, Absent) else self.finish(data)
-
-    def get_at(
-        self, key: bytes, *, as_of: datetime | None = None, at_sequence: int | None = None
-    ) -> T | None:
-        """The state after every event with timestamp <= `as_of` (or sequence <=
-        `at_sequence`); None if there was none by then. Neither: the current state."""
-        found = self.find_at(key, as_of=as_of, at_sequence=at_sequence)
-        return None if isinstance(found, Absent) else found
-
-    def scan(
-        self,
-        prefix: bytes = b"",
-        *,
-        after: bytes | None = None,
-        before: bytes | None = None,
-        reverse: bool = False,
-    ) -> Iterator[tuple[bytes, T]]:
-        """`(key, state)` under `prefix`, strictly between `after` and `before`, in key
-        order (descending with `reverse`)."""
-        finish = self.finish
-        for key, data in self.reader.scan(prefix, after=after, before=before, reverse=reverse):
-            yield key, finish(data)
-
-    def index(
-        self,
-        prefix: bytes,
-        *,
-        limit: int,
-        after: bytes | None = None,
-        before: bytes | None = None,
-        reverse: bool = False,
-    ) -> tuple[list[tuple[bytes, T]], bytes | None]:
-        """A page of `(index key, state)` listed under the index `prefix`, and the index
-        key to continue after (`after=`, or `before=` with `reverse`), None after the last."""
-        keys = self.reader.index(prefix, after=after, before=before, reverse=reverse)
-        found, last = self.reader.listed(keys, limit)
-        finish = self.finish
-        return [(k, finish(v)) for k, v in found], last
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 def _chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:

@@ -20,17 +20,55 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, JsonValue, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from behest.errors import QueryError, RunNotFoundError, StoreError
+from behest.read.reader import Absent
 
-__all__ = ["DirectRoute", "error_answer", "error_body", "match_direct", "send_json"]
+__all__ = [
+    "BAD_INPUT",
+    "DirectRoute",
+    "ErrorBody",
+    "error_answer",
+    "error_body",
+    "match_direct",
+    "present",
+    "send_json",
+    "validation_body",
+]
 
 log = logging.getLogger("behest.read.http")
 
 _JSON_HEADERS: Final = (b"content-type", b"application/json")
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer."""
+
+    error: str = Field(description="What is wrong, and what to do about it.")
+    detail: JsonValue = Field(
+        default=None, description="Structured detail, e.g. one entry per invalid field."
+    )
+
+
+BAD_INPUT: Final[dict[int | str, dict[str, Any]]] = {
+    "4XX": {"model": ErrorBody, "description": "Bad input (400), oversized body (413)."},
+}
+"""OpenAPI `responses` of an endpoint whose only failures are bad input."""
+
+
+def present(found: bytes | Absent, what: str, as_of: str | None, at_sequence: int | None) -> bytes:
+    """The state a point-in-time read found, or the 404 that says why there is none:
+    `what` (e.g. "run <id>") is unknown, or had no event by the point asked."""
+    if found is Absent.UNKNOWN:
+        raise RunNotFoundError(f"{what} is unknown")
+    if found is Absent.NOT_YET:
+        point = f"as of {as_of}" if as_of is not None else f"at sequence {at_sequence}"
+        raise RunNotFoundError(f"{what} had no event {point}")
+    return found
 
 
 def error_body(error: str, detail: Any = None) -> bytes:
@@ -96,8 +134,14 @@ class DirectRoute(APIRoute):
     """An `APIRoute` (documented in OpenAPI as usual) answered without FastAPI's
     parameter machinery; see the module docstring."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], *, inline: bool = True, **kwargs: Any
+    ) -> None:
+        """`inline`: answer on the event loop (a read of microseconds); False for reads that
+        may take milliseconds (batches, pages), which run on a worker thread instead so
+        they never hold up the single-state reads beside them."""
         super().__init__(path, endpoint, **kwargs)
+        self.inline = inline
         self._query = {field.alias: field for field in self.dependant.query_params}
         body = self.body_field
         self._body: tuple[str, type[BaseModel]] | None = None
@@ -117,7 +161,10 @@ class DirectRoute(APIRoute):
             if self._body is not None:
                 name, model = self._body
                 params[name] = model.model_validate_json(await _read_body(receive))
-            status, body = 200, self.endpoint(**params)
+            if self.inline:
+                status, body = 200, self.endpoint(**params)
+            else:
+                status, body = 200, await run_in_threadpool(self.endpoint, **params)
         except Exception as error:  # every error maps to an answer; bugs are logged there
             status, body = error_answer(error, f"{scope['method']} {scope['path']}")
         await send_json(send, status, body)

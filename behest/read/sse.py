@@ -10,13 +10,12 @@ A stream opens with the current state (or, resuming, with the stored events afte
 last one seen), sends a comment every `KEEPALIVE_S` seconds of quiet so proxies keep it
 open, and ends after the state with a terminal status. A resumed stream of a run that has
 already ended answers 204, which tells a browser's EventSource to stop reconnecting.
-`parse` reads the format back (for clients).
+`behest.watching` reads the format back (for clients).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
 import orjson
@@ -25,12 +24,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from behest.errors import InvalidQueryError, QueryError
 from behest.events import RunStatus
-from behest.read.projection_routes import ErrorBody
 from behest.read.query import MAX_SEQUENCE, RunStateQuery
-from behest.read.routes import error_answer
+from behest.read.routes import ErrorBody, error_answer
 from behest.read.watch import Change
 
-__all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "Message", "encode", "parse", "watch_routes"]
+__all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "encode", "watch_routes"]
 
 MEDIA_TYPE: Final = "text/event-stream"
 KEEPALIVE_S: Final = 15.0
@@ -41,15 +39,6 @@ RETRY_MS: Final = 1000
 
 _HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _KEEPALIVE: Final = b": keep-alive\n\n"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One server-sent event as read back: its `event` type, `data` and `id`."""
-
-    event: str
-    data: str
-    id: str | None = None
 
 
 def encode(event: str, data: bytes, id: int | None = None) -> bytes:
@@ -65,29 +54,6 @@ def _change(change: Change) -> bytes:
     if change.event_json is None:
         return state
     return encode("event", change.event_json, change.sequence) + state
-
-
-def parse(lines: Iterable[str]) -> Iterator[Message]:
-    """Messages from the lines of a stream (as `httpx.Response.iter_lines()` gives them);
-    comments and retry hints are skipped."""
-    event, id_ = "message", None
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield Message(event, "\n".join(data), id_)
-            event, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-        elif field == "id":
-            id_ = value
 
 
 def _refused(error: QueryError) -> Response:
@@ -126,11 +92,12 @@ _STREAM: Final[dict[int | str, dict[str, Any]]] = {
 
 def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -> APIRouter:
     """The watch routes over `query`'s shared tailer (include before `/runs/{run_id}`)."""
-    router = APIRouter(tags=["watch"])
+    router = APIRouter()
 
     @router.get(
         "/runs/watch",
-        operation_id="watchRuns",
+        operation_id="watch_runs",
+        tags=["watch"],
         response_class=StreamingResponse,
         responses=_STREAM,
         summary="Watch run states change (for list views)",
@@ -165,7 +132,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
 
     @router.get(
         "/runs/{run_id}/watch",
-        operation_id="watchRun",
+        operation_id="watch_run",
+        tags=["watch"],
         response_class=StreamingResponse,
         responses={
             **_STREAM,
@@ -211,8 +179,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
             watch.start()  # registered before the first line: a client that read it misses nothing
             try:
                 yield b"retry: %d\n\n" % RETRY_MS
-                async for change in watch.achanges(keepalive):
-                    yield _KEEPALIVE if change is None else _change(change)
+                async for batch in watch.abatches(keepalive):
+                    yield b"".join(map(_change, batch)) if batch else _KEEPALIVE
             finally:
                 watch.close()
 

@@ -42,6 +42,7 @@ from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, RunState, format_time
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
 from behest.read.reader import Absent, ProjectionReader
+from behest.watching import RunUpdate
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -84,16 +85,6 @@ class Change:
     event: AgentEvent | None = None
     event_json: bytes | None = None
     deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RunUpdate:
-    """What `watch` yields: the event folded at `sequence` (None for the opening state)
-    and the run's state after it."""
-
-    sequence: int
-    state: RunState
-    event: AgentEvent | None
 
 
 def event_json(event: AgentEvent) -> bytes:
@@ -564,9 +555,10 @@ class RunWatch:
                 yield _update(change)
 
     async def __aiter__(self) -> AsyncIterator[RunUpdate]:
-        async for change in self.achanges():
-            if change is not None and not change.deleted:
-                yield _update(change)
+        async for batch in self.abatches():
+            for change in batch:
+                if not change.deleted:
+                    yield _update(change)
 
     def changes(self, keepalive: float | None = None) -> Iterator[Change]:
         """The raw changes, blocking this thread between them."""
@@ -588,8 +580,9 @@ class RunWatch:
         finally:
             cursor.close()
 
-    async def achanges(self, keepalive: float | None = None) -> AsyncIterator[Change | None]:
-        """The raw changes, awaiting between them; None after `keepalive` idle seconds."""
+    async def abatches(self, keepalive: float | None = None) -> AsyncIterator[list[Change]]:
+        """The raw changes, as many at a time as are ready, awaiting between them; an empty
+        list after `keepalive` idle seconds."""
         loop = asyncio.get_running_loop()
         cursor = self._cursor(loop)
         try:
@@ -604,8 +597,8 @@ class RunWatch:
                         page = next(pages, None)
                     if page is None:
                         break
-                    for change in page:
-                        yield change
+                    if page:
+                        yield page
                 inbox = cursor.inbox
                 while not cursor.done:
                     inbox.ready_async.clear()
@@ -613,13 +606,13 @@ class RunWatch:
                     if found is None:
                         break
                     if found:
-                        for change in found:
-                            yield change
+                        yield found
                         continue
                     try:
-                        await asyncio.wait_for(inbox.ready_async.wait(), keepalive)
+                        async with asyncio.timeout(keepalive):
+                            await inbox.ready_async.wait()
                     except TimeoutError:
-                        yield None
+                        yield []
                 if cursor.done:
                     return
         finally:
@@ -707,7 +700,8 @@ class RunsWatch:
                         yield item
                     continue
                 try:
-                    await asyncio.wait_for(inbox.ready_async.wait(), keepalive)
+                    async with asyncio.timeout(keepalive):
+                        await inbox.ready_async.wait()
                 except TimeoutError:
                     yield None
         finally:

@@ -107,6 +107,7 @@ def wait_until_serving(
     """Until every live node sees all of them in the group and all partitions served."""
     deadline = time.monotonic() + timeout
     urls = sorted(n.url for n in nodes)
+    views: list[dict[str, Any] | None] = []
     while time.monotonic() < deadline:
         views = [n.cluster(client) for n in nodes]
         if all(
@@ -117,4 +118,6 @@ def wait_until_serving(
             if sorted(served) == list(range(partitions)):
                 return
         time.sleep(0.3)
-    raise TimeoutError(f"nodes {urls} did not serve all {partitions} partitions in {timeout} s")
+    raise TimeoutError(
+        f"nodes {urls} did not serve all {partitions} partitions in {timeout} s; they saw {views}"
+    )

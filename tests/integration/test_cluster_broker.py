@@ -75,7 +75,7 @@ def test_three_nodes_replicate_and_survive_a_killed_node(cluster: LocalCluster) 
 
     results = create_topics(settings, partitions=3, timeout=30)
 
-    assert [r.replication for r in results] == [3, 3]
+    assert [r.replication for r in results] == [3, 3, 3]  # events, dead letters, schemas
     assert topic_config(settings)["min.insync.replicas"] == "2"
     _produce(status.bootstrap, settings.topic, [b"before-%d" % i for i in range(30)])
 

@@ -27,7 +27,8 @@ from behest.emit.producer import EventProducer
 from behest.events import AgentEvent
 from behest.fold.catalog import load_projection
 from behest.fold.projection import fold
-from behest.read.reader import Absent, ProjectionQuery
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import Absent
 from behest.testing import sample_run
 
 pytestmark = pytest.mark.kafka
@@ -197,7 +198,7 @@ def test_a_projection_of_ones_own_is_folded_served_and_read_back_in_time(
             assert batch.json() == {"states": {str(run_id): history[-1]}, "missing": [missing]}
             unknown = client.get(f"/projections/spend/states/{missing}")
             assert unknown.status_code == 404
-            assert "no state" in unknown.json()["error"]
+            assert "is unknown" in unknown.json()["error"]
             early = (run[0].timestamp - timedelta(seconds=1)).isoformat()
             not_yet = client.get(f"/projections/spend/states/{run_id}", params={"as_of": early})
             assert not_yet.status_code == 404

@@ -155,7 +155,7 @@ def test_a_record_of_any_size_is_dead_lettered_and_the_rest_folded(
     settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic, state_dir=tmp_path)
     run = sample_run(seed=33, events=12)
     key = str(run[0].run_id).encode()
-    huge = b"\xc3\x01" + bytes(range(256)) * (size // 256) + b"\x00" * (size % 256 - 2)
+    huge = b"\x00\x01" + bytes(range(256)) * (size // 256) + b"\x00" * (size % 256 - 2)
     assert len(huge) == size
     producer = Producer(
         {
@@ -180,7 +180,25 @@ def test_a_record_of_any_size_is_dead_lettered_and_the_rest_folded(
     assert headers[HEADER_ORIGINAL_KEY_SIZE] == str(len(key)).encode()
     assert headers[HEADER_TRUNCATED] == b"true"
     assert int(headers[HEADER_OFFSET]) == 6
-    assert b"unknown writer schema" in headers[HEADER_ERROR]
+    assert b"not an Avro single-object encoded event" in headers[HEADER_ERROR]
+
+
+def test_a_dead_letter_topic_for_small_records_gets_a_smaller_prefix(
+    bootstrap_servers: str, make_topic: Callable[..., str], tmp_path: Any
+) -> None:
+    topic = make_topic()
+    make_topic(f"{topic}.dlq", config={"max.message.bytes": "20000"})
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic, state_dir=tmp_path)
+    run = sample_run(seed=36, events=5)
+    junk = b"\x00\x01" + bytes(100_000)
+    key = str(run[0].run_id).encode()
+    produce(bootstrap_servers, topic, [*as_records(run[:2]), (key, junk), *as_records(run[2:])])
+    with make(settings) as projector:
+        metrics = projector.run(until_caught_up=True)
+        assert (metrics.events_folded, metrics.dead_letters) == (len(run), 1)
+    (letter,) = dead_letters(bootstrap_servers, settings.dlq_topic, 1)
+    assert letter.value() == junk[: PREFIXES[1]]  # the whole, then 64 KiB, were refused
+    assert dict(letter.headers())[HEADER_ORIGINAL_SIZE] == b"100002"
 
 
 def test_a_dead_letter_topic_that_cannot_take_them_stops_the_projector_unwritten(

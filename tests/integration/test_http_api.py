@@ -155,7 +155,8 @@ def test_metrics_and_health_show_the_projector_and_how_fresh_answers_are(live: L
     assert health["offsets"][str(delivery.partition)] == delivery.offset + 1
     text = live.client.get("/metrics").text
     assert f"behest_projector_events_folded_total {float(len(events))}" in text
-    assert "behest_projector_lag{" in text
+    assert "behest_projector_lag_records{" in text
+    assert "behest_projector_lag_seconds{" in text
     folded = (
         f'behest_query_folded_offset{{partition="{delivery.partition}",'
         f'topic="{live.settings.topic}"}} {float(delivery.offset + 1)}'

@@ -46,9 +46,10 @@ OPERATIONS = [
     ("GET", "/projections/{name}/index/{prefix}"),
     ("GET", "/wait"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/metrics"),
 ]
-WITHOUT_INPUT = {"/healthz", "/metrics", "/projections"}
+WITHOUT_INPUT = {"/healthz", "/readyz", "/metrics", "/projections"}
 WAITS = {"/wait"}
 """Valid input (even with an extra parameter, as negative cases have) waits up to its timeout
 by design, then a flagged 503: not fuzzed; test_client checks its bad input."""

@@ -203,6 +203,98 @@ async def test_openai_agents_failing_tool_then_max_turns_fails_the_run(
     assert state.total_usage.input_tokens == 10
 
 
+def responses_endpoint(outputs: list[list[dict[str, Any]]]) -> httpx.MockTransport:
+    """A Responses API endpoint answering `outputs` in turn, 100 in / 20 out each."""
+    answers = iter(outputs)
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            json={
+                "id": f"resp_{uuid.uuid4().hex[:8]}",
+                "object": "response",
+                "created_at": 0,
+                "model": "gpt-4o-2024-08-06",
+                "status": "completed",
+                "output": next(answers),
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": {
+                    "input_tokens": 100,
+                    "output_tokens": 20,
+                    "total_tokens": 120,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                },
+            },
+        )
+
+    return httpx.MockTransport(answer)
+
+
+async def test_openai_agents_responses_api_model(
+    settings: Settings, unique_group: str, producer: EventProducer, openai_tracing: Any
+) -> None:
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, trace
+    from openai import AsyncOpenAI
+
+    from behest.integrations.openai_agents import run_id_of_trace
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    transport = responses_endpoint(
+        [
+            [
+                {
+                    "type": "function_call",
+                    "id": "fc_1",
+                    "call_id": "call_7",
+                    "name": "get_weather",
+                    "arguments": json.dumps({"city": "Lyon"}),
+                    "status": "completed",
+                }
+            ],
+            [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "Sunny.", "annotations": []}],
+                }
+            ],
+        ]
+    )
+    client = AsyncOpenAI(
+        api_key="offline",
+        base_url="http://scripted.invalid/v1",
+        http_client=httpx.AsyncClient(transport=transport),
+    )
+    model = OpenAIResponsesModel(model="gpt-4o", openai_client=client)
+    agent = Agent(name="weather", instructions="Help.", tools=[get_weather], model=model)
+    with trace("weather") as current:
+        result = await Runner.run(agent, "Weather in Lyon?")
+    producer.flush(30)
+
+    state, events = fold(settings, unique_group, run_id_of_trace(current.trace_id))
+
+    usage = result.context_wrapper.usage
+    assert state.status is RunStatus.COMPLETED
+    assert state.model == "gpt-4o-2024-08-06"  # the model that answered, as the SDK reported
+    assert state.iteration == usage.requests == 2
+    assert state.total_usage.input_tokens == usage.input_tokens == 200
+    assert state.total_usage.output_tokens == usage.output_tokens == 40
+    (call,) = of_type(events, "ToolCallCompleted")
+    assert (call.call.id, call.call.arguments) == ("call_7", {"city": "Lyon"})
+    (finished,) = of_type(events, "ToolExecutionFinished")
+    assert (finished.call_id, finished.result.output) == ("call_7", "sunny in Lyon")
+    assert "".join(p.delta for p in of_type(events, "TextDelta")) == result.final_output
+
+
 # --- LangChain / LangGraph ------------------------------------------------------------------
 
 
@@ -328,3 +420,32 @@ def test_langgraph_error_fails_the_run(
     assert state.status is RunStatus.FAILED
     assert state.last_error == "RuntimeError: the provider answered 500"
     assert state.iteration == 1
+
+
+def test_langgraph_streamed_tokens_are_text_deltas(
+    settings: Settings, unique_group: str, producer: EventProducer
+) -> None:
+    from langchain_core.messages import AIMessage
+
+    from behest.integrations.langchain import BehestCallbackHandler
+
+    reply = AIMessage(content="It is sunny in Paris today.")
+    run_id = uuid.uuid4()
+    tokens = [
+        chunk.content
+        for chunk, _ in agent_graph(scripted_chat_model([reply]), []).stream(
+            {"messages": [("user", "Weather?")]},
+            config={"callbacks": [BehestCallbackHandler(producer)], "run_id": run_id},
+            stream_mode="messages",
+        )
+    ]
+    producer.flush(30)
+
+    state, events = fold(settings, unique_group, run_id)
+
+    deltas = [p.delta for p in of_type(events, "TextDelta")]
+    assert len(deltas) > 1 and deltas == [t for t in tokens if t]  # each token, once
+    assert "".join(deltas) == reply.content
+    assert state.status is RunStatus.COMPLETED
+    assert state.iteration == 1
+    assert len(of_type(events, "AssistantMessageCommitted")) == 1

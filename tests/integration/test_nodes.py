@@ -6,6 +6,9 @@ session's broker. Each answer is checked against the plain fold of what was prod
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,3 +138,43 @@ def test_a_killed_owners_runs_are_served_by_another_node(
     assert not pending, f"still not served after {took:.1f} s: {statuses}"
     assert set(statuses) <= {200, 503}
     print(f"\ntakeover (SIGKILL, 6 s session, no standby): {took:.1f} s; answers {statuses}")
+
+
+def test_a_split_deployment_is_a_node_too(
+    bootstrap_servers: str, make_topic: Callable[..., str], unique_group: str, tmp_path: Path
+) -> None:
+    """`behest project --advertise URL` + `behest serve --advertise URL`, beside a node."""
+    topic = make_topic(partitions=PARTITIONS)
+    make_topic(f"{topic}.dlq", partitions=PARTITIONS)
+    full = NodeProcess("full", bootstrap_servers, topic, unique_group, tmp_path / "full")
+    split = NodeProcess("split", bootstrap_servers, topic, unique_group, tmp_path / "split")
+    common = [
+        "--bootstrap-servers", bootstrap_servers, "--topic", topic,
+        "--state-dir", str(split.state_dir), "--group-id", unique_group,
+        "--advertise", split.url,
+    ]  # fmt: skip
+    behest = [sys.executable, "-m", "behest.cli"]
+    processes = [
+        subprocess.Popen([*behest, "project", "--session-timeout", "6", *common]),
+        subprocess.Popen([*behest, "serve", "--port", str(split.port), "--wait", "60", *common]),
+    ]
+    full.start()
+    try:
+        settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic)
+        runs = [sample_run(events=8, seed=200 + n) for n in range(12)]
+        last = _produce(settings, runs)
+        with httpx.Client() as http:
+            wait_until_serving([full, split], PARTITIONS, http)
+        for url in (full.url, split.url):
+            with RunStateClient(url) as client:
+                for delivery in last.values():
+                    client.wait_for(delivery, timeout=60)
+                for events in runs:
+                    answer = client.raw.get(events[0].run_id)
+                    assert answer is not None and orjson.loads(answer) == expected(events)
+    finally:
+        full.stop()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(40)

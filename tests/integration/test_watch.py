@@ -13,84 +13,26 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from live_api import WAIT, Live, expected, running_api
 
-from behest.codec import decode_record, encode
+from behest.client import RunStateClient
 from behest.config import Settings
-from behest.emit.producer import Delivery, EventProducer
-from behest.errors import StoreError
+from behest.errors import InvalidQueryError
 from behest.events import AgentEvent, RunState
-from behest.fold.projection import fold
-from behest.fold.projector import Projector
-from behest.projections.run_state import RunStateProjection
-from behest.read.http import BackgroundServer
-from behest.read.query import RunStateQuery
-from behest.read.sse import Message, parse
-from behest.read.watch import RunUpdate, tailer_of
+from behest.read.watch import tailer_of
 from behest.testing import sample_run
-
-WAIT = 60.0
-PROJECTION = RunStateProjection()
-
-
-@dataclass
-class Live:
-    settings: Settings
-    query: RunStateQuery
-    producer: EventProducer
-    url: str
-
-    def emit(self, events: Sequence[AgentEvent]) -> Delivery:
-        futures = [self.producer.emit(event) for event in events]
-        return [future.result(timeout=WAIT) for future in futures][-1]
-
-    def emit_and_wait(self, events: Sequence[AgentEvent]) -> Delivery:
-        delivery = self.emit(events)
-        self.query.wait_for(delivery, timeout=WAIT)
-        return delivery
+from behest.watching import Message, RunUpdate, parse
 
 
 @pytest.fixture
 def live(settings: Settings, unique_group: str) -> Iterator[Live]:
-    """A projector folding the test's topic on a thread, and the API over its state."""
-    projector = Projector(settings, group_id=unique_group, poll_timeout=0.05)
-    worker = threading.Thread(target=projector.run, daemon=True)
-    worker.start()
-    try:
-        with EventProducer(settings) as producer:
-            # the store exists once the projector folded something: a run of one event
-            producer.emit(sample_run(events=3, seed=1)[0]).result(timeout=WAIT)
-            with (
-                _open_query(settings) as query,
-                BackgroundServer(query) as server,
-            ):
-                yield Live(settings, query, producer, server.url)
-    finally:
-        projector.stop()
-        worker.join(30)
-        projector.close()
-
-
-def _open_query(settings: Settings) -> RunStateQuery:
-    """The query, once the projector has created its store."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            return RunStateQuery.open(settings)
-        except StoreError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def expected(events: Sequence[AgentEvent]) -> dict[str, Any] | None:
-    state = fold(PROJECTION, [decode_record(encode(e)) for e in events])
-    return None if state is None else orjson.loads(PROJECTION.encode_state(state))
+    with running_api(settings, unique_group) as api:
+        yield api
 
 
 def _fold_states(events: Sequence[AgentEvent]) -> list[dict[str, Any] | None]:
@@ -294,3 +236,45 @@ async def test_500_concurrent_watchers_on_one_server_all_get_every_event(live: L
         await asyncio.to_thread(live.emit, events)
         results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert all(r == list(range(len(events))) for r in results)
+
+
+def test_the_http_client_watches_like_the_query(live: Live) -> None:
+    events = sample_run(events=30, seed=51)
+    run = events[0].run_id
+    live.emit_and_wait(events[:12])
+    with RunStateClient(live.url) as client:
+        got: list[RunUpdate] = []
+        done = threading.Event()
+
+        def work() -> None:
+            got.extend(client.watch(run, from_sequence=3))
+            done.set()
+
+        threading.Thread(target=work, daemon=True).start()
+        live.emit(events[12:])
+        assert done.wait(WAIT)
+        _check_updates(got, events, 3)
+        opening = next(iter(client.watch(run)))
+        assert opening.event is None and opening.state.model_dump(mode="json") == _json(
+            expected(events)
+        )
+        with pytest.raises(InvalidQueryError, match="from_sequence"):
+            client.watch(run, from_sequence=-1)
+
+
+async def test_the_http_client_watches_asynchronously(live: Live) -> None:
+    events = sample_run(events=20, seed=52)
+    live.emit_and_wait(events)
+    with RunStateClient(live.url) as client:
+        got = [update async for update in client.watch(events[0].run_id, from_sequence=0)]
+    _check_updates(got, events, 0)
+
+
+async def test_an_idle_watch_yields_keepalives(live: Live) -> None:
+    watch = live.query.watch(uuid.uuid4())
+    batches = watch.abatches(keepalive=0.05)
+    started = time.monotonic()
+    assert await asyncio.wait_for(anext(batches), WAIT) == []
+    assert time.monotonic() - started >= 0.04
+    await batches.aclose()
+    assert tailer_of(live.query.reader).watchers == 0

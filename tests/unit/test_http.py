@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +17,11 @@ import pytest
 
 from behest.errors import StoreError
 from behest.events import AgentEvent, RunState
+from behest.fold.heartbeat import Heartbeat, HeartbeatWriter, heartbeat_path
+from behest.fold.progress import ProjectorMetrics
 from behest.fold.store import StateStore
 from behest.projections.run_state import RunStateProjection
+from behest.read.health import ProjectorWatch
 from behest.read.http import MAX_BODY_BYTES, BackgroundServer
 from behest.read.query import MAX_BATCH, RunStateQuery
 from behest.testing import ProjectionDriver, sample_run
@@ -195,6 +200,7 @@ def test_metrics_time_each_route_and_report_freshness(api: Fixture) -> None:
     assert 'behest_query_folded_offset{partition="0",topic="behest.agent-events"}' in text
     assert "behest_query_sync_age_seconds" in text
     assert "behest_projector_lag" not in text  # no projector in this process
+    assert "behest_projector_up" not in text  # nor a heartbeat watched
 
 
 def test_metrics_count_unusual_methods_together(api: Fixture) -> None:
@@ -223,6 +229,7 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         "/projections/{name}/index/{prefix}",
         "/wait",
         "/healthz",
+        "/readyz",
         "/metrics",
     }
     ok = {
@@ -232,12 +239,13 @@ def test_openapi_describes_every_route_with_its_models(api: Fixture) -> None:
         ("/runs/{run_id}/events", "get"): "EventList",
         ("/wait", "get"): "Folded",
         ("/healthz", "get"): "Health",
+        ("/readyz", "get"): "Readiness",
     }
     for (path, method), model in ok.items():
         responses = paths[path][method]["responses"]
         schema = responses["200"]["content"]["application/json"]["schema"]
         assert schema == {"$ref": f"#/components/schemas/{model}"}
-        if path != "/healthz":
+        if path not in {"/healthz", "/readyz"}:
             error = responses["4XX"]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/ErrorBody"}
             assert "422" not in responses
@@ -334,22 +342,92 @@ def test_store_failures_are_503_and_bugs_500_both_json(
     assert any("unhandled error answering GET /runs" in r.message for r in caplog.records)
 
 
-@dataclass
-class Stats:
-    topic: str = "behest.agent-events"
-    lag: dict[int, int] = field(default_factory=lambda: {0: 7, 1: 0})
-    events_folded: int = 1234
-    duplicates: int = 2
-    gaps: int = 1
-    dead_letters: int = 3
+def stats() -> ProjectorMetrics:
+    figures = ProjectorMetrics("run_state", "behest.run_state", "behest.agent-events")
+    figures.lag, figures.lag_seconds = {0: 7, 1: 0}, {0: 2.5, 1: 0.0}
+    figures.events_folded, figures.dead_letters, figures.assignments = 1234, 3, 2
+    figures.batch_latency.observe(0.02)
+    return figures
 
 
 def test_metrics_include_the_projector_when_a_source_is_given(api: Fixture) -> None:
     with (
-        BackgroundServer(api.query, metrics_source=Stats) as server,
+        BackgroundServer(api.query, metrics_source=stats) as server,
         httpx.Client(base_url=server.url, timeout=10) as client,
     ):
         text = client.get("/metrics").text
-    assert 'behest_projector_lag{partition="0",topic="behest.agent-events"} 7.0' in text
+    assert 'behest_projector_lag_records{partition="0",topic="behest.agent-events"} 7.0' in text
+    assert 'behest_projector_lag_seconds{partition="0",topic="behest.agent-events"} 2.5' in text
     assert "behest_projector_events_folded_total 1234.0" in text
     assert "behest_projector_dead_letters_total 3.0" in text
+    assert 'behest_projector_rebalances_total{event="assigned"} 2.0' in text
+    assert 'behest_projector_batch_duration_seconds_bucket{le="0.025"} 1.0' in text
+    assert "behest_projector_up" not in text  # no heartbeat watched
+
+
+def beat(at: float, **fields: Any) -> Heartbeat:
+    values: dict[str, Any] = {
+        "projection": "run_state",
+        "pid": 4242,
+        "at": at,
+        "started_at": at - 60,
+        "assigned": (0, 1),
+        "lag": {0: 0, 1: 5},
+        "lag_seconds": {0: 0.0, 1: 1.5},
+    }
+    return Heartbeat(**{**values, **fields})
+
+
+def test_healthz_and_readyz_judge_the_projector_by_its_heartbeat(
+    api: Fixture, tmp_path: Path
+) -> None:
+    now = time.time()
+    watch = ProjectorWatch.of(tmp_path, max_lag=30.0)
+    writer = HeartbeatWriter(heartbeat_path(tmp_path, "run_state"))
+    with (
+        BackgroundServer(api.query, watch=watch) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+
+        def look() -> tuple[int, dict[str, Any], dict[str, Any], str]:
+            ready = client.get("/readyz")
+            return (
+                ready.status_code,
+                ready.json(),
+                client.get("/healthz").json(),
+                (client.get("/metrics").text),
+            )
+
+        status, ready, health, text = look()  # no projector has ever beaten here
+        assert status == 503 and ready["status"] == "not_ready"
+        assert "is `behest project` running" in ready["reason"]
+        assert health["status"] == "degraded" and health["offsets"]
+        assert "behest_projector_up 0.0" in text and "behest_ready 0.0" in text
+
+        writer.write(beat(now))
+        status, ready, health, text = look()
+        assert (status, ready["status"], ready["reason"]) == (200, "ready", None)
+        assert ready["projector"]["lag"] == {"0": 0, "1": 5}
+        assert health["status"] == "ok" and health["projector"]["pid"] == 4242
+        assert "behest_projector_up 1.0" in text and "behest_ready 1.0" in text
+        assert 'behest_projector_lag_records{partition="1",topic="behest.agent-events"} 5.0' in (
+            text
+        )
+
+        writer.write(beat(now, lag_seconds={0: 0.0, 1: 31.0}))
+        status, ready, health, _ = look()
+        assert status == 503 and "partition 1 is 31.0 s (5 records) behind" in ready["reason"]
+        assert health["status"] == "ok"  # alive, only behind
+
+        writer.write(beat(now, lag_seconds={0: 0.0}))  # partition 1 behind, not folded yet
+        assert look()[0] == 503
+
+        writer.write(beat(now - 6.0))  # a projector killed 6 s ago
+        status, ready, health, text = look()
+        assert status == 503 and "last beat 6." in ready["reason"]
+        assert health["status"] == "degraded"
+        assert "behest_projector_lag_records" not in text  # a dead projector's lag is no figure
+
+        writer.write(beat(now, stopped=True))
+        status, ready, _, _ = look()
+        assert status == 503 and "stopped" in ready["reason"]

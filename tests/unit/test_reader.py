@@ -3,6 +3,7 @@ scans, answered by the same code for every projection; projections found by name
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,8 @@ from behest.events import AgentEvent, EventRecord, TextDelta, Variant
 from behest.fold.catalog import installed_projections, load_projection
 from behest.fold.projection import fold
 from behest.projections.tool_usage import ToolUsageProjection
-from behest.read.reader import Absent, ProjectionQuery, ProjectionReader
+from behest.read.projection_query import ProjectionQuery
+from behest.read.reader import Absent, ProjectionReader
 from behest.testing import ProjectionDriver, sample_run
 from behest.times import format_micros, format_time, from_micros, parse_micros, to_micros
 
@@ -176,3 +178,11 @@ def test_times_convert_alike_every_way(moment: datetime) -> None:
     assert from_micros(micros) == moment
     assert format_micros(micros) == format_time(moment)
     assert parse_micros(format_time(moment)) == micros
+
+
+def test_no_ready_made_projection_reads_variant_names_as_text() -> None:
+    folder = Path(__file__).resolve().parents[2] / "projections"
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert 'rpartition(".")' not in text, f"{path.name} strips namespaces: use Variant"
+        assert not re.search(r'"behest\.[A-Z]', text), f"{path.name} spells a variant: use Variant"

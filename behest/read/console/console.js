@@ -62,7 +62,8 @@ function live(stream) {
 
 function pretty(value) {
   if (typeof value === "string") return value;
-  return JSON.stringify(value, null, 2);
+  const flat = JSON.stringify(value);
+  return flat.length <= 90 ? flat : JSON.stringify(value, null, 2);
 }
 
 // --- the runs list ----------------------------------------------------------------------
@@ -166,9 +167,9 @@ function runsView(params) {
 function stateCard(state, label) {
   const usage = state.total_usage;
   const finish = state.last_finish && typeof state.last_finish === "object" ? state.last_finish.unknown : state.last_finish;
-  const field = (name, value, cls = "") => h("div", { class: `field ${cls}` }, h("dt", {}, name), h("dd", {}, value));
+  const field = (name, value, cls = "") => h("div", { class: `field ${cls}` }, h("dt", {}, name), h("dd", { "data-field": name }, value));
   return h("div", { class: "card", id: "state-card" },
-    h("div", { class: "card-head" }, badge(state.status), h("span", { class: "point", id: "point" }, label)),
+    h("div", { class: "card-head", "data-status": state.status }, badge(state.status), h("span", { class: "point", id: "point" }, label)),
     h("dl", {},
       field("model", `${state.provider}/${state.model}`),
       field("iteration", state.iteration),
@@ -194,9 +195,10 @@ class Timeline {
     this.totals = { input: 0, output: 0 };
   }
 
-  item(cls, seq, title, ...body) {
+  // `head`: what goes on the item's first line (a node or a list); `body`: below it.
+  item(cls, seq, head, ...body) {
     const node = h("li", { class: `item ${cls}`, "data-from": seq, "data-to": seq },
-      h("div", { class: "item-head" }, h("span", { class: "seq" }, `#${seq}`), title), ...body);
+      h("div", { class: "item-head" }, h("span", { class: "seq" }, `#${seq}`), head, this.at), ...body);
     this.root.append(node);
     return node;
   }
@@ -208,20 +210,20 @@ class Timeline {
   add(event) {
     const p = event.payload;
     const seq = event.sequence;
-    const at = h("span", { class: "time" }, when(event.timestamp).slice(11));
+    this.at = h("span", { class: "time" }, when(event.timestamp).slice(11));
     switch (p.type) {
       case "RunStarted":
-        this.item("run", seq, h("b", {}, "run started"), at,
+        this.item("start", seq, h("b", {}, "run started"),
           h("div", { class: "detail" }, `${p.provider}/${p.model} · session ${short(p.session_id)}`,
             p.metadata ? h("pre", {}, pretty(p.metadata)) : null));
         break;
       case "ContextBuilt":
-        this.item("minor", seq, `context built: ${p.message_count} messages`, at);
+        this.item("minor", seq, `context built: ${p.message_count} messages`);
         break;
       case "ModelStarted": {
         const text = h("div", { class: "text" });
         const usage = h("span", { class: "usage" });
-        const node = this.item("turn", seq, h("b", {}, `model turn ${p.iteration}`), h("span", { class: "muted" }, ` ${p.provider}/${p.model}`), usage, at, text);
+        const node = this.item("turn", seq, [h("b", {}, `model turn ${p.iteration}`), h("span", { class: "muted" }, `${p.provider}/${p.model}`), usage], text);
         this.turn = { node, text, usage, tools: h("div", { class: "tools" }) };
         node.append(this.turn.tools);
         break;
@@ -243,36 +245,36 @@ class Timeline {
         this.usage.push([seq, this.totals.input, this.totals.output]);
         const label = `${num(p.usage.input_tokens)} in · ${num(p.usage.output_tokens)} out`;
         if (this.turn) { this.turn.usage.textContent = label; this.extend(this.turn.node, seq); }
-        else this.item("minor", seq, `usage: ${label}`, at);
+        else this.item("minor", seq, `usage: ${label}`);
         break;
       }
       case "AssistantMessageCommitted":
       case "ToolMessageCommitted":
         if (this.turn) this.extend(this.turn.node, seq);
-        else this.item("minor", seq, p.type === "AssistantMessageCommitted" ? "assistant message committed" : "tool message committed", at);
+        else this.item("minor", seq, p.type === "AssistantMessageCommitted" ? "assistant message committed" : "tool message committed");
         break;
       case "RunCompleted": {
         const reason = typeof p.finish_reason === "object" ? p.finish_reason.unknown : p.finish_reason;
-        this.item("end ok", seq, h("b", {}, "completed"), ` · ${reason} after ${p.iterations} iterations`, at);
+        this.item("end ok", seq, [h("b", {}, "completed"), `${reason} after ${p.iterations} iterations`]);
         this.turn = null;
         break;
       }
       case "RunFailed":
-        this.item("end bad", seq, h("b", {}, "failed"), at, h("div", { class: "detail error" }, p.error));
+        this.item("end bad", seq, h("b", {}, "failed"), h("div", { class: "detail error" }, p.error));
         this.turn = null;
         break;
       case "RunCancelled":
-        this.item("end bad", seq, h("b", {}, "cancelled"), at);
+        this.item("end bad", seq, h("b", {}, "cancelled"));
         this.turn = null;
         break;
       case "DoomLoopDetected":
-        this.item("alert", seq, h("b", {}, "doom loop detected"), at, h("div", { class: "detail" }, p.description));
+        this.item("alert", seq, h("b", {}, "doom loop detected"), h("div", { class: "detail" }, p.description));
         break;
       case "CompactionCircuitOpened":
-        this.item("alert", seq, h("b", {}, "compaction circuit opened"), ` after ${p.consecutive_failures} failures`, at);
+        this.item("alert", seq, [h("b", {}, "compaction circuit opened"), `after ${p.consecutive_failures} failures`]);
         break;
       default:
-        this.item("minor", seq, p.type, at);
+        this.item("minor", seq, p.type);
     }
   }
 

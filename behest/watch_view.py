@@ -1,0 +1,168 @@
+"""`behest watch RUN_ID`: a live terminal view of one run, drawn with rich.
+
+    status, iteration and tokens          (the state after the latest event)
+    the model's text, assembled           (the current turn's TextDeltas)
+    the latest events                     (one line each: what happened)
+
+`RunView` is pure presentation: feed it `RunUpdate`s (from `query.watch` or
+`client.watch`, alike) and render it; `show` drives a `rich.live.Live` until the run ends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Final
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from behest.events import AgentEvent, RunState
+from behest.watching import RunUpdate
+
+__all__ = ["RunView", "show", "summary"]
+
+LATEST: Final = 12
+"""Events listed under the text."""
+
+TEXT_LINES: Final = 12
+"""Lines of the current turn's text shown (its end)."""
+
+_COLOURS: Final = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "calling_model": "magenta",
+    "waiting_for_tools": "cyan",
+}
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary(event: AgentEvent) -> str:
+    """One line saying what an event did."""
+    p: Any = event.payload
+    kind: str = p.type
+    if kind == "RunStarted":
+        return f"run started: {p.provider}/{p.model}"
+    if kind == "ContextBuilt":
+        return f"context built: {p.message_count} messages"
+    if kind == "ModelStarted":
+        return f"model turn {p.iteration}: {p.provider}/{p.model}"
+    if kind == "TextDelta":
+        return f"text {_short(p.delta, 50)!r}"
+    if kind in ("ToolCallStarted", "ToolExecutionStarted"):
+        verb = "call" if kind == "ToolCallStarted" else "running"
+        return f"tool {verb}: {p.tool_name} ({p.call_id})"
+    if kind == "ToolCallDelta":
+        return f"tool arguments +{_short(p.delta, 40)!r}"
+    if kind == "ToolCallCompleted":
+        return f"tool call {p.call.name}({_short(p.call.arguments, 50)})"
+    if kind == "ToolExecutionFinished":
+        result = p.result
+        outcome = (
+            f"failed: {_short(result.error, 40)}"
+            if hasattr(result, "error")
+            else f"ok {_short(result.output, 40)}"
+        )
+        return f"tool {p.tool_name} {outcome} in {p.duration_ms} ms"
+    if kind == "UsageRecorded":
+        return f"usage {p.usage.input_tokens:,} in, {p.usage.output_tokens:,} out"
+    if kind == "RunCompleted":
+        reason = getattr(p.finish_reason, "value", None) or p.finish_reason.unknown
+        return f"completed ({reason}) after {p.iterations} iterations"
+    if kind == "RunFailed":
+        return f"failed: {_short(p.error)}"
+    if kind == "DoomLoopDetected":
+        return f"doom loop detected: {_short(p.description)}"
+    if kind == "CompactionCircuitOpened":
+        return f"compaction circuit opened after {p.consecutive_failures} failures"
+    if kind == "RunCancelled":
+        return "cancelled"
+    if kind == "AssistantMessageCommitted":
+        return "assistant message committed"
+    if kind == "ToolMessageCommitted":
+        return "tool message committed"
+    return kind
+
+
+class RunView:
+    """What the terminal shows of a run, updated one `RunUpdate` at a time."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.state: RunState | None = None
+        self.text = ""
+        self.turn = 0
+        self.latest: deque[AgentEvent] = deque(maxlen=LATEST)
+
+    def feed(self, update: RunUpdate) -> None:
+        self.state = update.state
+        event = update.event
+        if event is None:
+            return
+        self.latest.append(event)
+        payload: Any = event.payload
+        if payload.type == "ModelStarted":
+            self.turn, self.text = payload.iteration, ""
+        elif payload.type == "TextDelta":
+            self.text += payload.delta
+
+    def render(self) -> RenderableType:
+        return Group(self._header(), self._text(), self._events())
+
+    def _header(self) -> RenderableType:
+        state = self.state
+        if state is None:
+            return Panel(f"run {self.run_id}: waiting for its first event…", title="behest watch")
+        colour = _COLOURS.get(state.status.value, "blue")
+        usage = state.total_usage
+        grid = Table.grid(padding=(0, 3))
+        grid.add_row(
+            f"[bold {colour}]{state.status.value}[/]",
+            f"{escape(state.provider or '')}/{escape(state.model or '')}",
+            f"iteration [bold]{state.iteration}[/]",
+        )
+        grid.add_row(
+            f"tokens [bold]{usage.total_tokens:,}[/]",
+            f"{usage.input_tokens:,} in · {usage.output_tokens:,} out",
+            f"events {state.event_count} · sequence {state.sequence}",
+        )
+        if state.last_error:
+            grid.add_row(f"[red]error: {escape(state.last_error)}[/]")
+        return Panel(grid, title=f"run {self.run_id}", border_style=colour)
+
+    def _text(self) -> RenderableType:
+        lines = self.text.splitlines()[-TEXT_LINES:] or [""]
+        title = f"model turn {self.turn}" if self.turn else "model text"
+        return Panel(Text("\n".join(lines)), title=title, border_style="dim")
+
+    def _events(self) -> RenderableType:
+        table = Table(expand=True, box=None, show_header=True, header_style="dim")
+        table.add_column("seq", justify="right", no_wrap=True)
+        table.add_column("time", no_wrap=True)
+        table.add_column("event", ratio=1, no_wrap=True, overflow="ellipsis")
+        for event in self.latest:
+            table.add_row(
+                str(event.sequence),
+                event.timestamp.strftime("%H:%M:%S.%f")[:12],
+                escape(summary(event)),
+            )
+        return Panel(table, title="latest events", border_style="dim")
+
+
+def show(run_id: str, updates: Iterable[RunUpdate], console: Console | None = None) -> RunView:
+    """Draw `updates` live until they end (the run's terminal state); the last view."""
+    view = RunView(run_id)
+    with Live(view.render(), console=console, refresh_per_second=10, transient=False) as live:
+        for update in updates:
+            view.feed(update)
+            live.update(view.render())
+    return view

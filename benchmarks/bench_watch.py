@@ -1,0 +1,269 @@
+"""Watching a run live: time from `emit` to a watcher receiving the event, under background
+traffic, and how many concurrent watchers one server holds within a latency bound.
+
+`python -m benchmarks.bench_watch [--quick] [--background EVENTS_PER_S]` prints the table;
+`run(ctx)` returns its rows for the suite. Real parts, each its own process as deployed:
+`behest project` folds the topic, `behest serve` answers `GET /runs/{id}/watch`, a paced
+producer writes the background traffic (10k events/s of realistic runs). This process
+emits a probe run with `EventProducer` (each event stamped when emitted) and holds N
+watchers of it over SSE (asyncio, keep-alive connections); a watcher's latency for an
+event is its arrival time minus the event's timestamp. The watchers share the machine
+with everything else, so the figures include the clients' own CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from confluent_kafka import Producer
+
+from behest.config import Settings
+from behest.emit.producer import EventProducer
+from behest.events import AgentEvent, utc_now
+from behest.local.broker import free_port
+from behest.testing import sample_run
+from benchmarks.common import (
+    CHECKOUT,
+    PRODUCER_CONFIG,
+    BenchContext,
+    Row,
+    RunBatch,
+    create_topic,
+    delete_topic,
+    iter_encoded,
+    make_row,
+    markdown_table,
+    percentile,
+)
+
+BACKGROUND_RATE = 10_000
+"""Events per second of background traffic while watching."""
+
+TARGET_P99_MS = 100.0
+WATCHERS_P99_MS = 250.0
+PROBE_RATE = 20.0
+"""Probe events per second (a busy agent run streaming text)."""
+
+
+# --- the processes ----------------------------------------------------------------------------
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BEHEST_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "BEHEST_TOPIC": settings.topic,
+        "BEHEST_STATE_DIR": str(settings.state_dir),
+    }
+
+
+def _behest(*args: str, settings: Settings) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "behest.cli", *args],
+        env=_env(settings),
+        cwd=CHECKOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _traffic(bootstrap: str, topic: str, rate: int, seconds: float) -> subprocess.Popen[bytes]:
+    limits = (str(rate), str(seconds))
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench_watch", "traffic", bootstrap, topic, *limits],
+        cwd=CHECKOUT,
+    )
+
+
+def produce_paced(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
+    """Realistic runs' events at `rate` per second for `seconds` (the background)."""
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
+    records = iter_encoded([RunBatch(count=10**6, events=40)], random.Random(5))
+    start = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(elapsed * rate) + rate // 100
+        while sent < due:
+            key, value = next(records)
+            try:
+                producer.produce(topic, value, key)
+            except BufferError:
+                producer.poll(0.01)
+                continue
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.005)
+    producer.flush(30)
+
+
+@contextmanager
+def _stack(ctx: BenchContext, seconds: float, background: int) -> Iterator[tuple[Settings, str]]:
+    """Topic, projector, server and background traffic; yields the settings and the URL."""
+    topic = ctx.unique("watch")
+    create_topic(ctx.bootstrap, topic)  # and its dead-letter topic
+    settings = Settings(
+        bootstrap_servers=ctx.bootstrap, topic=topic, state_dir=ctx.scratch("watch") / "state"
+    )
+    port = free_port()
+    processes = [_behest("project", settings=settings)]
+    try:
+        with EventProducer(settings) as producer:
+            producer.emit(sample_run(events=2, seed=1)[0]).result(timeout=60)
+        _wait_for(lambda: (settings.state_dir / "run_state" / "CURRENT").exists(), "projector")
+        processes.append(_behest("serve", "--port", str(port), settings=settings))
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _answers(url), "server")
+        if background:
+            processes.append(_traffic(ctx.bootstrap, topic, background, seconds))
+        yield settings, url
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        delete_topic(ctx.bootstrap, topic)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_for(check: Any, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {what} did not start within {timeout:g} s")
+        time.sleep(0.1)
+
+
+# --- watching ---------------------------------------------------------------------------------
+
+
+async def _watch(
+    client: httpx.AsyncClient, run_id: uuid.UUID, ready: asyncio.Event, count: list[int]
+) -> list[float]:
+    """Latencies (ms) of every event of the run one watcher receives."""
+    latencies = []
+    async with client.stream("GET", f"/runs/{run_id}/watch") as response:
+        kind = ""
+        async for line in response.aiter_lines():
+            if line.startswith("retry:"):
+                count[0] += 1
+                if count[0] >= count[1]:
+                    ready.set()
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "event":
+                event = orjson.loads(line[6:])
+                sent = datetime.fromisoformat(event["timestamp"]).timestamp()
+                latencies.append((time.time() - sent) * 1000)
+            elif line.startswith("data: ") and kind == "state" and _ended(line[6:]):
+                break
+    return latencies
+
+
+def _ended(state: str) -> bool:
+    return orjson.loads(state)["status"] in ("completed", "failed", "cancelled")
+
+
+def _probe(settings: Settings, events: Sequence[AgentEvent]) -> None:
+    """Emit a run's events at `PROBE_RATE`, each stamped as it is emitted."""
+    with EventProducer(settings) as producer:
+        for event in events:
+            producer.emit(event.model_copy(update={"timestamp": utc_now()}))
+            time.sleep(1 / PROBE_RATE)
+
+
+async def _round(settings: Settings, url: str, watchers: int, events: int) -> list[float]:
+    run = sample_run(events=events, seed=1000 + watchers + events)  # not the set-up run (seed 1)
+    ready = asyncio.Event()
+    count = [0, watchers]
+    limits = httpx.Limits(max_connections=watchers + 8, max_keepalive_connections=0)
+    timeout = httpx.Timeout(60.0, read=120.0)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        tasks = [
+            asyncio.create_task(_watch(client, run[0].run_id, ready, count))
+            for _ in range(watchers)
+        ]
+        await asyncio.wait_for(ready.wait(), 120)
+        await asyncio.to_thread(_probe, settings, run)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    received = [len(r) for r in results]
+    if min(received) != len(run):
+        raise RuntimeError(f"a watcher missed events: got {min(received)} of {len(run)}")
+    return [latency for result in results for latency in result]
+
+
+def run(ctx: BenchContext, background: int = BACKGROUND_RATE) -> list[Row]:
+    """Latency with one watcher, then rounds of more watchers, all under the background."""
+    counts = (1, 100, 250, 500) if ctx.quick else (1, 100, 250, 500, 1000)
+    events = 40 if ctx.quick else 80
+    seconds = 30.0 + len(counts) * (events / PROBE_RATE + 15)
+    ctx.log(
+        f"watch: {background:,} events/s background, probe runs of {events} events "
+        f"at {PROBE_RATE:g}/s, watchers {counts}"
+    )
+    rows: list[Row] = []
+    held = 0
+    with _stack(ctx, seconds, background) as (settings, url):
+        time.sleep(3)  # the background reaches its rate
+        asyncio.run(_round(settings, url, 1, 20))  # warm-up (connections, caches): not counted
+        for watchers in counts:
+            latencies = asyncio.run(_round(settings, url, watchers, events))
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            ctx.log(f"watch: {watchers} watchers: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+            if watchers == 1:
+                where = f"{background / 1000:g}k ev/s background"
+                rows.append(make_row(f"emit -> watcher p50 ({where})", p50, "ms"))
+                rows.append(make_row(f"emit -> watcher p99 ({where})", p99, "ms"))
+                ctx.note(
+                    f"watch: emit -> watcher p99 {p99:.0f} ms against a target of "
+                    f"{TARGET_P99_MS:g} ms: {'met' if p99 <= TARGET_P99_MS else 'NOT met'}"
+                )
+            else:
+                rows.append(make_row(f"emit -> watcher p99, {watchers} watchers", p99, "ms"))
+            if p99 <= WATCHERS_P99_MS:
+                held = max(held, watchers)
+    rows.append(make_row(f"watchers held with p99 <= {WATCHERS_P99_MS:g} ms", held, "watchers"))
+    ctx.note(f"watch: largest round tried {counts[-1]} watchers; held {held} within the bound")
+    return rows
+
+
+def main(argv: Sequence[str]) -> None:
+    if argv[:1] == ["traffic"]:
+        bootstrap, topic, rate, seconds = argv[1:5]
+        produce_paced(bootstrap, topic, int(rate), float(seconds))
+        return
+    from benchmarks.common import kafka_broker
+
+    quick = "--quick" in argv
+    background = int(argv[argv.index("--background") + 1]) if "--background" in argv else None
+    with kafka_broker() as (bootstrap, _):
+        workdir = Path(tempfile.mkdtemp(prefix="bench-watch-"))
+        ctx = BenchContext(bootstrap=bootstrap, quick=quick, workdir=workdir)
+        rows = run(ctx) if background is None else run(ctx, background)
+        print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

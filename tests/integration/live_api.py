@@ -1,0 +1,83 @@
+"""A projector folding a test's topic on a thread, and the HTTP API over its state, for the
+watch and console tests (`with running_api(settings, group) as live: ...`)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from behest.codec import decode_record, encode
+from behest.config import Settings
+from behest.emit.producer import Delivery, EventProducer
+from behest.errors import StoreError
+from behest.events import AgentEvent
+from behest.fold.projection import fold
+from behest.fold.projector import Projector
+from behest.projections.run_state import RunStateProjection
+from behest.read.http import BackgroundServer
+from behest.read.query import RunStateQuery
+from behest.testing import sample_run
+
+WAIT = 60.0
+PROJECTION = RunStateProjection()
+
+
+@dataclass
+class Live:
+    settings: Settings
+    query: RunStateQuery
+    producer: EventProducer
+    url: str
+
+    def emit(self, events: Sequence[AgentEvent]) -> Delivery:
+        futures = [self.producer.emit(event) for event in events]
+        return [future.result(timeout=WAIT) for future in futures][-1]
+
+    def emit_and_wait(self, events: Sequence[AgentEvent]) -> Delivery:
+        delivery = self.emit(events)
+        self.query.wait_for(delivery, timeout=WAIT)
+        return delivery
+
+
+@contextlib.contextmanager
+def running_api(settings: Settings, unique_group: str) -> Iterator[Live]:
+    """A projector folding the test's topic on a thread, and the API over its state."""
+    projector = Projector(settings, group_id=unique_group, poll_timeout=0.05)
+    worker = threading.Thread(target=projector.run, daemon=True)
+    worker.start()
+    try:
+        with EventProducer(settings) as producer:
+            # the store exists once the projector folded something: a run of one event
+            producer.emit(sample_run(events=3, seed=1)[0]).result(timeout=WAIT)
+            with (
+                _open_query(settings) as query,
+                BackgroundServer(query) as server,
+            ):
+                yield Live(settings, query, producer, server.url)
+    finally:
+        projector.stop()
+        worker.join(30)
+        projector.close()
+
+
+def _open_query(settings: Settings) -> RunStateQuery:
+    """The query, once the projector has created its store."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return RunStateQuery.open(settings)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def expected(events: Sequence[AgentEvent]) -> dict[str, Any] | None:
+    state = fold(PROJECTION, [decode_record(encode(e)) for e in events])
+    return None if state is None else orjson.loads(PROJECTION.encode_state(state))

@@ -1,0 +1,67 @@
+"""`behest watch`'s terminal view: what it shows after each update of a sample run."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from behest.codec import decode_record, encode
+from behest.events import RunState
+from behest.fold.projection import fold
+from behest.projections.run_state import RunStateProjection
+from behest.testing import sample_run
+from behest.watch_view import RunView, show, summary
+from behest.watching import RunUpdate
+
+PROJECTION = RunStateProjection()
+
+
+def _updates(seed: int) -> list[RunUpdate]:
+    events = sample_run(events=30, seed=seed)
+    updates = []
+    for n, event in enumerate(events):
+        state = fold(PROJECTION, [decode_record(encode(e)) for e in events[: n + 1]])
+        assert state is not None
+        data = PROJECTION.encode_state(state)
+        updates.append(RunUpdate(event.sequence, RunState.model_validate_json(data), event))
+    return updates
+
+
+def _text(view: RunView) -> str:
+    console = Console(record=True, width=100, color_system=None)
+    console.print(view.render())
+    return console.export_text()
+
+
+def test_the_view_shows_status_tokens_assembled_text_and_latest_events() -> None:
+    updates = _updates(3)
+    run_id = str(updates[0].state.run_id)
+    view = RunView(run_id)
+    assert "waiting for its first event" in _text(view)
+    for update in updates:
+        view.feed(update)
+    text = _text(view)
+    last = updates[-1].state
+    assert last.status.value in text
+    assert f"{last.total_usage.total_tokens:,}" in text
+    assert f"sequence {last.sequence}" in text
+    turn = [u.event for u in updates if u.event and u.event.payload.type == "TextDelta"][-1]
+    assert turn is not None and turn.payload.delta.strip() in text  # type: ignore[union-attr]
+    for update in updates[-5:]:
+        assert update.event is not None and summary(update.event)[:30] in text
+
+
+def test_show_draws_until_the_updates_end() -> None:
+    updates = _updates(4)
+    console = Console(record=True, width=100, color_system=None, force_terminal=False)
+    view = show(str(updates[0].state.run_id), updates, console=console)
+    assert view.state == updates[-1].state
+
+
+def test_every_variant_has_a_one_line_summary() -> None:
+    seen = {}
+    for seed in range(40):
+        for update in _updates(seed):
+            assert update.event is not None
+            seen[update.event.payload.type] = summary(update.event)
+    assert all(line and "\n" not in line for line in seen.values())
+    assert len(seen) >= 12

@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from behest.fold.projector import Projector
     from behest.read.projection_query import ProjectionQuery
     from behest.read.query import RunStateQuery
+    from behest.watching import RunUpdate
 
 _ORIGIN: dict[str, str] = {
     "AgentEvent": "behest.events",
@@ -141,6 +142,7 @@ _ORIGIN: dict[str, str] = {
     "WaitTimeoutError": "behest.errors",
     "PartitionUnavailableError": "behest.errors",
     "RunStateClient": "behest.client",
+    "RunUpdate": "behest.watching",
     "new_run_id": "behest.events",
 }
 
@@ -184,6 +186,7 @@ __all__ = [
     "RunStateClient",
     "RunStateQuery",
     "RunStatus",
+    "RunUpdate",
     "Settings",
     "StateLockedError",
     "StoreError",

@@ -32,7 +32,7 @@ broker_app = typer.Typer(
     no_args_is_help=True,
 )
 topics_app = typer.Typer(
-    help="Manage the event topic and its dead-letter topic.", no_args_is_help=True
+    help="Manage the event topic and its dead-letter and schemas topics.", no_args_is_help=True
 )
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
@@ -645,6 +645,9 @@ def serve_command(
     advertise: Advertise = None,
     group_id: GroupId = None,
     bootstrap_servers: BootstrapServers = None,
+    standby_replicas: int = typer.Option(
+        0, "--standby-replicas", min=0, help="With --advertise: partitions to keep warm copies of."
+    ),
 ) -> None:
     """Serve the HTTP query API (OpenAPI at /openapi.json) beside a running projector;
     with --advertise, beside `behest project --advertise` processes of a cluster, answering
@@ -667,7 +670,11 @@ def serve_command(
         from behest.cluster.node import RoutedAPI
 
         routed = RoutedAPI(
-            query, config, url=advertise, group_id=group_id or "behest.run_state"
+            query,
+            config,
+            url=advertise,
+            group_id=group_id or "behest.run_state",
+            standby_replicas=standby_replicas,
         ).start()
     try:
         served = ", ".join(f"{r.name} ({r.store.path})" for r in readers)

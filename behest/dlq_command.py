@@ -131,7 +131,9 @@ def dlq_replay(
     source_partition: int | None = typer.Option(
         None, "--source-partition", min=0, help="Only those from this event-topic partition."
     ),
-    every: bool = typer.Option(False, "--all", help="Every dead letter (with no other choice)."),
+    every: bool = typer.Option(
+        False, "--all", help="Every dead letter: needed when no other choice is given."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be sent; send nothing."),
     bootstrap_servers: BootstrapServers = None,
     topic: Topic = None,

@@ -148,7 +148,7 @@ def setup_logging(
 
     `handler` replaces the plain text one (e.g. a `rich` handler on a terminal); JSON
     ignores it. librdkafka's own log lines repeat what the clients' error callbacks report,
-    so they show only at `debug`, or from `error` up. Returns the handler installed.
+    so they show only at `debug`, or when fatal. Returns the handler installed.
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"unknown log format {log_format!r}: use text or json")
@@ -183,5 +183,5 @@ def setup_logging_from_env(level: str | None = None, log_format: str | None = No
 
 
 def _no_librdkafka_echo(record: logging.LogRecord) -> bool:
-    """librdkafka's log lines below `error`: its error callbacks already report them."""
-    return record.levelno >= logging.ERROR or not record.name.endswith(".librdkafka")
+    """Drops librdkafka's log lines short of fatal: its error callbacks report the same."""
+    return record.levelno >= logging.CRITICAL or not record.name.endswith(".librdkafka")

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from behest.codec import encode
 from behest.config import DEFAULT_TOPIC
@@ -65,6 +65,9 @@ from behest.fold.layout import Layout
 from behest.fold.projection import Projection, combiner
 from behest.fold.store import StateStore
 from behest.fold.storeset import StoreSet
+
+if TYPE_CHECKING:
+    from behest.read.projection_query import ProjectionQuery
 
 __all__ = ["ProjectionDriver", "Tombstone", "run_projection", "sample_run"]
 
@@ -186,6 +189,14 @@ class ProjectionDriver(Generic[S]):
         """Every stored state, decoded, by key."""
         decode = self.projection.decode_state
         return {key: decode(data) for key, data in self.store.iter_states()}
+
+    def query(self) -> ProjectionQuery[S]:
+        """The states as readers see them (point in time and scans too), over this store."""
+        from behest.read.projection_query import ProjectionQuery
+        from behest.read.reader import ProjectionReader
+
+        reader = ProjectionReader(self.store, self.projection)
+        return ProjectionQuery(reader, self.projection.decode_state)
 
 
 def run_projection(

@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import httpx
 import orjson
 
 from behest.errors import InvalidQueryError, QueryError
 from behest.events import AgentEvent, RunState, RunStatus
+
+if TYPE_CHECKING:  # httpx is the `client` extra's: only watching over HTTP needs it
+    import httpx
 
 __all__ = ["Message", "RemoteRunWatch", "RunUpdate", "parse"]
 
@@ -119,6 +121,13 @@ class _Pairing:
         return None
 
 
+def _timeout(connect: float) -> httpx.Timeout:
+    """Connecting may time out; reading may not (a quiet run is silent between events)."""
+    import httpx
+
+    return httpx.Timeout(connect, read=None)
+
+
 def _refusal(response: httpx.Response, body: bytes) -> QueryError:
     try:
         error = orjson.loads(body)["error"]
@@ -145,7 +154,7 @@ class RemoteRunWatch:
         self.path = f"/runs/{run_id}/watch"
         self.from_sequence = from_sequence
         self._http = http
-        self._timeout = httpx.Timeout(connect_timeout, read=None)
+        self._connect_timeout = connect_timeout
 
     def _failed(self, failures: int, error: Exception) -> float:
         if failures > RECONNECTS:
@@ -156,13 +165,19 @@ class RemoteRunWatch:
         return min(0.1 * 2.0**failures, 2.0)
 
     def __iter__(self) -> Iterator[RunUpdate]:
+        import httpx
+
         pairing, failures = _Pairing(self.from_sequence), 0
+        timeout = _timeout(self._connect_timeout)
         http = self._http or httpx.Client(base_url=self.base_url)
         try:
             while not pairing.done:
                 try:
                     with http.stream(
-                        "GET", self.path, headers=pairing.headers(), timeout=self._timeout
+                        "GET",
+                        self.path,
+                        headers=pairing.headers(),
+                        timeout=timeout,
                     ) as response:
                         if response.status_code == 204:
                             return
@@ -184,12 +199,18 @@ class RemoteRunWatch:
                 http.close()
 
     async def __aiter__(self) -> AsyncIterator[RunUpdate]:
+        import httpx
+
         pairing, failures = _Pairing(self.from_sequence), 0
+        timeout = _timeout(self._connect_timeout)
         async with httpx.AsyncClient(base_url=self.base_url) as http:
             while not pairing.done:
                 try:
                     async with http.stream(
-                        "GET", self.path, headers=pairing.headers(), timeout=self._timeout
+                        "GET",
+                        self.path,
+                        headers=pairing.headers(),
+                        timeout=timeout,
                     ) as response:
                         if response.status_code == 204:
                             return

@@ -46,7 +46,17 @@ from benchmarks.common import (
     table_cells,
 )
 
-AREAS = ("limits", "codec", "producer", "projector", "query", "restart", "watch", "scaling")
+AREAS = (
+    "limits",
+    "codec",
+    "producer",
+    "projector",
+    "query",
+    "restart",
+    "watch",
+    "cluster",
+    "scaling",
+)
 """In the order they run."""
 
 MODULES = {
@@ -57,6 +67,7 @@ MODULES = {
     "query": "benchmarks.bench_query",
     "restart": "benchmarks.bench_restart",
     "watch": "benchmarks.bench_watch",
+    "cluster": "benchmarks.bench_cluster",
     "scaling": "benchmarks.bench_scaling",
 }
 

@@ -34,6 +34,7 @@ from behest.errors import BehestError
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from behest.cluster.standby import StandbyCopies
     from behest.read.query import RunStateQuery
 
 __all__ = ["Node", "RoutedAPI", "WorkerReport", "node_settings", "run_node", "worker_count"]
@@ -230,18 +231,36 @@ class RoutedAPI:
         )
         self.membership.on_change = self.ownership.update
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
+        self.standby: StandbyCopies | None = None
+        if standby_replicas > 0:
+            from behest.cluster.standby import StandbyCopies
+
+            self.standby = StandbyCopies(settings, self.membership, self.url)
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        """`app` behind the router."""
+        """`app` behind the router (which answers from the standby copies when it must)."""
         from behest.cluster.routing import Router
+        from behest.read.http import create_app
 
-        return Router(app, url=self.url, membership=self.membership, ownership=self.ownership)
+        standby_app = None if self.standby is None else create_app(self.standby.query)
+        return Router(
+            app,
+            url=self.url,
+            membership=self.membership,
+            ownership=self.ownership,
+            standby=self.standby,
+            standby_app=standby_app,
+        )
 
     def start(self) -> RoutedAPI:
         self.membership.start()
+        if self.standby is not None:
+            self.standby.start()
         return self
 
     def close(self) -> None:
+        if self.standby is not None:
+            self.standby.close()
         self.membership.close()
 
 

@@ -8,6 +8,7 @@
     POST /runs/batch                scattered by owner, gathered in the order asked
     GET /runs                       every owner's page, merged newest first behind one
                                     cursor (the cursor is global: creation time ‖ run id)
+    GET /runs/watch                 every node's stream of changes, merged (gather.py)
     GET /cluster                    this node's view: owners, standbys, URLs
 
 A node *serves* a partition when the group assigned it to this node and its store has
@@ -20,22 +21,24 @@ passed off as current, never another 5xx. Requests between nodes carry
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 from collections.abc import Mapping
-from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl
 
 import httpx
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from behest.cluster.asgi import error_body, header, read_body, replay, send_json
+from behest.cluster.gather import HEADER_FORWARDED, HEADER_PARTITIONS, HEADER_SCOPE, Gatherer
 from behest.cluster.membership import Membership
 from behest.cluster.ownership import Ownership
-from behest.cluster.pages import cursor_after, merge_pages, parse_batch, run_of_path, to_int
+from behest.cluster.pages import run_of_path
 from behest.emit.partitioner import partition_for
+
+if TYPE_CHECKING:
+    from behest.cluster.standby import StandbyCopies
 from behest.errors import InvalidQueryError
 
 __all__ = [
@@ -51,9 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HEADER_SCOPE: Final = "x-behest-scope"
-HEADER_FORWARDED: Final = "x-behest-forwarded-by"
-HEADER_PARTITIONS: Final = "x-behest-partitions"
 HEADER_STALE: Final = "x-behest-stale"
 HEADER_LAG_RECORDS: Final = "x-behest-lag-records"
 HEADER_LAG_SECONDS: Final = "x-behest-lag-seconds"
@@ -64,7 +64,7 @@ _PASSED_BACK: Final = frozenset(
 )
 
 
-class Router:
+class Router(Gatherer):
     """Wraps the HTTP API of one node so that it answers for every run (module docstring)."""
 
     def __init__(
@@ -74,6 +74,8 @@ class Router:
         url: str,
         membership: Membership,
         ownership: Ownership,
+        standby: StandbyCopies | None = None,
+        standby_app: ASGIApp | None = None,
         connect_timeout: float = 1.0,
         read_timeout: float = 10.0,
     ) -> None:
@@ -81,6 +83,8 @@ class Router:
         self.url = url
         self.membership = membership
         self.ownership = ownership
+        self.standby = standby
+        self.standby_app = standby_app
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
         self._peers: httpx.AsyncClient | None = None
         self._local: httpx.AsyncClient | None = None
@@ -98,6 +102,8 @@ class Router:
             await send_json(send, 200, orjson.dumps(self._cluster_json()))
         elif path == "/wait" and method == "GET":
             await self._wait(scope, receive, send, local_only)
+        elif path == "/runs/watch" and method == "GET" and not local_only:
+            await self._watch_all(scope, receive, send)
         elif path == "/runs" and method == "GET":
             if local_only:
                 await self._local_listing(scope, send)
@@ -138,12 +144,39 @@ class Router:
             await self.app(scope, receive, send)
             return
         owner = view.owner(partition)
-        if local_only or owner is None or owner == self.url:
-            await self._unavailable(send, partition, owner)
-            return
         body = await read_body(receive)
-        stream = scope["path"].endswith("/watch")
-        await self._forward(scope, send, owner, body, partition, stream=stream)
+        reason = None
+        if not local_only and owner is not None and owner != self.url:
+            stream = scope["path"].endswith("/watch")
+            if await self._forward(scope, send, owner, body, partition, stream=stream):
+                return
+            reason = f"{owner} does not answer for it"
+        if not local_only and await self._from_standby(scope, body, send, partition):
+            return
+        await self._unavailable(send, partition, owner, reason=reason)
+
+    async def _from_standby(self, scope: Scope, body: bytes, send: Send, partition: int) -> bool:
+        """Answer from this node's standby copy, flagged with how stale it is (if it has one
+        that was at the log's end once); False if it has none."""
+        if self.standby is None or self.standby_app is None or scope["path"].endswith("/watch"):
+            return False
+        staleness = self.standby.staleness(partition)
+        if staleness is None:
+            return False
+        records, seconds = staleness
+        flags = [
+            (HEADER_STALE.encode(), b"true"),
+            (HEADER_LAG_RECORDS.encode(), str(records).encode()),
+            (HEADER_LAG_SECONDS.encode(), f"{seconds:.3f}".encode()),
+        ]
+
+        async def flagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *flags]}
+            await send(message)
+
+        await self.standby_app(scope, replay(body), flagged)
+        return True
 
     async def _forward(
         self,
@@ -154,8 +187,9 @@ class Router:
         partition: int,
         *,
         stream: bool = False,
-    ) -> None:
-        """The owner's answer, passed back as it comes (streams included)."""
+    ) -> bool:
+        """The owner's answer, passed back as it comes (streams included); False, with
+        nothing sent, if the owner does not answer or answers 503 and a standby might."""
         query = scope["query_string"].decode("latin-1")
         url = owner + scope["path"] + (f"?{query}" if query else "")
         headers = {
@@ -174,8 +208,10 @@ class Router:
         except httpx.HTTPError as error:
             log.info("owner %s of partition %d did not answer: %r", owner, partition, error)
             self.membership.refresh_soon()
-            await self._unavailable(send, partition, owner, reason=f"{owner} does not answer")
-            return
+            return False
+        if response.status_code == 503 and self.standby is not None:
+            await response.aclose()
+            return False
         try:
             out = [(k, v) for k, v in response.headers.raw if k.lower() in _PASSED_BACK]
             out += [(k, v) for k, v in response.headers.raw if k.lower().startswith(b"x-behest-")]
@@ -190,6 +226,7 @@ class Router:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
+        return True
 
     async def _unavailable(
         self, send: Send, partition: int, owner: str | None, *, reason: str | None = None
@@ -227,128 +264,8 @@ class Router:
         if local_only or owner is None or owner == self.url:
             await self._unavailable(send, partition, owner)
             return
-        await self._forward(scope, send, owner, b"", partition)
-
-    # --- many runs ----------------------------------------------------------------------------
-
-    async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_body(receive)
-        request = parse_batch(body)
-        view = self.membership.view
-        if request is None or not view.partitions:  # the API explains what is wrong with it
-            await self.app(scope, replay(body), send)
-            return
-        ids, as_of = request
-        by_owner: dict[str, list[str]] = {}
-        for run_id in ids:
-            partition = partition_for(run_id, view.partitions)
-            owner = view.owner(partition)
-            if owner is None:
-                await self._unavailable(send, partition, None)
-                return
-            by_owner.setdefault(owner, []).append(run_id)
-        calls = {
-            owner: self._call(
-                owner,
-                "POST",
-                "/runs/batch",
-                content=orjson.dumps({"run_ids": part, **({"as_of": as_of} if as_of else {})}),
-            )
-            for owner, part in by_owner.items()
-        }
-        answers = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
-        found: dict[str, bytes] = {}
-        for owner, (status, content, _) in answers.items():
-            if status != 200:
-                await self._relay_failure(send, owner, status, content)
-                return
-            for state in orjson.loads(content)["runs"]:
-                found[str(uuid.UUID(state["run_id"]))] = orjson.dumps(state)
-        states = [found[r] for r in ids if r in found]
-        missing = [r for r in ids if r not in found]
-        await send_json(
-            send,
-            200,
-            b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}",
-        )
-
-    async def _local_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A part of a scattered batch: answered only if this node serves every run's
-        partition (else a 503: the router asking retries after its view is fresh)."""
-        body = await read_body(receive)
-        request = parse_batch(body)
-        partitions = self.membership.view.partitions
-        if request is not None and partitions:
-            for run_id in request[0]:
-                partition = partition_for(run_id, partitions)
-                if not self.ownership.serves(partition):
-                    owner = self.membership.view.owner(partition)
-                    await self._unavailable(send, partition, owner)
-                    return
-        await self.app(scope, replay(body), send)
-
-    async def _listing(self, scope: Scope, send: Send) -> None:
-        view = self.membership.view
-        unowned = [p for p in range(view.partitions) if view.owner(p) is None]
-        if unowned:
-            await self._unavailable(send, unowned[0], None)
-            return
-        params = parse_qsl(scope["query_string"].decode("latin-1"))
-        limit = to_int(dict(params).get("limit"), 50)
-        path = "/runs?" + urlencode(params)
-        sources = sorted({self.url, *view.owners.values()})
-        answers = await asyncio.gather(*(self._call(url, "GET", path) for url in sources))
-        served: set[int] = set()
-        pages = []
-        for url, (status, content, headers) in zip(sources, answers, strict=True):
-            if status != 200:
-                await self._relay_failure(send, url, status, content)
-                return
-            served.update(int(p) for p in headers.get(HEADER_PARTITIONS, "").split(",") if p)
-            pages.append(orjson.loads(content))
-        missing = sorted(set(range(view.partitions)) - served)
-        if missing:
-            await self._unavailable(send, missing[0], view.owner(missing[0]))
-            return
-        page = merge_pages(pages, limit)
-        await send_json(send, 200, orjson.dumps(page))
-
-    async def _local_listing(self, scope: Scope, send: Send) -> None:
-        """This node's page of a listing: only runs of partitions it serves, `limit` of them
-        when it has that many (so the merge above knows every newer run), and which
-        partitions it answered for."""
-        serving = self.ownership.serving()
-        partitions = self.membership.view.partitions
-        params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-        limit = to_int(params.get("limit"), 50)
-        kept: list[Any] = []
-        cursor = params.get("cursor")
-        while True:
-            page_params = {**params, **({"cursor": cursor} if cursor else {})}
-            if not cursor:
-                page_params.pop("cursor", None)
-            status, content, _ = await self._inner("GET", "/runs?" + urlencode(page_params))
-            if status != 200:
-                await send_json(send, status, content)
-                return
-            page = orjson.loads(content)
-            kept += [
-                state
-                for state in page["runs"]
-                if partitions and partition_for(state["run_id"], partitions) in serving
-            ]
-            cursor = page["next_cursor"]
-            if len(kept) >= limit or not cursor:
-                break
-        more = len(kept) > limit or (len(kept) == limit and cursor is not None)
-        kept = kept[:limit]
-        next_cursor = cursor_after(kept[-1]) if more and kept else None
-        await send_json(
-            send,
-            200,
-            orjson.dumps({"runs": kept, "next_cursor": next_cursor}),
-            [(HEADER_PARTITIONS.encode(), ",".join(map(str, sorted(serving))).encode())],
-        )
+        if not await self._forward(scope, send, owner, b"", partition):
+            await self._unavailable(send, partition, owner, reason=f"{owner} does not answer")
 
     async def _relay_failure(self, send: Send, url: str, status: int, content: bytes) -> None:
         if 400 <= status < 500 or status == 503:

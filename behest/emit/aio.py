@@ -37,7 +37,7 @@ from behest.emit.producer import (
     check_event,
 )
 from behest.emit.recorder import AsyncRunRecorder
-from behest.emit.schemas import publication
+from behest.emit.schemas import Publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
 from behest.registry import registry_encoder
@@ -375,7 +375,7 @@ class AsyncEventProducer:
     async def _publish_schema(self, client: AIOKafkaProducer) -> None:
         """Write the writer schema to `<topic>.schemas` once connected, beside the first
         events (never before them in the queue), if that topic exists."""
-        schema = publication(self.topic)
+        schema = Publication(self.topic)
         try:
             metadata = await client.client.fetch_all_metadata()
             if schema.topic not in metadata.topics():

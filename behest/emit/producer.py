@@ -33,7 +33,7 @@ from behest import codec
 from behest.config import Settings
 from behest.emit.delivery import Delivery
 from behest.emit.recorder import RunRecorder
-from behest.emit.schemas import publication
+from behest.emit.schemas import Publication
 from behest.errors import CodecError, ConfigError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 from behest.registry import registry_encoder
@@ -369,7 +369,7 @@ class EventProducer:
         """Write the writer schema to `<topic>.schemas` (on a thread of its own at start, so
         neither `emit` nor delivery reports wait for it), if that topic exists: a missing
         one is not created."""
-        schema = publication(self.topic)
+        schema = Publication(self.topic)
         while not self._stop.is_set():
             try:
                 metadata = self._producer.list_topics(timeout=1.0)

@@ -15,7 +15,7 @@ from typing import Final
 
 from behest import codec
 
-__all__ = ["Publication", "publication"]
+__all__ = ["Publication"]
 
 log = logging.getLogger("behest.emit.schemas")
 
@@ -23,7 +23,8 @@ SUFFIX: Final = ".schemas"
 
 
 class Publication:
-    """The schema record for one event topic, and the warnings about it."""
+    """The schema record behest's producers publish for one event topic, and the warnings
+    about it."""
 
     __slots__ = ("key", "topic", "value")
 
@@ -41,8 +42,3 @@ class Publication:
 
     def failed(self, reason: str) -> None:
         log.warning("the writer schema was not published to %r: %s", self.topic, reason)
-
-
-def publication(event_topic: str) -> Publication:
-    """The schema record behest's producers publish for `event_topic`."""
-    return Publication(event_topic)

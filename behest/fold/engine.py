@@ -126,6 +126,7 @@ class _Pass:
     heads: dict[bytes, RunHead | None]
     epochs: dict[bytes, int] = field(default_factory=dict)
     reset: set[bytes] = field(default_factory=set)
+    late: bool = False  # any late event in the batch
 
 
 def _parse_key(key: bytes | None) -> tuple[str, bytes] | None:
@@ -237,6 +238,7 @@ class BatchFolder(Generic[S]):
         arrived; else None: its partition is held for the schema, or it is a dead letter."""
         if isinstance(error, UnknownSchemaError) and self.hold is not None:
             if self.hold(record):
+                result.records -= 1
                 result.held[record.partition()] = record.offset()
                 result.positions[record.partition()] = record.offset()
                 return None
@@ -291,7 +293,8 @@ class BatchFolder(Generic[S]):
         held = result.held
         for record in records:
             if held and record.partition() in held:
-                continue  # waits for a writer schema: read again from there later
+                result.records -= 1  # waits for a writer schema: read again from there later
+                continue
             positions[record.partition()] = record.offset() + 1
             key = record.key()
             known = keys.get(key)
@@ -342,7 +345,7 @@ class BatchFolder(Generic[S]):
                 heads[run] = head.advance(sequence)
             elif head.is_missing(sequence):
                 heads[run] = head.fill(sequence)
-                item.late = True
+                item.late = run_pass.late = True
             else:  # a sequence folded before: a duplicate or a conflict (or never stored)
                 earlier = seen.get(run, {}).get(sequence)
                 if earlier is not None:
@@ -400,7 +403,7 @@ class BatchFolder(Generic[S]):
             if earlier is not None:
                 self._repeat(run_pass.result, item, earlier)
                 continue
-            item.late = True
+            item.late = run_pass.late = True
             accepted[(item.run, item.sequence)] = item.value
             groups.setdefault(item.run, []).append(item)
 
@@ -421,11 +424,14 @@ class BatchFolder(Generic[S]):
                 folded = fold(original, items, None, refuse)
                 self._stage(entity, original, folded, False, batch, run_pass)
                 continue
-            epochs = max(item.epoch for item in items)
+            epochs = run_pass.epochs.get(entity, 0)
             base = run_pass.before[entity]
             repair = None if base is None else (entity, base.last)
             for epoch in range(epochs + 1):  # a tombstone starts the run afresh
-                events = [i for i in items if i.epoch == epoch and i.event is not None]
+                if epochs:
+                    events = [i for i in items if i.epoch == epoch and i.event is not None]
+                else:  # the common case: no tombstone among them
+                    events = items
                 events.sort(key=by_sequence)
                 if epoch:
                     folded = fold(None, events, None, refuse)
@@ -471,7 +477,7 @@ class BatchFolder(Generic[S]):
             new = set() if deleted or original is None else set(index_keys(original))
         result = run_pass.result
         result.folded += len(items)
-        late = sum(item.late for item in items)
+        late = sum(item.late for item in items) if run_pass.late else 0
         if late:
             result.late_repaired += late
             log.info(

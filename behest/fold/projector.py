@@ -68,6 +68,9 @@ from behest.telemetry import fold_span
 __all__ = ["DEFAULT_BATCH_SIZE", "Projector", "ProjectorMetrics"]
 
 log = logging.getLogger(__name__)
+kafka_log = logging.getLogger(f"{__name__}.kafka")
+"""The consumer's errors, as its error callback hears them (repeats collapsed, see
+`behest.logs`)."""
 librdkafka_log = logging.getLogger("behest.librdkafka")
 """librdkafka's own log lines (reconnect attempts and the like; the errors among them also
 reach the projector's error callback, which logs each kind once)."""
@@ -481,7 +484,7 @@ class Projector:
         on its own, reporting every failed attempt)."""
         if error.code() not in self._errors_seen:
             self._errors_seen.add(error.code())
-            log.warning("kafka: %s", error.str())
+            kafka_log.warning("kafka: %s", error.str())
 
     def _check_topic(self, consumer: Consumer) -> list[int]:
         """The topic's partitions; clear errors when there is no broker or no topic."""

@@ -44,6 +44,7 @@ class BehestCallbackHandler(BaseCallbackHandler):
     """A LangChain callback handler that records each root run as behest events."""
 
     raise_error = False  # a recording problem must never break the agent
+    run_inline = True  # in order, on the caller's thread: an event's sequence is its order
 
     def __init__(self, producer: EventProducer, *, provider: str = "langchain") -> None:
         self.producer = producer

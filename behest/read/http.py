@@ -51,10 +51,10 @@ from behest.read.query import (
 from behest.read.reader import ProjectionReader
 from behest.read.routes import (
     BAD_INPUT,
+    DirectDispatch,
     ErrorBody,
     error_answer,
     error_body,
-    match_direct,
     validation_body,
 )
 from behest.read.run_routes import (
@@ -157,7 +157,7 @@ class _Instrumented:
     def __init__(self, app: ASGIApp, metrics: QueryMetrics, routes: Sequence[Any]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self.direct = DirectDispatch(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,7 +175,7 @@ class _Instrumented:
 
         try:
             answer = _oversized(scope)
-            direct = None if answer is not None else match_direct(self.routes, scope)
+            direct = None if answer is not None else self.direct(scope)
             if direct is not None:
                 template = direct.path
                 status = await direct.serve(scope, receive, send)

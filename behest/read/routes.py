@@ -7,13 +7,14 @@ is a plain function of its path and query parameters (and, for a POST, one pydan
 model) that returns the JSON body of a 200 or raises; the route converts the parameters
 from the request itself and maps every error through one function, `error_answer`. So
 each endpoint has one implementation and one error mapping, whether reached through the
-router or directly from the middleware (`match_direct`), and is a plain function that
+router or directly from the middleware (`DirectDispatch`), and is a plain function that
 routing (e.g. across nodes) can wrap.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl
@@ -30,11 +31,11 @@ from behest.read.reader import Absent
 
 __all__ = [
     "BAD_INPUT",
+    "DirectDispatch",
     "DirectRoute",
     "ErrorBody",
     "error_answer",
     "error_body",
-    "match_direct",
     "present",
     "send_json",
     "validation_body",
@@ -209,20 +210,52 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def match_direct(routes: Sequence[Any], scope: Scope) -> DirectRoute | None:
-    """The route that answers `scope` when it is a `DirectRoute` (scope updated with its
-    path parameters), else None: the first full match in router order decides. A route's
-    path pattern is tried first, which costs a tenth of a full `matches`."""
+def _first_direct(routes: Sequence[Any], scope: Scope) -> DirectRoute | None:
+    """The route the router would pick for `scope` if it is a `DirectRoute`, else None."""
     path = scope["path"]
     plain = not scope.get("root_path")
     for route in routes:
         pattern = getattr(route, "path_regex", None)
         if plain and pattern is not None and pattern.match(path) is None:
-            continue
-        match, child = route.matches(scope)
+            continue  # a tenth of the cost of a full `matches`
+        match, _ = route.matches(dict(scope))
         if match is Match.FULL:
-            if isinstance(route, DirectRoute):
-                scope.update(child)
-                return route
-            return None
+            return route if isinstance(route, DirectRoute) else None
     return None
+
+
+_UUID_SEGMENT: Final = re.compile(
+    r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?=/|$)"
+)
+_DECISIONS: Final = 4096
+
+
+class DirectDispatch:
+    """Which `DirectRoute` answers a request, decided as the router decides (the first full
+    match in router order) once per method and path shape, then remembered: no route tells
+    one UUID in a path from another, so `/runs/<any id>` is one decision. Finding the first
+    full match costs more than a state read once routers are included (FastAPI matches an
+    included router route by route), so it is done once, not per request."""
+
+    def __init__(self, routes: Sequence[Any]) -> None:
+        self.routes = routes
+        self._decided: dict[tuple[str, str], DirectRoute | None] = {}
+
+    def __call__(self, scope: Scope) -> DirectRoute | None:
+        """The route (scope updated with its path parameters), or None: not a direct one."""
+        if scope.get("root_path"):  # mounted below a prefix: decide afresh (rare)
+            route = _first_direct(self.routes, scope)
+        else:
+            key = (scope["method"], _UUID_SEGMENT.sub("/~", scope["path"]))
+            try:
+                route = self._decided[key]
+            except KeyError:
+                route = _first_direct(self.routes, scope)
+                if len(self._decided) >= _DECISIONS:  # paths of free-text keys: stay bounded
+                    self._decided.clear()
+                self._decided[key] = route
+        if route is None:
+            return None
+        _, child = route.matches(scope)
+        scope.update(child)
+        return route

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -71,6 +72,9 @@ FEED_INTERVAL: Final = 0.1
 """Seconds between the runs feed's comparisons (a list view needs no more)."""
 
 _PAGE: Final = 256
+_FAILURE_LOG_INTERVAL: Final = 60.0
+
+log = logging.getLogger(__name__)
 _TIME_BIAS: Final = 1 << 63
 
 
@@ -224,6 +228,7 @@ class Tailer:
         self._wanted = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._failed_at = -float("inf")
 
     # --- registration (any thread) ------------------------------------------------------
 
@@ -307,6 +312,9 @@ class Tailer:
             except Exception:  # the store failed or was closed: try again next tick
                 if self._stopping:
                     return
+                if started - self._failed_at > _FAILURE_LOG_INTERVAL:
+                    self._failed_at = started
+                    log.exception("watching %s: a look at the store failed", self.reader.name)
             time.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     def tick(self) -> None:
@@ -339,6 +347,7 @@ class Tailer:
                 if channel.sequence < 0:
                     continue
                 changes = [Change(channel.sequence, b"null", True, deleted=True)]
+                channel.state, channel.sequence = None, -1  # a run made again starts afresh
             elif head[0] <= channel.sequence:
                 continue
             else:

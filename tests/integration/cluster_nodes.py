@@ -27,6 +27,7 @@ class NodeProcess:
     group: str
     state_dir: Path
     session_timeout: float = 6.0
+    standby_replicas: int = 0
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -54,6 +55,8 @@ class NodeProcess:
             self.bootstrap,
             "--session-timeout",
             str(self.session_timeout),
+            "--standby-replicas",
+            str(self.standby_replicas),
         ]
         with (self.state_dir.parent / f"{self.name}.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, env=dict(os.environ))

@@ -8,6 +8,8 @@ projector before it writes anything.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -38,6 +40,7 @@ from behest.fold.engine import HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION
 from behest.fold.projection import fold
 from behest.fold.sequences import RunHead
 from behest.projections import RunStateProjection
+from behest.projections.run_state import to_json_dict
 from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
 from behest.testing import sample_run
@@ -120,8 +123,16 @@ def test_late_events_are_folded_in_place(
     assert [e["sequence"] for e in events] == list(range(len(run)))
     assert [e["event_id"] for e in events] == [str(e.event_id) for e in run]
     state = client.get(f"/runs/{run[0].run_id}").json()
-    assert state["session_id"] == str(run[0].payload.session_id)  # type: ignore[union-attr]
-    assert state["event_count"] == len(run)
+    assert state == to_json_dict(in_order(run))
+    # Points in time come from the corrected snapshots and time index.
+    for sequence in (0, 7, 12, 20, 33):
+        point = run[sequence]
+        want = to_json_dict(in_order(run[: sequence + 1]))
+        at = client.get(f"/runs/{run[0].run_id}", params={"at_sequence": sequence})
+        assert at.json() == want
+        as_of = client.get(f"/runs/{run[0].run_id}", params={"as_of": format_time(point.timestamp)})
+        upto = [e for e in run if e.timestamp <= point.timestamp]
+        assert as_of.json() == to_json_dict(in_order(upto))
 
 
 def test_a_conflicting_duplicate_is_dead_lettered(
@@ -207,8 +218,9 @@ def test_a_dead_letter_topic_that_cannot_take_them_stops_the_projector_unwritten
     topic = make_topic()  # and no dead-letter topic
     settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic, state_dir=tmp_path)
     run = sample_run(seed=34, events=6)
-    produce(bootstrap_servers, topic, [*as_records(run[:3]), (b"junk", b"junk")])
-    produce(bootstrap_servers, topic, as_records(run[3:]))
+    key = str(run[0].run_id).encode()
+    # The poison first in its run's partition: no batch of that partition can be written.
+    produce(bootstrap_servers, topic, [(key, b"\x00junk"), *as_records(run)])
     with make(settings, batch_size=1000) as projector:
         with pytest.raises(ProduceError, match=r"behest topics create"):
             projector.run(until_caught_up=True)
@@ -311,3 +323,32 @@ def _every_read(client: httpx.Client, run: list[AgentEvent]) -> Iterator[httpx.R
     yield client.get("/runs", params={"session_id": str(run[0].payload.session_id)})  # type: ignore[union-attr]
     for status in ("pending", "completed", "failed", "cancelled", "session_loaded"):
         yield client.get("/runs", params={"status": status})
+
+
+def test_behest_project_says_how_many_late_events_it_repaired(
+    settings: Settings, bootstrap_servers: str
+) -> None:
+    run = sample_run(seed=37, events=8)
+    produce(bootstrap_servers, settings.topic, as_records([*run[2:], run[1], run[0], run[0]]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "behest.cli",
+            "project",
+            "--until-caught-up",
+            "--bootstrap-servers",
+            bootstrap_servers,
+            "--topic",
+            settings.topic,
+            "--state-dir",
+            str(settings.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    said = " ".join((done.stdout + done.stderr).split())  # a console may write either
+    assert "1 duplicates, 1 gaps, 2 late repaired" in said, said

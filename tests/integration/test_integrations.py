@@ -449,3 +449,38 @@ def test_langgraph_streamed_tokens_are_text_deltas(
     assert state.status is RunStatus.COMPLETED
     assert state.iteration == 1
     assert len(of_type(events, "AssistantMessageCommitted")) == 1
+
+
+async def test_langgraph_async_run_keeps_the_order_of_what_happened(
+    settings: Settings, unique_group: str, producer: EventProducer
+) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from behest.integrations.langchain import BehestCallbackHandler
+
+    @tool
+    async def lookup(key: str) -> str:
+        """Look a key up."""
+        return f"value of {key}"
+
+    calls = [{"id": f"call_{n}", "name": "lookup", "args": {"key": f"k{n}"}} for n in range(3)]
+    model = scripted_chat_model(
+        [AIMessage(content="", tool_calls=calls), AIMessage(content="Found them.")]
+    )
+    run_id = uuid.uuid4()
+    await agent_graph(model, [lookup]).ainvoke(
+        {"messages": [("user", "Look up k0, k1, k2")]},
+        config={"callbacks": [BehestCallbackHandler(producer)], "run_id": run_id},
+    )
+    producer.flush(30)
+
+    state, events = fold(settings, unique_group, run_id)
+
+    assert state.status is RunStatus.COMPLETED and state.iteration == 2
+    order = [(e.type, getattr(e.payload, "call_id", None)) for e in events]
+    for call in calls:
+        started = order.index(("ToolExecutionStarted", call["id"]))
+        assert order.index(("ToolExecutionFinished", call["id"])) > started
+    assert [t for t, _ in order[:3]] == ["RunStarted", "ContextBuilt", "ModelStarted"]
+    assert order[-1][0] == "RunCompleted"

@@ -114,13 +114,13 @@ def test_a_killed_owners_runs_are_served_by_another_node(
     with httpx.Client() as http:
         view = nodes[0].cluster(http)
         assert view is not None
-        victim = next(n for n in nodes[1:] if any(u == n.url for u in view["owners"].values()))
+        victim = next(n for n in nodes if n.url in view["owners"].values())
         lost = {int(p) for p, url in view["owners"].items() if url == victim.url}
         victims_runs = [e for e in runs if partition_for(str(e[0].run_id), PARTITIONS) in lost]
         assert victims_runs
         victim.kill()
         killed_at = time.monotonic()
-        survivor = nodes[0]
+        survivor = next(n for n in nodes if n is not victim)
         statuses: dict[int, int] = {}
         pending = {str(e[0].run_id): expected(e) for e in victims_runs}
         while pending and time.monotonic() - killed_at < 60:
@@ -178,3 +178,97 @@ def test_a_split_deployment_is_a_node_too(
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(40)
+
+
+def test_a_standby_answers_flagged_while_the_owner_is_gone(
+    bootstrap_servers: str, make_topic: Callable[..., str], unique_group: str, tmp_path: Path
+) -> None:
+    topic = make_topic(partitions=PARTITIONS)
+    make_topic(f"{topic}.dlq", partitions=PARTITIONS)
+    nodes = [
+        NodeProcess(
+            f"node{i}", bootstrap_servers, topic, unique_group, tmp_path / f"node{i}",
+            standby_replicas=1,
+        ).start()
+        for i in range(3)
+    ]  # fmt: skip
+    try:
+        settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic)
+        runs = [sample_run(events=10, seed=300 + n) for n in range(18)]
+        last = _produce(settings, runs)
+        with httpx.Client() as http:
+            wait_until_serving(nodes, PARTITIONS, http)
+            with RunStateClient(nodes[0].url) as client:
+                for delivery in last.values():
+                    client.wait_for(delivery, timeout=60)
+            run = runs[0]
+            partition = partition_for(str(run[0].run_id), PARTITIONS)
+            time.sleep(2)  # the copies catch up (each was at the log's end once)
+            for _ in range(50):  # the views agree on the owner and the standby (no rebalance)
+                views = [n.cluster(http) for n in nodes]
+                pairs = {
+                    (v["owners"].get(str(partition)), tuple(v["standbys"].get(str(partition), ())))
+                    for v in views
+                    if v is not None
+                }
+                if len(pairs) == 1 and None not in views:
+                    break
+                time.sleep(0.2)
+            ((owner_url, (standby_url,)),) = pairs
+            owner = next(n for n in nodes if n.url == owner_url)
+            standby = next(n for n in nodes if n.url == standby_url)
+            owner.kill()
+            killed = time.monotonic()
+            stale = current = None
+            while current is None and time.monotonic() - killed < 60:
+                answer = http.get(f"{standby.url}/runs/{run[0].run_id}", timeout=15)
+                if answer.status_code == 503:
+                    assert answer.headers["retry-after"]
+                else:
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json() == expected(run)
+                    if answer.headers.get("x-behest-stale") == "true":
+                        assert int(answer.headers["x-behest-lag-records"]) >= 0
+                        assert float(answer.headers["x-behest-lag-seconds"]) >= 0
+                        stale = stale or time.monotonic() - killed
+                    else:
+                        current = time.monotonic() - killed
+                time.sleep(0.1)
+        assert stale is not None and current is not None, (stale, current)
+        print(
+            f"\nwith a standby: flagged stale answers after {stale:.1f} s, "
+            f"current after {current:.1f} s"
+        )
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_watching_all_runs_on_one_node_sees_every_nodes_runs(
+    nodes: list[NodeProcess], bootstrap_servers: str
+) -> None:
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic=nodes[0].topic)
+    watcher = nodes[0]
+    with httpx.Client() as http:
+        view = watcher.cluster(http)
+    assert view is not None
+    others = {int(p) for p, url in view["owners"].items() if url != watcher.url}
+    runs = [sample_run(events=6, seed=400 + n) for n in range(40)]
+    elsewhere = [r for r in runs if partition_for(str(r[0].run_id), PARTITIONS) in others][:3]
+    wanted = {str(r[0].run_id) for r in elsewhere}
+    seen: set[str] = set()
+    timeout = httpx.Timeout(5.0, read=30.0)
+    with (
+        httpx.Client(timeout=timeout) as http,
+        http.stream("GET", f"{watcher.url}/runs/watch") as feed,
+    ):
+        assert feed.status_code == 200
+        assert feed.headers["content-type"].startswith("text/event-stream")
+        _produce(settings, elsewhere)
+        deadline = time.monotonic() + 30
+        for line in feed.iter_lines():
+            if line.startswith("data: "):
+                seen.add(orjson.loads(line[len("data: ") :])["run_id"])
+            if wanted <= seen or time.monotonic() > deadline:
+                break
+    assert wanted <= seen

@@ -131,6 +131,13 @@ def _read(response: httpx.Response, until: int | None = None) -> list[Message]:
     return messages
 
 
+def _no_watchers_left(live: Live) -> None:
+    deadline = time.monotonic() + 10
+    while tailer_of(live.query.reader).watchers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tailer_of(live.query.reader).watchers == 0
+
+
 def _ended(state: str) -> bool:
     return orjson.loads(state)["status"] in ("completed", "failed", "cancelled")
 
@@ -175,6 +182,7 @@ def test_sse_disconnect_and_resume_with_last_event_id_has_no_gap_and_no_duplicat
         # resuming after the end: nothing more, and a browser stops reconnecting
         done = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": str(len(events) - 1)})
         assert done.status_code == 204
+        _no_watchers_left(live)  # every stream closed has let go of its registration
         bad = client.get(f"/runs/{run}/watch", headers={"Last-Event-ID": "x"})
         assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]
         for url, params in [
@@ -236,6 +244,7 @@ async def test_500_concurrent_watchers_on_one_server_all_get_every_event(live: L
         await asyncio.to_thread(live.emit, events)
         results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert all(r == list(range(len(events))) for r in results)
+    _no_watchers_left(live)
 
 
 def test_the_http_client_watches_like_the_query(live: Live) -> None:
@@ -278,3 +287,32 @@ async def test_an_idle_watch_yields_keepalives(live: Live) -> None:
     assert time.monotonic() - started >= 0.04
     await batches.aclose()
     assert tailer_of(live.query.reader).watchers == 0
+
+
+def test_a_watched_run_that_is_deleted_ends_the_stream(live: Live) -> None:
+    events = sample_run(events=30, seed=71)
+    run = events[0].run_id
+    live.emit_and_wait(events[:10])
+    thread, got = _collect(live, run)
+    threading.Event().wait(0.2)
+    live.producer.emit_tombstone(run).result(timeout=WAIT)
+    thread.join(WAIT)
+    assert not thread.is_alive(), "the watch did not end when its run was deleted"
+    assert [u.sequence for u in got] == [9]
+    with (
+        httpx.Client(base_url=live.url, timeout=10) as client,
+        client.stream("GET", f"/runs/{run}/watch", params={"from_sequence": 0}) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")
+        live.emit(events[:3])  # the run starts again ...
+        stream = parse(lines)
+        messages = []
+        for message in stream:
+            messages.append(message)
+            if message.event == "state" and message.id == "2":
+                break
+        live.producer.emit_tombstone(run).result(timeout=WAIT)  # ... and is deleted again
+        messages += list(stream)
+    assert _pairs(messages) == [0, 1, 2]
+    assert messages[-1].event == "deleted"

@@ -83,6 +83,20 @@ def test_get_run_serves_the_contract_json_as_stored(api: Fixture) -> None:
     RunState.model_validate(state)
 
 
+def test_each_request_is_routed_as_the_router_would_with_its_own_parameters(
+    api: Fixture,
+) -> None:
+    """Routing decisions are remembered per path shape: every run id still gets its own
+    state, and the paths an earlier route claims keep going to it."""
+    for n in (0, 1, 2, 0):
+        answer = api.client.get(f"/runs/{_run(api, n)}")
+        assert answer.json()["run_id"] == _run(api, n)
+    upper = _run(api, 4).upper()  # another spelling of the same id, another path
+    assert api.client.get(f"/runs/{upper}").json()["run_id"] == _run(api, 4)
+    assert api.client.get("/runs/batch").status_code == 405  # not a run id
+    assert api.client.get("/runs/not-a-uuid").status_code == 400
+
+
 def test_get_run_at_a_sequence_or_time(api: Fixture) -> None:
     events = api.runs[5]
     run_id = _run(api, 5)

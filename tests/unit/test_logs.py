@@ -88,14 +88,15 @@ def test_json_lines_carry_level_logger_message_and_held_count(restore_root: None
     assert lines[1]["logger"] == "aiokafka" and "held" not in lines[1]
 
 
-def test_librdkafka_echoes_show_only_at_debug_or_from_error_up(restore_root: None) -> None:
+def test_librdkafka_echoes_show_only_at_debug_or_when_fatal(restore_root: None) -> None:
     out = io.StringIO()
     setup_logging("warning", "text", stream=out)
     echo = logging.getLogger("behest.librdkafka")
     echo.warning("FAIL Connect to ipv4#127.0.0.1:9092 failed")
-    echo.error("an error of its own")
+    echo.error("FAIL Connect to ipv4#127.0.0.1:9092 failed: Connection refused")
+    echo.critical("FATAL fenced")
     text = out.getvalue()
-    assert "FAIL" not in text and "an error of its own" in text
+    assert "FAIL" not in text and "FATAL fenced" in text
     out = io.StringIO()
     setup_logging("debug", "text", stream=out)
     echo.warning("FAIL Connect to ipv4#127.0.0.1:9092 failed")

@@ -72,8 +72,7 @@ def volumes(tmp_path: Path) -> Iterator[tuple[ProjectionQuery[dict[str, object]]
     events = [e for r in runs for e in _text_run(r, ["ab", "cde", "f", "", "ghij"] * 3)]
     with ProjectionDriver(TextVolume(), tmp_path, snapshot_every=4) as driver:
         driver.feed(events)
-        reader = ProjectionReader(driver.store, TextVolume())
-        yield ProjectionQuery(reader, TextVolume().decode_state), runs
+        yield driver.query(), runs
 
 
 def test_point_in_time_equals_the_fold_of_the_prefix(
@@ -186,3 +185,18 @@ def test_no_ready_made_projection_reads_variant_names_as_text() -> None:
         text = path.read_text()
         assert 'rpartition(".")' not in text, f"{path.name} strips namespaces: use Variant"
         assert not re.search(r'"behest\.[A-Z]', text), f"{path.name} spells a variant: use Variant"
+
+
+@pytest.mark.parametrize("command", ["project", "serve", "state"])
+def test_every_command_that_takes_a_projection_names_the_known_ones(
+    command: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from behest.cli import app
+
+    args = [command, *(["3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"] if command == "state" else [])]
+    result = CliRunner().invoke(app, [*args, "--projection", "nope", "--state-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "unknown projection 'nope'" in result.output
+    assert "run_state" in result.output and "tool_usage" in result.output

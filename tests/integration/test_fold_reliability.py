@@ -109,6 +109,8 @@ def test_late_events_are_folded_in_place(
     produce(bootstrap_servers, settings.topic, as_records(first))
     with make(settings, snapshot_every=8) as projector:
         projector.run(until_caught_up=True)
+        (early,) = stored(projector).values()  # no RunStarted yet: unknown, not made up
+        assert (early["session_id"], early["provider"], early["model"]) == (None, None, None)
     produce(bootstrap_servers, settings.topic, as_records([*second, run[3]]))
     with make(settings, snapshot_every=8) as projector:
         metrics = projector.run(until_caught_up=True)

@@ -152,8 +152,8 @@ class Membership:
     """Keeps a fresh `ClusterView` of a projection's consumer group, on a thread.
 
     `view` is always the latest complete view; `refresh()` asks for a new one now (after a
-    failed forward, say) and returns once it is in. `on_change` is called with each view
-    that differs from the previous one in owners or nodes.
+    failed forward, say) and returns once it is in. `on_view` is called with each new view
+    (on the membership's thread, so it may take a moment: the next view waits for it).
     """
 
     def __init__(
@@ -163,13 +163,13 @@ class Membership:
         *,
         standby_replicas: int = 0,
         interval: float = DEFAULT_REFRESH_INTERVAL,
-        on_change: Callable[[ClusterView], None] | None = None,
+        on_view: Callable[[ClusterView], None] | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
         self.standby_replicas = standby_replicas
         self.interval = interval
-        self.on_change = on_change
+        self.on_view = on_view
         self._consumer: Consumer | None = None
         self._view = ClusterView(partitions=0)
         self._child: subprocess.Popen[str] | None = None
@@ -230,7 +230,12 @@ class Membership:
     def high_watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
         """The topic's current end offsets for `partitions` (for catch-up checks)."""
         consumer = self._watermark_consumer()
-        marks = {}
+        marks: dict[int, int] = {}
+        try:  # a consumer that reads nothing forgets the topic's metadata after a broker
+            consumer.list_topics(topic=self.settings.topic, timeout=_DESCRIBE_TIMEOUT)
+        except KafkaException as error:  # failure: ask it of the topic again, now
+            log.warning("no metadata for %s: %s", self.settings.topic, error)
+            return marks
         for partition in partitions:
             try:
                 _, high = consumer.get_watermark_offsets(
@@ -307,11 +312,9 @@ class Membership:
                 group_state=answer["state"],
                 fetched_at=time.monotonic(),
             )
-            previous, self._view = self._view, view
-            if self.on_change is not None and (
-                view.owners != previous.owners or view.nodes != previous.nodes
-            ):
-                self.on_change(view)
+            self._view = view
+            if self.on_view is not None:
+                self.on_view(view)
         with self._fresh:
             self._generation += 1
             self._fresh.notify_all()

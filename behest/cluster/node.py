@@ -127,6 +127,8 @@ class Node:
         self._held: dict[int, WorkerReport] = {}
         self._lock = threading.Lock()
         self.membership: Membership | None = None
+        self.on_lost: Callable[[set[int]], None] | None = None
+        """Told of partitions a worker lost (even for a moment): they must catch up again."""
         self._listener = threading.Thread(target=self._listen, daemon=True)
         self._stopping = False
 
@@ -192,6 +194,10 @@ class Node:
             with self._lock:
                 before = self._held.get(report.worker)
                 self._held[report.worker] = report
+            if before is not None and self.on_lost is not None:
+                lost = set(before.assigned) - set(report.assigned)
+                if lost:
+                    self.on_lost(lost)
             if self.membership is not None and (
                 before is None or before.assigned != report.assigned
             ):
@@ -229,7 +235,7 @@ class RoutedAPI:
             folded or (lambda: query.freshness().offsets),
             assigned,
         )
-        self.membership.on_change = self.ownership.update
+        self.membership.on_view = self.ownership.update
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
         self.standby: StandbyCopies | None = None
         if standby_replicas > 0:
@@ -352,6 +358,7 @@ def run_node(
             assigned=node.assigned,
         )
         node.membership = routed.membership
+        node.on_lost = routed.ownership.forget
         routed.start()
         config = uvicorn.Config(
             routed.wrap(create_app(query)),

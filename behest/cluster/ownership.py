@@ -34,7 +34,8 @@ class Ownership:
         self._current: set[int] = set()
 
     def update(self, view: ClusterView) -> None:
-        """Note partitions gained (their takeover mark) and lost; called on each new view."""
+        """Note partitions gained (their takeover mark) and lost; called on each new view,
+        so a mark that could not be read (a broker down) is tried again."""
         owned = view.owned_by(self.url)
         for partition in list(self._marks):
             if partition not in owned:
@@ -43,6 +44,13 @@ class Ownership:
         gained = [p for p in owned if p not in self._marks]
         if gained:
             self._marks.update(self.membership.high_watermarks(gained))
+
+    def forget(self, partitions: set[int]) -> None:
+        """This node lost `partitions` (its workers say so, perhaps before the group's
+        description does): should they come back, they catch up before being served."""
+        for partition in partitions:
+            self._marks.pop(partition, None)
+            self._current.discard(partition)
 
     def owns(self, partition: int) -> bool:
         if self.membership.view.owner(partition) != self.url:

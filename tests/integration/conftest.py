@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from behest.config import Settings, project_home
 from behest.local.broker import KAFKA_VERSION, LocalBroker, free_port
+from behest.local.cluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
 TEST_PARTITIONS = 3
@@ -188,3 +189,17 @@ def settings(bootstrap_servers: str, unique_topic: str, tmp_path: Path) -> Setti
     return Settings(
         bootstrap_servers=bootstrap_servers, topic=unique_topic, state_dir=tmp_path / "state"
     )
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[LocalCluster]:
+    """A local three-broker KRaft cluster of its own (own ports and data dir), for the
+    tests of failover; started once, on first use, and stopped at the end."""
+    data_dir = project_home() / f"test-cluster-{uuid.uuid4().hex[:8]}"
+    cluster = LocalCluster(data_dir, nodes=3)
+    try:
+        cluster.start(0, timeout=120)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

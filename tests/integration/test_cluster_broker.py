@@ -1,7 +1,7 @@
 """`behest broker start --nodes 3`: a local three-node KRaft cluster survives losing a node.
 
-Runs its own cluster (own ports and data dirs), whatever broker the session uses, and
-stops it at the end: three JVMs for about half a minute.
+Runs on the session's cluster of its own (`kafka_cluster`: own ports and data dirs), whatever
+broker the other tests use; test_scale_out shares it.
 """
 
 from __future__ import annotations
@@ -11,28 +11,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from behest.admin import create_topics, topic_config
-from behest.config import Settings, project_home
+from behest.config import Settings
 from behest.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17+")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    data_dir = project_home() / f"test-cluster-{uuid.uuid4().hex[:8]}"
-    cluster = LocalCluster(data_dir, nodes=3)
-    try:
-        cluster.start(0, timeout=120)
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _produce(bootstrap: str, topic: str, values: list[bytes], timeout: float = 30.0) -> None:
@@ -67,7 +54,8 @@ def _read_all(bootstrap: str, topic: str, partitions: int, count: int) -> list[b
     return got
 
 
-def test_three_nodes_replicate_and_survive_a_killed_node(cluster: LocalCluster) -> None:
+def test_three_nodes_replicate_and_survive_a_killed_node(kafka_cluster: LocalCluster) -> None:
+    cluster = kafka_cluster
     status = cluster.status()
     assert status.bootstrap is not None
     assert all(pid is not None for pid in status.nodes.values())
@@ -93,10 +81,10 @@ def test_three_nodes_replicate_and_survive_a_killed_node(cluster: LocalCluster) 
     )
 
 
-def test_the_command_line_reports_the_cluster(cluster: LocalCluster) -> None:
+def test_the_command_line_reports_the_cluster(kafka_cluster: LocalCluster) -> None:
     behest = [sys.executable, "-m", "behest.cli"]
     status = subprocess.run(
-        [*behest, "broker", "status", "--data-dir", str(cluster.data_dir)],
+        [*behest, "broker", "status", "--data-dir", str(kafka_cluster.data_dir)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -105,7 +93,7 @@ def test_the_command_line_reports_the_cluster(cluster: LocalCluster) -> None:
     assert status.returncode == 0, status.stderr
     assert "node 1 pid" in status.stdout and "node 3 pid" in status.stdout
     again = subprocess.run(
-        [*behest, "broker", "start", "--data-dir", str(cluster.data_dir)],
+        [*behest, "broker", "start", "--data-dir", str(kafka_cluster.data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -113,4 +101,4 @@ def test_the_command_line_reports_the_cluster(cluster: LocalCluster) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stderr
-    assert again.stdout.strip() == cluster.status().bootstrap
+    assert again.stdout.strip() == kafka_cluster.status().bootstrap

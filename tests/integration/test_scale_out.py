@@ -171,18 +171,6 @@ class Reader:
         self.floors[run] = max(self.floors.get(run, -1), sequence)
 
 
-@pytest.fixture(scope="module")
-def kafka_cluster() -> Iterator[LocalCluster]:
-    data_dir = project_home() / f"test-scale-out-{uuid.uuid4().hex[:8]}"
-    cluster = LocalCluster(data_dir, nodes=3)
-    try:
-        cluster.start(0, timeout=120)
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 def _owner_of(nodes: list[NodeProcess], partition: int) -> NodeProcess | None:
     with httpx.Client() as http:
         for node in nodes:

@@ -11,6 +11,7 @@ import typer
 from behest.cluster.command import node_command
 from behest.config import DEFAULT_BROKER_PORT, Settings
 from behest.dlq_command import dlq_app
+from behest.generations_command import generations_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +37,7 @@ topics_app = typer.Typer(
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(generations_app, name="generations")
 
 
 def _print_version(asked: bool) -> None:
@@ -395,7 +397,10 @@ def project(
         False, "--until-caught-up", help="Stop once the log, as it was at start, is folded."
     ),
     rebuild: bool = typer.Option(
-        False, "--rebuild", help="Drop the projection's state and fold the log from offset 0."
+        False,
+        "--rebuild",
+        help="Fold the log from offset 0 into a new generation beside the served one; "
+        "readers switch to it once it has caught up (`behest generations` lists them).",
     ),
     projection: str = typer.Option("run_state", "--projection", help=_PROJECTION_HELP),
     bootstrap_servers: BootstrapServers = None,

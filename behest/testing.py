@@ -2,8 +2,10 @@
 
 `ProjectionDriver` encodes `AgentEvent`s with the codec, lays them out as the topic would
 (key = run id text, partition by murmur2, offsets counting up per partition) and hands
-each batch to the Projector's own `BatchFolder`, against a real RocksDB. So a projection's
-unit tests exercise the production decode, sequence checks, fold, index and write:
+each batch to the Projector's own `GenerationWriter` and `BatchFolder`, against real
+RocksDB partition stores laid out as the Projector lays them out (`behest.fold.layout`),
+so `RunStateQuery.open` reads them too. A projection's unit tests thus exercise the
+production decode, sequence checks, fold, index and write:
 
     from behest.testing import run_projection
 
@@ -57,9 +59,12 @@ from behest.events import (
     ToolMessageCommitted,
     UsageRecorded,
 )
-from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult, DeadLetter
-from behest.fold.projection import Projection
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchResult, DeadLetter
+from behest.fold.generations import GenerationWriter, projection_version
+from behest.fold.layout import Layout
+from behest.fold.projection import Projection, combiner
 from behest.fold.store import StateStore
+from behest.fold.storeset import StoreSet
 
 if TYPE_CHECKING:
     from behest.read.projection_query import ProjectionQuery
@@ -114,11 +119,27 @@ class ProjectionDriver(Generic[S]):
     ) -> None:
         self.projection = projection
         self.partitions = partitions
-        self.store = StateStore(Path(directory) / projection.name)
-        self.dead_letters: list[DeadLetter] = []
-        self._folder = BatchFolder(
-            self.store, projection, topic=topic, snapshot_every=snapshot_every
+        self.layout = Layout.of(directory, projection.name)
+        served = self.layout.current()
+        if served is None:
+            manifest = self.layout.create(
+                version=projection_version(projection),
+                topic=topic,
+                partitions=partitions,
+                run_keyed=projection.run_keyed,
+            )
+        else:
+            manifest = self.layout.manifest(served)
+        self._writer = GenerationWriter(
+            self.layout, manifest, projection, member="testing", snapshot_every=snapshot_every
         )
+        self._writer.switch()
+        self._writer.add(range(partitions))
+        self.store = StoreSet(
+            self.layout, self._writer.stores, follow=False, combine=combiner(projection)
+        )
+        """The partition stores read as one, as the Projector's readers read them."""
+        self.dead_letters: list[DeadLetter] = []
         self._next_offsets = self.store.stored_offsets(topic)
 
     def __enter__(self) -> ProjectionDriver[S]:
@@ -128,7 +149,14 @@ class ProjectionDriver(Generic[S]):
         self.close()
 
     def close(self) -> None:
-        self.store.close()
+        self._writer.close()
+
+    def partition_store(self, partition: int = 0) -> StateStore:
+        """One partition's own RocksDB (for tests of the raw layout)."""
+        store = self._writer.stores.get(partition)
+        if store is None:
+            raise ValueError(f"no partition {partition}: the driver has {self.partitions}")
+        return store
 
     def feed(
         self, events: Iterable[AgentEvent | Tombstone], *, batch_size: int | None = None
@@ -144,7 +172,7 @@ class ProjectionDriver(Generic[S]):
     def feed_raw(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> BatchResult:
         """Fold one batch of raw `(key, value)` records: the way to test poison input."""
         batch = [self._record(key, value) for key, value in records]
-        return self._folder.process(batch, dead_letter=self.dead_letters.extend)
+        return self._writer.process(batch, dead_letter=self.dead_letters.extend)
 
     def _record(self, key: bytes | None, value: bytes | None) -> _Record:
         partition = 0 if key is None else partition_for(key, self.partitions)

@@ -60,6 +60,16 @@ class ToolUsageProjection:
             "max_duration_ms": max(state["max_duration_ms"], duration),
         }
 
+    def combine(self, a: ToolUsage, b: ToolUsage) -> ToolUsage:
+        """Two partitions' shares of one tool's totals, added up."""
+        return {
+            "tool": a["tool"],
+            "calls": a["calls"] + b["calls"],
+            "failures": a["failures"] + b["failures"],
+            "total_duration_ms": a["total_duration_ms"] + b["total_duration_ms"],
+            "max_duration_ms": max(a["max_duration_ms"], b["max_duration_ms"]),
+        }
+
     def encode_state(self, state: ToolUsage) -> bytes:
         return orjson.dumps(state)
 

@@ -195,6 +195,15 @@ class BatchFolder(Generic[S]):
         stored them durably when it returns (raise to abort the batch: nothing is written,
         so the records are read again after a restart).
         """
+        result, batch = self.fold(records)
+        if result.dead_letters and dead_letter is not None:
+            dead_letter(result.dead_letters)
+        self.store.write(batch)
+        return result
+
+    def fold(self, records: Sequence[LogRecord]) -> tuple[BatchResult, StoreBatch]:
+        """`process` up to the write: the result and the one batch to write (nothing is
+        written yet; the batch's dead letters must be stored durably first)."""
         result = BatchResult(records=len(records))
         heads = self._load_heads(records)
         run = _Pass(result, dict(heads), heads)
@@ -211,10 +220,7 @@ class BatchFolder(Generic[S]):
                     batch.put_head(key, head)
         for partition, next_offset in result.positions.items():
             batch.put_offset(self.topic, partition, next_offset)
-        if result.dead_letters and dead_letter is not None:
-            dead_letter(result.dead_letters)
-        self.store.write(batch)
-        return result
+        return result, batch
 
     def _dead(self, result: BatchResult, record: LogRecord, error: str) -> None:
         if len(error) > MAX_ERROR_CHARS:

@@ -76,6 +76,10 @@ class ProjectorMetrics:
     last_batch_seconds: float = 0.0
     batch_latency: BatchLatency = field(default_factory=BatchLatency)
     assigned: tuple[int, ...] = ()
+    generation: int | None = None
+    """The generation written (`behest generations list`)."""
+    building: bool = False
+    """True while it builds a generation beside the served one (readers are not on it yet)."""
     positions: dict[int, int] = field(default_factory=dict)
     lag: dict[int, int] = field(default_factory=dict)
     lag_seconds: dict[int, float] = field(default_factory=dict)

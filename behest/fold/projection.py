@@ -14,7 +14,7 @@ times faster than building models, and the projector's hot path is the decode.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from behest.errors import InvalidQueryError
@@ -34,7 +34,14 @@ class Projection(Protocol[S]):
     """True when the entity is the run itself (`key` is the 16-byte run id): the projector
     then also stores the run's events, snapshots every K events and deletes everything of
     the run on a tombstone. False for projections across runs (e.g. per tool): their
-    states hold only aggregates, so a tombstone cannot take a run back out of them."""
+    states hold only aggregates, so a tombstone cannot take a run back out of them. State
+    is kept per partition, so such an entity has one share per partition; give the class
+    a `combine(a, b) -> S` that adds two shares up, and readers add them (`combine`)."""
+
+    # Optional, read with getattr (a protocol member would make every existing projection
+    # fail isinstance checks): `version: int = 1`. Bump it when `apply` or the stored
+    # form changes: `behest project` then builds the new version beside the served one
+    # and switches readers to it once it has caught up (blue/green).
 
     def key(self, event: EventRecord) -> bytes | None:
         """The entity the event folds into, or None to skip the event. A run-keyed
@@ -65,6 +72,38 @@ def fold(
     for event in events:
         state = projection.apply(state, event)
     return state
+
+
+def combine(projection: Projection[S], shares: Sequence[S]) -> S:
+    """One entity's state from its shares in several partitions (projections not keyed by
+    run fold each partition apart): the projection's own `combine(a, b)`, left to right."""
+    if not shares:
+        raise ValueError("no shares to combine")
+    add: Callable[[S, S], S] | None = getattr(projection, "combine", None)
+    if add is None:
+        if len(shares) == 1:
+            return shares[0]
+        raise TypeError(
+            f"{type(projection).__name__} is folded per partition and this entity has "
+            f"{len(shares)} shares: give the class a `combine(a, b)` that adds two up"
+        )
+    state = shares[0]
+    for share in shares[1:]:
+        state = add(state, share)
+    return state
+
+
+def combiner(projection: Projection[Any]) -> Callable[[list[bytes]], bytes] | None:
+    """Stored shares of an entity to its stored whole (None when there is nothing to add
+    up: a run-keyed projection, or one without `combine`)."""
+    if projection.run_keyed or getattr(projection, "combine", None) is None:
+        return None
+
+    def add_up(shares: list[bytes]) -> bytes:
+        decode = projection.decode_state
+        return projection.encode_state(combine(projection, [decode(s) for s in shares]))
+
+    return add_up
 
 
 def fold_by_key(projection: Projection[S], events: Iterable[EventRecord]) -> dict[bytes, S]:

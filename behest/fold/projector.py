@@ -7,10 +7,20 @@ batch touched. On (re)assignment the consumer seeks to the offsets stored in Roc
 after any crash it resumes exactly where its last write left off. Kafka's committed offsets
 are written too, but only so that standard tools can show the group's lag.
 
-Several projectors in one consumer group split the partitions, each folding its own into
-its own RocksDB. When a partition moves away in a rebalance, the runs it had folded stay
-in the old owner's store as they were; should the partition come back, that store resumes
-from its own stored offset. `ProjectorMetrics.assigned` says what an instance owns now.
+State is owned per partition (`behest.fold.layout`): each partition has its own RocksDB,
+holding its runs and its next offset, opened when the partition is assigned and closed when
+it is revoked. Several projectors in one consumer group thus split the stores with the
+partitions; a projector that gets a partition back resumes from that store's offset (from 0
+if it never had it). `ProjectorMetrics.assigned`, and the owner file readers see, say which
+partitions an instance folds now.
+
+Blue/green: a projection with a new `version`, or `rebuild()`, builds a new generation
+beside the served one, reading every partition from offset 0 (assigned directly, outside
+the consumer group, so the served generation's projectors keep theirs), while readers keep
+reading the served one. Once it has folded up to the log end offsets seen when the build
+began *and* to the live end, CURRENT is switched to it atomically; the projector then joins
+the group and carries on serving it. A projector whose generation stops being served (one
+newer was switched to) stops by itself.
 """
 
 from __future__ import annotations
@@ -18,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -43,13 +52,16 @@ from behest.errors import (
     TopicMissingError,
 )
 from behest.fold.deadletter import DeadLetterSender
-from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchFolder, BatchResult
+from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchResult
+from behest.fold.generations import GenerationWriter, plan, projection_version
 from behest.fold.heartbeat import Heartbeat, HeartbeatWriter, heartbeat_path
+from behest.fold.layout import Layout, Manifest, new_member_id
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity
 from behest.fold.progress import LagClock, ProjectorMetrics
-from behest.fold.projection import Projection
+from behest.fold.projection import Projection, combiner
 from behest.fold.schemas import SchemaWait
 from behest.fold.store import StateStore
+from behest.fold.storeset import StoreSet
 from behest.registry import framing_decoder
 from behest.telemetry import fold_span
 
@@ -70,14 +82,16 @@ class Projector:
     """Runs a projection as a consumer group member, writing its RocksDB exactly once.
 
     `Projector(settings).run()` folds until `stop()` (or `stop_event`) is set; the CLI sets
-    it on SIGINT/SIGTERM. The store opens at construction, so a second projector on the
-    same state directory fails at once with `StateLockedError`. In the same process the
-    query layer may read `projector.store` (RocksDB reads are safe beside its writer;
-    `rebuild()` replaces the store object, so readers should ask for it again after one).
+    it on SIGINT/SIGTERM. A partition's store opens when the partition is assigned: one held
+    by another process (another projector of the same state dir in another group) fails with
+    `StateLockedError`. In the same process the query layer may read `projector.store`, a
+    `StoreSet` over this projector's stores (the served generation, followed, while it
+    builds another one).
 
     It joins the group as a static member (`behest.fold.membership`) unless
     `settings.static_membership` is off, so a restart takes its partitions back at once;
-    `worker` tells apart projectors of one projection sharing a state dir.
+    `worker` tells apart projectors of one projection sharing a state dir (a second one
+    without its own `worker` fails at once with `StateLockedError`).
     """
 
     def __init__(
@@ -104,7 +118,9 @@ class Projector:
         self.projection = projection
         self.topic = settings.topic
         self.group_id = group_id or f"behest.{projection.name}"
-        self.path: Path = settings.state_dir / projection.name
+        self.layout = Layout.of(settings.state_dir, projection.name)
+        self.path: Path = self.layout.root
+        self.version = projection_version(projection)
         self.batch_size = batch_size
         self.snapshot_every = snapshot_every
         self.on_progress = on_progress
@@ -125,39 +141,27 @@ class Projector:
         )
         self._schemas = SchemaWait(
             settings,
-            lambda: self._store,
+            self._schema_stores,
             group_id=f"{self.group_id}.schemas",
             librdkafka_log=librdkafka_log,
         )
+        self._member = new_member_id()
+        self._writer: GenerationWriter | None = None
+        self._view = StoreSet(self.layout, None, follow=False, combine=combiner(projection))
+        self._leaving = False
         self._identity: StaticIdentity | None = None
-        self._open_store()
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
-            try:
-                self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
-            except BaseException:
-                self._store.close()
-                raise
+            self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
         self._metrics.instance_id = self.instance_id
-
-    def _open_store(self) -> None:
-        self._store = StateStore(self.path)
-        self._folder = BatchFolder(
-            self._store,
-            self.projection,
-            topic=self.topic,
-            snapshot_every=self.snapshot_every,
-            hold=self._schemas.hold,
-            decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
-        )
-        self._schemas.attach()
-        self._metrics.positions = self._store.stored_offsets(self.topic)
+        if self.layout.current() is None and not self.layout.is_legacy():
+            self._first_generation()
 
     # --- what readers may ask -----------------------------------------------------------------
 
     @property
-    def store(self) -> StateStore:
-        """The open store, for in-process readers (read methods only: this is its writer)."""
-        return self._store
+    def store(self) -> StoreSet:
+        """The stores for in-process readers (read methods only: this is their writer)."""
+        return self._view
 
     @property
     def metrics(self) -> ProjectorMetrics:
@@ -183,11 +187,39 @@ class Projector:
         self, *, until_caught_up: bool = False, stop_event: threading.Event | None = None
     ) -> ProjectorMetrics:
         """Consume and fold until stopped, or, with `until_caught_up`, until every owned
-        partition is folded up to the high watermark it had when `run` began."""
+        partition is folded up to the high watermark it had when `run` began. A generation
+        that is not served yet is built first and switched to once caught up."""
+        return self._run(until_caught_up=until_caught_up, stop_event=stop_event, rebuild=False)
+
+    def rebuild(
+        self, *, until_caught_up: bool = False, stop_event: threading.Event | None = None
+    ) -> ProjectorMetrics:
+        """Fold the whole log again from offset 0 into a new generation, beside the served
+        one, which readers keep reading until the new one has caught up and is switched to
+        (the old one stays for `behest generations rollback` until dropped)."""
+        with self._lock:
+            self._metrics = ProjectorMetrics(
+                self.projection.name, self.group_id, self.topic, self.instance_id
+            )
+        self._lag_clock = LagClock()
+        return self._run(until_caught_up=until_caught_up, stop_event=stop_event, rebuild=True)
+
+    def _run(
+        self, *, until_caught_up: bool, stop_event: threading.Event | None, rebuild: bool
+    ) -> ProjectorMetrics:
+        def stopped() -> bool:
+            return self._stopping.is_set() or bool(stop_event and stop_event.is_set())
+
         consumer = Consumer(self._consumer_config())
         codec.on_published_schema(self._schemas.keep)
         try:
             partitions = self._check_topic(consumer)
+            writer = self._prepare(consumer, partitions, rebuild=rebuild)
+            if not writer.is_served():
+                if not self._build(consumer, writer, partitions, stopped) or until_caught_up:
+                    return self.metrics
+                self._leave(consumer)
+                consumer = Consumer(self._consumer_config())
             targets = self._watermarks(consumer, partitions) if until_caught_up else None
             consumer.subscribe(
                 [self.topic],
@@ -195,49 +227,207 @@ class Projector:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            while not (self._stopping.is_set() or (stop_event and stop_event.is_set())):
-                messages = self._next_batch(consumer)
-                records = self._usable(messages) if messages else []
-                if records:
-                    self._process(consumer, records)
-                if self._schemas.waiting:
-                    self._resume_ready(consumer)
-                self._update_lag(consumer)
-                self._heartbeat.beat(self._beat)
-                if self.on_progress is not None:
-                    self.on_progress(self.metrics)
-                if targets is not None and self._caught_up(consumer, targets, idle=not messages):
+            while not stopped():
+                idle = self._step(consumer)
+                if not writer.is_served():
+                    self._log_served_elsewhere(writer)
+                    break
+                if targets is not None and self._caught_up(consumer, targets, idle=idle):
                     break
         finally:
             codec.on_published_schema(None)
-            self._schemas.waiting.clear()
             self._stopping.clear()  # a stop asked for before or during this run ends it only
+            self._leave(consumer)
+        return self.metrics
+
+    def _step(self, consumer: Consumer) -> bool:
+        """Consume one batch and fold it; True if there was nothing to consume."""
+        messages = self._next_batch(consumer)
+        records = self._usable(messages) if messages else []
+        if records:
+            self._process(consumer, records)
+        if self._schemas.waiting:
+            self._resume_ready(consumer)
+        self._update_lag(consumer)
+        self._heartbeat.beat(self._beat)
+        if self._writer is not None:
+            self._writer.heartbeat()
+        if self.on_progress is not None:
+            self.on_progress(self.metrics)
+        return not messages
+
+    def _leave(self, consumer: Consumer) -> None:
+        """Close the consumer; the stores stay open for in-process readers, unclaimed."""
+        self._leaving = True
+        try:
+            consumer.close()
+        finally:
+            self._leaving = False
+            self._schemas.waiting.clear()
             with self._lock:
                 self._assigned.clear()
                 self._metrics.assigned = ()
-            consumer.close()
+            if self._writer is not None:
+                self._writer.release()
             self._heartbeat.write(self._beat(time.time(), self._heartbeat.started_at, stopped=True))
-        return self.metrics
 
-    def rebuild(
-        self, *, until_caught_up: bool = False, stop_event: threading.Event | None = None
-    ) -> ProjectorMetrics:
-        """Drop this projection's store and fold the whole log again from offset 0."""
-        self._store.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+    # --- generations --------------------------------------------------------------------------
+
+    def _prepare(
+        self, consumer: Consumer, partitions: list[int], *, rebuild: bool
+    ) -> GenerationWriter:
+        """Pick the generation to write (`generations.plan`) and get its writer ready."""
+        with self.layout.locked():  # one decision at a time among this state dir's projectors
+            writer = self._decide(consumer, partitions, rebuild=rebuild)
         with self._lock:
-            self._metrics = ProjectorMetrics(
-                self.projection.name, self.group_id, self.topic, self.instance_id
-            )
-        self._lag_clock = LagClock()
-        self._open_store()
-        return self.run(until_caught_up=until_caught_up, stop_event=stop_event)
+            self._metrics.generation = writer.generation
+            self._metrics.building = not writer.is_served()
+        if writer.is_served():
+            self._view.attach(writer.stores, follow=False)
+        else:
+            self._view.follow_served()
+        return writer
+
+    def _first_generation(self) -> None:
+        """Nothing is served yet: make the first generation at once (readers can open it
+        before `run()` starts; its partition count is recorded once Kafka is asked)."""
+        with self.layout.locked():
+            if self.layout.current() is not None:
+                return
+            decided = plan(self.layout.manifests(), None, self.version, rebuild=False)
+            if decided.generation is None:
+                manifest = self.layout.create(
+                    version=self.version,
+                    topic=self.topic,
+                    partitions=0,
+                    run_keyed=self.projection.run_keyed,
+                )
+            else:
+                manifest = self.layout.manifest(decided.generation)
+            writer = self._writer = self._new_writer(manifest)
+            writer.switch()
+        self._view.attach(writer.stores, follow=False)
+
+    def _new_writer(self, manifest: Manifest) -> GenerationWriter:
+        return GenerationWriter(
+            self.layout,
+            manifest,
+            self.projection,
+            member=self._member,
+            snapshot_every=self.snapshot_every,
+            hold=self._schemas.hold,
+            decode=framing_decoder(self.settings),  # Confluent framing too, with a registry
+        )
+
+    def _schema_stores(self) -> list[StateStore]:
+        """Where writer schemas are kept: every partition store this projector has open."""
+        return [] if self._writer is None else [s for _, s in self._writer.stores.stores()]
+
+    def _decide(
+        self, consumer: Consumer, partitions: list[int], *, rebuild: bool
+    ) -> GenerationWriter:
+        """`generations.plan`, carried out: the writer of the generation to write."""
+        layout = self.layout
+        if rebuild and layout.is_legacy():
+            layout.remove_legacy()
+        layout.check_not_legacy()
+        decided = plan(layout.manifests(), layout.current(), self.version, rebuild=rebuild)
+        writer = self._writer
+        if writer is None or decided.generation != writer.generation:
+            if writer is not None:
+                self._view.attach(None, follow=False)
+                writer.close()
+            if decided.generation is None:
+                manifest = layout.create(
+                    version=self.version,
+                    topic=self.topic,
+                    partitions=len(partitions),
+                    run_keyed=self.projection.run_keyed,
+                    targets=self._watermarks(consumer, partitions) if decided.build else {},
+                )
+            else:
+                manifest = layout.manifest(decided.generation)
+            writer = self._writer = self._new_writer(manifest)
+            with self._lock:
+                self._metrics.positions = {}
+        writer.ensure_partitions(len(partitions))
+        if not decided.build and not writer.is_served():
+            writer.switch()
+        log.info(
+            "%s: writing %s (version %d): %s",
+            self.projection.name,
+            writer.name,
+            self.version,
+            decided.why,
+        )
+        return writer
+
+    def _build(
+        self,
+        consumer: Consumer,
+        writer: GenerationWriter,
+        partitions: list[int],
+        stopped: Callable[[], bool],
+    ) -> bool:
+        """Fold every partition into the new generation, outside the consumer group, until
+        caught up; then switch readers to it. False if stopped first."""
+        stored = writer.add(partitions)
+        self._schemas.attach()
+        consumer.assign(
+            [TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions]
+        )
+        with self._lock:
+            self._assigned = set(partitions)
+            self._metrics.assigned = tuple(partitions)
+            self._metrics.positions.update(stored)
+        log.info(
+            "building %s beside the served generation from %s; readers switch once caught up",
+            writer.name,
+            {p: stored.get(p, 0) for p in partitions},
+        )
+        start = writer.manifest.targets
+        while not stopped():
+            idle = self._step(consumer)
+            live = {}
+            for partition in partitions:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), cached=True
+                )
+                live[partition] = max(high, start.get(partition, 0))
+            if self._caught_up(consumer, live, idle=idle):
+                writer.switch()
+                self._view.attach(writer.stores, follow=False)
+                with self._lock:
+                    self._metrics.building = False
+                log.info("%s caught up: readers switched to it", writer.name)
+                return True
+        return False
+
+    def _writing(self) -> GenerationWriter:
+        if self._writer is None:
+            raise RuntimeError("no generation is being written: call run() or rebuild()")
+        return self._writer
+
+    def _log_served_elsewhere(self, writer: GenerationWriter) -> None:
+        """Another generation was switched to while this one was served: this projector
+        stops (its generation stays for rollback)."""
+        served = self.layout.current()
+        log.warning(
+            "generation %s is served now, not %s: this projector (version %d) stops; %s "
+            "stays for `behest generations rollback` until dropped",
+            served,
+            writer.name,
+            self.version,
+            writer.name,
+        )
 
     def close(self) -> None:
-        """Flush dead letters in flight and close the store (releasing its lock)."""
+        """Flush dead letters in flight and close the stores (releasing their locks)."""
         self._dead_letters.close()
         self._schemas.close()
-        self._store.close()
+        self._view.close()
+        if self._writer is not None:
+            self._writer.close()
         self._release_identity()
 
     def _release_identity(self) -> None:
@@ -323,21 +513,34 @@ class Projector:
     def _watermarks(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
         """Per partition, the offset to reach to be caught up (0 for an empty partition)."""
         targets = {}
+        deadline = time.monotonic() + self.metadata_timeout
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=self.metadata_timeout
-            )
+            while True:  # a topic created a moment ago may have no leader yet: retry
+                try:
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(self.topic, partition), timeout=self.metadata_timeout
+                    )
+                    break
+                except KafkaException:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             targets[partition] = high if high > low else 0
         return targets
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Seek each new partition to RocksDB's next offset, or to the beginning."""
-        stored = self._store.stored_offsets(self.topic)
+        """Open each new partition's store and seek to its next offset (or the beginning)."""
+        writer = self._writing()
+        wanted = {tp.partition for tp in partitions}
+        keep = set(writer.owned) | wanted  # others are open from an earlier run: close them
+        writer.remove([p for p in writer.stores.partitions() if p not in keep])
+        stored = writer.add(sorted(wanted))
+        self._schemas.attach()
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
         with self._lock:
-            self._assigned = {tp.partition for tp in partitions}
+            self._assigned = wanted
             self._metrics.assigned = tuple(sorted(self._assigned))
             self._metrics.positions.update(stored)
             self._metrics.assignments += 1
@@ -351,8 +554,12 @@ class Projector:
         self, consumer: Consumer, partitions: list[TopicPartition], *, lost: bool = False
     ) -> None:
         # Every batch is written before the next consume, so nothing is in flight here.
+        # A revoked partition's store closes (its next owner may be another process on this
+        # state dir); when this projector leaves, they stay open for its in-process readers.
         consumer.unassign()
         self._schemas.forget([tp.partition for tp in partitions])
+        if self._writer is not None:
+            self._writer.remove([tp.partition for tp in partitions], close=not self._leaving)
         with self._lock:
             self._assigned.clear()
             self._metrics.assigned = ()
@@ -426,7 +633,7 @@ class Projector:
     def _process(self, consumer: Consumer, records: list[Any]) -> None:
         started = time.perf_counter()
         with fold_span(records, self.topic):  # linked to the producers' spans, if traced
-            result = self._folder.process(records, dead_letter=self._dead_letters.send)
+            result = self._writing().process(records, dead_letter=self._dead_letters.send)
         if result.held:
             self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
@@ -446,9 +653,10 @@ class Projector:
             m.batch_latency.observe(elapsed)
             m.positions.update(result.positions)
             self._note_fold_times(records, result.positions)
-        offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
-        with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
-            consumer.commit(offsets=offsets, asynchronous=True)
+        if not self._metrics.building:  # outside the group, its committed offsets are not ours
+            offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
+            with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
+                consumer.commit(offsets=offsets, asynchronous=True)
         if self.on_batch is not None:
             self.on_batch(result)
 

@@ -16,8 +16,8 @@ are dead-lettered as unknown from then on (without waiting again), until a later
 the topic finds the schema. A schema the current one cannot read is refused, and its records
 are dead-lettered with the reason.
 
-Schemas used to fold are kept in the store's `schemas` family, so a reader of the store
-(`behest serve` in another process) decodes the stored events without Kafka.
+Schemas used to fold are kept in the `schemas` family of each partition store, so a reader
+of the stores (`behest serve` in another process) decodes the stored events without Kafka.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class SchemaWait:
     def __init__(
         self,
         settings: Settings,
-        store: Callable[[], StateStore],
+        stores: Callable[[], list[StateStore]],
         *,
         group_id: str,
         refresh_interval: float = 0.5,
@@ -62,7 +62,7 @@ class SchemaWait:
         self.refresh_interval = refresh_interval
         self.waiting: dict[int, tuple[int, bytes]] = {}
         """Held partitions: partition → (offset of the waiting record, its fingerprint)."""
-        self._store = store
+        self._stores = stores
         self._group_id = group_id
         self._log = librdkafka_log or log
         self._consumer: Consumer | None = None
@@ -131,24 +131,24 @@ class SchemaWait:
     # --- the store ------------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Learn the schemas kept in the (new) store; keep anew what it lacks."""
+        """Learn the schemas kept in the (new) stores; keep anew what one of them lacks."""
         self._kept.clear()
-        for fp, text in self._store().iter_schemas():
-            try:
-                codec.add_writer_schema(text, "kept in the projection's store")
-                self._kept.add(fp)
-            except CodecError as error:
-                log.warning("a writer schema kept in the store is not usable: %s", error)
+        for store in self._stores():
+            for _, text in store.iter_schemas():
+                try:
+                    codec.add_writer_schema(text, "kept in the projection's store")
+                except CodecError as error:
+                    log.warning("a writer schema kept in the store is not usable: %s", error)
 
     def keep(self, version: codec.SchemaVersion) -> None:
         """Store a published schema an event is folded with (once per store)."""
         if version.fingerprint in self._kept:
             return
-        store = self._store()
-        if store.get_schema(version.fingerprint) is None:
-            batch = store.batch()
-            batch.put_schema(version.fingerprint, version.record()[1])
-            store.write(batch)
+        for store in self._stores():  # each partition store, so each can move on its own
+            if store.get_schema(version.fingerprint) is None:
+                batch = store.batch()
+                batch.put_schema(version.fingerprint, version.record()[1])
+                store.write(batch)
         self._kept.add(version.fingerprint)
 
     # --- reading the topic ------------------------------------------------------------------------

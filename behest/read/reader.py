@@ -35,9 +35,9 @@ from behest import codec
 from behest.codec import decode_record
 from behest.config import DEFAULT_TOPIC, Settings
 from behest.errors import InvalidQueryError, WaitTimeoutError
-from behest.fold.projection import Projection, index_entity
+from behest.fold.projection import Projection, combiner, index_entity
 from behest.fold.sequences import RunHead
-from behest.fold.store import StateStore
+from behest.fold.storeset import StoreSet
 from behest.times import format_time
 
 __all__ = [
@@ -157,9 +157,12 @@ class Freshness:
         }
 
 
-def open_store(settings: Settings, projection: Projection[Any], *, secondary: bool) -> StateStore:
-    """The store a reader of `projection` opens under `settings.state_dir`."""
-    return StateStore(settings.state_dir / projection.name, secondary=secondary)
+def open_store(settings: Settings, projection: Projection[Any], *, secondary: bool) -> StoreSet:
+    """The served generation of `projection` under `settings.state_dir`, its partition
+    stores read as one (`behest.fold.storeset`), following switches and rebuilds."""
+    return StoreSet.open(
+        settings.state_dir, projection.name, secondary=secondary, combine=combiner(projection)
+    )
 
 
 class ProjectionReader(Generic[S]):

@@ -22,7 +22,7 @@ from behest.config import Settings
 from behest.errors import StateLockedError, TopicMissingError
 from behest.events import AgentEvent
 from behest.fold.engine import HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
-from behest.fold.projection import Projection, fold_by_key
+from behest.fold.projection import Projection, combine, fold_by_key
 from behest.fold.projector import Projector
 from behest.fold.sequences import RunHead
 from behest.projections import RunStateProjection, ToolUsageProjection
@@ -62,8 +62,12 @@ def as_records(events: Iterable[AgentEvent]) -> list[Record]:
 
 
 def stored(projector: Projector) -> dict[bytes, Any]:
-    decode = projector.projection.decode_state
-    return {key: decode(value) for key, value in projector.store.iter_states()}
+    """Every entity's state, its partitions' shares combined (one share when run-keyed)."""
+    projection = projector.projection
+    return {
+        key: combine(projection, [projection.decode_state(share) for share in shares])
+        for key, shares in projector.store.iter_state_parts()
+    }
 
 
 def expected(projection: Projection[Any], events: Iterable[AgentEvent]) -> dict[bytes, Any]:
@@ -248,11 +252,18 @@ def test_clear_errors_for_a_missing_topic_and_a_locked_state_dir(
     settings: Settings, tmp_path: Path
 ) -> None:
     missing = settings.model_copy(update={"topic": f"absent-{uuid.uuid4().hex[:8]}"})
-    with make(missing) as projector:
-        with pytest.raises(TopicMissingError, match="behest topics create"):
-            projector.run(until_caught_up=True)
-        with pytest.raises(StateLockedError, match="in use by another projector"):
-            make(missing)
+    with make(missing) as projector, pytest.raises(TopicMissingError, match="topics create"):
+        projector.run(until_caught_up=True)
+    with make(settings) as first:
+        with pytest.raises(StateLockedError, match="another projector"):
+            make(settings)  # the same member of the group: refused at once
+        # A partition's store is locked by the projector that folds it: another projector
+        # on the same state dir (a worker in another group, so also given the partition)
+        # is refused when it is assigned it.
+        first.run(until_caught_up=True)
+        second = make(settings, worker="w2")
+        with second, pytest.raises(StateLockedError, match="in use by another projector"):
+            second.run(until_caught_up=True)
 
 
 def test_an_empty_topic_is_caught_up_at_once(settings: Settings) -> None:

@@ -32,7 +32,7 @@ from behest.errors import StoreError
 from behest.events import AgentEvent
 from behest.fold.projection import fold_by_key
 from behest.fold.sequences import RunHead
-from behest.fold.store import StateStore
+from behest.fold.storeset import StoreSet
 from behest.projections import RunStateProjection
 from behest.testing import sample_run
 
@@ -87,18 +87,17 @@ def expected_states(events: list[AgentEvent]) -> dict[bytes, Any]:
     return fold_by_key(RUN_STATE, [decode_record(encode(e)) for e in events])
 
 
-def stored_states(store: StateStore) -> dict[bytes, Any]:
+def stored_states(store: StoreSet) -> dict[bytes, Any]:
     return {key: RUN_STATE.decode_state(value) for key, value in store.iter_states()}
 
 
 def folded_so_far(state_dir: Path, topic: str) -> int:
     """Records folded by a projector that may be running (read as a secondary)."""
     try:
-        store = StateStore(state_dir / RUN_STATE.name, secondary=True)
+        store = StoreSet.open(state_dir, RUN_STATE.name)
     except StoreError:  # not created yet, or being created right now
         return 0
     with store:
-        store.catch_up()
         return sum(store.stored_offsets(topic).values())
 
 
@@ -197,7 +196,7 @@ def test_sigkill_at_random_moments_neither_loses_nor_doubles_an_event(
 
     final = ProjectProcess(settings, state_dir, unique_group, "--until-caught-up", **config)
     assert final.wait(60) == 0, final.output()
-    with StateStore(state_dir / RUN_STATE.name) as store:
+    with StoreSet.open(state_dir, RUN_STATE.name, secondary=False) as store:
         assert store.stored_offsets(settings.topic) == ends
         assert stored_states(store) == expected_states(events), f"seed {seed}"
         by_run: dict[bytes, list[bytes]] = {}
@@ -241,7 +240,7 @@ def test_two_projectors_in_one_group_hold_every_run_exactly_once(
 
     held = []
     for state_dir in dirs:
-        with StateStore(state_dir / RUN_STATE.name) as store:
+        with StoreSet.open(state_dir, RUN_STATE.name, secondary=False) as store:
             held.append((stored_states(store), set(store.stored_offsets(settings.topic))))
     (states_a, partitions_a), (states_b, partitions_b) = held
     assert states_a and states_b

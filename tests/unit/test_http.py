@@ -336,7 +336,8 @@ class BrokenStore(StateStore):
 def test_store_failures_are_503_and_bugs_500_both_json(
     api: Fixture, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = RunStateQuery(BrokenStore(api.query.store.path, secondary=True), owns_store=True)
+    store = BrokenStore(api.query.store.path / "p0", secondary=True)
+    broken = RunStateQuery(store, owns_store=True)
     with (
         broken,
         BackgroundServer(broken) as server,

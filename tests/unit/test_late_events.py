@@ -57,14 +57,14 @@ def test_any_order_of_delivery_stores_what_the_order_of_sequences_does(
     folder = tmp_path / uuid.uuid4().hex
     with ProjectionDriver(projection, folder / "ordered", snapshot_every=3) as ordered:
         ordered.feed(events)
-        expected = contents(ordered.store)
+        expected = contents(ordered.partition_store())
     with ProjectionDriver(projection, folder / "shuffled", snapshot_every=3) as shuffled:
         at = 0
         while at < len(delivered):
             size = rng.randint(1, 6)
             shuffled.feed(delivered[at : at + size])
             at += size
-        assert contents(shuffled.store) == expected
+        assert contents(shuffled.partition_store()) == expected
         assert not shuffled.dead_letters
         assert all(shuffled.store.get_head(r[0].run_id.bytes) == RunHead(len(r) - 1) for r in runs)
 
@@ -97,7 +97,7 @@ def test_a_duplicate_is_skipped_and_a_conflict_dead_lettered(tmp_path: Path) -> 
     impostor = run[3].model_copy(update={"event_id": uuid.uuid4(), "payload": TextDelta(delta="!")})
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
         driver.feed(run)
-        before = contents(driver.store)
+        before = contents(driver.partition_store())
         # Against the stored event, and against one earlier in the same batch.
         result = driver.feed([run[3], impostor, run[5]])[0]
         assert (result.folded, result.duplicates) == (0, 2)
@@ -107,7 +107,7 @@ def test_a_duplicate_is_skipped_and_a_conflict_dead_lettered(tmp_path: Path) -> 
         assert (again.folded, again.duplicates) == (1, 1)
         assert [letter.value for letter in driver.dead_letters] == [encode(impostor), encode(clash)]
         assert all("conflict" in letter.error for letter in driver.dead_letters)
-        after = contents(driver.store)
+        after = contents(driver.partition_store())
         assert after["events"][:-1] == before["events"]
         state = driver.state(key)
         assert state is not None
@@ -144,9 +144,10 @@ def test_a_late_event_of_a_store_without_gap_ranges_is_found_missing(tmp_path: P
     key = run[0].run_id.bytes
     with ProjectionDriver(RUN_STATE, tmp_path, snapshot_every=4) as driver:
         driver.feed([*run[:2], *run[3:]])
-        batch = driver.store.batch()
+        store = driver.partition_store()
+        batch = store.batch()
         batch.put_head(key, RunHead(len(run) - 1))  # the gap at 2 forgotten
-        driver.store.write(batch)
+        store.write(batch)
         result = driver.feed([run[2], run[5]])[0]
         assert (result.late_repaired, result.duplicates) == (1, 1)
         assert driver.state(key) == fold(RUN_STATE, records(run))

@@ -123,13 +123,13 @@ def test_any_batch_split_stores_exactly_what_one_batch_does(
     folder = tmp_path / uuid.uuid4().hex
     with ProjectionDriver(projection, folder / "one", partitions=3, snapshot_every=3) as one:
         one.feed(stream)
-        whole = dump(one.store)
+        whole = dump(one.partition_store())
     with ProjectionDriver(projection, folder / "many", partitions=3, snapshot_every=3) as many:
         at = 0
         for size in splits(len(stream), sizes):
             many.feed(stream[at : at + size])
             at += size
-        assert dump(many.store) == whole
+        assert dump(many.partition_store()) == whole
         assert not many.dead_letters
 
 
@@ -197,11 +197,11 @@ def test_a_tombstone_deletes_everything_of_its_run_only(tmp_path: Path) -> None:
     key = doomed[0].run_id.bytes
     with ProjectionDriver(RUN_STATE, tmp_path, snapshot_every=4) as driver:
         driver.feed(interleave([doomed, kept], random.Random(0)), batch_size=16)
-        before = dump(driver.store)
+        before = dump(driver.partition_store())
         assert driver.store.snapshot_at_or_before(key, 100) is not None
         result = driver.feed([Tombstone(doomed[0].run_id)])[0]
         assert result.tombstones == 1
-        after = dump(driver.store)
+        after = dump(driver.partition_store())
     for family in FAMILIES:
         if family in ("offsets", "schemas"):  # positions and writer schemas are not per run
             continue
@@ -232,7 +232,7 @@ def test_snapshots_hold_the_state_after_their_sequence(tmp_path: Path) -> None:
     key = run[0].run_id.bytes
     with ProjectionDriver(RUN_STATE, tmp_path, snapshot_every=8) as driver:
         driver.feed(run, batch_size=5)
-        store = driver.store
+        store = driver.partition_store()
         expected_at = [s for s in range(len(run)) if (s + 1) % 8 == 0]
         taken = [parse_sequence_key(k)[1] for k, _ in store.snapshots.items()]  # type: ignore[arg-type]
         assert taken == expected_at
@@ -307,12 +307,12 @@ def test_nothing_is_written_when_dead_letters_cannot_be_stored(tmp_path: Path) -
     run = sample_run(seed=9)
     with ProjectionDriver(RUN_STATE, tmp_path) as driver:
         driver.feed(run[:3])
-        before = dump(driver.store)
+        before = dump(driver.partition_store())
 
     def refuse(_: list[DeadLetter]) -> None:
         raise ProduceError("the dead-letter topic is unreachable")
 
-    with StateStore(tmp_path / RUN_STATE.name) as store:
+    with StateStore(tmp_path / RUN_STATE.name / "g1" / "p0") as store:  # its partition store
         folder = BatchFolder(store, RUN_STATE, topic="behest.agent-events")
         batch = [Record(3, b"junk", b"junk")]
         batch += [Record(4 + n, str(e.run_id).encode(), encode(e)) for n, e in enumerate(run[3:6])]

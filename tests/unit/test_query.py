@@ -32,7 +32,7 @@ from behest.events import (
     UsageRecorded,
 )
 from behest.fold.projection import fold
-from behest.fold.store import StateStore
+from behest.fold.storeset import StoreSet
 from behest.projections.run_state import RunStateProjection
 from behest.read.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, parse_time
 from behest.testing import ProjectionDriver
@@ -412,7 +412,7 @@ def test_parse_time_refuses_anything_else(text: str) -> None:
 
 
 def _secondary(driver: ProjectionDriver[Any], **kwargs: Any) -> RunStateQuery:
-    reader = StateStore(driver.store.path, secondary=True)
+    reader = StoreSet.open(driver.layout.root.parent, driver.projection.name)
     return RunStateQuery(reader, topic=TOPIC, owns_store=True, **kwargs)
 
 

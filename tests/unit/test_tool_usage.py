@@ -73,7 +73,7 @@ def test_stores_only_states_and_heads_not_runs(tmp_path: Path) -> None:
         assert driver.states() == fold_by_key(
             PROJECTION, [decode_record(encode(e)) for e in events]
         )
-        store = driver.store
+        store = driver.partition_store()
         assert not list(store.events.keys())
         assert not list(store.snapshots.keys())
         assert not list(store.index.keys())

@@ -1,0 +1,148 @@
+"""Blue/green: `behest project --rebuild` builds a new generation beside the served one while
+readers (a `behest serve` process and a Python `RunStateQuery`) keep querying; they switch
+with it, without one error, and a reader kept through the rebuild serves the new runs."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from behest.codec import encode
+from behest.config import Settings
+from behest.fold.layout import Layout
+from behest.fold.projector import Projector
+from behest.read.query import RunStateQuery
+from behest.testing import sample_run
+from tests.integration.test_projector import produce
+
+RUNS = 6
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _behest(settings: Settings, *args: str) -> list[str]:
+    return [
+        sys.executable, "-c", "from behest.cli import app; app()", *args,
+        "--bootstrap-servers", settings.bootstrap, "--topic", settings.topic,
+        "--state-dir", str(settings.state_dir),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """`behest serve` in its own process; its URL once it answers."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [*_behest(settings, "serve"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "behest serve did not answer in 30 s"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@dataclass
+class Watcher:
+    """Asks for an old run and a new run over and over, from HTTP and from Python."""
+
+    url: str
+    query: RunStateQuery
+    old: str
+    new: str
+    errors: list[str] = field(default_factory=list)
+    seen: list[tuple[str, bool, bool]] = field(default_factory=list)
+    """(where, old run found, new run found), in the order asked."""
+
+    def run(self, stop: threading.Event) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    codes = [client.get(f"/runs/{r}").status_code for r in (self.old, self.new)]
+                    if any(c not in (200, 404) for c in codes):
+                        self.errors.append(f"HTTP {codes}")
+                    self.seen.append(("http", codes[0] == 200, codes[1] == 200))
+                    states = [self.query.get(r) for r in (self.old, self.new)]
+                    self.seen.append(("python", *(s is not None for s in states)))  # type: ignore[arg-type]
+                except Exception as error:
+                    self.errors.append(repr(error))
+                time.sleep(0.01)
+
+
+def test_a_rebuild_switches_readers_without_an_error(
+    settings: Settings, bootstrap_servers: str, tmp_path: Path
+) -> None:
+    first = [sample_run(seed=n, events=12) for n in range(RUNS)]
+    produce(
+        bootstrap_servers,
+        settings.topic,
+        [(str(e.run_id).encode(), encode(e)) for r in first for e in r],
+    )
+    with Projector(settings, group_id=f"bg-{settings.topic}") as projector:
+        projector.run(until_caught_up=True)
+    # Events no projector folds before the rebuild: only the new generation will hold them.
+    later = [sample_run(seed=100 + n, events=12) for n in range(RUNS)]
+    produce(
+        bootstrap_servers,
+        settings.topic,
+        [(str(e.run_id).encode(), encode(e)) for r in later for e in r],
+    )
+    old, new = str(first[0][0].run_id), str(later[0][0].run_id)
+    with serving(settings) as url, RunStateQuery.open(settings) as query:
+        watcher = Watcher(url, query, old, new)
+        stop = threading.Event()
+        thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+        thread.start()
+        time.sleep(1.0)
+        argv = _behest(settings, "project", "--rebuild", "--until-caught-up")
+        argv += ["--group-id", f"bg-{settings.topic}"]
+        rebuild = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert rebuild.returncode == 0, rebuild.stderr[-2000:]
+        deadline = time.monotonic() + 10
+        while not all(found_new for _, _, found_new in watcher.seen[-4:]):
+            assert time.monotonic() < deadline, "readers did not switch to the new generation"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        thread.join(10)
+    layout = Layout.of(settings.state_dir, "run_state")
+    assert layout.current() == 2 and layout.generations() == [1, 2]
+    assert watcher.errors == []
+    for where in ("http", "python"):
+        answers = [(o, n) for w, o, n in watcher.seen if w == where]
+        assert all(o for o, _ in answers), f"{where}: the old run was missing at some point"
+        # the old generation before the switch (no new run), the new one after, never back
+        flips = [i for i in range(1, len(answers)) if answers[i][1] != answers[i - 1][1]]
+        assert answers[0] == (True, False) and answers[-1] == (True, True), where
+        assert len(flips) == 1, f"{where}: {answers}"

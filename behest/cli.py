@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from behest.cluster.command import node_command
+from behest.commands.dlq import dlq_app
+from behest.commands.generations import generations_app
 from behest.config import DEFAULT_BROKER_PORT, Settings
-from behest.dlq_command import dlq_app
-from behest.generations_command import generations_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -808,9 +808,9 @@ def watch_command(
 ) -> None:
     """A live terminal view of one run (status, iteration, tokens, the model's text, the
     latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.commands.watch import show
     from behest.errors import BehestError
     from behest.events import parse_run_id
-    from behest.watch_view import show
 
     try:
         run = parse_run_id(run_id)

@@ -1,5 +1,5 @@
 """A projector folding a test's topic on a thread, and the HTTP API over its state, for the
-watch and console tests (`with running_api(settings, group) as live: ...`)."""
+watch, console and HTTP API tests (`with running_api(settings, group) as live: ...`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import orjson
 
 from behest.codec import decode_record, encode
@@ -31,11 +32,14 @@ PROJECTION = RunStateProjection()
 @dataclass
 class Live:
     settings: Settings
+    projector: Projector
     query: RunStateQuery
     producer: EventProducer
     url: str
+    client: httpx.Client
 
     def emit(self, events: Sequence[AgentEvent]) -> Delivery:
+        """Produce `events` in order; the last one's delivery."""
         futures = [self.producer.emit(event) for event in events]
         return [future.result(timeout=WAIT) for future in futures][-1]
 
@@ -46,20 +50,23 @@ class Live:
 
 
 @contextlib.contextmanager
-def running_api(settings: Settings, unique_group: str) -> Iterator[Live]:
-    """A projector folding the test's topic on a thread, and the API over its state."""
+def running_api(settings: Settings, unique_group: str, *, warm: bool = True) -> Iterator[Live]:
+    """A projector folding the test's topic on a thread, and the API over its state.
+    `warm`: fold a first event (a run of its own) before opening the store, rather than
+    open it as the projector creates it."""
     projector = Projector(settings, group_id=unique_group, poll_timeout=0.05)
     worker = threading.Thread(target=projector.run, daemon=True)
     worker.start()
     try:
         with EventProducer(settings) as producer:
-            # the store exists once the projector folded something: a run of one event
-            producer.emit(sample_run(events=3, seed=1)[0]).result(timeout=WAIT)
+            if warm:  # the store exists once the projector folded something
+                producer.emit(sample_run(events=3, seed=1)[0]).result(timeout=WAIT)
             with (
-                _open_query(settings) as query,
-                BackgroundServer(query) as server,
+                _open_query(settings) if warm else RunStateQuery.open(settings) as query,
+                BackgroundServer(query, metrics_source=lambda: projector.metrics) as server,
+                httpx.Client(base_url=server.url, timeout=10) as client,
             ):
-                yield Live(settings, query, producer, server.url)
+                yield Live(settings, projector, query, producer, server.url, client)
     finally:
         projector.stop()
         worker.join(30)

@@ -4,6 +4,9 @@ watch, console and HTTP API tests (`with running_api(settings, group) as live: .
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -71,6 +74,55 @@ def running_api(settings: Settings, unique_group: str, *, warm: bool = True) -> 
         projector.stop()
         worker.join(30)
         projector.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def behest_command(settings: Settings, *args: str) -> list[str]:
+    """argv of the `behest` command in a process of its own, on the test's broker, topic
+    and state dir."""
+    return [
+        sys.executable, "-c", "from behest.cli import app; app()", *args,
+        "--bootstrap-servers", settings.bootstrap, "--topic", settings.topic,
+        "--state-dir", str(settings.state_dir),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def behest_serve(settings: Settings) -> Iterator[str]:
+    """`behest serve` in its own process on a free port; its URL once it answers; stopped
+    on exit."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*behest_command(settings, "serve"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "behest serve did not answer in 30 s"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def _open_query(settings: Settings) -> RunStateQuery:

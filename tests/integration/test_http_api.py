@@ -8,17 +8,13 @@ except in the last test, where `behest serve` runs as its own process beside the
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from live_api import WAIT, Live, expected, running_api
+from live_api import WAIT, Live, behest_serve, expected, running_api
 
 from behest.config import Settings
 from behest.events import AgentEvent
@@ -111,43 +107,6 @@ def test_metrics_and_health_show_the_projector_and_how_fresh_answers_are(live: L
         f'topic="{live.settings.topic}"}} {float(delivery.offset + 1)}'
     )
     assert folded in text
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def behest_serve(settings: Settings) -> Iterator[str]:
-    """`behest serve` in its own process on a free port; stopped on exit."""
-    port = _free_port()
-    argv = [sys.executable, "-c", "from behest.cli import app; app()", "serve",
-            "--state-dir", str(settings.state_dir), "--topic", settings.topic,
-            "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "behest serve did not answer in 30 s"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 def test_behest_serve_in_its_own_process_follows_the_projector(live: Live) -> None:

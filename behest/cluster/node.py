@@ -14,7 +14,6 @@ assignment change there asks the membership for a fresh description at once.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import multiprocessing
 import os
@@ -307,21 +306,22 @@ def _open_query(settings: Settings, node: Node, deadline: float) -> RunStateQuer
 
 
 def worker_count(asked: int) -> int:
-    """Workers a node runs: as asked (0: one per core), while they can share a state dir.
+    """Workers a node runs: one, whatever is asked, for now.
 
-    Several projector processes share one state dir only where each partition has a store
-    of its own (`behest.fold.storeset`); with one store per projection they would lock
-    each other out, so a node then runs one worker, and says so.
+    Several projector processes of one node share its state dir, each partition's store
+    held by the worker assigned it. A rebalance between two of them can hand a partition
+    to one before the other has closed its store (measured: `StateLockedError` in the new
+    owner, which kills the node), so until the projector waits for a store another worker
+    is releasing, a node folds with one worker and says so.
     """
     wanted = asked or os.cpu_count() or 1
-    if wanted > 1 and importlib.util.find_spec("behest.fold.storeset") is None:
+    if wanted > 1:
         log.warning(
-            "%d workers asked for, but this state layout has one store per projection, "
-            "which one process writes: running 1 worker",
+            "%d workers asked for: running 1 (several workers of one node race for a "
+            "partition's store on a rebalance; run more nodes instead)",
             wanted,
         )
-        return 1
-    return wanted
+    return 1
 
 
 def run_node(

@@ -40,7 +40,7 @@ __all__ = ["Node", "RoutedAPI", "WorkerReport", "node_settings", "run_node", "wo
 
 log = logging.getLogger(__name__)
 
-_REPORT_EVERY: Final = 0.1
+_REPORT_EVERY: Final = 0.05
 _STOP_TIMEOUT: Final = 30.0
 
 
@@ -75,7 +75,18 @@ def _worker(
     setup_logging_from_env()  # as the node's command set it up
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
     settings = Settings.model_validate(settings_data)
-    projector = Projector(
+
+    class Reporting(Projector):
+        """Tells the node of a revocation before giving the partitions up, so the node
+        stops answering for them before their next owner can fold anything."""
+
+        def _on_revoke(self, consumer: Any, partitions: list[Any], *, lost: bool = False) -> None:
+            gone = {tp.partition for tp in partitions}
+            held = tuple(p for p in self.metrics.assigned if p not in gone)
+            reports.put(WorkerReport(index, held, dict(self.metrics.positions)))
+            super()._on_revoke(consumer, partitions, lost=lost)
+
+    projector = Reporting(
         settings, load_projection(projection_name), group_id=group_id, worker=f"w{index}"
     )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: projector.stop())

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from behest.cluster.command import node_command
+from behest.commands.dlq import dlq_app
+from behest.commands.generations import generations_app
+from behest.commands.options import BootstrapServers, StateDir, Topic, fail, settings
 from behest.config import DEFAULT_BROKER_PORT, Settings
-from behest.dlq_command import dlq_app
-from behest.generations_command import generations_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,25 +65,6 @@ def main(
     ] = False,
 ) -> None:
     """Event sourcing for AI agent runs on Apache Kafka."""
-
-
-BootstrapServers = Annotated[
-    str | None,
-    typer.Option(
-        "--bootstrap-servers",
-        help="Kafka bootstrap servers (env BEHEST_BOOTSTRAP_SERVERS; default: the local broker).",
-    ),
-]
-Topic = Annotated[
-    str | None,
-    typer.Option(
-        "--topic", help="The event topic (env BEHEST_TOPIC; default: behest.agent-events)."
-    ),
-]
-StateDir = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="The projections' RocksDB folder (env BEHEST_STATE_DIR)."),
-]
 
 
 class Level(StrEnum):
@@ -149,20 +131,6 @@ GroupId = Annotated[
 ]
 
 
-def settings(
-    bootstrap_servers: str | None = None, topic: str | None = None, state_dir: Path | None = None
-) -> Settings:
-    """Settings from the environment, with the command's flags on top; a bad value of
-    either is one line on stderr and exit 1."""
-    from behest.errors import ConfigError
-
-    flags = {"bootstrap_servers": bootstrap_servers, "topic": topic, "state_dir": state_dir}
-    try:
-        return Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ConfigError as exc:
-        raise fail(exc) from None
-
-
 def _telemetry(config: Settings, service: str) -> None:
     """With `BEHEST_OTEL=true`, this command exports its spans over OTLP."""
     if config.otel:
@@ -189,12 +157,6 @@ def _span_export() -> Callable[[BatchResult], None]:
         export_runs(result.states.values(), exporter)
 
     return export
-
-
-def fail(exc: BaseException) -> typer.Exit:
-    """Print an error (no traceback) to stderr and give the exit to raise."""
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 # --- broker -----------------------------------------------------------------
@@ -808,9 +770,9 @@ def watch_command(
 ) -> None:
     """A live terminal view of one run (status, iteration, tokens, the model's text, the
     latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.commands.watch import show
     from behest.errors import BehestError
     from behest.events import parse_run_id
-    from behest.watch_view import show
 
     try:
         run = parse_run_id(run_id)

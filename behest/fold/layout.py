@@ -166,15 +166,18 @@ class Owner:
         return True
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write a small file so that readers see either the old or the new bytes, never a
-    mix: a temporary file beside it, fsynced, then renamed over it."""
+    mix: a temporary file beside it, fsynced (unless not `durable`), renamed over it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "wb") as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        if durable:
+            file.flush()
+            os.fsync(file.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     with contextlib.suppress(OSError):  # the rename itself durable (not on every platform)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
@@ -245,6 +248,7 @@ class Layout:
             return None
         number = parse_generation(text)
         if number is None:
+            self.check_not_legacy()  # RocksDB's own CURRENT: the single store of old
             raise StoreError(
                 f"{self.root / CURRENT} names no generation ({text.strip()!r}): point it at "
                 "one with `behest generations switch G` (see `behest generations list`)"
@@ -390,7 +394,8 @@ class Layout:
         owner = Owner(
             member, socket.gethostname(), os.getpid(), tuple(sorted(partitions)), time.time()
         )
-        write_atomically(folder / f"{member}.json", orjson.dumps(asdict(owner)))
+        # a heartbeat, rewritten every second: atomic, but not worth an fsync
+        write_atomically(folder / f"{member}.json", orjson.dumps(asdict(owner)), durable=False)
 
     def remove_owner(self, generation: int, member: str) -> None:
         (self.generation_dir(generation) / OWNERS / f"{member}.json").unlink(missing_ok=True)

@@ -153,7 +153,7 @@ class Projector:
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
             self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
         self._metrics.instance_id = self.instance_id
-        if self.layout.current() is None and not self.layout.is_legacy():
+        if not self.layout.is_legacy() and self.layout.current() is None:
             self._first_generation()
 
     # --- what readers may ask -----------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The RocksDB state store (rocksdict): key layouts, atomic batches, and reads.
 
-One RocksDB per projection, one column family per kind of record:
+One RocksDB per (projection, generation, partition) — where each lives is
+`behest.fold.layout`, how a generation's are read as one is `behest.fold.storeset` —
+with one column family per kind of record:
 
 | family    | key                                   | value                                  |
 |-----------|---------------------------------------|----------------------------------------|
@@ -15,8 +17,8 @@ One RocksDB per projection, one column family per kind of record:
 
 Big-endian integers make RocksDB's byte order the numeric order, so a prefix
 scan yields a run's events in sequence order. Everything a batch of Kafka
-records changes, offsets included, is written in ONE `WriteBatch`: state and
-position can never disagree, which is what makes the fold exactly-once.
+records changes in a partition, its offset included, is written in ONE `WriteBatch`:
+state and position can never disagree, which is what makes the fold exactly-once.
 """
 
 from __future__ import annotations

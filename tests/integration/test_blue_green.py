@@ -20,6 +20,7 @@ from behest.codec import encode
 from behest.config import Settings
 from behest.fold.layout import Layout
 from behest.fold.projector import Projector
+from behest.projections.run_state import RunStateProjection
 from behest.read.query import RunStateQuery
 from behest.testing import sample_run
 from tests.integration.test_projector import produce
@@ -146,3 +147,41 @@ def test_a_rebuild_switches_readers_without_an_error(
         flips = [i for i in range(1, len(answers)) if answers[i][1] != answers[i - 1][1]]
         assert answers[0] == (True, False) and answers[-1] == (True, True), where
         assert len(flips) == 1, f"{where}: {answers}"
+
+
+class RunStateV2(RunStateProjection):
+    """The run-state projection, as a new version of itself."""
+
+    version = 2
+
+
+def test_a_new_version_builds_beside_the_old_which_stops_at_the_switch(
+    settings: Settings, bootstrap_servers: str
+) -> None:
+    runs = [sample_run(seed=200 + n, events=10) for n in range(RUNS)]
+    records = [(str(e.run_id).encode(), encode(e)) for r in runs for e in r]
+    ends = produce(bootstrap_servers, settings.topic, records)
+    group = f"v-{settings.topic}"
+    with Projector(settings, group_id=group, worker="v1", poll_timeout=0.2) as old:
+        worker = threading.Thread(target=old.run, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not all(old.folded_position(p) > o for p, o in ends):
+            assert time.monotonic() < deadline, "version 1 did not fold the log"
+            time.sleep(0.1)
+        with RunStateQuery.open(settings) as query:
+            assert query.get(runs[0][0].run_id) is not None
+            with Projector(settings, RunStateV2(), group_id=group, worker="v2") as new:
+                metrics = new.run(until_caught_up=True)  # builds g2 beside g1, then switches
+                assert (metrics.generation, metrics.building) == (2, False)
+            query.refresh(force=True)
+            assert getattr(query.reader.store, "generation", None) == 2
+            assert query.get(runs[0][0].run_id) is not None
+        worker.join(15)
+        assert not worker.is_alive(), "version 1 kept writing after version 2 was switched to"
+    layout = Layout.of(settings.state_dir, "run_state")
+    assert [(m.generation, m.version, m.ready) for m in layout.manifests()] == [
+        (1, 1, True),
+        (2, 2, True),
+    ]
+    assert layout.current() == 2

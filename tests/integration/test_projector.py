@@ -19,12 +19,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from behest.codec import decode_record, encode
 from behest.config import Settings
-from behest.errors import StateLockedError, TopicMissingError
+from behest.errors import StateLockedError, StoreError, TopicMissingError
 from behest.events import AgentEvent
 from behest.fold.engine import HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from behest.fold.layout import Layout
 from behest.fold.projection import Projection, combine, fold_by_key
 from behest.fold.projector import Projector
 from behest.fold.sequences import RunHead
+from behest.fold.store import StateStore
 from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.testing import sample_run
 
@@ -271,3 +273,19 @@ def test_an_empty_topic_is_caught_up_at_once(settings: Settings) -> None:
         metrics = projector.run(until_caught_up=True)
         assert (metrics.records, metrics.batches) == (0, 0)
         assert projector.store.stored_offsets(settings.topic) == {}
+
+
+def test_a_single_store_state_dir_is_refused_and_rebuild_replaces_it(
+    settings: Settings, bootstrap_servers: str
+) -> None:
+    run = runs(1, seed=6)[0]
+    produce(bootstrap_servers, settings.topic, as_records(run))
+    legacy = StateStore(settings.state_dir / RUN_STATE.name)  # behest before generations
+    legacy.close()
+    with make(settings) as projector:
+        with pytest.raises(StoreError, match=r"behest project --rebuild"):
+            projector.run(until_caught_up=True)
+        projector.rebuild(until_caught_up=True)
+        assert stored(projector) == expected(RUN_STATE, run)
+    assert Layout.of(settings.state_dir, RUN_STATE.name).generations() == [1]
+    assert not list((settings.state_dir / RUN_STATE.name).glob("MANIFEST-*"))

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from behest import codec
+from behest import avro_compile, codec, writer_schemas
 from behest.errors import CodecError, UnknownSchemaError
 from behest.events import (
     PAYLOAD_TYPES,
@@ -152,7 +152,7 @@ def test_apache_avro_computes_our_header_fingerprint() -> None:
     apache/avro-rs#61). Without logicalType annotations every implementation agrees, and
     the annotations are not part of the wire format, so that is the form to compare."""
     raw = json.loads((codec.SCHEMA_DIR / codec.CURRENT_SCHEMA_FILE).read_text())
-    stripped = avro.schema.parse(json.dumps(codec._strip_logical_types(raw)))
+    stripped = avro.schema.parse(json.dumps(writer_schemas._strip_logical_types(raw)))
     canonical = stripped.canonical_form
     fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
     assert stripped.fingerprint("CRC-64-AVRO") == fingerprint
@@ -219,8 +219,8 @@ ALL_TYPES = fastavro.parse_schema(
         ],
     }
 )
-READ_ALL = codec._compile_reader(ALL_TYPES)
-WRITE_ALL = codec._compile_writer(ALL_TYPES)
+READ_ALL = avro_compile.compile_reader(ALL_TYPES)
+WRITE_ALL = avro_compile.compile_writer(ALL_TYPES)
 R = st.fixed_dictionaries({"x": st.integers(-(2**63), 2**63 - 1)})
 ALL_VALUES = st.fixed_dictionaries(
     {
@@ -272,7 +272,7 @@ def test_unsupported_avro_types_fail_at_compile_time() -> None:
         }
     )
     with pytest.raises(NotImplementedError, match="array"):
-        codec._compile_reader(schema)
+        avro_compile.compile_reader(schema)
 
 
 # --- bad input: always CodecError, never another exception, never a hang -------------------------

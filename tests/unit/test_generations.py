@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from behest.codec import encode
+from behest.config import Settings
 from behest.emit.partitioner import partition_for
 from behest.errors import StoreError
 from behest.fold.engine import BatchResult
@@ -20,6 +21,7 @@ from behest.fold.generations import (
 )
 from behest.fold.layout import Layout, Manifest
 from behest.fold.projection import combine, combiner
+from behest.fold.store import StateStore
 from behest.fold.storeset import StoreSet
 from behest.projections import RunStateProjection, ToolUsageProjection
 from behest.read.query import RunStateQuery
@@ -218,3 +220,14 @@ def test_a_reader_follows_a_switch_and_a_rollback(tmp_path: Path) -> None:
         layout.rollback()
         assert reader.catch_up() and reader.generation == 1
         assert reader.get_state(key) is not None
+
+
+def test_a_single_store_state_dir_from_before_generations_is_refused(tmp_path: Path) -> None:
+    with ProjectionDriver(RunStateProjection(), tmp_path / "new") as driver:
+        driver.feed(sample_run(seed=3, events=5))
+    legacy = StateStore(tmp_path / "run_state")  # the layout of behest before generations
+    legacy.close()
+    with pytest.raises(StoreError, match=r"behest project --rebuild"):
+        StoreSet.open(tmp_path, "run_state")
+    with pytest.raises(StoreError, match=r"behest project --rebuild"):
+        RunStateQuery.open(Settings(state_dir=tmp_path))

@@ -158,7 +158,7 @@ def test_projections_load_by_name_or_import_path() -> None:
 
 
 def test_variants_are_the_schema_s_union_branches_with_their_models() -> None:
-    from behest.codec import CURRENT, _union_records
+    from behest.writer_schemas import CURRENT, _union_records
 
     assert {v.value for v in Variant} == _union_records(CURRENT.raw)
     assert all(v.model.__name__ == v.short_name for v in Variant)

@@ -14,7 +14,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from behest import codec
+from behest import codec, writer_schemas
 from behest.errors import CodecError
 from behest.events import AgentEvent, RunStarted
 from tests.unit import strategies
@@ -34,7 +34,7 @@ CURRENT_RAW = json.loads((codec.SCHEMA_DIR / codec.CURRENT_SCHEMA_FILE).read_tex
 
 
 def parse(raw: dict[str, Any]) -> dict[str, Any]:
-    return fastavro.parse_schema(codec._strip_logical_types(raw))  # type: ignore[no-any-return]
+    return fastavro.parse_schema(writer_schemas._strip_logical_types(raw))  # type: ignore[no-any-return]
 
 
 # --- a compatibility checker, and proof that it catches incompatible edits ---------------------

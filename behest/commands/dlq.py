@@ -10,7 +10,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from behest.config import Settings
+from behest.commands.options import BootstrapServers, fail, settings
 
 __all__ = ["dlq_app"]
 
@@ -24,12 +24,6 @@ dlq_app = typer.Typer(
 
 T = TypeVar("T")
 
-BootstrapServers = Annotated[
-    str | None,
-    typer.Option(
-        "--bootstrap-servers", help="Kafka bootstrap servers (env BEHEST_BOOTSTRAP_SERVERS)."
-    ),
-]
 Topic = Annotated[
     str | None,
     typer.Option("--topic", help="The event topic (env BEHEST_TOPIC); dead letters: <topic>.dlq."),
@@ -37,15 +31,8 @@ Topic = Annotated[
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for Kafka.")]
 
 
-def _settings(bootstrap_servers: str | None, topic: str | None) -> Settings:
-    from behest.cli import settings
-
-    return settings(bootstrap_servers, topic)
-
-
 def _run(step: Callable[[], T]) -> T:
     """`step()`, with behest's errors as one line and exit 1."""
-    from behest.cli import fail
     from behest.errors import BehestError
 
     try:
@@ -66,7 +53,7 @@ def dlq_list(
 
     from behest.dlq import read_letters, summarize
 
-    config = _settings(bootstrap_servers, topic)
+    config = settings(bootstrap_servers, topic)
     summary = summarize(_run(lambda: read_letters(config, timeout=timeout)))
     console = Console()
     if not summary.total:
@@ -101,7 +88,7 @@ def dlq_show(
 
     from behest.dlq import describe, parse_position, read_letters
 
-    config = _settings(bootstrap_servers, topic)
+    config = settings(bootstrap_servers, topic)
     wanted = _run(lambda: parse_position(position))
     letters = _run(lambda: read_letters(config, timeout=timeout))
     found = [letter for letter in letters if (letter.partition, letter.offset) == wanted]
@@ -146,7 +133,7 @@ def dlq_replay(
     """
     from behest.dlq import Selection, parse_position, read_letters, replay
 
-    config = _settings(bootstrap_servers, topic)
+    config = settings(bootstrap_servers, topic)
     selection = _run(
         lambda: Selection(frozenset(parse_position(p) for p in at), error, source_partition, every)
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 from rich.console import Console
 
 from behest.codec import decode_record, encode
+from behest.commands.watch import RunView, show, summary
 from behest.events import RunState
 from behest.fold.projection import fold
 from behest.projections.run_state import RunStateProjection
 from behest.testing import sample_run
-from behest.watch_view import RunView, show, summary
 from behest.watching import RunUpdate
 
 PROJECTION = RunStateProjection()

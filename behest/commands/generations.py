@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from behest.commands.options import StateDir, fail
 from behest.config import Settings
 
 if TYPE_CHECKING:
@@ -32,10 +33,6 @@ Projection = Annotated[
         "--projection", help="The projection: its name, or package.module:Class of your own."
     ),
 ]
-StateDir = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="The projections' RocksDB folder (env BEHEST_STATE_DIR)."),
-]
 
 
 def _layout(projection: str, state_dir: Path | None) -> Layout:
@@ -47,13 +44,8 @@ def _layout(projection: str, state_dir: Path | None) -> Layout:
         name = load_projection(projection).name
         settings = Settings() if state_dir is None else Settings(state_dir=state_dir)
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     return Layout.of(settings.state_dir, name)
-
-
-def _fail(exc: BaseException) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 def _generation(text: str) -> int:
@@ -61,7 +53,7 @@ def _generation(text: str) -> int:
 
     number = parse_generation(text) or (int(text) if text.isdigit() and int(text) > 0 else None)
     if number is None:
-        raise _fail(ValueError(f"{text!r} is no generation: give one as g2 (or 2)"))
+        raise fail(ValueError(f"{text!r} is no generation: give one as g2 (or 2)"))
     return number
 
 
@@ -84,7 +76,7 @@ def list_command(projection: Projection = "run_state", state_dir: StateDir = Non
         served = layout.current()
         manifests = layout.manifests()
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if not manifests:
         typer.echo(f"no generations of {layout.name} in {layout.root}: run `behest project`")
         return
@@ -127,7 +119,7 @@ def switch_command(
     try:
         manifest = layout.switch(_generation(generation))
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(f"{layout.name}: readers are served {manifest.name} (version {manifest.version})")
 
 
@@ -141,7 +133,7 @@ def rollback_command(projection: Projection = "run_state", state_dir: StateDir =
         left = layout.current()
         manifest = layout.rollback()
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(
         f"{layout.name}: readers are served {manifest.name} (version {manifest.version}) "
         f"again, not g{left}; run that version's projector to keep it current"
@@ -162,5 +154,5 @@ def drop_command(
     try:
         layout.drop(number)
     except BehestError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(f"{layout.name}: g{number} dropped")

@@ -4,17 +4,14 @@ with it, without one error, and a reader kept through the rebuild serves the new
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from live_api import behest_command, behest_serve
 
 from behest.codec import encode
 from behest.config import Settings
@@ -26,52 +23,6 @@ from behest.testing import sample_run
 from tests.integration.test_projector import produce
 
 RUNS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _behest(settings: Settings, *args: str) -> list[str]:
-    return [
-        sys.executable, "-c", "from behest.cli import app; app()", *args,
-        "--bootstrap-servers", settings.bootstrap, "--topic", settings.topic,
-        "--state-dir", str(settings.state_dir),
-    ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """`behest serve` in its own process; its URL once it answers."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [*_behest(settings, "serve"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "behest serve did not answer in 30 s"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 @dataclass
@@ -120,13 +71,13 @@ def test_a_rebuild_switches_readers_without_an_error(
         [(str(e.run_id).encode(), encode(e)) for r in later for e in r],
     )
     old, new = str(first[0][0].run_id), str(later[0][0].run_id)
-    with serving(settings) as url, RunStateQuery.open(settings) as query:
+    with behest_serve(settings) as url, RunStateQuery.open(settings) as query:
         watcher = Watcher(url, query, old, new)
         stop = threading.Event()
         thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
         thread.start()
         time.sleep(1.0)
-        argv = _behest(settings, "project", "--rebuild", "--until-caught-up")
+        argv = behest_command(settings, "project", "--rebuild", "--until-caught-up")
         argv += ["--group-id", f"bg-{settings.topic}"]
         rebuild = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert rebuild.returncode == 0, rebuild.stderr[-2000:]

@@ -2,45 +2,31 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
 import pytest
+from live_api import WAIT, running_api
 
 from behest.client import RunStateClient
 from behest.config import Settings
 from behest.emit.producer import EventProducer
 from behest.errors import InvalidQueryError, WaitTimeoutError
-from behest.fold.projector import Projector
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
 from behest.testing import sample_run
-
-WAIT = 60.0
 
 
 @pytest.fixture
 def served(
     settings: Settings, unique_group: str
 ) -> Iterator[tuple[RunStateQuery, RunStateClient, EventProducer]]:
-    projector = Projector(settings, group_id=unique_group, poll_timeout=0.1)
-    worker = threading.Thread(target=projector.run, daemon=True)
-    worker.start()
-    try:
-        with (
-            RunStateQuery.open(settings) as query,
-            BackgroundServer(query) as server,
-            RunStateClient(server.url) as client,
-            EventProducer(settings) as producer,
-        ):
-            yield query, client, producer
-    finally:
-        projector.stop()
-        worker.join(30)
-        projector.close()
+    with (
+        running_api(settings, unique_group, warm=False) as live,
+        RunStateClient(live.url) as client,
+    ):
+        yield live.query, client, live.producer
 
 
 def test_the_client_reads_what_the_query_reads(

@@ -8,79 +8,24 @@ except in the last test, where `behest serve` runs as its own process beside the
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
-import orjson
 import pytest
+from live_api import WAIT, Live, behest_serve, expected, running_api
 
-from behest.codec import decode_record, encode
 from behest.config import Settings
-from behest.emit.delivery import Delivery
-from behest.emit.producer import EventProducer
 from behest.events import AgentEvent
-from behest.fold.projection import fold
-from behest.fold.projector import Projector
-from behest.projections.run_state import RunStateProjection
-from behest.read.http import BackgroundServer
-from behest.read.query import RunStateQuery
 from behest.testing import sample_run
-
-PROJECTION = RunStateProjection()
-WAIT = 60.0
-
-
-@dataclass
-class Live:
-    settings: Settings
-    projector: Projector
-    query: RunStateQuery
-    producer: EventProducer
-    client: httpx.Client
-
-    def emit(self, events: Sequence[AgentEvent]) -> Delivery:
-        """Produce `events` in order; the last one's delivery."""
-        futures = [self.producer.emit(event) for event in events]
-        return [future.result(timeout=WAIT) for future in futures][-1]
-
-    def emit_and_wait(self, events: Sequence[AgentEvent]) -> Delivery:
-        delivery = self.emit(events)
-        self.query.wait_for(delivery, timeout=WAIT)
-        return delivery
 
 
 @pytest.fixture
 def live(settings: Settings, unique_group: str) -> Iterator[Live]:
     """A projector folding the test's topic on a thread, and the API over its state."""
-    projector = Projector(settings, group_id=unique_group, poll_timeout=0.1)
-    worker = threading.Thread(target=projector.run, daemon=True)
-    worker.start()
-    try:
-        with (
-            RunStateQuery.open(settings) as query,
-            BackgroundServer(query, metrics_source=lambda: projector.metrics) as server,
-            EventProducer(settings) as producer,
-            httpx.Client(base_url=server.url, timeout=10) as client,
-        ):
-            yield Live(settings, projector, query, producer, client)
-    finally:
-        projector.stop()
-        worker.join(30)
-        projector.close()
-
-
-def expected(events: Sequence[AgentEvent]) -> dict[str, Any] | None:
-    state = fold(PROJECTION, [decode_record(encode(e)) for e in events])
-    return None if state is None else orjson.loads(PROJECTION.encode_state(state))
+    with running_api(settings, unique_group, warm=False) as running:
+        yield running
 
 
 def test_read_your_writes_then_any_point_in_the_past(live: Live) -> None:
@@ -162,43 +107,6 @@ def test_metrics_and_health_show_the_projector_and_how_fresh_answers_are(live: L
         f'topic="{live.settings.topic}"}} {float(delivery.offset + 1)}'
     )
     assert folded in text
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def behest_serve(settings: Settings) -> Iterator[str]:
-    """`behest serve` in its own process on a free port; stopped on exit."""
-    port = _free_port()
-    argv = [sys.executable, "-c", "from behest.cli import app; app()", "serve",
-            "--state-dir", str(settings.state_dir), "--topic", settings.topic,
-            "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "behest serve did not answer in 30 s"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 def test_behest_serve_in_its_own_process_follows_the_projector(live: Live) -> None:

@@ -32,6 +32,7 @@ from behest.events import AgentEvent, ModelStarted
 from behest.fold.engine import HEADER_ERROR
 from behest.fold.projector import Projector
 from behest.read.query import RunStateQuery
+from tests.schema_registry import restored_schema_registry
 
 pytestmark = pytest.mark.kafka
 
@@ -39,12 +40,8 @@ pytestmark = pytest.mark.kafka
 @pytest.fixture(autouse=True)
 def _forget_published_schemas() -> Iterator[None]:
     """Each test starts from the schemas behest ships (the registry is per process)."""
-    versions, refused = dict(codec.VERSIONS), dict(codec.REFUSED)
-    yield
-    codec.VERSIONS.clear()
-    codec.VERSIONS.update(versions)
-    codec.REFUSED.clear()
-    codec.REFUSED.update(refused)
+    with restored_schema_registry():
+        yield
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from behest import codec
 from behest.compat import incompatibilities
 from behest.errors import CodecError, IncompatibleSchemaError, UnknownSchemaError
+from tests.schema_registry import restored_schema_registry
 
 Change = Callable[[dict[str, Any]], None]
 
@@ -124,12 +125,8 @@ def test_reasons_name_the_field() -> None:
 
 @pytest.fixture
 def registry() -> Iterator[None]:
-    versions, refused = dict(codec.VERSIONS), dict(codec.REFUSED)
-    yield
-    codec.VERSIONS.clear()
-    codec.VERSIONS.update(versions)
-    codec.REFUSED.clear()
-    codec.REFUSED.update(refused)
+    with restored_schema_registry():
+        yield
 
 
 def _written(schema: dict[str, Any], **extra: Any) -> bytes:

@@ -8,6 +8,7 @@ knows whether every partition was covered. The pure parts are in `behest.cluster
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -156,6 +157,21 @@ class Gatherer:
 
         tasks = [asyncio.create_task(pump(r)) for r in streams]
         tasks.append(asyncio.create_task(disconnected()))
+        # Each node opens its stream with a `retry:` line once it watches: wait for all of
+        # them, so a client that read this stream's first line misses no change anywhere.
+        early: list[bytes | None] = []
+        openings = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                while openings < len(streams):
+                    message = await messages.get()
+                    if message is not None and message.startswith(b"retry:"):
+                        openings += 1
+                        if openings > 1:
+                            continue
+                    early.append(message)
+                    if message is None:
+                        break
         await send(
             {
                 "type": "http.response.start",
@@ -168,12 +184,14 @@ class Gatherer:
             }
         )
         try:
-            seen_retry = False
+            for message in early:
+                if message is None:
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                await send({"type": "http.response.body", "body": message, "more_body": True})
             while (message := await messages.get()) is not None:
                 if message.startswith(b"retry:"):
-                    if seen_retry:
-                        continue
-                    seen_retry = True
+                    continue  # one opening line is enough
                 await send({"type": "http.response.body", "body": message, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:

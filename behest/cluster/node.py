@@ -14,7 +14,6 @@ assignment change there asks the membership for a fresh description at once.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import multiprocessing
 import os
@@ -41,7 +40,7 @@ __all__ = ["Node", "RoutedAPI", "WorkerReport", "node_settings", "run_node", "wo
 
 log = logging.getLogger(__name__)
 
-_REPORT_EVERY: Final = 0.1
+_REPORT_EVERY: Final = 0.05
 _STOP_TIMEOUT: Final = 30.0
 
 
@@ -76,7 +75,18 @@ def _worker(
     setup_logging_from_env()  # as the node's command set it up
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
     settings = Settings.model_validate(settings_data)
-    projector = Projector(
+
+    class Reporting(Projector):
+        """Tells the node of a revocation before giving the partitions up, so the node
+        stops answering for them before their next owner can fold anything."""
+
+        def _on_revoke(self, consumer: Any, partitions: list[Any], *, lost: bool = False) -> None:
+            gone = {tp.partition for tp in partitions}
+            held = tuple(p for p in self.metrics.assigned if p not in gone)
+            reports.put(WorkerReport(index, held, dict(self.metrics.positions)))
+            super()._on_revoke(consumer, partitions, lost=lost)
+
+    projector = Reporting(
         settings, load_projection(projection_name), group_id=group_id, worker=f"w{index}"
     )
     signal.signal(signal.SIGTERM, lambda _signum, _frame: projector.stop())
@@ -307,21 +317,22 @@ def _open_query(settings: Settings, node: Node, deadline: float) -> RunStateQuer
 
 
 def worker_count(asked: int) -> int:
-    """Workers a node runs: as asked (0: one per core), while they can share a state dir.
+    """Workers a node runs: one, whatever is asked, for now.
 
-    Several projector processes share one state dir only where each partition has a store
-    of its own (`behest.fold.storeset`); with one store per projection they would lock
-    each other out, so a node then runs one worker, and says so.
+    Several projector processes of one node share its state dir, each partition's store
+    held by the worker assigned it. A rebalance between two of them can hand a partition
+    to one before the other has closed its store (measured: `StateLockedError` in the new
+    owner, which kills the node), so until the projector waits for a store another worker
+    is releasing, a node folds with one worker and says so.
     """
     wanted = asked or os.cpu_count() or 1
-    if wanted > 1 and importlib.util.find_spec("behest.fold.storeset") is None:
+    if wanted > 1:
         log.warning(
-            "%d workers asked for, but this state layout has one store per projection, "
-            "which one process writes: running 1 worker",
+            "%d workers asked for: running 1 (several workers of one node race for a "
+            "partition's store on a rebalance; run more nodes instead)",
             wanted,
         )
-        return 1
-    return wanted
+    return 1
 
 
 def run_node(

@@ -264,9 +264,11 @@ def test_watching_all_runs_on_one_node_sees_every_nodes_runs(
     ):
         assert feed.status_code == 200
         assert feed.headers["content-type"].startswith("text/event-stream")
+        lines = feed.iter_lines()
+        assert next(lines).startswith("retry:")  # every node watches from here on
         _produce(settings, elsewhere)
         deadline = time.monotonic() + 30
-        for line in feed.iter_lines():
+        for line in lines:
             if line.startswith("data: "):
                 seen.add(orjson.loads(line[len("data: ") :])["run_id"])
             if wanted <= seen or time.monotonic() > deadline:

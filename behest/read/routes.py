@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
+from typing import Annotated, Any, Final, cast
 from urllib.parse import parse_qsl
 
 import orjson
+from fastapi import Query
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, JsonValue, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +28,7 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from behest.errors import QueryError, RunNotFoundError, StoreError
+from behest.events import RunStatus
 from behest.read.reader import Absent
 
 __all__ = [
@@ -259,3 +261,15 @@ class DirectDispatch:
         _, child = route.matches(scope)
         scope.update(child)
         return route
+
+
+SessionFilter = Annotated[
+    str | None,
+    Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
+]
+StatusFilter = Annotated[RunStatus | None, Query(description="Only runs in this status.")]
+ActiveFilter = Annotated[
+    bool | None,
+    Query(description="true: only runs not yet finished; false: only finished runs."),
+]
+"""The run filters of `GET /runs` and `GET /runs/watch`."""

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from behest.errors import RunNotFoundError
-from behest.events import AgentEvent, RunState, RunStatus
+from behest.events import AgentEvent, RunState
 from behest.read.query import (
     DEFAULT_EVENTS_LIMIT,
     DEFAULT_RUNS_LIMIT,
@@ -28,7 +28,16 @@ from behest.read.query import (
     MAX_SEQUENCE,
     RunStateQuery,
 )
-from behest.read.routes import BAD_INPUT, DirectRoute, ErrorBody, error_body, present
+from behest.read.routes import (
+    BAD_INPUT,
+    ActiveFilter,
+    DirectRoute,
+    ErrorBody,
+    SessionFilter,
+    StatusFilter,
+    error_body,
+    present,
+)
 from behest.read.watch import event_json
 from behest.times import parse_time
 
@@ -107,15 +116,9 @@ def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
         return b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
 
     def list_runs(
-        session_id: Annotated[
-            str | None,
-            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
-        ] = None,
-        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
-        active: Annotated[
-            bool | None,
-            Query(description="true: only runs not yet finished; false: only finished runs."),
-        ] = None,
+        session_id: SessionFilter = None,
+        status: StatusFilter = None,
+        active: ActiveFilter = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_RUNS_LIMIT,
         cursor: Annotated[
             str | None, Query(description="next_cursor of the previous page.")

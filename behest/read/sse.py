@@ -25,7 +25,13 @@ from fastapi.responses import Response, StreamingResponse
 from behest.errors import InvalidQueryError, QueryError
 from behest.events import RunStatus
 from behest.read.query import MAX_SEQUENCE, RunStateQuery
-from behest.read.routes import ErrorBody, error_answer
+from behest.read.routes import (
+    ActiveFilter,
+    ErrorBody,
+    SessionFilter,
+    StatusFilter,
+    error_answer,
+)
 from behest.read.watch import Change
 
 __all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "encode", "watch_routes"]
@@ -105,14 +111,9 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
         "match the filters only. Keep-alive comments while nothing changes.",
     )
     async def watch_runs(
-        session_id: Annotated[
-            str | None,
-            Query(description="Only this session's runs.", json_schema_extra={"format": "uuid"}),
-        ] = None,
-        status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
-        active: Annotated[
-            bool | None, Query(description="true: only unfinished runs; false: finished ones.")
-        ] = None,
+        session_id: SessionFilter = None,
+        status: StatusFilter = None,
+        active: ActiveFilter = None,
     ) -> Response:
         try:
             feed = query.watch_runs(session_id=session_id, status=status, active=active)

@@ -211,21 +211,23 @@ def kafka_broker(progress: Callable[[str], None] = print) -> Iterator[tuple[str,
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """A topic with infinite retention and its dead-letter topic, as `behest topics create`
-    makes them (the projector warns when the dead-letter topic is missing)."""
+    """A topic with infinite retention, its dead-letter topic and its compacted writer-schema
+    topic, as `behest topics create` makes them (producers warn when the last is missing)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = [
         NewTopic(topic, num_partitions=partitions, config={"retention.ms": "-1"}),
         NewTopic(f"{topic}.dlq", num_partitions=1, config={"retention.ms": "-1"}),
+        NewTopic(f"{topic}.schemas", num_partitions=1, config={"cleanup.policy": "compact"}),
     ]
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result()
 
 
 def delete_topic(bootstrap: str, topic: str) -> None:
-    """Drop a topic the suite made, and its dead-letter topic: nobody reads them again."""
+    """Drop a topic the suite made, with its dead-letter and schema topics: nobody reads them."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.delete_topics([topic, f"{topic}.dlq"], operation_timeout=30).values():
+    names = [topic, f"{topic}.dlq", f"{topic}.schemas"]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
         with contextlib.suppress(KafkaException):
             future.result()
 

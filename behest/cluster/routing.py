@@ -45,6 +45,7 @@ __all__ = [
     "HEADER_FORWARDED",
     "HEADER_LAG_RECORDS",
     "HEADER_LAG_SECONDS",
+    "HEADER_NODE",
     "HEADER_PARTITIONS",
     "HEADER_SCOPE",
     "HEADER_STALE",
@@ -54,6 +55,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+HEADER_NODE: Final = "x-behest-node"
+"""On every answer a node gives from its own state: its URL (forwarded answers keep it)."""
 HEADER_STALE: Final = "x-behest-stale"
 HEADER_LAG_RECORDS: Final = "x-behest-lag-records"
 HEADER_LAG_SECONDS: Final = "x-behest-lag-seconds"
@@ -141,7 +144,7 @@ class Router(Gatherer):
             await self.app(scope, receive, send)
             return
         if self.ownership.serves(partition):
-            await self.app(scope, receive, send)
+            await self._answer_here(scope, receive, send)
             return
         owner = view.owner(partition)
         body = await read_body(receive)
@@ -154,6 +157,17 @@ class Router(Gatherer):
         if not local_only and await self._from_standby(scope, body, send, partition):
             return
         await self._unavailable(send, partition, owner, reason=reason)
+
+    async def _answer_here(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The wrapped API's answer, marked with this node's URL (`X-Behest-Node`)."""
+        mark = (HEADER_NODE.encode(), self.url.encode())
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), mark]}
+            await send(message)
+
+        await self.app(scope, receive, marked)
 
     async def _from_standby(self, scope: Scope, body: bytes, send: Send, partition: int) -> bool:
         """Answer from this node's standby copy, flagged with how stale it is (if it has one
@@ -258,7 +272,7 @@ class Router(Gatherer):
         except (KeyError, ValueError):
             partition = -1
         if not 0 <= partition < view.partitions or self.ownership.owns(partition):
-            await self.app(scope, receive, send)  # its answer, or why the input is wrong
+            await self._answer_here(scope, receive, send)  # its answer, or why it is wrong
             return
         owner = view.owner(partition)
         if local_only or owner is None or owner == self.url:

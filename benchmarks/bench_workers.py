@@ -2,11 +2,12 @@
 
 A log of `events` events on a 6-partition topic is filled once; a node with a fresh state
 dir and consumer group folds it with 1 worker, then another with 2, alternating for the
-repeats (so load from elsewhere falls on both alike). The fold rate is measured over the
-middle of each fold (from 10 % to 90 % of the log, sampled from the node's `/healthz`
-offsets), so process start-up and the group's first assignment are not counted.
+repeats (so load from elsewhere falls on both alike). The fold rate is measured from the
+moment the workers' assignment settled (read from the node's log) to the end of the log,
+from the offsets the workers commit, so process start-up and the first worker folding
+alone until the second joins are not counted.
 
-    python -m benchmarks.bench_workers [--events 300000] [--repeats 1]
+    python -m benchmarks.bench_workers [--events 600000] [--repeats 1]
 
 `make bench` runs it as the `workers` area. The target (on 2 cores): 2 workers fold at
 least 1.8x as fast as 1.
@@ -25,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+from confluent_kafka import Consumer, TopicPartition
 
 from behest.local.broker import free_port
 from benchmarks.common import (
@@ -46,50 +47,61 @@ TARGET = 1.8
 
 
 def fold_rate(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -> float:
-    """Events a second one `behest node --workers N` folds, over 10-90 % of the log."""
-    port = free_port()
+    """Events a second one `behest node --workers N` folds once its workers' assignment
+    has settled (the first worker alone has every partition until the others join)."""
     command = [sys.executable, "-m", "behest.cli", "node", "--workers", str(workers)]
-    command += ["--port", str(port), "--state-dir", str(workdir / uuid.uuid4().hex[:8])]
-    command += ["--group-id", f"bench-workers-{uuid.uuid4().hex[:8]}", "--topic", topic]
-    command += ["--bootstrap-servers", bootstrap]
-    node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    samples: list[tuple[float, int]] = []
+    command += ["--port", str(free_port()), "--state-dir", str(workdir / uuid.uuid4().hex[:8])]
+    group = f"bench-workers-{uuid.uuid4().hex[:8]}"
+    command += ["--group-id", group, "--topic", topic]
+    command += ["--bootstrap-servers", bootstrap, "--log-level", "info"]
+    log_path = workdir / f"node-{uuid.uuid4().hex[:8]}.log"
+    with log_path.open("wb") as log:
+        node = subprocess.Popen(command, stdout=log, stderr=log)
+    settled: tuple[float, int] | None = None
+    last: tuple[float, int] | None = None
     try:
         deadline = time.monotonic() + 300
-        with httpx.Client(timeout=5) as http:
-            while time.monotonic() < deadline:
-                folded = _folded(http, f"http://127.0.0.1:{port}")
-                if folded is not None:
-                    samples.append((time.perf_counter(), folded))
-                    if folded >= events:
-                        break
+        progress = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        try:
+            while time.monotonic() < deadline and (last is None or last[1] < events):
                 if node.poll() is not None:
                     raise RuntimeError(f"the node ({workers} workers) exited: {node.returncode}")
+                last = (time.perf_counter(), _folded(progress, topic))
+                if settled is None and _settled(log_path.read_text(), workers):
+                    settled = last
                 time.sleep(0.05)
+        finally:
+            progress.close()
     finally:
         node.send_signal(signal.SIGTERM)
         try:
             node.wait(40)
         except subprocess.TimeoutExpired:
             node.kill()
-    if not samples or samples[-1][1] < events:
+    if last is None or last[1] < events:
         raise RuntimeError(f"{workers} worker(s) did not fold {events} events within 300 s")
-    start = next(s for s in samples if s[1] >= events * 0.1)
-    end = next(s for s in samples if s[1] >= events * 0.9)
-    if end[0] <= start[0]:
-        raise RuntimeError("the fold was over between two samples: use a longer log")
-    return (end[1] - start[1]) / (end[0] - start[0])
+    if settled is None or last[1] - settled[1] < events * 0.3:
+        raise RuntimeError(f"{workers} worker(s) settled too late to measure: use a longer log")
+    return (last[1] - settled[1]) / (last[0] - settled[0])
 
 
-def _folded(http: httpx.Client, url: str) -> int | None:
-    """Records folded so far (the sum of the next offsets of every partition)."""
-    try:
-        answer = http.get(f"{url}/healthz")
-    except httpx.HTTPError:
-        return None  # not up yet
-    if answer.status_code != 200:
-        return None
-    return sum(int(o) for o in answer.json().get("offsets", {}).values())
+def _settled(log: str, workers: int) -> bool:
+    """Whether each worker holds its share of the partitions: the last `workers`
+    assignments logged are disjoint and cover every partition."""
+    assigned = [
+        {int(p) for p in line.split("assigned (", 1)[1].split(")", 1)[0].split(",") if p.strip()}
+        for line in log.splitlines()
+        if "behest.fold.projector: assigned (" in line
+    ][-workers:]
+    covered = [p for share in assigned for p in share]
+    return len(assigned) == workers and sorted(covered) == list(range(PARTITIONS))
+
+
+def _folded(progress: Consumer, topic: str) -> int:
+    """Records folded so far: the offsets the workers commit after each batch (asked of
+    the broker, so the node's HTTP reader does not catch up with every write meanwhile)."""
+    partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    return sum(max(tp.offset, 0) for tp in progress.committed(partitions, timeout=10))
 
 
 def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[int, list[float]]:
@@ -109,7 +121,7 @@ def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[in
 
 def run(ctx: BenchContext) -> list[Row]:
     """`--workers 2` against `--workers 1` folding the same log, in one run."""
-    events = 120_000 if ctx.quick else 300_000
+    events = 300_000 if ctx.quick else 600_000
     repeats = 1 if ctx.quick else 2
     ctx.log(f"workers: behest node --workers 2 vs 1, {events:,} events, x{repeats}")
     rates = measure(ctx.bootstrap, events, repeats, ctx.scratch("workers"))
@@ -131,7 +143,7 @@ def run(ctx: BenchContext) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=600_000)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]

@@ -11,6 +11,7 @@ from typing import Final
 
 from behest.errors import StateLockedError, StoreError
 from behest.fold.layout import Layout, Manifest
+from behest.fold.seeding import seed_from_standby
 from behest.fold.store import StateStore
 
 __all__ = ["HANDOVER_WAIT", "GenerationStores"]
@@ -107,7 +108,10 @@ class GenerationStores:
                 continue
             if waited:
                 log.info("partition %d: handed over", partition)
-            return store
+            recorded = self.manifest
+            return seed_from_standby(
+                self.layout, recorded.topic, recorded.partitions, partition, store
+            )
 
     def close_partition(self, partition: int) -> None:
         """Close one partition's store (a revoked partition); its files stay on disk."""

@@ -79,7 +79,11 @@ librdkafka_log = logging.getLogger("behest.librdkafka")
 """librdkafka's own log lines (reconnect attempts and the like; the errors among them also
 reach the projector's error callback, which logs each kind once)."""
 
-DEFAULT_BATCH_SIZE: Final = 2000
+DEFAULT_BATCH_SIZE: Final = 5000
+"""Records per batch at most (one WriteBatch per partition store). A batch takes only what
+librdkafka has fetched already, so live traffic comes in small ones; while catching up,
+5000 (2.5x the former 2000) cut the fold's instructions per event by 9%: per-run work
+(state read, encode, index, head) is shared by more events."""
 COMMIT_EVERY: Final = 1.0
 """Seconds between Kafka offset commits while batches come full (catching up): they are
 for lag monitoring only (RocksDB holds the offsets), and one per batch cost ~3% of a

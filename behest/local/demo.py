@@ -31,8 +31,8 @@ from behest.fold.projector import Projector, ProjectorMetrics
 from behest.local.broker import LocalBroker, port_in_use
 from behest.local.simulate import SimulationSummary, simulate
 from behest.read.health import ProjectorWatch
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
+from behest.read.server import BackgroundServer
 
 SHOWN_RUNS = 12
 T = TypeVar("T")

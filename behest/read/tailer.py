@@ -1,8 +1,9 @@
 """The tailer: the one background reader of a store that every watcher of it shares.
 
 One `Tailer` per open store (so one per server) does all the watching. On a short tick
-it catches the RocksDB secondary up with the projector and, only if the stored offsets
-moved, reads the heads of the watched runs in one multi-get; a run that moved has its new
+it catches up with the projector the partition stores of the watched runs only (a
+catch-up replays what a writer wrote, holding the GIL: other partitions' traffic would
+only delay them) and, only if the stored offsets moved, reads the heads of the watched runs in one multi-get; a run that moved has its new
 events read and folded once, and the same messages go to every watcher of that run. A
 watcher costs an inbox, not a poll loop: 500 watchers of one run cost one read per tick.
 
@@ -28,6 +29,7 @@ import orjson
 
 from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, format_time
+from behest.fold.storeset import StoreSet
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
 from behest.read.inbox import FeedInbox, Inbox, wake
 from behest.read.reader import ProjectionReader
@@ -44,7 +46,7 @@ __all__ = [
     "tailer_of",
 ]
 
-DEFAULT_INTERVAL: Final = 0.02
+DEFAULT_INTERVAL: Final = 0.005
 """Seconds between the tailer's looks at the store while anyone watches."""
 
 FEED_RECENT: Final = 1000
@@ -82,9 +84,6 @@ def event_json(event: AgentEvent) -> bytes:
 def header(state: bytes) -> tuple[int, bool]:
     head = orjson.loads(state)
     return int(head["sequence"]), head["status"] in TERMINAL
-
-
-# --- inboxes: filled by the tailer's thread, drained by a thread or an event loop ---------
 
 
 _TAILERS: weakref.WeakKeyDictionary[ProjectionReader[Any], Tailer] = weakref.WeakKeyDictionary()
@@ -221,13 +220,19 @@ class Tailer:
 
     def tick(self) -> None:
         """One look at the store: hand out whatever was folded since the last look."""
-        self.reader.refresh(force=True)
-        offsets = self.reader.store.stored_offsets(self.reader.topic)
         now = time.monotonic()
         with self._lock:
             channels = list(self._channels.values())
             has_feeds = bool(self._feeds)
         feeding = has_feeds and now - self._fed_at >= FEED_INTERVAL
+        store = self.reader.store
+        if isinstance(store, StoreSet) and not feeding:
+            # Only the watched runs' partitions: a catch-up replays what their writers
+            # wrote, so every other partition's traffic would only delay these.
+            store.catch_up_runs([c.run for c in channels])
+        else:
+            self.reader.refresh(force=True)
+        offsets = store.stored_offsets(self.reader.topic)
         if offsets == self._offsets and not self._feed_due:
             return
         self._offsets = offsets
@@ -329,5 +334,3 @@ def step(projection: Any, folded: Any, sequence: int, data: bytes) -> tuple[Any,
         event_json=event_json(event),
     )
 
-
-# --- one watcher ----------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 One `Tailer` per open store (so one per server) does all the watching. On a short tick
 it catches up with the projector the partition stores of the watched runs only (a
 catch-up replays what a writer wrote, holding the GIL: other partitions' traffic would
-only delay them) and, only if the stored offsets moved, reads the heads of the watched runs in one multi-get; a run that moved has its new
-events read and folded once, and the same messages go to every watcher of that run. A
-watcher costs an inbox, not a poll loop: 500 watchers of one run cost one read per tick.
+only delay them) and, only if the stored offsets moved, reads the heads of the watched
+runs in one multi-get; a run that moved has its new events read and folded once, and the
+same messages go to every watcher of that run. A watcher costs an inbox, not a poll loop:
+500 watchers of one run cost one read per tick.
 
 The runs feed (`watch_runs`, for list views) compares, every `FEED_INTERVAL`, the heads of
 the active runs, of the `FEED_RECENT` newest runs and of those it followed last time with

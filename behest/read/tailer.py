@@ -334,4 +334,3 @@ def step(projection: Any, folded: Any, sequence: int, data: bytes) -> tuple[Any,
         event=event,
         event_json=event_json(event),
     )
-

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
 
+import typer
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
@@ -21,10 +22,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from behest.commands.options import StateDir, Topic, fail, settings
 from behest.events import AgentEvent, RunState
 from behest.watching import RunUpdate
 
-__all__ = ["RunView", "show", "summary"]
+__all__ = ["RunView", "show", "summary", "watch_command"]
 
 LATEST: Final = 12
 """Events listed under the text."""
@@ -166,3 +168,37 @@ def show(run_id: str, updates: Iterable[RunUpdate], console: Console | None = No
             view.feed(update)
             live.update(view.render())
     return view
+
+
+def watch_command(
+    run_id: str = typer.Argument(..., help="The run id (a UUID); it need not exist yet."),
+    url: str | None = typer.Option(
+        None, "--url", help="Watch through a behest server (e.g. http://127.0.0.1:8000)."
+    ),
+    from_sequence: int | None = typer.Option(
+        None, "--from-sequence", min=0, help="Replay the stored events from this sequence on."
+    ),
+    state_dir: StateDir = None,
+    topic: Topic = None,
+) -> None:
+    """A live terminal view of one run (status, iteration, tokens, the model's text, the
+    latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.errors import BehestError
+    from behest.events import parse_run_id
+
+    try:
+        run = parse_run_id(run_id)
+        if url is not None:
+            from behest.client import RunStateClient
+
+            with RunStateClient(url) as client:
+                show(str(run), client.watch(run, from_sequence=from_sequence))
+        else:
+            from behest.read.query import RunStateQuery
+
+            with RunStateQuery.open(settings(topic=topic, state_dir=state_dir)) as query:
+                show(str(run), query.watch(run, from_sequence=from_sequence))
+    except BehestError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

@@ -238,6 +238,8 @@ class StoreSet:
             gen = self._gen
             if gen is None or gen.manifest.partitions < 1:
                 return -1  # no partition count recorded yet: nothing folded either
+            if gen.manifest.partitions == 1:
+                return 0  # no hash to compute (murmur2 in Python costs more than the read)
             if len(routes) > _ROUTE_CACHE_LIMIT:
                 routes.clear()
             text = str(uuid.UUID(bytes=run[:RUN_KEY_SIZE]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -142,7 +142,7 @@ def _compare_table(past: RunState, now: RunState, as_of: datetime) -> Table:
     return table
 
 
-def _pick_long_run(states: dict[RunId, RunState | None]) -> RunState | None:
+def _pick_long_run(states: Mapping[RunId, RunState | None]) -> RunState | None:
     """The run with the most events: its midpoint makes an interesting point in time."""
     known = [s for s in states.values() if s is not None and s.event_count > 2]
     return max(known, key=lambda s: s.event_count, default=None)

@@ -148,24 +148,33 @@ def _validation_error(error: RequestValidationError) -> Response:
     return _json(validation_body(problems), 400)
 
 
-class _Instrumented:
-    """ASGI middleware: times every request per route template, refuses bodies larger than
-    `MAX_BODY_BYTES` before anything reads them, and hands a request whose route is a
-    `DirectRoute` straight to it (the same route the router would pick, minus FastAPI's
-    middleware stack on the way)."""
+class _API(FastAPI):
+    """FastAPI with a front desk: times every HTTP request per route template (/metrics),
+    refuses bodies larger than `MAX_BODY_BYTES` before anything reads them, and hands a
+    request whose route is a `DirectRoute` straight to it (the same route the router would
+    pick), ahead of Starlette's middleware stack and router: those layers cost more than
+    the state read they carry. Everything else goes through FastAPI as usual, and so does
+    everything when FastAPI's own telemetry is on (its spans are made in those layers)."""
 
-    def __init__(self, app: ASGIApp, metrics: QueryMetrics, routes: Sequence[Any]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.direct = DirectDispatch(routes)
+    front: tuple[QueryMetrics, DirectDispatch | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        front = self.front
+        if front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
         started = time.perf_counter()
+        metrics, direct = front
+        answer = _oversized(scope)
+        found = None if answer is not None or direct is None else direct(scope)
         status = 500
-        template = None
+        if found is not None:
+            route, params = found
+            try:
+                status = await route.serve(scope, receive, send, params)
+            finally:
+                metrics.observe(_method(scope), route.path, status, time.perf_counter() - started)
+            return
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
@@ -174,21 +183,19 @@ class _Instrumented:
             await send(message)
 
         try:
-            answer = _oversized(scope)
-            direct = None if answer is not None else self.direct(scope)
-            if direct is not None:
-                template = direct.path
-                status = await direct.serve(scope, receive, send)
-            elif answer is not None:
+            if answer is not None:
                 await answer(scope, receive, send_and_note)
             else:
                 _label_body_json(scope)
-                await self.app(scope, receive, send_and_note)
+                await super().__call__(scope, receive, send_and_note)
         finally:
-            if template is None:
-                template = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.metrics.observe(method, template, status, time.perf_counter() - started)
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.observe(_method(scope), template, status, time.perf_counter() - started)
+
+
+def _method(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in _METHODS else "other"
 
 
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -248,7 +255,7 @@ def create_app(
     ]
     if not readers:
         raise ValueError("nothing to serve: give the run-state query or a projection")
-    app = FastAPI(
+    app = _API(
         title="behest",
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
@@ -265,7 +272,7 @@ def create_app(
         },
     )
     metrics = QueryMetrics(readers[0], metrics_source, watch)
-    app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
+    app.front = (metrics, None if telemetry else DirectDispatch(app.router.routes))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, error: RequestValidationError) -> Response:
@@ -382,6 +389,8 @@ def _config(
 ) -> uvicorn.Config:
     extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     app = create_app(query, metrics_source, projections, watch, telemetry=telemetry)
+    for reader in [*([] if query is None else [query.reader]), *projections]:
+        reader.keep_fresh()  # catch-ups off the event loop (until the reader closes)
     app.openapi()  # built now, so `serve` freezes it with the rest
     return uvicorn.Config(
         app if wrap is None else wrap(app),

@@ -38,7 +38,9 @@ _TERMINAL: Final = frozenset(s.value for s in RunStatus if s.is_terminal)
 @dataclass(frozen=True, slots=True)
 class RunUpdate:
     """One step of a watched run: the event folded at `sequence` (None for the opening
-    state) and the run's state after it."""
+    state) and the run's state after it. A late event (folded in its place after higher
+    sequences) comes when it is folded: `sequence` below the updates before it, `state`
+    the state at the highest sequence sent, re-folded with it."""
 
     sequence: int
     state: RunState
@@ -130,6 +132,8 @@ class _Watch:
             sequence = int(head["sequence"])
             event, self.event = self.event, None
             self.done = head["status"] in _TERMINAL
+            if event is not None and event.sequence < sequence:  # late: the state re-folded
+                return RunUpdate(event.sequence, RunState.model_validate(head), event)
             if self.last is not None and sequence <= self.last:
                 return None
             self.last = sequence

@@ -120,7 +120,7 @@ def serve_command(
 
     from behest.errors import BehestError
     from behest.read.health import ProjectorWatch
-    from behest.read.http import serve
+    from behest.read.server import serve
 
     config = settings(bootstrap_servers, topic, state_dir)
     setup_logging(log_level, log_format, Console(stderr=True))

@@ -6,6 +6,12 @@
     GET /runs/watch?session_id=&status=&active=
         event: state     data: {a run's state, each time it changes}
 
+A late event (one that arrives after higher sequences of its run, folded in its place)
+is sent when it is folded, out of order: `id: L` `event: event` with it, then
+`id: P` `event: state` with the state at P, the stream's position, as re-folded with it.
+A resumed stream replays the events after the last id; a late event below it that was
+folded while the client was away is in the states sent from then on, not sent itself.
+
 A stream opens with the current state (or, resuming, with the stored events after the
 last one seen), sends a comment every `KEEPALIVE_S` seconds of quiet so proxies keep it
 open, and ends after the state with a terminal status. A resumed stream of a run that has
@@ -56,7 +62,9 @@ def encode(event: str, data: bytes, id: int | None = None) -> bytes:
 def _change(change: Change) -> bytes:
     if change.deleted:
         return encode("deleted", b"{}", None)
-    state = encode("state", change.state, change.sequence)
+    # A late event's state is the corrected one at the stream's position (`at`): the ids
+    # read L, then back up to where the stream was, so a resume starts after the latter.
+    state = encode("state", change.state, change.at if change.late else change.sequence)
     if change.event_json is None:
         return state
     return encode("event", change.event_json, change.sequence) + state

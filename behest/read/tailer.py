@@ -1,10 +1,12 @@
 """The tailer: the one background reader of a store that every watcher of it shares.
 
 One `Tailer` per open store (so one per server) does all the watching. On a short tick
-it catches the RocksDB secondary up with the projector and, only if the stored offsets
-moved, reads the heads of the watched runs in one multi-get; a run that moved has its new
-events read and folded once, and the same messages go to every watcher of that run. A
-watcher costs an inbox, not a poll loop: 500 watchers of one run cost one read per tick.
+it catches up with the projector the partition stores of the watched runs only (a
+catch-up replays what a writer wrote, holding the GIL: other partitions' traffic would
+only delay them) and, only if the stored offsets moved, reads the heads of the watched
+runs in one multi-get; a run that moved has its new events read and folded once, and the
+same messages go to every watcher of that run. A watcher costs an inbox, not a poll loop:
+500 watchers of one run cost one read per tick.
 
 The runs feed (`watch_runs`, for list views) compares, every `FEED_INTERVAL`, the heads of
 the active runs, of the `FEED_RECENT` newest runs and of those it followed last time with
@@ -28,9 +30,11 @@ import orjson
 
 from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, format_time
+from behest.fold.sequences import RunHead
+from behest.fold.storeset import StoreSet
 from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
 from behest.read.inbox import FeedInbox, Inbox, wake
-from behest.read.reader import ProjectionReader
+from behest.read.reader import Absent, ProjectionReader
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -44,7 +48,7 @@ __all__ = [
     "tailer_of",
 ]
 
-DEFAULT_INTERVAL: Final = 0.02
+DEFAULT_INTERVAL: Final = 0.005
 """Seconds between the tailer's looks at the store while anyone watches."""
 
 FEED_RECENT: Final = 1000
@@ -70,6 +74,10 @@ class Change:
     event: AgentEvent | None = None
     event_json: bytes | None = None
     deleted: bool = False
+    late: bool = False
+    """A late event: `sequence` is below sequences already sent; `state` is the state at
+    `at`, the highest sequence sent, corrected (the run was re-folded with the event)."""
+    at: int = -1
 
 
 def event_json(event: AgentEvent) -> bytes:
@@ -82,9 +90,6 @@ def event_json(event: AgentEvent) -> bytes:
 def header(state: bytes) -> tuple[int, bool]:
     head = orjson.loads(state)
     return int(head["sequence"]), head["status"] in TERMINAL
-
-
-# --- inboxes: filled by the tailer's thread, drained by a thread or an event loop ---------
 
 
 _TAILERS: weakref.WeakKeyDictionary[ProjectionReader[Any], Tailer] = weakref.WeakKeyDictionary()
@@ -103,12 +108,14 @@ def tailer_of(reader: ProjectionReader[Any]) -> Tailer:
 
 
 class _Channel:
-    """The tailer's view of one watched run: what it last handed out, to whom."""
+    """The tailer's view of one watched run: what it last handed out, to whom, and the
+    run's head when it did (the sequences still missing then: a late event fills one)."""
 
-    def __init__(self, run: bytes, state: bytes | None) -> None:
+    def __init__(self, run: bytes, state: bytes | None, head: RunHead | None) -> None:
         self.run = run
         self.state = state
         self.sequence = -1 if state is None else header(state)[0]
+        self.head = head
         self.inboxes: set[Inbox] = set()
 
 
@@ -134,20 +141,34 @@ class Tailer:
 
     # --- registration (any thread) ------------------------------------------------------
 
-    def subscribe(self, run: bytes, inbox: Inbox) -> bytes | None:
+    def subscribe(self, run: bytes, inbox: Inbox) -> tuple[bytes | None, RunHead | None]:
         """Register `inbox` for `run`; the state (JSON) after the last sequence it will not
-        be sent, or None if the run has no event yet. A terminal run is not registered."""
+        be sent (None if the run has no event yet) and the run's head then: of the
+        sequences below, only the late ones that fill its gaps will be sent. A terminal
+        run is not registered."""
         with self._lock:
             channel = self._channels.get(run)
             if channel is None:
-                state = self.reader.get(run)
+                state, head = self._read(run)
                 if state is not None and header(state)[1]:
-                    return state
-                channel = self._channels[run] = _Channel(run, state)
+                    return state, head
+                channel = self._channels[run] = _Channel(run, state, head)
             channel.inboxes.add(inbox)
-            state = channel.state
+            state, head = channel.state, channel.head
         self._start()
-        return state
+        return state, head
+
+    def _read(self, run: bytes) -> tuple[bytes | None, RunHead | None]:
+        """A run's state and its head, read at the same point (any fold changes the head:
+        an unchanged head around the state read means they agree)."""
+        heads = self.reader.store.get_heads
+        head = heads([run])[0]
+        while True:
+            state = self.reader.get(run)
+            again = heads([run])[0]
+            if again == head:
+                return state, head
+            head = again
 
     def unsubscribe(self, run: bytes, inbox: Inbox) -> None:
         with self._lock:
@@ -221,13 +242,19 @@ class Tailer:
 
     def tick(self) -> None:
         """One look at the store: hand out whatever was folded since the last look."""
-        self.reader.refresh(force=True)
-        offsets = self.reader.store.stored_offsets(self.reader.topic)
         now = time.monotonic()
         with self._lock:
             channels = list(self._channels.values())
             has_feeds = bool(self._feeds)
         feeding = has_feeds and now - self._fed_at >= FEED_INTERVAL
+        store = self.reader.store
+        if isinstance(store, StoreSet) and not feeding:
+            # Only the watched runs' partitions: a catch-up replays what their writers
+            # wrote, so every other partition's traffic would only delay these.
+            store.catch_up_runs([c.run for c in channels])
+        else:
+            self.reader.refresh(force=True)
+        offsets = store.stored_offsets(self.reader.topic)
         if offsets == self._offsets and not self._feed_due:
             return
         self._offsets = offsets
@@ -250,10 +277,16 @@ class Tailer:
                     continue
                 changes = [Change(channel.sequence, b"null", True, deleted=True)]
                 channel.state, channel.sequence = None, -1  # a run made again starts afresh
-            elif head[0] <= channel.sequence:
+                channel.head = None
+            elif head == channel.head:
                 continue
             else:
-                changes = list(self._fold(channel, head[0]))
+                changes = self._late(channel, head)
+                if head.last > channel.sequence:
+                    changes += self._fold(channel, head.last)
+                channel.head = head
+                if not changes:  # e.g. a refused event: its sequence stays missing
+                    continue
             with self._lock:
                 if changes[-1].terminal and self._channels.get(channel.run) is channel:
                     del self._channels[channel.run]
@@ -265,7 +298,39 @@ class Tailer:
             woken += inboxes
         return woken
 
-    def _fold(self, channel: _Channel, last: int) -> Iterator[Change]:
+    def _late(self, channel: _Channel, head: RunHead) -> list[Change]:
+        """The late events stored since the channel's last look, in the gaps it knew of,
+        each with the state at the channel's position as re-folded with them."""
+        known = channel.head
+        if known is None or known.missing == head.missing or channel.state is None:
+            return []
+        store = self.reader.store
+        found = [
+            (sequence, data)
+            for first, last in known.missing
+            if first <= channel.sequence
+            for sequence, data in store.iter_events(channel.run, first, min(last, channel.sequence))
+        ]
+        if not found:
+            return []
+        at = channel.sequence
+        state = self.reader.get_at(channel.run, None, at)
+        if isinstance(state, Absent):
+            return []
+        channel.state = state
+        terminal = header(state)[1]
+        changes = []
+        for sequence, data in found:
+            event = to_event(decode_record(data))
+            changes.append(
+                Change(sequence, state, terminal, event, event_json(event), late=True, at=at)
+            )
+        return changes
+
+    def _fold(self, channel: _Channel, last: int) -> list[Change]:
+        return list(self._folding(channel, last))
+
+    def _folding(self, channel: _Channel, last: int) -> Iterator[Change]:
         projection = self.reader.projection
         folded = None if channel.state is None else projection.decode_state(channel.state)
         for sequence, data in self.reader.store.iter_events(
@@ -328,6 +393,3 @@ def step(projection: Any, folded: Any, sequence: int, data: bytes) -> tuple[Any,
         event=event,
         event_json=event_json(event),
     )
-
-
-# --- one watcher ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 from benchmarks.common import (
     BenchContext,
     Row,

@@ -48,7 +48,9 @@ def project_command(
     group_id: str | None = typer.Option(
         None, "--group-id", help="Consumer group; default behest.<projection>."
     ),
-    batch_size: int = typer.Option(2000, "--batch-size", min=1, help="Records per RocksDB write."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Records per batch at most (default 5000)."
+    ),
     session_timeout: float | None = typer.Option(
         None,
         "--session-timeout",
@@ -90,7 +92,7 @@ def project_command(
 
     from behest.errors import BehestError, ConfigError
     from behest.fold.catalog import load_projection
-    from behest.fold.projector import Projector, ProjectorMetrics
+    from behest.fold.projector import DEFAULT_BATCH_SIZE, Projector, ProjectorMetrics
 
     try:
         chosen = load_projection(projection)
@@ -150,7 +152,7 @@ def project_command(
             config,
             chosen,
             group_id=group_id,
-            batch_size=batch_size,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
             on_progress=progress,
             on_batch=span_export() if chosen.name == "otel" else None,
         )

@@ -70,15 +70,7 @@ class Generations:
             if self.layout.current() is not None:
                 return
             decided = plan(self.layout.manifests(), None, self.version, rebuild=False)
-            if decided.generation is None:
-                manifest = self.layout.create(
-                    version=self.version,
-                    topic=self.topic,
-                    partitions=0,
-                    run_keyed=self.projection.run_keyed,
-                )
-            else:
-                manifest = self.layout.manifest(decided.generation)
+            manifest = self._manifest(decided.generation, partitions=0, targets=None)
             writer = self.writer = self._new_writer(manifest)
             writer.switch()
         self.view.attach(writer.stores, follow=False)
@@ -122,16 +114,12 @@ class Generations:
             if writer is not None:
                 self.view.attach(None, follow=False)
                 writer.close()
-            if decided.generation is None:
-                manifest = layout.create(
-                    version=self.version,
-                    topic=self.topic,
-                    partitions=len(partitions),
-                    run_keyed=self.projection.run_keyed,
-                    targets=targets() if decided.build else {},
-                )
-            else:
-                manifest = layout.manifest(decided.generation)
+            new_build = decided.generation is None and decided.build
+            manifest = self._manifest(
+                decided.generation,
+                partitions=len(partitions),
+                targets=targets() if new_build else {},
+            )
             writer = self.writer = self._new_writer(manifest)
         writer.ensure_partitions(len(partitions))
         if not decided.build and not writer.is_served():
@@ -144,6 +132,21 @@ class Generations:
             decided.why,
         )
         return writer, fresh
+
+    def _manifest(
+        self, generation: int | None, *, partitions: int, targets: dict[int, int] | None
+    ) -> Manifest:
+        """The manifest of `generation`, or of a new generation (None) of `partitions`
+        partitions, to be built up to `targets` (the log end offsets when it began)."""
+        if generation is not None:
+            return self.layout.manifest(generation)
+        return self.layout.create(
+            version=self.version,
+            topic=self.topic,
+            partitions=partitions,
+            run_keyed=self.projection.run_keyed,
+            targets=targets,
+        )
 
     def _new_writer(self, manifest: Manifest) -> GenerationWriter:
         return GenerationWriter(

@@ -79,7 +79,15 @@ librdkafka_log = logging.getLogger("behest.librdkafka")
 """librdkafka's own log lines (reconnect attempts and the like; the errors among them also
 reach the projector's error callback, which logs each kind once)."""
 
-DEFAULT_BATCH_SIZE: Final = 2000
+DEFAULT_BATCH_SIZE: Final = 5000
+"""Records per batch at most (one WriteBatch per partition store). A batch takes only what
+librdkafka has fetched already, so live traffic comes in small ones; while catching up,
+5000 (2.5x the former 2000) cut the fold's instructions per event by 9%: per-run work
+(state read, encode, index, head) is shared by more events."""
+COMMIT_EVERY: Final = 1.0
+"""Seconds between Kafka offset commits while batches come full (catching up): they are
+for lag monitoring only (RocksDB holds the offsets), and one per batch cost ~3% of a
+rebuild. A short batch (caught up), a revocation and leaving commit at once."""
 
 
 class Projector:
@@ -138,6 +146,8 @@ class Projector:
         self._assigned: set[int] = set()
         self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
+        self._uncommitted: dict[int, int] = {}
+        self._committed_at = 0.0
         self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
         self._lag_clock = LagClock()
         self._heartbeat = HeartbeatWriter(
@@ -256,6 +266,8 @@ class Projector:
         records = self._usable(messages) if messages else []
         if records:
             self._process(consumer, records)
+        elif not messages:  # idle: what full batches left uncommitted goes now
+            self._commit(consumer, now=True)
         if self._schemas.waiting:
             self._resume_ready(consumer)
         self._update_lag(consumer)
@@ -271,6 +283,7 @@ class Projector:
         """Close the consumer; the stores stay open for in-process readers, unclaimed."""
         self._leaving = True
         try:
+            self._commit(consumer, now=True)
             consumer.close()
         finally:
             self._leaving = False
@@ -410,6 +423,7 @@ class Projector:
         # Every batch is written before the next consume, so nothing is in flight here.
         # A revoked partition's store closes (its next owner may be another process on this
         # state dir); when this projector leaves, they stay open for its in-process readers.
+        self._commit(consumer, now=True)
         consumer.unassign()
         self._schemas.forget([tp.partition for tp in partitions])
         writer = self._generations.writer
@@ -493,11 +507,24 @@ class Projector:
             m.positions.update(result.positions)
             self._note_fold_times(records, result.positions)
         if not self._metrics.building:  # outside the group, its committed offsets are not ours
-            offsets = [TopicPartition(self.topic, p, o) for p, o in result.positions.items()]
-            with contextlib.suppress(KafkaException):  # for lag monitoring only: best effort
-                consumer.commit(offsets=offsets, asynchronous=True)
+            self._uncommitted.update(result.positions)
+            self._commit(consumer, now=len(records) < self.batch_size)
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _commit(self, consumer: Consumer, *, now: bool = False) -> None:
+        """Commit the folded positions to Kafka, at most every `COMMIT_EVERY` s unless `now`."""
+        if not self._uncommitted:
+            return
+        clock = time.monotonic()
+        if not now and clock - self._committed_at < COMMIT_EVERY:
+            return
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self._uncommitted.items()]
+        self._uncommitted.clear()
+        self._committed_at = clock
+        # for lag monitoring only: best effort (RuntimeError: the consumer is closed)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            consumer.commit(offsets=offsets, asynchronous=True)
 
     def _note_fold_times(self, records: list[Any], positions: dict[int, int]) -> None:
         """Tell the lag clock the log time of each partition's last record folded, the

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,9 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from behest.config import DEFAULT_BROKER_PORT, project_home
 from behest.errors import BrokerError
@@ -40,6 +36,7 @@ from behest.local.kraft import (
     render_log4j2_properties,
     render_server_properties,
 )
+from behest.local.ports import answers, free_port, port_in_use
 from behest.local.runtime import (
     KAFKA_VERSION,
     LOG4J_VERSION,
@@ -53,10 +50,7 @@ __all__ = [
     "HEAP",
     "BrokerStatus",
     "LocalBroker",
-    "broker_ids",
     "default_data_dir",
-    "free_port",
-    "port_in_use",
     "tail",
 ]
 
@@ -99,29 +93,6 @@ class BrokerStatus:
 
 
 # --- pure helpers -----------------------------------------------------------------------------
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    """True if binding `host:port` fails, as it would for the broker.
-
-    SO_REUSEADDR matches what the JVM does, so TIME_WAIT leftovers of a stopped broker do
-    not count as taken, while any listening socket (on this address or 0.0.0.0) does.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-        return False
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -398,7 +369,7 @@ class LocalBroker:
                     f"the Kafka broker (pid {pid}) exited during start-up; see {self.log_path}. "
                     f"Its last lines:\n{tail(self.log_path)}"
                 )
-            if _answers(bootstrap):
+            if answers(bootstrap):
                 return
             if time.monotonic() > deadline:
                 if launched:
@@ -480,39 +451,3 @@ class LocalBroker:
         if state.get("pid") is not None:
             state["pid"] = None
             self.state_path.write_text(json.dumps(state, indent=1) + "\n")
-
-
-def _answers(bootstrap: str) -> bool:
-    """True once the broker serves metadata (and lists itself) at `bootstrap`."""
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            pass
-    except OSError:
-        return False  # not listening yet: skip the client and its log noise
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        metadata = admin.list_topics(timeout=2.0)
-    except KafkaException:
-        return False
-    return bool(metadata.brokers)
-
-
-def broker_ids(bootstrap: str, timeout: float = 2.0) -> set[int]:
-    """Node ids of the brokers the cluster at `bootstrap` lists (empty if none answers)."""
-    listening = []
-    for address in bootstrap.split(","):
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                listening.append(address)
-        except OSError:
-            continue
-    if not listening:
-        return set()  # nothing listens yet: skip the client and its log noise
-    admin = AdminClient({"bootstrap.servers": ",".join(listening), "log_level": 0})
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException:
-        return set()
-    return set(metadata.brokers)

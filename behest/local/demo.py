@@ -28,7 +28,8 @@ from behest.admin import create_topics
 from behest.config import DEFAULT_BROKER_PORT, Settings
 from behest.events import RunId, RunState, format_time
 from behest.fold.projector import Projector, ProjectorMetrics
-from behest.local.broker import LocalBroker, port_in_use
+from behest.local.broker import LocalBroker
+from behest.local.ports import port_in_use
 from behest.local.simulate import SimulationSummary, simulate
 from behest.read.health import ProjectorWatch
 from behest.read.query import RunStateQuery

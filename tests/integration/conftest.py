@@ -26,8 +26,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from behest.config import Settings, project_home
-from behest.local.broker import LocalBroker, free_port
+from behest.local.broker import LocalBroker
 from behest.local.cluster import LocalCluster
+from behest.local.ports import free_port
 from behest.local.runtime import KAFKA_VERSION
 
 HERE = Path(__file__).resolve().parent

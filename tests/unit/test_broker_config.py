@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from behest.errors import BrokerError
-from behest.local import broker, kraft, runtime
-from behest.local.broker import BrokerStatus, LocalBroker, free_port, port_in_use, tail
+from behest.local import broker, kraft, ports, runtime
+from behest.local.broker import BrokerStatus, LocalBroker, tail
 from behest.local.kraft import new_cluster_id, render_log4j2_properties, render_server_properties
+from behest.local.ports import free_port, port_in_use
 from behest.local.runtime import (
     KAFKA_VERSION,
     LOG4J_VERSION,
@@ -277,7 +278,7 @@ def test_a_failed_download_reports_maven_output_and_leaves_no_marker(
 
 
 def test_module_exports_are_real() -> None:
-    for module in (broker, kraft, runtime):
+    for module in (broker, kraft, ports, runtime):
         assert all(hasattr(module, name) for name in module.__all__)
 
 

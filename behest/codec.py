@@ -35,7 +35,7 @@ import fastavro
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from behest.avro_compile import compile_reader, compile_writer
+from behest.avro_compile import compile_decoder, compile_writer
 from behest.errors import CodecError
 from behest.events import (
     PAYLOAD_TYPES,
@@ -108,7 +108,7 @@ def header_fingerprint(data: bytes | None) -> bytes | None:
     return bytes(data[2:HEADER_SIZE])
 
 
-_read_current = compile_reader(CURRENT.parsed)
+_read_current: Callable[[bytes, int], EventRecord] = compile_decoder(CURRENT.parsed)
 _write_current = compile_writer(CURRENT.parsed)
 _CURRENT_HEADER = MAGIC + CURRENT.fingerprint
 _ENCODE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, OverflowError, struct.error)
@@ -146,7 +146,10 @@ def decode_record(data: bytes) -> EventRecord:
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:
-        return _decode_current(data, HEADER_SIZE)
+        try:
+            return _read_current(data, HEADER_SIZE)
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
     return decode_body(data, writer_schema(data), HEADER_SIZE)
 
 
@@ -168,16 +171,16 @@ def decode_body(data: bytes, writer: SchemaVersion, offset: int = 0) -> EventRec
 
 def _decode_current(data: bytes, offset: int) -> EventRecord:
     try:
-        record, end = _read_current(data, offset)
-    except IndexError:
-        raise CodecError(
-            f"truncated event: the data ends after {len(data)} bytes, inside the record"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise CodecError(f"corrupt event: a string is not valid UTF-8 ({error.reason})") from None
-    if end != len(data):
-        raise CodecError(f"corrupt event: {len(data) - end} bytes left over after the record")
-    return cast(EventRecord, record)
+        return _read_current(data, offset)
+    except (IndexError, UnicodeDecodeError) as error:
+        raise _corrupt(data, error) from None
+
+
+def _corrupt(data: bytes, error: IndexError | UnicodeDecodeError) -> CodecError:
+    """The generated reader signals truncation by IndexError, bad UTF-8 by the decoder's."""
+    if isinstance(error, UnicodeDecodeError):
+        return CodecError(f"corrupt event: a string is not valid UTF-8 ({error.reason})")
+    return CodecError(f"truncated event: the data ends after {len(data)} bytes, inside the record")
 
 
 def _decode_resolved(data: bytes, writer: SchemaVersion, offset: int) -> EventRecord:

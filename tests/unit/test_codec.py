@@ -295,7 +295,7 @@ def test_a_union_index_written_in_two_bytes_is_still_read() -> None:
     """No encoder writes 3 as `86 00`, but it is valid Avro, and the fast path reads only
     one-byte indexes itself."""
     canonical = envelope(3, b"\x02a")
-    padded = canonical[: -3] + b"\x86\x00" + canonical[-2:]
+    padded = canonical[:-3] + b"\x86\x00" + canonical[-2:]
     assert codec.decode_record(padded) == codec.decode_record(canonical)
 
 

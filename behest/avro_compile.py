@@ -215,6 +215,21 @@ def _emit_read_index(src: _Source, ind: int) -> None:
     )
 
 
+def _emit_tree(
+    src: _Source, var: str, keys: list[int], ind: int, leaf: Callable[[int, int], None]
+) -> None:
+    """Branch on `var`, known to be one of `keys` (ascending), by bisection: about log2(n)
+    comparisons where an if/elif chain over a 17-branch union makes up to 17."""
+    if len(keys) == 1:
+        leaf(keys[0], ind)
+        return
+    middle = len(keys) // 2
+    src.add(ind, f"if {var} < {keys[middle]}:")
+    _emit_tree(src, var, keys[:middle], ind + 1, leaf)
+    src.add(ind, "else:")
+    _emit_tree(src, var, keys[middle:], ind + 1, leaf)
+
+
 def _emit_read(src: _Source, node: Any, target: str, ind: int, path: str) -> None:
     kind, node = src.resolve(node)
     if kind in ("int", "long"):
@@ -275,16 +290,22 @@ def _emit_read(src: _Source, node: Any, target: str, ind: int, path: str) -> Non
         src.add(ind, f"{target} = {{{', '.join(values)}}}")
     elif kind == "union":
         _emit_read_index(src, ind)
-        for index, branch in enumerate(node):
-            src.add(ind, f"{'if' if index == 0 else 'elif'} i == {2 * index}:")
-            branch_kind, definition = src.resolve(branch)
+        src.add(
+            ind,
+            f"if i & 1 or i >= {2 * len(node)}:",
+            f"    _bad_index((i >> 1) ^ -(i & 1), {len(node)}, {path!r})",
+        )
+
+        def branch(zigzag: int, at: int) -> None:
+            branch_kind, definition = src.resolve(node[zigzag >> 1])
             if branch_kind == "record":
                 local = src.local()
-                _emit_read(src, branch, local, ind + 1, path)
-                src.add(ind + 1, f"{target} = ({definition['name']!r}, {local})")
+                _emit_read(src, definition, local, at, path)
+                src.add(at, f"{target} = ({definition['name']!r}, {local})")
             else:
-                _emit_read(src, branch, target, ind + 1, path)
-        src.add(ind, "else:", f"    _bad_index((i >> 1) ^ -(i & 1), {len(node)}, {path!r})")
+                _emit_read(src, node[zigzag >> 1], target, at, path)
+
+        _emit_tree(src, "i", [2 * index for index in range(len(node))], ind, branch)
     else:
         raise NotImplementedError(f"Avro type {kind!r} ({path}) is not supported by the codec")
 
@@ -353,6 +374,9 @@ def _emit_write_long(src: _Source, value: str, ind: int, bits: int, path: str) -
         f"z = ({value} << 1) ^ ({value} >> {bits - 1})",
         "if 0 <= z < 128:",
         "    out.append(z)",
+        "elif 128 <= z < 16384:",
+        "    out.append((z & 0x7F) | 0x80)",
+        "    out.append(z >> 7)",
         "else:",
         f"    _put_long(out, z, {value}, {path!r})"
         if bits == 64
@@ -437,16 +461,23 @@ def _emit_write_union(src: _Source, branches: list[Any], value: str, ind: int, p
     keyword = "if"
     if records:
         name, fields = src.local(), src.local()
-        src.add(ind, f"if type({value}) is tuple:", f"    {name}, {fields} = {value}")
-        for position, (index, definition) in enumerate(records):
-            src.add(
-                ind + 1, f"{'if' if position == 0 else 'elif'} {name} == {definition['name']!r}:"
-            )
-            src.add(ind + 2, f"out.append({index << 1})")
-            _emit_write(src, definition, fields, ind + 2, path)
-        src.add(ind + 1, "else:")
+        indexes = src.constant({definition["name"]: index for index, definition in records})
         expected = f"a branch of {path}: " + ", ".join(d["name"] for _, d in records)
-        src.add(ind + 2, f"_not_a({expected!r}, {name}, {path!r})")
+        src.add(
+            ind,
+            f"if type({value}) is tuple:",
+            f"    {name}, {fields} = {value}",
+            f"    i = {indexes}.get({name})",
+            "    if i is None:",
+            f"        _not_a({expected!r}, {name}, {path!r})",
+        )
+        definitions = dict(records)
+
+        def branch(index: int, at: int) -> None:
+            src.add(at, f"out.append({index << 1})")
+            _emit_write(src, definitions[index], fields, at, path)
+
+        _emit_tree(src, "i", sorted(definitions), ind + 1, branch)
         keyword = "elif"
     if null:
         src.add(ind, f"{keyword} {value} is None:", f"    out.append({null[0][0] << 1})")

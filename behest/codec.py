@@ -90,6 +90,7 @@ __all__ = [
     "encode",
     "encode_body",
     "encode_record",
+    "encode_stamped",
     "header_fingerprint",
     "on_published_schema",
     "schema_fingerprint",
@@ -276,15 +277,17 @@ _TO_FIELDS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
 attributes as they are (the writer ignores the extra `type` key)."""
 
 
-def _record_of(event: AgentEvent) -> dict[str, Any]:
+def _record_of(
+    event: AgentEvent, run_text: str | None = None, micros: int | None = None
+) -> dict[str, Any]:
     payload = event.payload
     cls = type(payload)
     convert = _TO_FIELDS.get(cls)
     return {
         "event_id": _uuid_text(event.event_id),
-        "run_id": _uuid_text(event.run_id),
+        "run_id": _uuid_text(event.run_id) if run_text is None else run_text,
         "sequence": event.sequence,
-        "timestamp": (event.timestamp - EPOCH) // MICROSECOND,
+        "timestamp": (event.timestamp - EPOCH) // MICROSECOND if micros is None else micros,
         "payload": (_FULL_NAMES[cls], vars(payload) if convert is None else convert(payload)),
     }
 
@@ -299,17 +302,34 @@ def encode(event: AgentEvent) -> bytes:
     return bytes(_encode(bytearray(_CURRENT_HEADER), event))
 
 
+def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
+    """`encode(event)` and the event's time in µs since the epoch, for producers: they
+    key records by the run id's text (`run_text`, cached per run, saves converting it
+    twice) and stamp them with the event's time (computed once here)."""
+    out = bytearray(_CURRENT_HEADER)
+    try:
+        micros = (event.timestamp - EPOCH) // MICROSECOND
+        _write_current(out, _record_of(event, run_text, micros))
+    except (CodecError, *_ENCODE_ERRORS) as error:
+        raise _encode_error(event, error) from None
+    return bytes(out), micros
+
+
 def _encode(out: bytearray, event: AgentEvent) -> bytearray:
     try:
         _write_current(out, _record_of(event))
     except (CodecError, *_ENCODE_ERRORS) as error:
-        what = f"{type(getattr(event, 'payload', None)).__name__} event"
-        reason = error if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
-        raise CodecError(
-            f"cannot encode {what} {getattr(event, 'event_id', '?')}: {reason} (a field holds "
-            "a value its type does not allow; model_construct skips pydantic's checks)"
-        ) from None
+        raise _encode_error(event, error) from None
     return out
+
+
+def _encode_error(event: AgentEvent, error: Exception) -> CodecError:
+    what = f"{type(getattr(event, 'payload', None)).__name__} event"
+    reason = error if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
+    return CodecError(
+        f"cannot encode {what} {getattr(event, 'event_id', '?')}: {reason} (a field holds "
+        "a value its type does not allow; model_construct skips pydantic's checks)"
+    )
 
 
 def _from_run_started(fields: dict[str, Any]) -> dict[str, Any]:

@@ -426,6 +426,7 @@ _RECORD_TYPES: tuple[type[BaseModel], ...] = (
 _MODELS: dict[Variant, type[BaseModel]] = {
     Variant(f"{NAMESPACE}.{cls.__name__}"): cls for cls in _RECORD_TYPES
 }
+_VARIANTS: dict[str, Variant] = {v.short_name: v for v in Variant}
 
 
 class AgentEvent(_Model):
@@ -449,6 +450,11 @@ class AgentEvent(_Model):
     def type(self) -> str:
         """The variant's name, e.g. `RunStarted`."""
         return self.payload.type
+
+    @property
+    def variant(self) -> Variant:
+        """The payload's `Variant`, e.g. `Variant.RUN_STARTED`: dispatch on it, not on text."""
+        return _VARIANTS[self.payload.type]
 
     @property
     def is_terminal(self) -> bool:

@@ -38,7 +38,9 @@ _TERMINAL: Final = frozenset(s.value for s in RunStatus if s.is_terminal)
 @dataclass(frozen=True, slots=True)
 class RunUpdate:
     """One step of a watched run: the event folded at `sequence` (None for the opening
-    state) and the run's state after it."""
+    state) and the run's state after it. A late event (folded in its place after higher
+    sequences) comes when it is folded: `sequence` below the updates before it, `state`
+    the state at the highest sequence sent, re-folded with it."""
 
     sequence: int
     state: RunState
@@ -90,19 +92,39 @@ class _Lines:
         return None
 
 
-class _Pairing:
-    """Messages to `RunUpdate`s: each event with the state after it; remembers the last
-    sequence for a resume and whether the stream is over."""
+class _Watch:
+    """One remote watch without its transport: the request's resume header, the lines of
+    each response to `RunUpdate`s (each event with the state after it), when the stream is
+    over, and how long to wait after a failed connection. The sync and async readers of
+    `RemoteRunWatch` only move bytes."""
 
-    def __init__(self, from_sequence: int | None) -> None:
+    def __init__(self, base_url: str, from_sequence: int | None) -> None:
+        self.base_url = base_url
         self.last = None if from_sequence is None else from_sequence - 1
         self.event: AgentEvent | None = None
         self.done = False
+        self.failures = 0
+        self.lines = _Lines()
 
     def headers(self) -> dict[str, str]:
+        """Resume after the last update yielded: no gap and no duplicate."""
         return {} if self.last is None else {"Last-Event-ID": str(self.last)}
 
-    def feed(self, message: Message) -> RunUpdate | None:
+    def refused(self, status: int) -> bool:
+        """Whether the server refused (its body says why); 204: nothing to watch."""
+        if status == 204:
+            self.done = True
+        self.lines = _Lines()  # a new response starts a new stream
+        return status >= 400
+
+    def line(self, line: str) -> RunUpdate | None:
+        message = self.lines.feed(line)
+        if message is None:
+            return None
+        self.failures = 0
+        return self.message(message)
+
+    def message(self, message: Message) -> RunUpdate | None:
         if message.event == "event":
             self.event = AgentEvent.model_validate_json(message.data)
         elif message.event == "state":
@@ -110,6 +132,8 @@ class _Pairing:
             sequence = int(head["sequence"])
             event, self.event = self.event, None
             self.done = head["status"] in _TERMINAL
+            if event is not None and event.sequence < sequence:  # late: the state re-folded
+                return RunUpdate(event.sequence, RunState.model_validate(head), event)
             if self.last is not None and sequence <= self.last:
                 return None
             self.last = sequence
@@ -119,6 +143,23 @@ class _Pairing:
         elif message.event == "deleted":
             self.done = True
         return None
+
+    def ended(self) -> None:
+        """The response ended: if the run did not, that is a dropped connection."""
+        if not self.done:
+            import httpx
+
+            raise httpx.RemoteProtocolError(_ENDED)
+
+    def failed(self, error: Exception) -> float:
+        """Seconds to wait before reconnecting; gives up after `RECONNECTS` in a row."""
+        self.failures += 1
+        if self.failures > RECONNECTS:
+            raise QueryError(
+                f"{self.base_url} dropped the watch {self.failures} times in a row "
+                f"({error!r}): is the behest node up?"
+            ) from None
+        return min(0.1 * 2.0**self.failures, 2.0)
 
 
 def _timeout(connect: float) -> httpx.Timeout:
@@ -156,44 +197,29 @@ class RemoteRunWatch:
         self._http = http
         self._connect_timeout = connect_timeout
 
-    def _failed(self, failures: int, error: Exception) -> float:
-        if failures > RECONNECTS:
-            raise QueryError(
-                f"{self.base_url} dropped the watch {failures} times in a row ({error!r}): "
-                "is the behest node up?"
-            ) from None
-        return min(0.1 * 2.0**failures, 2.0)
-
     def __iter__(self) -> Iterator[RunUpdate]:
         import httpx
 
-        pairing, failures = _Pairing(self.from_sequence), 0
+        watch = _Watch(self.base_url, self.from_sequence)
         timeout = _timeout(self._connect_timeout)
         http = self._http or httpx.Client(base_url=self.base_url)
         try:
-            while not pairing.done:
+            while not watch.done:
                 try:
                     with http.stream(
-                        "GET",
-                        self.path,
-                        headers=pairing.headers(),
-                        timeout=timeout,
+                        "GET", self.path, headers=watch.headers(), timeout=timeout
                     ) as response:
-                        if response.status_code == 204:
-                            return
-                        if response.status_code >= 400:
+                        if watch.refused(response.status_code):
                             raise _refusal(response, response.read())
-                        for message in parse(response.iter_lines()):
-                            failures = 0
-                            update = pairing.feed(message)
+                        for line in response.iter_lines():
+                            update = watch.line(line)
                             if update is not None:
                                 yield update
-                            if pairing.done:
+                            if watch.done:
                                 return
-                        raise httpx.RemoteProtocolError(_ENDED)
+                        watch.ended()
                 except httpx.TransportError as error:
-                    failures += 1
-                    time.sleep(self._failed(failures, error))
+                    time.sleep(watch.failed(error))
         finally:
             if self._http is None:
                 http.close()
@@ -201,33 +227,22 @@ class RemoteRunWatch:
     async def __aiter__(self) -> AsyncIterator[RunUpdate]:
         import httpx
 
-        pairing, failures = _Pairing(self.from_sequence), 0
+        watch = _Watch(self.base_url, self.from_sequence)
         timeout = _timeout(self._connect_timeout)
         async with httpx.AsyncClient(base_url=self.base_url) as http:
-            while not pairing.done:
+            while not watch.done:
                 try:
                     async with http.stream(
-                        "GET",
-                        self.path,
-                        headers=pairing.headers(),
-                        timeout=timeout,
+                        "GET", self.path, headers=watch.headers(), timeout=timeout
                     ) as response:
-                        if response.status_code == 204:
-                            return
-                        if response.status_code >= 400:
+                        if watch.refused(response.status_code):
                             raise _refusal(response, await response.aread())
-                        lines = _Lines()
                         async for line in response.aiter_lines():
-                            message = lines.feed(line)
-                            if message is None:
-                                continue
-                            failures = 0
-                            update = pairing.feed(message)
+                            update = watch.line(line)
                             if update is not None:
                                 yield update
-                            if pairing.done:
+                            if watch.done:
                                 return
-                        raise httpx.RemoteProtocolError(_ENDED)
+                        watch.ended()
                 except httpx.TransportError as error:
-                    failures += 1
-                    await asyncio.sleep(self._failed(failures, error))
+                    await asyncio.sleep(watch.failed(error))

@@ -31,7 +31,7 @@ from behest.client import RunStateClient
 from behest.config import Settings
 from behest.emit.partitioner import partition_for
 from behest.emit.producer import EventProducer
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 from behest.testing import sample_run
 from benchmarks.common import (
     BenchContext,

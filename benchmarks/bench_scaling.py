@@ -49,7 +49,7 @@ def _project(args: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         metrics = projector.run(until_caught_up=True)
         elapsed = time.perf_counter() - start
-        runs = _count(projector.store.states)
+        runs = sum(1 for _ in projector.store.iter_states())
     return {
         "seconds": elapsed,
         "events": metrics.events_folded,
@@ -59,17 +59,6 @@ def _project(args: dict[str, Any]) -> dict[str, Any]:
         "duplicates": metrics.duplicates,
         "gaps": metrics.gaps,
     }
-
-
-def _count(family: Any) -> int:
-    """Keys in a raw-mode rocksdict column family (which cannot be iterated directly)."""
-    iterator = family.iter()
-    iterator.seek_to_first()
-    count = 0
-    while iterator.valid():
-        count += 1
-        iterator.next()
-    return count
 
 
 @dataclass(frozen=True)

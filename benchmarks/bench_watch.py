@@ -34,7 +34,7 @@ from confluent_kafka import Producer
 from behest.config import Settings
 from behest.emit.producer import EventProducer
 from behest.events import AgentEvent, utc_now
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 from behest.testing import sample_run
 from benchmarks.common import (
     CHECKOUT,

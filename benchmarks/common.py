@@ -197,7 +197,8 @@ def kafka_broker(progress: Callable[[str], None] = print) -> Iterator[tuple[str,
     if configured:
         yield configured, f"given broker at {configured}"
         return
-    from behest.local.broker import KAFKA_VERSION, LocalBroker
+    from behest.local.broker import LocalBroker
+    from behest.local.runtime import KAFKA_VERSION
 
     data_dir = Path(tempfile.mkdtemp(prefix="behest-bench-broker-"))
     broker = LocalBroker(data_dir, progress=progress)

@@ -15,9 +15,11 @@ A run whose first event is not `RunStarted` starts `pending` with session, provi
 model unknown (null) until its `RunStarted` is folded; `created_at` is its first event's
 time.
 
-The state is a plain dict in the contract's JSON shape, with times kept as UTC
-microseconds while folding; it is stored as the contract's JSON (RFC 3339 times),
-so the query layer can serve stored bytes as they are.
+There is one model of a run's state, `behest.events.RunState`: readers get it (or its
+JSON). While folding, the state is that model's fields in a plain dict, times kept as UTC
+microseconds (`_Folding`, private: building models would cost the fold most of its
+speed); it is stored as the contract's JSON (RFC 3339 times), so the query layer can serve
+stored bytes as they are. On import, `_same_fields` holds the dict's fields to the model's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Final, TypedDict
 
 import orjson
 
-from behest.events import EventRecord, RunStatus, Variant
+from behest.events import EventRecord, RunState, RunStatus, TokenUsage, Variant
 from behest.times import format_micros, parse_micros
 
 _U64 = struct.Struct(">Q")
@@ -46,16 +48,17 @@ INDEX_SESSION: Final = b"s"
 INDEX_STATUS: Final = b"t"
 
 
-class Usage(TypedDict):
+class _Usage(TypedDict):
+    """`TokenUsage`'s fields."""
+
     input_tokens: int
     output_tokens: int
     total_tokens: int
 
 
-class RunStateData(TypedDict):
-    """A run's state while folding: `behest.events.RunState` (the one model of a run's
-    state) in its fast form, as `EventRecord` is `AgentEvent`'s: the same fields, times as
-    UTC microseconds; a test keeps the two field lists equal."""
+class _Folding(TypedDict):
+    """`RunState` while folding, as `EventRecord` is `AgentEvent` while decoding: its
+    fields in its order, times as UTC microseconds, a known finish reason as its text."""
 
     run_id: str
     session_id: str | None
@@ -64,7 +67,7 @@ class RunStateData(TypedDict):
     model: str | None
     metadata: Any
     iteration: int
-    total_usage: Usage
+    total_usage: _Usage
     last_finish: str | dict[str, str] | None
     last_error: str | None
     event_count: int
@@ -73,7 +76,21 @@ class RunStateData(TypedDict):
     sequence: int
 
 
-def _initial(event: EventRecord) -> RunStateData:
+def _same_fields(folding: type, model: type[RunState | TokenUsage]) -> None:
+    """Fail the import when the model and the folding form disagree on their fields, so a
+    field added to `RunState` cannot be missing from stored states unnoticed."""
+    if list(folding.__annotations__) != list(model.model_fields):
+        raise TypeError(
+            f"{folding.__name__} must have {model.__name__}'s fields in its order: "
+            f"{list(model.model_fields)}, not {list(folding.__annotations__)}"
+        )
+
+
+_same_fields(_Folding, RunState)
+_same_fields(_Usage, TokenUsage)
+
+
+def _initial(event: EventRecord) -> _Folding:
     return {
         "run_id": event["run_id"],
         "session_id": None,
@@ -111,9 +128,9 @@ _FOLDED: Final = frozenset(
 """The variants that change more than the counters."""
 
 
-def apply(state: RunStateData | None, event: EventRecord) -> RunStateData:
+def apply(state: _Folding | None, event: EventRecord) -> _Folding:
     """The state after one more event (a new dict; `state` is left as it was)."""
-    new: RunStateData = _initial(event) if state is None else state.copy()
+    new: _Folding = _initial(event) if state is None else state.copy()
     variant, body = event["payload"]
     if variant not in _FOLDED:  # most events: only the counters move
         pass
@@ -151,7 +168,7 @@ def apply(state: RunStateData | None, event: EventRecord) -> RunStateData:
     return new
 
 
-def to_json_dict(state: RunStateData) -> dict[str, Any]:
+def to_json_dict(state: _Folding) -> dict[str, Any]:
     """The contract's JSON shape (§2): times as RFC 3339 strings."""
     data: dict[str, Any] = dict(state)
     data["created_at"] = format_micros(state["created_at"])
@@ -159,7 +176,7 @@ def to_json_dict(state: RunStateData) -> dict[str, Any]:
     return data
 
 
-def from_json_dict(data: dict[str, Any]) -> RunStateData:
+def from_json_dict(data: dict[str, Any]) -> _Folding:
     """A folding state back from the contract's JSON shape."""
     state = dict(data)
     state["created_at"] = parse_micros(data["created_at"])
@@ -184,16 +201,16 @@ class RunStateProjection:
     def key(self, event: EventRecord) -> bytes:
         return uuid.UUID(event["run_id"]).bytes
 
-    def apply(self, state: RunStateData | None, event: EventRecord) -> RunStateData:
+    def apply(self, state: _Folding | None, event: EventRecord) -> _Folding:
         return apply(state, event)
 
-    def encode_state(self, state: RunStateData) -> bytes:
+    def encode_state(self, state: _Folding) -> bytes:
         return orjson.dumps(to_json_dict(state))
 
-    def decode_state(self, data: bytes) -> RunStateData:
+    def decode_state(self, data: bytes) -> _Folding:
         return from_json_dict(orjson.loads(data))
 
-    def index_keys(self, state: RunStateData) -> Iterable[bytes]:
+    def index_keys(self, state: _Folding) -> Iterable[bytes]:
         """All runs, active runs, runs of a session, runs per status; each list ordered by
         creation time: `prefix ‖ (created_at µs + 2^63, 8 bytes BE) ‖ run id (16 bytes)`."""
         suffix = _U64.pack(state["created_at"] + _TIME_BIAS) + _uuid_bytes(state["run_id"])

@@ -1,3 +1,4 @@
-"""The `behest` command's subcommand groups (`behest broker`, `topics`, `dlq`, `generations`)
-and its terminal view (`behest watch`): they parse and print; the logic lives beside what it
-works on (`behest.local`, `behest.admin`, `behest.dlq`, `behest.fold.layout`, `behest.watching`)."""
+"""The `behest` command's commands (`simulate`, `project`, `serve`, `state`, `watch`, `demo`)
+and subcommand groups (`broker`, `topics`, `dlq`, `generations`), which `behest.cli`
+assembles: they parse and print; the logic lives beside what it works on (`behest.local`,
+`behest.fold`, `behest.read`, `behest.admin`, `behest.dlq`, `behest.watching`)."""

@@ -62,8 +62,9 @@ def broker_start(
     import time
 
     from behest.errors import BehestError
-    from behest.local.broker import KAFKA_VERSION, LocalBroker
+    from behest.local.broker import LocalBroker
     from behest.local.cluster import LocalCluster, is_cluster_dir
+    from behest.local.runtime import KAFKA_VERSION
 
     started = time.monotonic()
     try:

@@ -3,14 +3,30 @@ they make, and how an error ends a command."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from behest.config import Settings
 
-__all__ = ["BootstrapServers", "StateDir", "Topic", "fail", "settings"]
+__all__ = [
+    "PROJECTION_HELP",
+    "Advertise",
+    "BootstrapServers",
+    "Format",
+    "GroupId",
+    "Level",
+    "LogFormat",
+    "LogLevel",
+    "StateDir",
+    "Topic",
+    "fail",
+    "settings",
+    "setup_logging",
+    "telemetry",
+]
 
 BootstrapServers = Annotated[
     str | None,
@@ -49,3 +65,75 @@ def fail(exc: BaseException) -> typer.Exit:
     """Print an error (no traceback) to stderr and give the exit to raise."""
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(1)
+
+
+class Level(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogLevel = Annotated[
+    Level,
+    typer.Option(
+        "--log-level",
+        envvar="BEHEST_LOG_LEVEL",
+        case_sensitive=False,
+        help="Least severe log lines shown (env BEHEST_LOG_LEVEL).",
+    ),
+]
+LogFormat = Annotated[
+    Format,
+    typer.Option(
+        "--log-format",
+        envvar="BEHEST_LOG_FORMAT",
+        case_sensitive=False,
+        help="text, or json: one object per line for log shippers (env BEHEST_LOG_FORMAT).",
+    ),
+]
+
+
+def setup_logging(level: Level, log_format: Format, console: Any = None) -> None:
+    """Logging of a long-running command (`behest.logs`): rich text on a terminal."""
+    from behest.logs import setup_logging as setup
+
+    handler = None
+    if log_format is Format.text and console is not None and console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)
+    setup(level.value, log_format.value, handler=handler)
+
+
+PROJECTION_HELP = (
+    "An installed projection's name (run_state, tool_usage, otel: each finished run exported "
+    "as OpenTelemetry GenAI spans over OTLP, or one a package declares under "
+    "the behest.projections entry points) or your own as package.module:Class."
+)
+
+
+Advertise = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise",
+        help="URL of this process's HTTP API for the cluster's other nodes: the projector "
+        "(`project`) puts it in its client.id, the API (`serve`) routes by it (see `behest node`).",
+    ),
+]
+GroupId = Annotated[
+    str | None, typer.Option("--group-id", help="Consumer group; default behest.<projection>.")
+]
+
+
+def telemetry(config: Settings, service: str) -> None:
+    """With `BEHEST_OTEL=true`, this command exports its spans over OTLP."""
+    if config.otel:
+        from behest.telemetry import configure
+
+        configure(service)

@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+import typer
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
@@ -21,10 +22,17 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from behest.events import AgentEvent, RunState
+from behest.commands.options import StateDir, Topic, fail, settings
+from behest.events import (
+    AgentEvent,
+    KnownFinishReason,
+    RunState,
+    ToolExecutionFailure,
+    Variant,
+)
 from behest.watching import RunUpdate
 
-__all__ = ["RunView", "show", "summary"]
+__all__ = ["RunView", "show", "summary", "watch_command"]
 
 LATEST: Final = 12
 """Events listed under the text."""
@@ -46,51 +54,53 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _tool_finished(p: Any) -> str:
+    result = p.result
+    outcome = (
+        f"failed: {_short(result.error, 40)}"
+        if isinstance(result, ToolExecutionFailure)
+        else f"ok {_short(result.output, 40)}"
+    )
+    return f"tool {p.tool_name} {outcome} in {p.duration_ms} ms"
+
+
+def _completed(p: Any) -> str:
+    reason = p.finish_reason
+    text = reason.value if isinstance(reason, KnownFinishReason) else f"unknown: {reason.unknown}"
+    return f"completed ({text}) after {p.iterations} iterations"
+
+
+_SUMMARIES: Final[dict[Variant, Callable[[Any], str]]] = {
+    Variant.RUN_STARTED: lambda p: f"run started: {p.provider}/{p.model}",
+    Variant.CONTEXT_BUILT: lambda p: f"context built: {p.message_count} messages",
+    Variant.MODEL_STARTED: lambda p: f"model turn {p.iteration}: {p.provider}/{p.model}",
+    Variant.TEXT_DELTA: lambda p: f"text {_short(p.delta, 50)!r}",
+    Variant.TOOL_CALL_STARTED: lambda p: f"tool call: {p.tool_name} ({p.call_id})",
+    Variant.TOOL_CALL_DELTA: lambda p: f"tool arguments +{_short(p.delta, 40)!r}",
+    Variant.TOOL_CALL_COMPLETED: lambda p: (
+        f"tool call {p.call.name}({_short(p.call.arguments, 50)})"
+    ),
+    Variant.TOOL_EXECUTION_STARTED: lambda p: f"tool running: {p.tool_name} ({p.call_id})",
+    Variant.TOOL_EXECUTION_FINISHED: _tool_finished,
+    Variant.ASSISTANT_MESSAGE_COMMITTED: lambda p: "assistant message committed",
+    Variant.TOOL_MESSAGE_COMMITTED: lambda p: "tool message committed",
+    Variant.USAGE_RECORDED: lambda p: (
+        f"usage {p.usage.input_tokens:,} in, {p.usage.output_tokens:,} out"
+    ),
+    Variant.RUN_COMPLETED: _completed,
+    Variant.RUN_FAILED: lambda p: f"failed: {_short(p.error)}",
+    Variant.RUN_CANCELLED: lambda p: "cancelled",
+    Variant.DOOM_LOOP_DETECTED: lambda p: f"doom loop detected: {_short(p.description)}",
+    Variant.COMPACTION_CIRCUIT_OPENED: lambda p: (
+        f"compaction circuit opened after {p.consecutive_failures} failures"
+    ),
+}
+"""One line per payload variant, saying what an event of it did."""
+
+
 def summary(event: AgentEvent) -> str:
     """One line saying what an event did."""
-    p: Any = event.payload
-    kind: str = p.type
-    if kind == "RunStarted":
-        return f"run started: {p.provider}/{p.model}"
-    if kind == "ContextBuilt":
-        return f"context built: {p.message_count} messages"
-    if kind == "ModelStarted":
-        return f"model turn {p.iteration}: {p.provider}/{p.model}"
-    if kind == "TextDelta":
-        return f"text {_short(p.delta, 50)!r}"
-    if kind in ("ToolCallStarted", "ToolExecutionStarted"):
-        verb = "call" if kind == "ToolCallStarted" else "running"
-        return f"tool {verb}: {p.tool_name} ({p.call_id})"
-    if kind == "ToolCallDelta":
-        return f"tool arguments +{_short(p.delta, 40)!r}"
-    if kind == "ToolCallCompleted":
-        return f"tool call {p.call.name}({_short(p.call.arguments, 50)})"
-    if kind == "ToolExecutionFinished":
-        result = p.result
-        outcome = (
-            f"failed: {_short(result.error, 40)}"
-            if hasattr(result, "error")
-            else f"ok {_short(result.output, 40)}"
-        )
-        return f"tool {p.tool_name} {outcome} in {p.duration_ms} ms"
-    if kind == "UsageRecorded":
-        return f"usage {p.usage.input_tokens:,} in, {p.usage.output_tokens:,} out"
-    if kind == "RunCompleted":
-        reason = getattr(p.finish_reason, "value", None) or p.finish_reason.unknown
-        return f"completed ({reason}) after {p.iterations} iterations"
-    if kind == "RunFailed":
-        return f"failed: {_short(p.error)}"
-    if kind == "DoomLoopDetected":
-        return f"doom loop detected: {_short(p.description)}"
-    if kind == "CompactionCircuitOpened":
-        return f"compaction circuit opened after {p.consecutive_failures} failures"
-    if kind == "RunCancelled":
-        return "cancelled"
-    if kind == "AssistantMessageCommitted":
-        return "assistant message committed"
-    if kind == "ToolMessageCommitted":
-        return "tool message committed"
-    return kind
+    return _SUMMARIES[event.variant](event.payload)
 
 
 class RunView:
@@ -110,9 +120,10 @@ class RunView:
             return
         self.latest.append(event)
         payload: Any = event.payload
-        if payload.type == "ModelStarted":
+        variant = event.variant
+        if variant is Variant.MODEL_STARTED:
             self.turn, self.text = payload.iteration, ""
-        elif payload.type == "TextDelta":
+        elif variant is Variant.TEXT_DELTA:
             self.text += payload.delta
 
     def render(self) -> RenderableType:
@@ -166,3 +177,37 @@ def show(run_id: str, updates: Iterable[RunUpdate], console: Console | None = No
             view.feed(update)
             live.update(view.render())
     return view
+
+
+def watch_command(
+    run_id: str = typer.Argument(..., help="The run id (a UUID); it need not exist yet."),
+    url: str | None = typer.Option(
+        None, "--url", help="Watch through a behest server (e.g. http://127.0.0.1:8000)."
+    ),
+    from_sequence: int | None = typer.Option(
+        None, "--from-sequence", min=0, help="Replay the stored events from this sequence on."
+    ),
+    state_dir: StateDir = None,
+    topic: Topic = None,
+) -> None:
+    """A live terminal view of one run (status, iteration, tokens, the model's text, the
+    latest events) until it ends; from the state dir, or through a server with --url."""
+    from behest.errors import BehestError
+    from behest.events import parse_run_id
+
+    try:
+        run = parse_run_id(run_id)
+        if url is not None:
+            from behest.client import RunStateClient
+
+            with RunStateClient(url) as client:
+                show(str(run), client.watch(run, from_sequence=from_sequence))
+        else:
+            from behest.read.query import RunStateQuery
+
+            with RunStateQuery.open(settings(topic=topic, state_dir=state_dir)) as query:
+                show(str(run), query.watch(run, from_sequence=from_sequence))
+    except BehestError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

@@ -5,10 +5,13 @@
 
 A package makes its projections known to `behest project`, `behest serve` and `behest
 state` by declaring them in the `behest.projections` entry-point group of its metadata
-(behest declares its own `run_state` and `tool_usage` so):
+(behest declares its own `run_state`, `tool_usage` and `otel` so):
 
     [project.entry-points."behest.projections"]
     spend = "my_service.folds:Spend"
+
+behest's own are found without their entry points too: metadata written before the group
+existed (an old `.venv`, or a stale `behest.egg-info` beside the sources) lacks them.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from typing import Any, Final
 from behest.errors import ConfigError
 from behest.fold.projection import Projection
 
-__all__ = ["ENTRY_POINT_GROUP", "installed_projections", "load_projection"]
+__all__ = ["BUILT_IN", "ENTRY_POINT_GROUP", "installed_projections", "load_projection"]
 
 ENTRY_POINT_GROUP: Final = "behest.projections"
+
+BUILT_IN: Final = {
+    "run_state": "behest.projections.run_state:RunStateProjection",
+    "tool_usage": "behest.projections.tool_usage:ToolUsageProjection",
+    "otel": "behest.projections.otel:OtelProjection",
+}
+"""behest's own projections, as pyproject.toml declares them (a test keeps the two equal)."""
 
 _MEMBERS: Final = (
     "name",
@@ -36,8 +46,11 @@ _MEMBERS: Final = (
 
 
 def installed_projections() -> dict[str, EntryPoint]:
-    """The projections installed packages declare, by name."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """The projections installed packages declare, by name, and behest's own (`BUILT_IN`)
+    even when the installed metadata is too old to declare them."""
+    found = {name: EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in BUILT_IN.items()}
+    found.update((ep.name, ep) for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return found
 
 
 def load_projection(spec: str) -> Projection[Any]:

@@ -49,6 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+_new_tuple = tuple.__new__
 
 DEFAULT_SNAPSHOT_EVERY: Final = 32
 """A run's state is snapshotted after every 32nd event: `get_at` folds at most 31 events
@@ -288,14 +289,16 @@ class BatchFolder(Generic[S]):
         result, heads, epochs = run_pass.result, run_pass.heads, run_pass.epochs
         positions = result.positions
         groups: dict[bytes, list[Item]] = {}
-        seen: dict[bytes, dict[int, bytes]] = {}  # per run: the events accepted in this batch
+        seen: dict[tuple[bytes, int, int], bytes] = {}  # (run, sequence, epoch): accepted
         pending: list[Item] = []
         held = result.held
+        decoder = self._decode
         for record in records:
-            if held and record.partition() in held:
+            partition = record.partition()
+            if held and partition in held:
                 result.records -= 1  # waits for a writer schema: read again from there later
                 continue
-            positions[record.partition()] = record.offset() + 1
+            positions[partition] = record.offset() + 1
             key = record.key()
             known = keys.get(key)
             if known is None:
@@ -311,17 +314,16 @@ class BatchFolder(Generic[S]):
                 result.tombstones += 1
                 heads[run] = None
                 run_pass.reset.add(run)
-                seen.pop(run, None)
                 epochs[run] = epochs.get(run, 0) + 1
                 if run_keyed:
                     item = Item(run, -1, None, b"", record, epochs[run])
                     groups.setdefault(run, []).append(item)
                 continue
             try:
-                if self._decode is None:
+                if decoder is None:
                     event: Any = decode_record(value)
                 else:
-                    event, value = self._decode(value)
+                    event, value = decoder(value)
                 check_record(event)
             except CodecError as error:
                 decoded = self._undecodable(record, value, error, result)
@@ -333,29 +335,31 @@ class BatchFolder(Generic[S]):
             if run_id != text and not _same_run(text, run_id):
                 self._dead(result, record, f"record key {text} is not the event's run_id {run_id}")
                 continue
-            item = Item(run, sequence, event, value, record, epochs.get(run, 0))
+            epoch = epochs.get(run, 0) if epochs else 0
+            item = Item(run, sequence, event, value, record, epoch)
             head = heads[run]
             if head is None:
                 heads[run] = RunHead.first(sequence)
                 if sequence:
                     self._gap(result, text, 0, sequence)
+            elif sequence == head.last + 1:  # the hot path: the next one, in order
+                heads[run] = _new_tuple(RunHead, (sequence, head.missing))
             elif sequence > head.last:
-                if sequence > head.last + 1:
-                    self._gap(result, text, head.last + 1, sequence)
+                self._gap(result, text, head.last + 1, sequence)
                 heads[run] = head.advance(sequence)
             elif head.is_missing(sequence):
                 heads[run] = head.fill(sequence)
                 item.late = run_pass.late = True
             else:  # a sequence folded before: a duplicate or a conflict (or never stored)
-                earlier = seen.get(run, {}).get(sequence)
+                earlier = seen.get((run, sequence, epoch))
                 if earlier is not None:
                     self._repeat(result, item, earlier)
-                elif run_keyed and not item.epoch:
+                elif run_keyed and not epoch:
                     pending.append(item)
                 else:
                     result.duplicates += 1
                 continue
-            seen.setdefault(run, {})[sequence] = value
+            seen[run, sequence, epoch] = value
             entity = run if run_keyed else entity_of(event)
             if entity is not None:
                 group = groups.get(entity)

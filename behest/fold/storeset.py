@@ -155,6 +155,27 @@ class StoreSet:
             self._close_retired()
             return switched
 
+    def catch_up_runs(self, runs: Sequence[bytes]) -> bool:
+        """`catch_up`, but only the partition stores of `runs` (a watcher of a few runs
+        need not replay every partition's writes); a switch or a missing store still
+        takes the full `catch_up`. True if the generation changed."""
+        with self._lock:
+            gen = self._gen
+            if not self.follow or gen is None or self._served_identity() != self._identity:
+                full = True
+            else:
+                stores = {self._store_of(run) for run in runs}
+                full = None in stores
+                try:
+                    for store in stores:
+                        if store is not None:
+                            store.catch_up_if_changed()
+                except StoreError:
+                    full = True
+            if not full:
+                return False
+        return self.catch_up()
+
     def catch_up_if_changed(self) -> bool:
         """`catch_up`: each partition store catches up only if its writer wrote since."""
         return self.catch_up()
@@ -217,6 +238,8 @@ class StoreSet:
             gen = self._gen
             if gen is None or gen.manifest.partitions < 1:
                 return -1  # no partition count recorded yet: nothing folded either
+            if gen.manifest.partitions == 1:
+                return 0  # no hash to compute (murmur2 in Python costs more than the read)
             if len(routes) > _ROUTE_CACHE_LIMIT:
                 routes.clear()
             text = str(uuid.UUID(bytes=run[:RUN_KEY_SIZE]))

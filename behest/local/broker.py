@@ -1,8 +1,7 @@
 """A real single-node Kafka (KRaft) on 127.0.0.1 that behest starts by itself, without Docker.
 
-The jars come from Maven Central once (a generated POM and
-`mvn dependency:copy-dependencies`) into `project_home()/kafka/<version>/libs`;
-the broker runs as a detached `java kafka.Kafka` process. A broker is known by
+The broker runs as a detached `java kafka.Kafka` process, on the Java and jars of
+`behest.local.runtime`, with the files `behest.local.kraft` renders. A broker is known by
 its data dir, which holds everything about it:
 
     <data dir>/server.properties   KRaft broker+controller config (rewritten each start)
@@ -17,64 +16,47 @@ so several brokers can run side by side, each in its own data dir.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import fcntl
 import json
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
-
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from behest.config import DEFAULT_BROKER_PORT, project_home
 from behest.errors import BrokerError
+from behest.local.kraft import (
+    HOST,
+    new_cluster_id,
+    render_log4j2_properties,
+    render_server_properties,
+)
+from behest.local.ports import answers, free_port, port_in_use
+from behest.local.runtime import (
+    KAFKA_VERSION,
+    LOG4J_VERSION,
+    fetch_kafka_jars,
+    find_java,
+    folder_lock,
+    jar_cache_dir,
+)
 
 __all__ = [
     "HEAP",
-    "KAFKA_VERSION",
-    "LOG4J_VERSION",
-    "MIN_JAVA",
     "BrokerStatus",
     "LocalBroker",
-    "broker_ids",
     "default_data_dir",
-    "fetch_kafka_jars",
-    "folder_lock",
-    "free_port",
-    "new_cluster_id",
-    "parse_java_major",
-    "port_in_use",
-    "render_log4j2_properties",
-    "render_pom",
-    "render_server_properties",
     "tail",
 ]
 
-# The newest 4.x whose whole dependency tree resolves from Maven Central (4.4.0 is listed but
-# its kafka-tools-api jar is missing there). LOG4J_VERSION is the log4j2 release kafka-server
-# 4.3.1 itself depends on; the SLF4J 1.x binding must match it.
-KAFKA_VERSION = "4.3.1"
-LOG4J_VERSION = "2.25.4"
-DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-MIN_JAVA = 17
 HEAP = "512m"
-HOST = "127.0.0.1"
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0
-MAVEN_TIMEOUT = 900.0
 LOG_TAIL_LINES = 30
 
 _JVM_FLAGS = (
@@ -113,147 +95,6 @@ class BrokerStatus:
 # --- pure helpers -----------------------------------------------------------------------------
 
 
-def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    """True if binding `host:port` fails, as it would for the broker.
-
-    SO_REUSEADDR matches what the JVM does, so TIME_WAIT leftovers of a stopped broker do
-    not count as taken, while any listening socket (on this address or 0.0.0.0) does.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-        return False
-
-
-def new_cluster_id() -> str:
-    """A random KRaft cluster id, as `kafka-storage random-uuid` makes it, without a JVM."""
-    while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cluster_id.startswith("-"):  # Kafka avoids ids a CLI would read as a flag
-            return cluster_id
-
-
-def parse_java_major(version_output: str) -> int | None:
-    """The major version in `java -version` output: `"1.8.0_292"` is 8, `"17.0.15"` is 17."""
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
-    if not match:
-        return None
-    major = int(match.group(1))
-    if major == 1 and match.group(2):
-        return int(match.group(2))
-    return major
-
-
-def render_server_properties(
-    *,
-    port: int,
-    controller_port: int,
-    log_dir: Path,
-    node_id: int = 1,
-    voters: str | None = None,
-    replication: int = 1,
-) -> str:
-    """A KRaft node (broker and controller) on loopback: alone by default, or one of a
-    cluster's nodes, given the quorum's `voters` (`1@host:port,2@host:port,...`).
-
-    `replication` is the cluster's replication factor for new and internal topics;
-    `min.insync.replicas` is one less (at most 2), so acknowledged writes survive the
-    loss of a node. Topic auto-creation is off: behest creates its topics explicitly, so
-    a missing topic is a clear error instead of a silently made one-partition topic.
-    """
-    min_isr = str(max(1, min(2, replication - 1)))
-    rf = str(replication)
-    props = {
-        "process.roles": "broker,controller",
-        "node.id": str(node_id),
-        "controller.quorum.voters": voters or f"{node_id}@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "log.dirs": str(log_dir),
-        "num.partitions": "1",
-        "default.replication.factor": rf,
-        "min.insync.replicas": min_isr,
-        "auto.create.topics.enable": "false",
-        "offsets.topic.replication.factor": rf,
-        "transaction.state.log.replication.factor": rf,
-        "transaction.state.log.min.isr": min_isr,
-        "share.coordinator.state.topic.replication.factor": rf,
-        "share.coordinator.state.topic.min.isr": min_isr,
-        "group.initial.rebalance.delay.ms": "0",
-    }
-    lines = ["# Written by behest.local.broker on every start; edits are overwritten."]
-    lines += [f"{key}={_escape_property(value)}" for key, value in props.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _escape_property(value: str) -> str:
-    """Java .properties escaping for the characters a path may contain."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def render_pom(kafka_version: str = KAFKA_VERSION, log4j_version: str = LOG4J_VERSION) -> str:
-    """A throwaway POM whose runtime dependencies are exactly the broker's classpath.
-
-    The SLF4J binding is not a dependency of the broker, so it is added: the 1.x binding
-    (`log4j-slf4j-impl`), because Kafka pins slf4j-api 1.7.36.
-    """
-    deps = [
-        ("org.apache.kafka", "kafka_2.13", kafka_version),
-        ("org.apache.logging.log4j", "log4j-slf4j-impl", log4j_version),
-        ("org.apache.logging.log4j", "log4j-api", log4j_version),
-        ("org.apache.logging.log4j", "log4j-core", log4j_version),
-    ]
-    rendered = "\n".join(
-        "    <dependency>"
-        f"<groupId>{escape(group)}</groupId>"
-        f"<artifactId>{escape(artifact)}</artifactId>"
-        f"<version>{escape(version)}</version>"
-        "</dependency>"
-        for group, artifact, version in deps
-    )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>behest.local</groupId>
-  <artifactId>kafka-broker-classpath</artifactId>
-  <version>{escape(kafka_version)}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{rendered}
-  </dependencies>
-</project>
-"""
-
-
-def render_log4j2_properties() -> str:
-    """Warnings and errors only, plus the one line that says the server started."""
-    return """\
-status = warn
-appender.console.type = Console
-appender.console.name = STDOUT
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.stdout.ref = STDOUT
-logger.started.name = kafka.server.KafkaRaftServer
-logger.started.level = INFO
-"""
-
-
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a text file, or a note that it is missing."""
     try:
@@ -261,85 +102,6 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except FileNotFoundError:
         return f"({path} does not exist)"
     return "\n".join(text.splitlines()[-lines:])
-
-
-# --- jars -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def folder_lock(lock_path: Path) -> Iterator[None]:
-    """Serialize processes working on the same folder (two starts, two downloads)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fetch_kafka_jars(
-    cache_dir: Path,
-    kafka_version: str = KAFKA_VERSION,
-    log4j_version: str = LOG4J_VERSION,
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> Path:
-    """The folder of the broker's jars, downloaded with Maven on first use only.
-
-    A marker file is written after the copy completes, so an interrupted download is redone.
-    """
-    libs = cache_dir / "libs"
-    marker = cache_dir / "libs.complete"
-    if marker.exists():
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError(
-            f"Maven (`mvn`) is needed once to download the Kafka {kafka_version} jars into "
-            f"{libs}, and it is not on PATH: install it (e.g. `sudo apt-get install maven`), "
-            "or set BEHEST_BOOTSTRAP_SERVERS to use a Kafka you already run."
-        )
-    with folder_lock(cache_dir / ".lock"):
-        if marker.exists():  # another process finished the download while we waited
-            return libs
-        if progress:
-            progress(f"Downloading Kafka {kafka_version} jars with Maven into {libs} (once)...")
-        shutil.rmtree(libs, ignore_errors=True)
-        pom = cache_dir / "pom.xml"
-        pom.write_text(render_pom(kafka_version, log4j_version))
-        command = [
-            mvn,
-            "-B",
-            "-q",
-            "-Dstyle.color=never",
-            "-f",
-            str(pom),
-            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={libs}",
-        ]
-        try:
-            done = subprocess.run(  # noqa: S603 - fixed arguments, no shell
-                command, capture_output=True, text=True, timeout=MAVEN_TIMEOUT, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BrokerError(
-                f"Maven did not finish downloading the Kafka {kafka_version} jars within "
-                f"{MAVEN_TIMEOUT:.0f} s; check access to Maven Central and run again."
-            ) from exc
-        if done.returncode != 0:
-            output = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
-            raise BrokerError(
-                f"Maven could not download the Kafka {kafka_version} jars (exit "
-                f"{done.returncode}); check access to Maven Central (or the mirrors in "
-                f"~/.m2/settings.xml) and run again. Maven said:\n{output}"
-            )
-        jars = sorted(path.name for path in libs.glob("*.jar"))
-        if f"kafka_2.13-{kafka_version}.jar" not in jars:
-            raise BrokerError(f"Maven finished but {libs} lacks kafka_2.13-{kafka_version}.jar.")
-        marker.write_text(json.dumps({"kafka": kafka_version, "jars": jars}, indent=1) + "\n")
-    return libs
 
 
 # --- the broker -------------------------------------------------------------------------------
@@ -399,7 +161,7 @@ class LocalBroker:
 
     @property
     def jar_cache_dir(self) -> Path:
-        return project_home() / "kafka" / self.kafka_version
+        return jar_cache_dir(self.kafka_version)
 
     # public API
 
@@ -459,7 +221,7 @@ class LocalBroker:
                 "pick another with --port, or stop what holds it (`behest broker status "
                 "--data-dir ...` shows brokers behest started)."
             )
-        java = self._find_java()
+        java = find_java(self.kafka_version)
         libs = fetch_kafka_jars(
             self.jar_cache_dir, self.kafka_version, self.log4j_version, progress=self.progress
         )
@@ -505,33 +267,6 @@ class LocalBroker:
             return was_running
 
     # start-up steps
-
-    def _find_java(self) -> str:
-        """The `java` to use ($JAVA_HOME first, then PATH), checked to be 17 or newer."""
-        java_home = os.environ.get("JAVA_HOME")
-        candidate = Path(java_home) / "bin" / "java" if java_home else None
-        java = str(candidate) if candidate and candidate.is_file() else shutil.which("java")
-        if java is None:
-            raise BrokerError(
-                f"Java {MIN_JAVA}+ is needed to run the local Kafka broker, and `java` is not "
-                "on PATH (nor in $JAVA_HOME/bin): install it, e.g. `sudo apt-get install "
-                "openjdk-17-jre-headless`, or set BEHEST_BOOTSTRAP_SERVERS to use a Kafka you "
-                "already run."
-            )
-        try:
-            probe = subprocess.run(  # noqa: S603 - fixed arguments, no shell
-                [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BrokerError(f"`{java} -version` failed ({exc}); check the Java install.") from exc
-        major = parse_java_major(probe.stderr + probe.stdout)
-        if major is not None and major < MIN_JAVA:
-            raise BrokerError(
-                f"{java} is Java {major}, and Kafka {self.kafka_version} needs Java {MIN_JAVA}+: "
-                "install a newer one (e.g. `sudo apt-get install openjdk-17-jre-headless`) "
-                "or point JAVA_HOME at it."
-            )
-        return java
 
     def _controller_port(self, port: int) -> int:
         """The controller port of the last run if still free (a stable quorum address)."""
@@ -634,7 +369,7 @@ class LocalBroker:
                     f"the Kafka broker (pid {pid}) exited during start-up; see {self.log_path}. "
                     f"Its last lines:\n{tail(self.log_path)}"
                 )
-            if _answers(bootstrap):
+            if answers(bootstrap):
                 return
             if time.monotonic() > deadline:
                 if launched:
@@ -716,39 +451,3 @@ class LocalBroker:
         if state.get("pid") is not None:
             state["pid"] = None
             self.state_path.write_text(json.dumps(state, indent=1) + "\n")
-
-
-def _answers(bootstrap: str) -> bool:
-    """True once the broker serves metadata (and lists itself) at `bootstrap`."""
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            pass
-    except OSError:
-        return False  # not listening yet: skip the client and its log noise
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        metadata = admin.list_topics(timeout=2.0)
-    except KafkaException:
-        return False
-    return bool(metadata.brokers)
-
-
-def broker_ids(bootstrap: str, timeout: float = 2.0) -> set[int]:
-    """Node ids of the brokers the cluster at `bootstrap` lists (empty if none answers)."""
-    listening = []
-    for address in bootstrap.split(","):
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                listening.append(address)
-        except OSError:
-            continue
-    if not listening:
-        return set()  # nothing listens yet: skip the client and its log noise
-    admin = AdminClient({"bootstrap.servers": ",".join(listening), "log_level": 0})
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException:
-        return set()
-    return set(metadata.brokers)

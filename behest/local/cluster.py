@@ -24,16 +24,10 @@ from typing import Any, Final
 
 from behest.config import project_home
 from behest.errors import BrokerError
-from behest.local.broker import (
-    HOST,
-    START_TIMEOUT,
-    LocalBroker,
-    broker_ids,
-    folder_lock,
-    free_port,
-    new_cluster_id,
-    port_in_use,
-)
+from behest.local.broker import START_TIMEOUT, LocalBroker
+from behest.local.kraft import HOST, new_cluster_id
+from behest.local.ports import broker_ids, free_port, port_in_use
+from behest.local.runtime import folder_lock
 
 __all__ = [
     "CLUSTER_HEAP",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,11 +28,12 @@ from behest.admin import create_topics
 from behest.config import DEFAULT_BROKER_PORT, Settings
 from behest.events import RunId, RunState, format_time
 from behest.fold.projector import Projector, ProjectorMetrics
-from behest.local.broker import LocalBroker, port_in_use
+from behest.local.broker import LocalBroker
+from behest.local.ports import port_in_use
 from behest.local.simulate import SimulationSummary, simulate
 from behest.read.health import ProjectorWatch
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
+from behest.read.server import BackgroundServer
 
 SHOWN_RUNS = 12
 T = TypeVar("T")
@@ -142,7 +143,7 @@ def _compare_table(past: RunState, now: RunState, as_of: datetime) -> Table:
     return table
 
 
-def _pick_long_run(states: dict[RunId, RunState | None]) -> RunState | None:
+def _pick_long_run(states: Mapping[RunId, RunState | None]) -> RunState | None:
     """The run with the most events: its midpoint makes an interesting point in time."""
     known = [s for s in states.values() if s is not None and s.event_count > 2]
     return max(known, key=lambda s: s.event_count, default=None)

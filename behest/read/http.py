@@ -21,23 +21,19 @@ for an oversized body; 5xx only if the store itself fails (503) or on a bug (500
 
 from __future__ import annotations
 
-import gc
-import socket
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from behest.errors import WaitTimeoutError
 from behest.read.console import add_console, name_operations
@@ -68,7 +64,6 @@ from behest.read.sse import watch_routes
 
 __all__ = [
     "MAX_BODY_BYTES",
-    "BackgroundServer",
     "BatchRequest",
     "BatchResponse",
     "ErrorBody",
@@ -78,7 +73,6 @@ __all__ = [
     "Readiness",
     "RunList",
     "create_app",
-    "serve",
 ]
 
 MAX_WAIT: Final = 30.0
@@ -148,24 +142,33 @@ def _validation_error(error: RequestValidationError) -> Response:
     return _json(validation_body(problems), 400)
 
 
-class _Instrumented:
-    """ASGI middleware: times every request per route template, refuses bodies larger than
-    `MAX_BODY_BYTES` before anything reads them, and hands a request whose route is a
-    `DirectRoute` straight to it (the same route the router would pick, minus FastAPI's
-    middleware stack on the way)."""
+class _API(FastAPI):
+    """FastAPI with a front desk: times every HTTP request per route template (/metrics),
+    refuses bodies larger than `MAX_BODY_BYTES` before anything reads them, and hands a
+    request whose route is a `DirectRoute` straight to it (the same route the router would
+    pick), ahead of Starlette's middleware stack and router: those layers cost more than
+    the state read they carry. Everything else goes through FastAPI as usual, and so does
+    everything when FastAPI's own telemetry is on (its spans are made in those layers)."""
 
-    def __init__(self, app: ASGIApp, metrics: QueryMetrics, routes: Sequence[Any]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.direct = DirectDispatch(routes)
+    front: tuple[QueryMetrics, DirectDispatch | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        front = self.front
+        if front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
         started = time.perf_counter()
+        metrics, direct = front
+        answer = _oversized(scope)
+        found = None if answer is not None or direct is None else direct(scope)
         status = 500
-        template = None
+        if found is not None:
+            route, params = found
+            try:
+                status = await route.serve(scope, receive, send, params)
+            finally:
+                metrics.observe(_method(scope), route.path, status, time.perf_counter() - started)
+            return
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
@@ -174,21 +177,19 @@ class _Instrumented:
             await send(message)
 
         try:
-            answer = _oversized(scope)
-            direct = None if answer is not None else self.direct(scope)
-            if direct is not None:
-                template = direct.path
-                status = await direct.serve(scope, receive, send)
-            elif answer is not None:
+            if answer is not None:
                 await answer(scope, receive, send_and_note)
             else:
                 _label_body_json(scope)
-                await self.app(scope, receive, send_and_note)
+                await super().__call__(scope, receive, send_and_note)
         finally:
-            if template is None:
-                template = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.metrics.observe(method, template, status, time.perf_counter() - started)
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.observe(_method(scope), template, status, time.perf_counter() - started)
+
+
+def _method(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in _METHODS else "other"
 
 
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -248,7 +249,7 @@ def create_app(
     ]
     if not readers:
         raise ValueError("nothing to serve: give the run-state query or a projection")
-    app = FastAPI(
+    app = _API(
         title="behest",
         version=_package_version(),
         description="Current, point-in-time and batch states of agent runs, and of every "
@@ -265,7 +266,7 @@ def create_app(
         },
     )
     metrics = QueryMetrics(readers[0], metrics_source, watch)
-    app.add_middleware(_Instrumented, metrics=metrics, routes=app.router.routes)
+    app.front = (metrics, None if telemetry else DirectDispatch(app.router.routes))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, error: RequestValidationError) -> Response:
@@ -362,129 +363,3 @@ def create_app(
 
     name_operations(app)
     return app
-
-
-# --- serving ----------------------------------------------------------------------------------
-
-
-def _config(
-    query: RunStateQuery[Any] | None,
-    host: str,
-    port: int,
-    metrics_source: MetricsSource | None,
-    log_level: str,
-    projections: Sequence[ProjectionReader[Any]] = (),
-    watch: ProjectorWatch | None = None,
-    *,
-    own_logging: bool = False,
-    telemetry: bool = False,
-    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
-) -> uvicorn.Config:
-    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
-    app = create_app(query, metrics_source, projections, watch, telemetry=telemetry)
-    app.openapi()  # built now, so `serve` freezes it with the rest
-    return uvicorn.Config(
-        app if wrap is None else wrap(app),
-        host=host,
-        port=port,
-        log_level=log_level,
-        **extra,
-        access_log=False,  # /metrics counts requests; a line per request costs throughput
-        lifespan="off",
-    )
-
-
-def serve(
-    query: RunStateQuery[Any] | None,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    metrics_source: MetricsSource | None = None,
-    log_level: str = "info",
-    projections: Sequence[ProjectionReader[Any]] = (),
-    watch: ProjectorWatch | None = None,
-    telemetry: bool = False,
-    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
-) -> None:
-    """Serve the API until interrupted (Ctrl-C); binds loopback unless told otherwise.
-    Logs through the root logger (`behest.logs.setup_logging`), not uvicorn's own setup.
-    `wrap` puts a layer in front of the app (`behest.cluster` routes requests so).
-
-    Meant to own its process: it freezes everything allocated so far out of the garbage
-    collector's reach, since a full collection over FastAPI's and pydantic's start-up
-    objects pauses every request in flight for tens of milliseconds.
-    """
-    config = _config(
-        query,
-        host,
-        port,
-        metrics_source,
-        log_level,
-        projections,
-        watch,
-        own_logging=True,
-        telemetry=telemetry,
-        wrap=wrap,
-    )
-    gc.collect()
-    gc.freeze()
-    uvicorn.Server(config).run()
-
-
-class BackgroundServer:
-    """The API on a thread of this process, e.g. beside a projector or in tests.
-
-        with BackgroundServer(query) as server:
-            httpx.get(f"{server.url}/runs/{run_id}")
-
-    `port=0` picks a free port; `url` says which.
-    """
-
-    def __init__(
-        self,
-        query: RunStateQuery[Any] | None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        metrics_source: MetricsSource | None = None,
-        log_level: str = "warning",
-        projections: Sequence[ProjectionReader[Any]] = (),
-        watch: ProjectorWatch | None = None,
-    ) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
-        config = _config(query, host, self.port, metrics_source, log_level, projections, watch)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> BackgroundServer:
-        """Start serving; returns once the server accepts connections."""
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the HTTP server on {self.url} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish in-flight requests and stop."""
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        self._socket.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

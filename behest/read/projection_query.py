@@ -17,6 +17,7 @@ from behest.config import Settings
 from behest.fold.projection import Projection
 from behest.read.inputs import bounded, check_point
 from behest.read.reader import DEFAULT_MAX_STALENESS, Absent, ProjectionReader
+from behest.read.states import States
 
 __all__ = ["ProjectionQuery"]
 
@@ -69,16 +70,15 @@ class ProjectionQuery(Generic[T]):
         data = self.reader.get(key)
         return None if data is None else self.finish(data)
 
-    def get_many(
-        self, keys: Iterable[bytes], *, as_of: datetime | None = None
-    ) -> dict[bytes, T | None]:
+    def get_many(self, keys: Iterable[bytes], *, as_of: datetime | None = None) -> States[bytes, T]:
         """States of up to `MAX_BATCH` keys in one multi-get (None when unknown), in the
-        order asked; with `as_of`, each as of that time."""
+        order asked; with `as_of`, each as of that time. Read the answer as a dict: each
+        state is decoded when first read (`behest.read.states`)."""
         wanted = list(dict.fromkeys(bounded(keys, "keys")))
         micros, _ = check_point(as_of, None)
         values = self.reader.get_many(wanted, micros)
-        finish = self.finish
-        return {k: None if v is None else finish(v) for k, v in zip(wanted, values, strict=True)}
+        finish = None if self.finish is _identity else self.finish
+        return States(wanted, wanted, values, finish)
 
     def find_at(
         self, key: bytes, *, as_of: datetime | None = None, at_sequence: int | None = None

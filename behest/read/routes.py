@@ -153,12 +153,14 @@ class DirectRoute(APIRoute):
         self.app = self._app
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.serve(scope, receive, send)
+        await self.serve(scope, receive, send, dict(scope.get("path_params") or {}))
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send) -> int:
-        """Answer the request; returns the status sent."""
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, params: dict[str, Any]
+    ) -> int:
+        """Answer the request, given its path parameters (which this fills in with the
+        rest: a new dict each request); returns the status sent."""
         try:
-            params = dict(scope.get("path_params") or {})
             if scope["query_string"]:
                 params.update(self._query_params(scope["query_string"]))
             if self._body is not None:
@@ -237,30 +239,38 @@ class DirectDispatch:
     match in router order) once per method and path shape, then remembered: no route tells
     one UUID in a path from another, so `/runs/<any id>` is one decision. Finding the first
     full match costs more than a state read once routers are included (FastAPI matches an
-    included router route by route), so it is done once, not per request."""
+    included router route by route), so it is done once, not per request; per request, only
+    the decided route's own pattern runs, for the path parameters."""
 
     def __init__(self, routes: Sequence[Any]) -> None:
         self.routes = routes
         self._decided: dict[tuple[str, str], DirectRoute | None] = {}
 
-    def __call__(self, scope: Scope) -> DirectRoute | None:
-        """The route (scope updated with its path parameters), or None: not a direct one."""
+    def __call__(self, scope: Scope) -> tuple[DirectRoute, dict[str, Any]] | None:
+        """The route and the request's path parameters, or None: not a direct one."""
+        path = scope["path"]
         if scope.get("root_path"):  # mounted below a prefix: decide afresh (rare)
             route = _first_direct(self.routes, scope)
-        else:
-            key = (scope["method"], _UUID_SEGMENT.sub("/~", scope["path"]))
-            try:
-                route = self._decided[key]
-            except KeyError:
-                route = _first_direct(self.routes, scope)
-                if len(self._decided) >= _DECISIONS:  # paths of free-text keys: stay bounded
-                    self._decided.clear()
-                self._decided[key] = route
+            if route is None:
+                return None
+            _, child = route.matches(scope)
+            return route, dict(child.get("path_params", {}))
+        key = (scope["method"], _UUID_SEGMENT.sub("/~", path))
+        try:
+            route = self._decided[key]
+        except KeyError:
+            route = _first_direct(self.routes, scope)
+            if len(self._decided) >= _DECISIONS:  # paths of free-text keys: stay bounded
+                self._decided.clear()
+            self._decided[key] = route
         if route is None:
             return None
-        _, child = route.matches(scope)
-        scope.update(child)
-        return route
+        match = route.path_regex.match(path)
+        if match is None:  # cannot be, since the same shape matched: let the router answer
+            return None
+        convert = route.param_convertors
+        params = {name: convert[name].convert(value) for name, value in match.groupdict().items()}
+        return route, params
 
 
 SessionFilter = Annotated[

@@ -106,13 +106,19 @@ def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
     def get_run(run_id: _RunId, as_of: _AsOf = None, at_sequence: _AtSequence = None) -> bytes:
         moment = None if as_of is None else parse_time(as_of)
         found = query.find_at(run_id, as_of=moment, at_sequence=at_sequence)
+        if type(found) is bytes:  # the usual answer: no message to word
+            return found
         return present(found, f"run {run_id}", as_of, at_sequence)
 
     def get_batch(request: BatchRequest) -> bytes:
         moment = None if request.as_of is None else parse_time(request.as_of)
-        found = query.get_many(request.run_ids, as_of=moment)
-        states = [v for v in found.values() if v is not None]
-        missing = [str(run) for run, v in found.items() if v is None]
+        states: list[bytes] = []
+        missing: list[str] = []
+        for run, state in query.get_many(request.run_ids, as_of=moment).pairs():
+            if state is None:
+                missing.append(str(run))
+            else:
+                states.append(state)
         return b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}"
 
     def list_runs(

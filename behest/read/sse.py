@@ -5,6 +5,13 @@
         id: 7            event: state   data: {the run's state after it}
     GET /runs/watch?session_id=&status=&active=
         event: state     data: {a run's state, each time it changes}
+        event: deleted   data: {"run_id": "…", "deleted": true}   (whatever the filters)
+
+A late event (one that arrives after higher sequences of its run, folded in its place)
+is sent when it is folded, out of order: `id: L` `event: event` with it, then
+`id: P` `event: state` with the state at P, the stream's position, as re-folded with it.
+A resumed stream replays the events after the last id; a late event below it that was
+folded while the client was away is in the states sent from then on, not sent itself.
 
 A stream opens with the current state (or, resuming, with the stored events after the
 last one seen), sends a comment every `KEEPALIVE_S` seconds of quiet so proxies keep it
@@ -32,7 +39,7 @@ from behest.read.routes import (
     StatusFilter,
     error_answer,
 )
-from behest.read.watch import Change
+from behest.read.watch import Change, RunDeleted
 
 __all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "encode", "watch_routes"]
 
@@ -56,7 +63,9 @@ def encode(event: str, data: bytes, id: int | None = None) -> bytes:
 def _change(change: Change) -> bytes:
     if change.deleted:
         return encode("deleted", b"{}", None)
-    state = encode("state", change.state, change.sequence)
+    # A late event's state is the corrected one at the stream's position (`at`): the ids
+    # read L, then back up to where the stream was, so a resume starts after the latter.
+    state = encode("state", change.state, change.at if change.late else change.sequence)
     if change.event_json is None:
         return state
     return encode("event", change.event_json, change.sequence) + state
@@ -108,7 +117,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
         responses=_STREAM,
         summary="Watch run states change (for list views)",
         description="`event: state` with a run's state each time it changes; runs that "
-        "match the filters only. Keep-alive comments while nothing changes.",
+        "match the filters only. `event: deleted` with `{run_id, deleted: true}` for each "
+        "run deleted (whatever the filters). Keep-alive comments while nothing changes.",
     )
     async def watch_runs(
         session_id: SessionFilter = None,
@@ -125,7 +135,12 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
             try:
                 yield b"retry: %d\n\n" % RETRY_MS
                 async for state in feed.astates(keepalive):
-                    yield _KEEPALIVE if state is None else encode("state", state)
+                    if state is None:
+                        yield _KEEPALIVE
+                    elif isinstance(state, RunDeleted):
+                        yield encode("deleted", state.json())
+                    else:
+                        yield encode("state", state)
             finally:
                 feed.close()
 

@@ -1,21 +1,19 @@
 """The tailer: the one background reader of a store that every watcher of it shares.
 
 One `Tailer` per open store (so one per server) does all the watching. On a short tick
-it catches the RocksDB secondary up with the projector and, only if the stored offsets
-moved, reads the heads of the watched runs in one multi-get; a run that moved has its new
-events read and folded once, and the same messages go to every watcher of that run. A
-watcher costs an inbox, not a poll loop: 500 watchers of one run cost one read per tick.
+it catches up with the projector the partition stores of the watched runs only (a
+catch-up replays what a writer wrote, holding the GIL: other partitions' traffic would
+only delay them) and, only if the stored offsets moved, reads the heads of the watched
+runs in one multi-get; a run that moved has its new events read and folded once, and the
+same messages go to every watcher of that run. A watcher costs an inbox, not a poll loop:
+500 watchers of one run cost one read per tick.
 
-The runs feed (`watch_runs`, for list views) compares, every `FEED_INTERVAL`, the heads of
-the active runs, of the `FEED_RECENT` newest runs and of those it followed last time with
-what it last reported: a run that changed is reported with its new state. So a run that is
-neither active nor among the newest, e.g. one whose late events arrive long after it ended,
-is not reported (a list view re-reads `GET /runs` when it opens).
+The runs feed (`watch_runs`, for list views) reports, every `FEED_INTERVAL`, the new state
+of every run that changed and every run deleted (`behest.read.feed`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -28,14 +26,16 @@ import orjson
 
 from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, format_time
-from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
+from behest.fold.sequences import RunHead
+from behest.fold.storeset import StoreSet
+from behest.projections.run_state import TERMINAL
+from behest.read.feed import RunDeleted, RunsFeed
 from behest.read.inbox import FeedInbox, Inbox, wake
-from behest.read.reader import ProjectionReader
+from behest.read.reader import Absent, ProjectionReader
 
 __all__ = [
     "DEFAULT_INTERVAL",
     "FEED_INTERVAL",
-    "FEED_RECENT",
     "Change",
     "Tailer",
     "event_json",
@@ -44,11 +44,8 @@ __all__ = [
     "tailer_of",
 ]
 
-DEFAULT_INTERVAL: Final = 0.02
+DEFAULT_INTERVAL: Final = 0.005
 """Seconds between the tailer's looks at the store while anyone watches."""
-
-FEED_RECENT: Final = 1000
-"""The runs feed follows the active runs and this many of the newest (by creation time)."""
 
 FEED_INTERVAL: Final = 0.1
 """Seconds between the runs feed's comparisons (a list view needs no more)."""
@@ -70,6 +67,10 @@ class Change:
     event: AgentEvent | None = None
     event_json: bytes | None = None
     deleted: bool = False
+    late: bool = False
+    """A late event: `sequence` is below sequences already sent; `state` is the state at
+    `at`, the highest sequence sent, corrected (the run was re-folded with the event)."""
+    at: int = -1
 
 
 def event_json(event: AgentEvent) -> bytes:
@@ -82,9 +83,6 @@ def event_json(event: AgentEvent) -> bytes:
 def header(state: bytes) -> tuple[int, bool]:
     head = orjson.loads(state)
     return int(head["sequence"]), head["status"] in TERMINAL
-
-
-# --- inboxes: filled by the tailer's thread, drained by a thread or an event loop ---------
 
 
 _TAILERS: weakref.WeakKeyDictionary[ProjectionReader[Any], Tailer] = weakref.WeakKeyDictionary()
@@ -103,12 +101,14 @@ def tailer_of(reader: ProjectionReader[Any]) -> Tailer:
 
 
 class _Channel:
-    """The tailer's view of one watched run: what it last handed out, to whom."""
+    """The tailer's view of one watched run: what it last handed out, to whom, and the
+    run's head when it did (the sequences still missing then: a late event fills one)."""
 
-    def __init__(self, run: bytes, state: bytes | None) -> None:
+    def __init__(self, run: bytes, state: bytes | None, head: RunHead | None) -> None:
         self.run = run
         self.state = state
         self.sequence = -1 if state is None else header(state)[0]
+        self.head = head
         self.inboxes: set[Inbox] = set()
 
 
@@ -123,9 +123,9 @@ class Tailer:
         self._lock = threading.Lock()
         self._channels: dict[bytes, _Channel] = {}
         self._feeds: set[FeedInbox] = set()
-        self._known: dict[bytes, int] | None = None
+        self._feed: RunsFeed | None = None
+        self._feed_lock = threading.Lock()
         self._fed_at = 0.0
-        self._feed_due = False
         self._offsets: dict[int, int] | None = None
         self._wanted = threading.Event()
         self._stopping = False
@@ -134,20 +134,34 @@ class Tailer:
 
     # --- registration (any thread) ------------------------------------------------------
 
-    def subscribe(self, run: bytes, inbox: Inbox) -> bytes | None:
+    def subscribe(self, run: bytes, inbox: Inbox) -> tuple[bytes | None, RunHead | None]:
         """Register `inbox` for `run`; the state (JSON) after the last sequence it will not
-        be sent, or None if the run has no event yet. A terminal run is not registered."""
+        be sent (None if the run has no event yet) and the run's head then: of the
+        sequences below, only the late ones that fill its gaps will be sent. A terminal
+        run is not registered."""
         with self._lock:
             channel = self._channels.get(run)
             if channel is None:
-                state = self.reader.get(run)
+                state, head = self._read(run)
                 if state is not None and header(state)[1]:
-                    return state
-                channel = self._channels[run] = _Channel(run, state)
+                    return state, head
+                channel = self._channels[run] = _Channel(run, state, head)
             channel.inboxes.add(inbox)
-            state = channel.state
+            state, head = channel.state, channel.head
         self._start()
-        return state
+        return state, head
+
+    def _read(self, run: bytes) -> tuple[bytes | None, RunHead | None]:
+        """A run's state and its head, read at the same point (any fold changes the head:
+        an unchanged head around the state read means they agree)."""
+        heads = self.reader.store.get_heads
+        head = heads([run])[0]
+        while True:
+            state = self.reader.get(run)
+            again = heads([run])[0]
+            if again == head:
+                return state, head
+            head = again
 
     def unsubscribe(self, run: bytes, inbox: Inbox) -> None:
         with self._lock:
@@ -158,20 +172,22 @@ class Tailer:
                     del self._channels[run]
 
     def subscribe_feed(self, inbox: FeedInbox) -> None:
-        with self._lock:
-            if self._known is None:
-                self.reader.refresh()
-                runs = self._followed()
-                heads = self.reader.store.get_heads(runs)
-                self._known = {r: h[0] for r, h in zip(runs, heads, strict=True) if h}
+        with self._feed_lock, self._lock:
+            if self._feed is None:
+                self.reader.refresh(force=True)
+                self._feed = RunsFeed(self.reader)  # from here on, no change is missed
             self._feeds.add(inbox)
         self._start()
 
     def unsubscribe_feed(self, inbox: FeedInbox) -> None:
-        with self._lock:
-            self._feeds.discard(inbox)
-            if not self._feeds:
-                self._known = None
+        with self._feed_lock:
+            with self._lock:
+                self._feeds.discard(inbox)
+                feed = None if self._feeds else self._feed
+                if feed is not None:
+                    self._feed = None
+            if feed is not None:
+                feed.close()
 
     @property
     def watchers(self) -> int:
@@ -221,20 +237,25 @@ class Tailer:
 
     def tick(self) -> None:
         """One look at the store: hand out whatever was folded since the last look."""
-        self.reader.refresh(force=True)
-        offsets = self.reader.store.stored_offsets(self.reader.topic)
         now = time.monotonic()
         with self._lock:
             channels = list(self._channels.values())
             has_feeds = bool(self._feeds)
         feeding = has_feeds and now - self._fed_at >= FEED_INTERVAL
-        if offsets == self._offsets and not self._feed_due:
+        store = self.reader.store
+        if isinstance(store, StoreSet) and not feeding:
+            # Only the watched runs' partitions: a catch-up replays what their writers
+            # wrote, so every other partition's traffic would only delay these.
+            store.catch_up_runs([c.run for c in channels])
+        else:
+            self.reader.refresh(force=True)
+        offsets = store.stored_offsets(self.reader.topic)
+        if offsets == self._offsets and not feeding:  # a feed reads the log: it looks anyway
             return
         self._offsets = offsets
         woken: list[Inbox] = []
         if channels:
             woken += self._tick_runs(channels)
-        self._feed_due = has_feeds and not feeding  # the change is the feed's at its next turn
         if feeding:
             self._fed_at = now
             woken += self._tick_feed()
@@ -250,10 +271,16 @@ class Tailer:
                     continue
                 changes = [Change(channel.sequence, b"null", True, deleted=True)]
                 channel.state, channel.sequence = None, -1  # a run made again starts afresh
-            elif head[0] <= channel.sequence:
+                channel.head = None
+            elif head == channel.head:
                 continue
             else:
-                changes = list(self._fold(channel, head[0]))
+                changes = self._late(channel, head)
+                if head.last > channel.sequence:
+                    changes += self._fold(channel, head.last)
+                channel.head = head
+                if not changes:  # e.g. a refused event: its sequence stays missing
+                    continue
             with self._lock:
                 if changes[-1].terminal and self._channels.get(channel.run) is channel:
                     del self._channels[channel.run]
@@ -265,7 +292,39 @@ class Tailer:
             woken += inboxes
         return woken
 
-    def _fold(self, channel: _Channel, last: int) -> Iterator[Change]:
+    def _late(self, channel: _Channel, head: RunHead) -> list[Change]:
+        """The late events stored since the channel's last look, in the gaps it knew of,
+        each with the state at the channel's position as re-folded with them."""
+        known = channel.head
+        if known is None or known.missing == head.missing or channel.state is None:
+            return []
+        store = self.reader.store
+        found = [
+            (sequence, data)
+            for first, last in known.missing
+            if first <= channel.sequence
+            for sequence, data in store.iter_events(channel.run, first, min(last, channel.sequence))
+        ]
+        if not found:
+            return []
+        at = channel.sequence
+        state = self.reader.get_at(channel.run, None, at)
+        if isinstance(state, Absent):
+            return []
+        channel.state = state
+        terminal = header(state)[1]
+        changes = []
+        for sequence, data in found:
+            event = to_event(decode_record(data))
+            changes.append(
+                Change(sequence, state, terminal, event, event_json(event), late=True, at=at)
+            )
+        return changes
+
+    def _fold(self, channel: _Channel, last: int) -> list[Change]:
+        return list(self._folding(channel, last))
+
+    def _folding(self, channel: _Channel, last: int) -> Iterator[Change]:
         projection = self.reader.projection
         folded = None if channel.state is None else projection.decode_state(channel.state)
         for sequence, data in self.reader.store.iter_events(
@@ -277,39 +336,18 @@ class Tailer:
             if change.terminal:
                 return
 
-    def _followed(self) -> list[bytes]:
-        """Runs the feed compares: the active ones and the `FEED_RECENT` newest."""
-        store = self.reader.store
-        runs = {key[-16:] for key in store.scan_index(INDEX_ACTIVE)}
-        newest = itertools.islice(store.scan_index(INDEX_ALL, reverse=True), FEED_RECENT)
-        runs.update(key[-16:] for key in newest)
-        return sorted(runs)
-
     def _tick_feed(self) -> list[Inbox]:
-        store = self.reader.store
-        with self._lock:
-            known = dict(self._known or {})
-        followed = set(self._followed())
-        runs = sorted(followed | set(known))
-        heads = store.get_heads(runs)
-        changed = [
-            run for run, head in zip(runs, heads, strict=True) if head and known.get(run) != head[0]
-        ]
-        with self._lock:
-            if self._known is not None:
-                self._known = {
-                    run: head[0]
-                    for run, head in zip(runs, heads, strict=True)
-                    if head is not None and run in followed
-                }
-            feeds = list(self._feeds)
-        states = [s for s in store.get_states(changed) if s is not None]
-        if not states:
+        with self._feed_lock:
+            feed = self._feed
+            found = [] if feed is None else feed.changes()
+            with self._lock:
+                feeds = list(self._feeds)
+        if not found:
             return []
-        parsed = [(orjson.loads(s), s) for s in states]
+        parsed = [(None if isinstance(c, RunDeleted) else orjson.loads(c), c) for c in found]
         woken: list[Inbox] = []
         for inbox in feeds:
-            items = [state for head, state in parsed if inbox.wants(head)]
+            items = [change for head, change in parsed if head is None or inbox.wants(head)]
             if items:
                 inbox.put(items)
                 woken.append(inbox)
@@ -328,6 +366,3 @@ def step(projection: Any, folded: Any, sequence: int, data: bytes) -> tuple[Any,
         event=event,
         event_json=event_json(event),
     )
-
-
-# --- one watcher ----------------------------------------------------------------------------

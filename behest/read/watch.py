@@ -14,6 +14,11 @@ is kept) and takes only sequences after P from its inbox. A watcher that falls b
 inbox over `MAX_BACKLOG`) is dropped from the fan-out and re-registers the same way, so
 slowness costs it latency, never events.
 
+A late event (below sequences already sent; the projector re-folds its run in place) is
+sent once to each watcher that has not had its sequence: `sent` tracks what each watcher
+has (up to its last sequence, less the gaps), and the tailer hands out, beside the next
+events, each stored event that filled a gap, with the state at its position re-folded.
+
 The runs feed (`watch_runs`) hands out the states of runs as they change, for list views.
 """
 
@@ -24,12 +29,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from behest.events import RunState
+from behest.fold.sequences import RunHead
+from behest.read.feed import RunDeleted
 from behest.read.inbox import MAX_BACKLOG, FeedInbox, Inbox
 from behest.read.reader import Absent, ProjectionReader
 from behest.read.tailer import (
     DEFAULT_INTERVAL,
     FEED_INTERVAL,
-    FEED_RECENT,
     Change,
     Tailer,
     event_json,
@@ -42,9 +48,9 @@ from behest.watching import RunUpdate
 __all__ = [
     "DEFAULT_INTERVAL",
     "FEED_INTERVAL",
-    "FEED_RECENT",
     "MAX_BACKLOG",
     "Change",
+    "RunDeleted",
     "RunUpdate",
     "RunWatch",
     "RunsWatch",
@@ -76,12 +82,15 @@ class _Cursor:
         self.inbox = Inbox(loop)
         self.registered = False
         self.opening_state: bytes | None = None
+        self.opening_head: RunHead | None = None
+        self.sent = RunHead(self.last)
+        """What this watcher was sent: up to `last`, but for the sequences `missing` then."""
 
     def register(self) -> None:
         """Join the tailer's fan-out; from here on nothing the tailer hands out is missed."""
         self.inbox = Inbox(self.loop)
         self.registered = True
-        self.opening_state = self.tailer.subscribe(self.run, self.inbox)
+        self.opening_state, self.opening_head = self.tailer.subscribe(self.run, self.inbox)
 
     def open(self) -> Iterator[list[Change]]:
         """Register (unless done already), then the opening in pages: the current state,
@@ -93,11 +102,16 @@ class _Cursor:
             self.fresh = False
             return
         sequence, terminal = header(state)
+        missing = () if self.opening_head is None else self.opening_head.missing
         if self.fresh:
             self.fresh = False
             self.last, self.done = sequence, terminal
+            self.sent = _unsent(RunHead(sequence), missing)
             yield [Change(sequence, state, terminal)]
             return
+        # Below where it resumes, the sequences the store had not folded when this watcher
+        # registered were sent to no one: a late one is sent to it when it comes.
+        self.sent = _unsent(self.sent, missing)
         if self.last >= sequence:
             self.done = terminal
             return
@@ -122,7 +136,8 @@ class _Cursor:
             yield self.accept(page)
 
     def accept(self, changes: list[Change]) -> list[Change]:
-        """The changes not seen yet, up to and including the terminal one."""
+        """The changes not seen yet, up to and including the terminal one: in sequence
+        order, and a late event once if it fills a sequence this watcher has not had."""
         taken: list[Change] = []
         for change in changes:
             if self.done:
@@ -130,8 +145,13 @@ class _Cursor:
             if change.deleted:
                 taken.append(change)
                 self.done = True
+            elif change.late:
+                if self.sent.is_missing(change.sequence):
+                    taken.append(change)
+                    self.sent = self.sent.fill(change.sequence)
             elif change.sequence > self.last:
                 taken.append(change)
+                self.sent = self.sent.advance(change.sequence)
                 self.last = change.sequence
                 self.done = change.terminal
         return taken
@@ -147,6 +167,20 @@ class _Cursor:
             self.close()
             return None
         return self.accept(self.inbox.take())
+
+
+def _unsent(sent: RunHead, missing: tuple[tuple[int, int], ...]) -> RunHead:
+    """`sent`, with the ranges `missing` (up to its last sequence) as not sent."""
+    ranges = sorted(
+        [*sent.missing, *((a, min(b, sent.last)) for a, b in missing if a <= sent.last)]
+    )
+    merged: list[tuple[int, int]] = []
+    for first, last in ranges:
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return RunHead(sent.last, tuple(merged))
 
 
 class RunWatch:
@@ -262,8 +296,9 @@ def _update(change: Change) -> RunUpdate:
 
 
 class RunsWatch:
-    """`query.watch_runs(...)`: the states of runs as they change (for list views); an
-    iterator and an async iterator that run until closed."""
+    """`query.watch_runs(...)`: the states of runs as they change (for list views), and a
+    `RunDeleted` for each run deleted (whatever the filters); an iterator and an async
+    iterator that run until closed."""
 
     def __init__(
         self,
@@ -277,13 +312,15 @@ class RunsWatch:
         self.filters = (session_id, status, active)
         self._inbox: FeedInbox | None = None
 
-    def __iter__(self) -> Iterator[RunState]:
+    def __iter__(self) -> Iterator[RunState | RunDeleted]:
         for state in self.states():
-            yield RunState.model_validate_json(state)
+            yield state if isinstance(state, RunDeleted) else RunState.model_validate_json(state)
 
-    async def __aiter__(self) -> AsyncIterator[RunState]:
+    async def __aiter__(self) -> AsyncIterator[RunState | RunDeleted]:
         async for state in self.astates():
-            if state is not None:
+            if isinstance(state, RunDeleted):
+                yield state
+            elif state is not None:
                 yield RunState.model_validate_json(state)
 
     def start(self) -> RunsWatch:
@@ -309,8 +346,8 @@ class RunsWatch:
         tailer_of(self.reader).subscribe_feed(inbox)
         return inbox
 
-    def states(self, keepalive: float | None = None) -> Iterator[bytes]:
-        """The raw states (JSON), blocking this thread between them."""
+    def states(self, keepalive: float | None = None) -> Iterator[bytes | RunDeleted]:
+        """The raw states (JSON) and deletions, blocking this thread between them."""
         inbox = self._open(None)
         try:
             while True:
@@ -322,8 +359,11 @@ class RunsWatch:
         finally:
             tailer_of(self.reader).unsubscribe_feed(inbox)
 
-    async def astates(self, keepalive: float | None = None) -> AsyncIterator[bytes | None]:
-        """The raw states (JSON), awaiting between them; None after `keepalive` idle seconds."""
+    async def astates(
+        self, keepalive: float | None = None
+    ) -> AsyncIterator[bytes | RunDeleted | None]:
+        """The raw states (JSON) and deletions, awaiting between them; None after
+        `keepalive` idle seconds."""
         inbox = self._open(asyncio.get_running_loop())
         try:
             while True:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 
 
 @dataclass

@@ -4,7 +4,7 @@ Where the broker comes from, first match wins:
 
 1. `BEHEST_BOOTSTRAP_SERVERS` is set: that Kafka (nothing is started or stopped);
 2. `BEHEST_TEST_BROKER=testcontainers` and a Docker engine answers: the `apache/kafka` image at
-   `behest.local.broker.KAFKA_VERSION` (the version compose and the local broker run);
+   `behest.local.runtime.KAFKA_VERSION` (the version compose and the local broker run);
 3. otherwise a `behest.local.broker.LocalBroker` on a free port, with its data in
    `.cache/test-broker-<pid>`, stopped and removed at the end of the session.
 
@@ -26,8 +26,10 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from behest.config import Settings, project_home
-from behest.local.broker import KAFKA_VERSION, LocalBroker, free_port
+from behest.local.broker import LocalBroker
 from behest.local.cluster import LocalCluster
+from behest.local.ports import free_port
+from behest.local.runtime import KAFKA_VERSION
 
 HERE = Path(__file__).resolve().parent
 TEST_PARTITIONS = 3

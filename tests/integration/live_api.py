@@ -24,8 +24,8 @@ from behest.events import AgentEvent
 from behest.fold.projection import fold
 from behest.fold.projector import Projector
 from behest.projections.run_state import RunStateProjection
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
+from behest.read.server import BackgroundServer
 from behest.testing import sample_run
 
 WAIT = 60.0

@@ -17,7 +17,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from behest.errors import BrokerError
-from behest.local.broker import LocalBroker, free_port
+from behest.local.broker import LocalBroker
+from behest.local.ports import free_port
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17+")
 

@@ -101,7 +101,7 @@ def test_the_console_lists_runs_shows_a_timeline_scrubs_and_follows_a_live_run(
     done = sample_run(events=44, seed=61)
     active = sample_run(events=40, seed=62)
     live.emit_and_wait(done)
-    live.emit_and_wait(active[:14])
+    live.emit_and_wait(active[:5] + active[6:14])  # 5 comes late, once the page is live
     done_id, active_id = str(done[0].run_id), str(active[0].run_id)
 
     # the runs list
@@ -146,9 +146,15 @@ def test_the_console_lists_runs_shows_a_timeline_scrubs_and_follows_a_live_run(
     browser.get(f"{live.url}/#/runs/{active_id}")
     _wait(browser, "the active run", lambda c: _card(c).get("sequence") == "13")
     browser.execute_script("window.__sameDocument = true")
+    live.emit_and_wait(active[5:6])
     live.emit(active[14:])
     last = str(active[-1].sequence)
     _wait(browser, "the run's last state", lambda c: _card(c).get("sequence") == last)
     assert browser.execute_script("return window.__sameDocument") is True
     assert _card(browser)["status"] in ("completed", "failed", "cancelled")
     assert browser.find_elements(By.CSS_SELECTOR, ".item.end")
+    # the late event was drawn in its place: the page shows what a fresh load shows
+    shown = browser.find_element(By.CSS_SELECTOR, ".timeline").text
+    browser.refresh()
+    _wait(browser, "the reloaded run", lambda c: c.find_elements(By.CSS_SELECTOR, ".item.end"))
+    assert browser.find_element(By.CSS_SELECTOR, ".timeline").text == shown

@@ -41,8 +41,8 @@ from behest.fold.projection import fold
 from behest.fold.sequences import RunHead
 from behest.projections import RunStateProjection
 from behest.projections.run_state import to_json_dict
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
+from behest.read.server import BackgroundServer
 from behest.testing import sample_run
 from tests.integration.test_projector import Record, as_records, make, produce, stored
 

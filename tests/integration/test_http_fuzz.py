@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from behest.projections.run_state import RunStateProjection
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
+from behest.read.server import BackgroundServer
 from behest.testing import ProjectionDriver, sample_run
 
 MAX_EXAMPLES = 15

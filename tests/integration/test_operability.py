@@ -24,7 +24,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from test_projector_crash import behest_command, produce, stream, wait_until
 
 from behest.config import Settings, project_home
-from behest.local.broker import LocalBroker, free_port
+from behest.local.broker import LocalBroker
+from behest.local.ports import free_port
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from behest.emit.producer import EventProducer
 from behest.emit.recorder import RunStamper
 from behest.errors import ProduceError
 from behest.events import AgentEvent, ModelStarted, RunId, TextDelta, TokenUsage, UsageRecorded
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 
 PARTITIONS = 3
 FAST = {"message.timeout.ms": 3000}

@@ -18,7 +18,8 @@ from behest.config import Settings
 from behest.emit.partitioner import partition_for
 from behest.errors import TopicMissingError
 from behest.events import TERMINAL_TYPES
-from behest.local.simulate import plan_runs, simulate
+from behest.local.simulate import simulate
+from behest.local.traffic import plan_runs
 
 PARTITIONS = 3
 FAST = {"message.timeout.ms": 5000}

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 from behest.admin import create_topics, ensure_topic_exists, partition_count, topic_config
 from behest.config import Settings
 from behest.errors import KafkaUnavailableError, TopicMissingError
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 
 BEHEST = str(Path(sys.executable).with_name("behest"))
 

@@ -138,6 +138,13 @@ def _no_watchers_left(live: Live) -> None:
     assert tailer_of(live.query.reader).watchers == 0
 
 
+def _wait_for_watchers(live: Live, count: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while tailer_of(live.query.reader).watchers < count:
+        assert time.monotonic() < deadline, "the watchers did not register"
+        time.sleep(0.01)
+
+
 def _ended(state: str) -> bool:
     return orjson.loads(state)["status"] in ("completed", "failed", "cancelled")
 
@@ -316,3 +323,82 @@ def test_a_watched_run_that_is_deleted_ends_the_stream(live: Live) -> None:
         messages += list(stream)
     assert _pairs(messages) == [0, 1, 2]
     assert messages[-1].event == "deleted"
+
+
+def test_a_late_event_reaches_the_watchers_already_past_it_once_with_the_corrected_state(
+    live: Live,
+) -> None:
+    events = sample_run(events=20, seed=81)
+    run, late = events[0].run_id, events[5]
+    live.emit_and_wait(events[:5] + events[6:12])  # 5 is late: 6..11 are folded first
+    thread, updates = _collect(live, run, from_sequence=0)  # in-process, past 5 already
+    resumed, after = _collect(live, run, from_sequence=9)  # 5 was not stored when it came
+    remote: list[RunUpdate] = []
+    with (
+        RunStateClient(live.url) as watcher,
+        httpx.Client(base_url=live.url, timeout=WAIT) as client,
+        client.stream("GET", f"/runs/{run}/watch") as response,
+    ):
+        lines = parse(response.iter_lines())
+        opening = next(lines)
+        assert (opening.event, opening.id) == ("state", "11")
+        assert orjson.loads(opening.data) == expected(events[:5] + events[6:12])
+        over_http = threading.Thread(
+            target=lambda: remote.extend(watcher.watch(run, from_sequence=0)), daemon=True
+        )
+        over_http.start()
+        _wait_for_watchers(live, 4)
+        live.emit_and_wait([late])
+        live.emit(events[12:])
+        messages = [next(lines), next(lines)]
+        while messages[-1].event != "state" or not _ended(messages[-1].data):
+            messages.append(next(lines))
+        over_http.join(WAIT)
+    # the late event as it is folded, then the state at the stream's position re-folded
+    event, state = messages[:2]
+    assert (event.event, event.id, orjson.loads(event.data)["sequence"]) == ("event", "5", 5)
+    assert (state.event, state.id) == ("state", "11")
+    assert orjson.loads(state.data) == expected(events[:12])
+    assert _pairs(messages[2:]) == list(range(12, len(events)))  # then on, in order
+    assert orjson.loads(messages[-1].data) == expected(events)
+    thread.join(WAIT)
+    resumed.join(WAIT)
+    assert [u.sequence for u in after] == [9, 10, 11, 5, *range(12, len(events))]
+    assert after[3].state.model_dump(mode="json") == _json(expected(events[:12]))
+    for got in (updates, remote):
+        assert [u.sequence for u in got] == [*range(5), *range(6, 12), 5, *range(12, len(events))]
+        assert got[11].event == late
+        assert got[11].state.model_dump(mode="json") == _json(expected(events[:12]))
+    # a watcher replaying from the store afterwards gets every event in order, once
+    assert [u.sequence for u in live.query.watch(run, from_sequence=0)] == list(range(len(events)))
+    _no_watchers_left(live)
+
+
+def test_the_runs_feed_follows_every_run_and_reports_deletions(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("behest.read.feed.RECENT", 0)  # "the newest runs" play no part
+    old, other = sample_run(events=12, seed=91), sample_run(events=8, seed=92)
+    live.emit_and_wait(old[:6] + old[7:])  # ended; its event 6 comes late
+    with (
+        httpx.Client(base_url=live.url, timeout=WAIT) as client,
+        client.stream("GET", "/runs/watch") as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")  # registered: nothing folded from now is missed
+        live.emit_and_wait(old[6:7])
+        live.emit_and_wait(other)
+        seen: list[tuple[str, dict[str, Any]]] = []
+        messages = parse(lines)
+        while ("state", expected(other)) not in seen:
+            message = next(messages)
+            seen.append((message.event, orjson.loads(message.data)))
+        # an ended run's late event is a change too (a list view shows its new state)
+        assert ("state", expected(old)) in seen
+        live.producer.emit_tombstone(old[0].run_id).result(timeout=WAIT)
+        message = next(messages)
+        seen.append((message.event, orjson.loads(message.data)))
+    old_id, other_id = str(old[0].run_id), str(other[0].run_id)
+    assert seen[-1] == ("deleted", {"run_id": old_id, "deleted": True})
+    assert {s["run_id"] for _, s in seen} == {old_id, other_id}
+    _no_watchers_left(live)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from io import BytesIO
+from typing import Any
 
 import fastavro
 import pytest
@@ -94,7 +95,7 @@ def test_generated_events_decode_and_fold_into_whole_runs() -> None:
 
     assert len(records) == 30 * 3 + 7 * 100 + 2 * 1000
     sequences: dict[bytes, list[int]] = defaultdict(list)
-    states: dict[bytes, run_state.RunStateData] = {}
+    states: dict[bytes, Any] = {}
     for key, value in records:
         record = codec.decode_record(value)
         event = codec.decode(value)  # the model form agrees too

@@ -1,4 +1,5 @@
-"""The pure pieces of behest.local.broker: rendered files, ports, ids, errors before any JVM."""
+"""The pure pieces of the local broker (behest.local.broker, .kraft, .runtime): rendered
+files, ports, ids, errors before any JVM."""
 
 from __future__ import annotations
 
@@ -11,21 +12,16 @@ from pathlib import Path
 import pytest
 
 from behest.errors import BrokerError
-from behest.local import broker
-from behest.local.broker import (
+from behest.local import broker, kraft, ports, runtime
+from behest.local.broker import BrokerStatus, LocalBroker, tail
+from behest.local.kraft import new_cluster_id, render_log4j2_properties, render_server_properties
+from behest.local.ports import free_port, port_in_use
+from behest.local.runtime import (
     KAFKA_VERSION,
     LOG4J_VERSION,
-    BrokerStatus,
-    LocalBroker,
     fetch_kafka_jars,
-    free_port,
-    new_cluster_id,
     parse_java_major,
-    port_in_use,
-    render_log4j2_properties,
     render_pom,
-    render_server_properties,
-    tail,
 )
 
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
@@ -282,7 +278,8 @@ def test_a_failed_download_reports_maven_output_and_leaves_no_marker(
 
 
 def test_module_exports_are_real() -> None:
-    assert all(hasattr(broker, name) for name in broker.__all__)
+    for module in (broker, kraft, ports, runtime):
+        assert all(hasattr(module, name) for name in module.__all__)
 
 
 def test_a_cluster_node_joins_one_quorum_with_replication_three(tmp_path: Path) -> None:

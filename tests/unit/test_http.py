@@ -22,8 +22,9 @@ from behest.fold.progress import ProjectorMetrics
 from behest.fold.store import StateStore
 from behest.projections.run_state import RunStateProjection
 from behest.read.health import ProjectorWatch
-from behest.read.http import MAX_BODY_BYTES, BackgroundServer
+from behest.read.http import MAX_BODY_BYTES
 from behest.read.query import MAX_BATCH, RunStateQuery
+from behest.read.server import BackgroundServer
 from behest.testing import ProjectionDriver, sample_run
 from tests.unit.strategies import sample_events
 

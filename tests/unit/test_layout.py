@@ -1,4 +1,5 @@
-"""The package's shape: no import circles between behest's modules (the layout is a map)."""
+"""The package's shape: no import circles between behest's modules, and the README's
+architecture tree names every module where it is (the layout is a map)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,41 @@ def test_no_import_circles() -> None:
 
     circles = [c for name in sorted(graph) if (c := cycle_from(name))]
     assert circles == []
+
+
+def _architecture_tree() -> dict[str, str]:
+    """The README's package tree, as the text of each folder's entry ('' for the top)."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    tree = readme.split("\nbehest/\n", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {"": ""}
+    current = ""
+    for line in tree.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # a new entry
+            first = line.split()[0]
+            current = first if first.endswith("/") else ""
+            entries.setdefault(current, "")
+        elif not line.startswith(" "):  # projections/, schemas/: beside the package
+            current = "beside"
+            entries.setdefault(current, "")
+        entries[current] += line + "\n"
+    return entries
+
+
+def test_the_readmes_architecture_tree_names_every_module_where_it_is() -> None:
+    tree = _architecture_tree()
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if parts[0] == "projections" or (path.name == "__init__.py" and len(parts) < 3):
+            continue
+        folder = "" if len(parts) == 1 else f"{parts[0]}/"
+        name = path.name if len(parts) <= 2 else f"{parts[1]}/"
+        if name not in tree.get(folder, "").replace("·", " ").split():
+            missing.append(str(path.relative_to(PACKAGE)))
+    assert missing == [], f"README's architecture section does not name {missing}"
+    for folder, text in tree.items():
+        if folder in ("", "beside"):
+            continue
+        named = [w for w in text.replace("·", " ").split() if w.endswith(".py")]
+        gone = [n for n in named if not (PACKAGE / folder / n).exists()]
+        assert gone == [], f"README names {folder}{gone}, which do not exist"

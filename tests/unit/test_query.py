@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from behest.codec import decode_record, encode
@@ -34,7 +34,7 @@ from behest.events import (
 from behest.fold.projection import fold
 from behest.fold.storeset import StoreSet
 from behest.projections.run_state import RunStateProjection
-from behest.read.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, parse_time
+from behest.read.query import MAX_BATCH, MAX_LIMIT, RunStateQuery, _over, parse_time, run_key
 from behest.testing import ProjectionDriver
 from tests.unit.strategies import run_histories
 
@@ -234,6 +234,71 @@ def test_get_many_keeps_the_order_asked_and_marks_unknown_runs(
         [e for e in second if e.timestamp <= first[1].timestamp]
     )
     assert query.get_many([]) == {}
+
+
+def test_get_many_builds_each_model_when_first_read_and_once(
+    driver: ProjectionDriver[Any], query: RunStateQuery
+) -> None:
+    runs = [run_events(), run_events(end="failed"), run_events(steps=1)]
+    driver.feed([e for run in runs for e in run])
+    ids = [run[0].run_id for run in runs]
+    unknown = uuid.uuid4()
+    built: list[bytes] = []
+
+    def finish(data: bytes) -> RunState:
+        built.append(data)
+        return RunState.model_validate_json(data)
+
+    found = _over(query.reader, finish).get_many([*ids, unknown, ids[0]])
+    assert built == []  # one multi-get, no model yet
+    assert list(found) == [*ids, unknown] and len(found) == 4
+    assert ids[1] in found and unknown in found and str(ids[1]) not in found
+    assert as_dict(found[ids[1]]) == reference(runs[1])
+    assert found[ids[1]] is found[ids[1]] and len(built) == 1  # built once
+    assert found[unknown] is None and len(built) == 1
+    with pytest.raises(KeyError):
+        found[uuid.uuid4()]
+    with pytest.raises(KeyError):
+        found[str(ids[0])]  # type: ignore[index]  # keys are run ids, as in a dict
+    values = list(found.values())
+    assert [as_dict(v) if v else None for v in values] == [
+        *(reference(run) for run in runs),
+        None,
+    ]
+    assert len(built) == 3
+    assert dict(found.items()) == {r: v for r, v in zip([*ids, unknown], values, strict=True)}
+    assert found == query.get_many([*ids, unknown]) and found != {}
+    assert repr(found).startswith("States({UUID(")
+    raw = query.raw.get_many(ids)
+    assert list(raw.values()) == [query.raw.get(r) for r in ids]
+
+
+@given(st.uuids(), st.booleans())
+def test_run_key_reads_every_spelling_of_a_run_id_as_uuid_does(
+    run_id: uuid.UUID, upper: bool
+) -> None:
+    text = str(run_id).upper() if upper else str(run_id)
+    assert run_key(text) == run_id.bytes == run_key(run_id)
+    assert run_key(run_id.hex) == run_id.bytes  # no hyphens: the slow path, same answer
+
+
+@given(st.text(alphabet="0123456789abcdefABCDEF- _{}x\t", min_size=30, max_size=40))
+@example("{12345678-1234-1234-1234-123456789abc}")
+@example("12345678-1234-1234-1234-1234567_9abc")  # int(..., 16) takes the underscore
+@example("1234 678-1234-1234-1234-123456789abc")
+@example("12345678-1234-1234-1234-123456789ab ")
+@example("12345678-1234-1234-1234-123456789abx")
+@example("1234567812341234-1234-1234-56789abc--")
+def test_run_key_accepts_exactly_what_uuid_accepts(text: str) -> None:
+    try:
+        expected: bytes | None = uuid.UUID(text).bytes
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidQueryError, match="not a run id"):
+            run_key(text)
+    else:
+        assert run_key(text) == expected
 
 
 def test_get_many_refuses_more_than_the_batch_limit(query: RunStateQuery) -> None:
@@ -446,6 +511,25 @@ def test_a_secondary_syncs_by_itself_once_max_staleness_passed(
         driver.feed(events)
         time.sleep(0.06)
         assert query.get(events[0].run_id) is not None
+
+
+def test_keep_fresh_catches_up_on_its_own_thread_until_closed(
+    driver: ProjectionDriver[Any],
+) -> None:
+    query = _secondary(driver, max_staleness=0.05)
+    with query:
+        query.reader.keep_fresh()
+        query.reader.keep_fresh()  # once is enough: no second thread
+        threads = [t for t in threading.enumerate() if t.name.startswith("behest-fresh-")]
+        assert len(threads) == 1
+        events = run_events()
+        driver.feed(events)
+        key = events[0].run_id.bytes
+        deadline = time.monotonic() + 5
+        while query.store.get_state(key) is None:  # the store itself: no read catches up
+            assert time.monotonic() < deadline, "keep_fresh never caught up"
+            time.sleep(0.01)
+    assert not threads[0].is_alive()
 
 
 def test_wait_for_times_out_then_sees_a_later_write(driver: ProjectionDriver[Any]) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from behest.config import Settings
 from behest.projections.run_state import RunStateProjection
-from behest.read.http import BackgroundServer
 from behest.read.query import RunStateQuery
+from behest.read.server import BackgroundServer
 from behest.testing import ProjectionDriver, sample_run
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -10,7 +10,7 @@ import pytest
 from behest import codec
 from behest.config import Settings
 from behest.errors import ConfigError, UnknownSchemaError
-from behest.local.broker import free_port
+from behest.local.ports import free_port
 from behest.registry import (
     FramingDecoder,
     RegistryCodec,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 import pytest
@@ -29,17 +29,18 @@ from behest.events import (
     RunStarted,
     RunState,
     TextDelta,
+    TokenUsage,
     UnknownFinishReason,
     UsageRecorded,
 )
 from behest.fold.projection import fold
+from behest.projections import run_state
 from behest.projections.run_state import (
     INDEX_ACTIVE,
     INDEX_ALL,
     INDEX_SESSION,
     INDEX_STATUS,
     STATUS_CODES,
-    RunStateData,
     RunStateProjection,
     index_run_id,
 )
@@ -258,7 +259,7 @@ def test_index_keys_list_a_run_by_session_status_and_activity_in_time_order() ->
     assert any(k.startswith(INDEX_SESSION + session) for k in keys)
     assert any(k.startswith(INDEX_STATUS + STATUS_CODES["session_loaded"]) for k in keys)
     assert all(index_run_id(k) == uuid.UUID(bytes=run) for k in keys)
-    finished: RunStateData = {**started, "status": "completed"}
+    finished = {**started, "status": "completed"}
     assert not any(k.startswith(INDEX_ACTIVE) for k in PROJECTION.index_keys(finished))
     # Earlier creation sorts first, before 1970 too.
     times = [-(10**12), -1, 0, 1, 10**15]
@@ -267,8 +268,19 @@ def test_index_keys_list_a_run_by_session_status_and_activity_in_time_order() ->
 
 
 def test_the_folding_state_is_the_run_state_model_field_for_field() -> None:
-    assert list(RunStateData.__annotations__) == list(RunState.model_fields)
     state = fold(PROJECTION, [decode_record(encode(e)) for e in sample_events()])
     assert state is not None
+    assert list(state) == list(RunState.model_fields)
+    assert list(state["total_usage"]) == list(TokenUsage.model_fields)
     stored = PROJECTION.encode_state(state)
     assert RunState.model_validate_json(stored).to_json_dict() == orjson.loads(stored)
+
+
+def test_a_folding_form_that_drifts_from_the_model_fails_on_import() -> None:
+    class Missing(TypedDict):
+        input_tokens: int
+        total_tokens: int
+
+    with pytest.raises(TypeError, match=r"Missing must have TokenUsage's fields in its order"):
+        run_state._same_fields(Missing, TokenUsage)
+    run_state._same_fields(run_state._Usage, TokenUsage)  # the real one agrees

@@ -18,7 +18,7 @@ from behest.events import (
     ToolExecutionFinished,
     UnknownFinishReason,
 )
-from behest.local.simulate import MODELS, Outcome, interleave, plan_runs
+from behest.local.traffic import MODELS, Outcome, interleave, plan_runs
 
 
 def test_same_seed_same_traffic_other_seed_other_traffic() -> None:

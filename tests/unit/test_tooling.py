@@ -16,7 +16,8 @@ import httpx
 from typer.testing import CliRunner
 
 from behest.cli import app
-from behest.local.broker import KAFKA_VERSION, free_port
+from behest.local.ports import free_port
+from behest.local.runtime import KAFKA_VERSION
 from behest.projections.run_state import RunStateProjection
 from behest.testing import ProjectionDriver, sample_run
 

@@ -6,11 +6,12 @@ from rich.console import Console
 
 from behest.codec import decode_record, encode
 from behest.commands.watch import RunView, show, summary
-from behest.events import RunState
+from behest.events import PAYLOAD_TYPES, RunState, Variant
 from behest.fold.projection import fold
 from behest.projections.run_state import RunStateProjection
 from behest.testing import sample_run
 from behest.watching import RunUpdate
+from tests.unit.strategies import sample_events
 
 PROJECTION = RunStateProjection()
 
@@ -58,10 +59,25 @@ def test_show_draws_until_the_updates_end() -> None:
 
 
 def test_every_variant_has_a_one_line_summary() -> None:
-    seen = {}
-    for seed in range(40):
-        for update in _updates(seed):
-            assert update.event is not None
-            seen[update.event.payload.type] = summary(update.event)
-    assert all(line and "\n" not in line for line in seen.values())
-    assert len(seen) >= 12
+    events = sample_events()  # every variant, and both branches of each nested union
+    payload_variants = {v for v in Variant if v.model in PAYLOAD_TYPES}
+    assert {e.variant for e in events} == payload_variants
+    lines = {e.sequence: summary(e) for e in events}
+    assert all(line and "\n" not in line for line in lines.values())
+    by_variant = {e.variant: lines[e.sequence] for e in events}
+    assert by_variant[Variant.RUN_STARTED] == "run started: openai/gpt-4o"
+    assert by_variant[Variant.RUN_CANCELLED] == "cancelled"
+    assert by_variant[Variant.CONTEXT_BUILT] == "context built: 12 messages"
+    outcomes = [lines[e.sequence] for e in events if e.variant is Variant.TOOL_EXECUTION_FINISHED]
+    assert [" ok " in o for o in outcomes] == [True, False]  # success, then failure
+    assert any(" failed: " in o for o in outcomes)
+    reasons = [lines[e.sequence] for e in events if e.variant is Variant.RUN_COMPLETED]
+    assert reasons[0].startswith("completed (stop)") and "(unknown: " in reasons[1]
+    # no two variants read alike: each line says which thing happened
+    assert len(set(by_variant.values())) == len(payload_variants)
+
+
+def test_an_event_names_its_variant() -> None:
+    for event in sample_events():
+        assert event.variant.short_name == event.type
+        assert isinstance(event.payload, event.variant.model)

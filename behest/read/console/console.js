@@ -125,7 +125,10 @@ function runsView(params) {
   };
 
   let stream = null;
+  let newest = null;  // created_at of the newest run listed: an older one changing is not new
+  const isNewest = (state) => newest === null || Date.parse(state.created_at) >= newest;
   getJSON(`/runs?${query}`).then((page) => {
+    if (page.runs.length) newest = Date.parse(page.runs[0].created_at);
     for (const state of page.runs) {
       const tr = row(state);
       rows.set(state.run_id, tr);
@@ -146,10 +149,11 @@ function runsView(params) {
         old.replaceWith(tr);
         rows.set(state.run_id, tr);
         tr.classList.add("flash");
-      } else if (!cursors.length) {  // a new run: it belongs on the first page
+      } else if (!cursors.length && isNewest(state)) {  // a new run: it belongs on the first page
         const tr = row(state);
         tr.classList.add("flash");
         tbody.prepend(tr);
+        newest = Date.parse(state.created_at);
         rows.set(state.run_id, tr);
         while (tbody.children.length > PAGE) {
           const last = tbody.lastElementChild;
@@ -157,6 +161,11 @@ function runsView(params) {
           last.remove();
         }
       }
+    });
+    stream.addEventListener("deleted", (message) => {
+      const id = JSON.parse(message.data).run_id;
+      if (rows.has(id)) rows.get(id).remove();
+      rows.delete(id);
     });
   }).catch((error) => tbody.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "error" }, error.message))));
   return () => stream && stream.close();
@@ -355,7 +364,7 @@ function usageChart(points, last, at) {
 
 function runView(runId) {
   const timelineRoot = h("ol", { class: "timeline" });
-  const timeline = new Timeline(timelineRoot);
+  let timeline = new Timeline(timelineRoot);
   const cardBox = h("div", { class: "card-box" });
   const chartBox = h("div");
   const slider = h("input", { type: "range", min: 0, max: 0, value: 0, id: "slider", disabled: true });
@@ -409,7 +418,34 @@ function runView(runId) {
   }
   slider.addEventListener("input", scrub);
 
+  let pending = null;  // live events that came while the timeline is drawn again
+  let redrawnFor = -1;  // the event count the last redraw for a missed late event was for
+
+  // A live event; a late one (below the latest, folded in its place) draws the run again.
   const took = (event) => {
+    if (pending) pending.push(event);
+    else if (times.has(event.sequence)) return;
+    else if (event.sequence < last) redraw();
+    else add(event);
+  };
+
+  async function redraw() {
+    pending = [];
+    timelineRoot.replaceChildren();
+    timeline = new Timeline(timelineRoot);
+    times.clear();
+    last = -1;
+    try {
+      await load();
+    } finally {
+      const waiting = pending;
+      pending = null;
+      waiting.forEach(took);
+      if (following) follow(); else drawChart();
+    }
+  }
+
+  const add = (event) => {
     times.set(event.sequence, event.timestamp);
     timeline.add(event);
     last = Math.max(last, event.sequence);
@@ -421,7 +457,7 @@ function runView(runId) {
     let from = 0;
     for (;;) {
       const page = await getJSON(`/runs/${runId}/events?from_sequence=${from}&limit=1000`);
-      page.events.forEach(took);
+      page.events.forEach(add);
       if (page.events.length < 1000) break;
       from = page.events.at(-1).sequence + 1;
     }
@@ -445,6 +481,12 @@ function runView(runId) {
     });
     stream.addEventListener("state", (message) => {
       current = JSON.parse(message.data);
+      // A late event the stream could not send (folded while it was away): draw again.
+      const count = current.event_count;
+      if (!pending && current.sequence === last && count > times.size && count !== redrawnFor) {
+        redrawnFor = count;  // once per count, should the events page disagree for good
+        redraw();
+      }
       if (following) follow(); else drawChart();
       sliderLabel.textContent = `sequence ${slider.value} of ${last}`;
       if (TERMINAL.has(current.status)) stream.close();

@@ -1,0 +1,106 @@
+"""`States`: the answer of a batch read, building each state only when it is read.
+
+A multi-get of 1,000 stored states takes about a millisecond; turning each into a pydantic
+model takes several microseconds more per state, several times the read itself. A caller
+of a batch read often looks at a few of the states, or only at which runs are known, so
+`get_many` answers the stored bytes wrapped in a mapping that builds a state (e.g. a
+`RunState`) the first time it is read, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, ItemsView, Iterator, Mapping, ValuesView
+from typing import Any, Generic, TypeVar, cast
+
+__all__ = ["States"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class States(Mapping[K, V | None], Generic[K, V]):
+    """Key -> state (None: nothing stored, or nothing by the point asked), in the order
+    asked, duplicates once. Read it as a dict; each state is built on first read."""
+
+    __slots__ = ("_built", "_finish", "_ids", "_key_of", "_stored")
+
+    def __init__(
+        self,
+        ids: list[K],
+        keys: list[bytes],
+        stored: list[bytes | None],
+        finish: Callable[[bytes], V] | None,
+        key_of: Callable[[Any], Hashable] | None = None,
+    ) -> None:
+        """`ids[i]` is asked as `keys[i]` (its store key, all distinct) and has `stored[i]`;
+        `finish` builds a state from stored bytes (None: the stored bytes are the state);
+        `key_of` turns an id into its store key (None: ids are store keys)."""
+        self._ids = ids
+        self._stored = dict(zip(keys, stored, strict=True))
+        self._finish = finish
+        self._key_of = key_of
+        self._built: dict[bytes, V] = {}
+
+    def _state(self, key: bytes, data: bytes | None) -> V | None:
+        finish = self._finish
+        if data is None or finish is None:
+            return cast(V | None, data)
+        try:
+            return self._built[key]
+        except KeyError:
+            state = self._built[key] = finish(data)
+            return state
+
+    def __getitem__(self, item: K) -> V | None:
+        try:
+            key = item if self._key_of is None else self._key_of(item)
+            data = self._stored[cast(bytes, key)]
+        except (KeyError, TypeError, AttributeError):
+            raise KeyError(item) from None
+        return self._state(cast(bytes, key), data)
+
+    def __contains__(self, item: object) -> bool:
+        try:
+            key = item if self._key_of is None else self._key_of(item)
+            return key in self._stored
+        except (TypeError, AttributeError):
+            return False
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def pairs(self) -> Iterator[tuple[K, V | None]]:
+        """`(id, state)` in the order asked: `items()` without a look-up per id."""
+        state = self._state
+        for item, (key, data) in zip(self._ids, self._stored.items(), strict=True):
+            yield item, state(key, data)
+
+    def items(self) -> ItemsView[K, V | None]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[V | None]:
+        return _Values(self)
+
+    def __repr__(self) -> str:
+        return f"States({dict(self.pairs())!r})"
+
+
+class _Items(ItemsView[K, V | None]):
+    def __init__(self, states: States[K, V]) -> None:
+        super().__init__(states)
+        self._states = states
+
+    def __iter__(self) -> Iterator[tuple[K, V | None]]:
+        return self._states.pairs()
+
+
+class _Values(ValuesView[V | None]):
+    def __init__(self, states: States[Any, V]) -> None:
+        super().__init__(states)
+        self._states = states
+
+    def __iter__(self) -> Iterator[V | None]:
+        return (state for _, state in self._states.pairs())

@@ -35,7 +35,7 @@ import fastavro
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from behest.avro_compile import compile_reader, compile_writer
+from behest.avro_compile import compile_decoder, compile_writer
 from behest.errors import CodecError
 from behest.events import (
     PAYLOAD_TYPES,
@@ -90,6 +90,7 @@ __all__ = [
     "encode",
     "encode_body",
     "encode_record",
+    "encode_stamped",
     "header_fingerprint",
     "on_published_schema",
     "schema_fingerprint",
@@ -108,7 +109,7 @@ def header_fingerprint(data: bytes | None) -> bytes | None:
     return bytes(data[2:HEADER_SIZE])
 
 
-_read_current = compile_reader(CURRENT.parsed)
+_read_current: Callable[[bytes, int], EventRecord] = compile_decoder(CURRENT.parsed)
 _write_current = compile_writer(CURRENT.parsed)
 _CURRENT_HEADER = MAGIC + CURRENT.fingerprint
 _ENCODE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, OverflowError, struct.error)
@@ -146,7 +147,10 @@ def decode_record(data: bytes) -> EventRecord:
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:
-        return _decode_current(data, HEADER_SIZE)
+        try:
+            return _read_current(data, HEADER_SIZE)
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
     return decode_body(data, writer_schema(data), HEADER_SIZE)
 
 
@@ -168,16 +172,16 @@ def decode_body(data: bytes, writer: SchemaVersion, offset: int = 0) -> EventRec
 
 def _decode_current(data: bytes, offset: int) -> EventRecord:
     try:
-        record, end = _read_current(data, offset)
-    except IndexError:
-        raise CodecError(
-            f"truncated event: the data ends after {len(data)} bytes, inside the record"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise CodecError(f"corrupt event: a string is not valid UTF-8 ({error.reason})") from None
-    if end != len(data):
-        raise CodecError(f"corrupt event: {len(data) - end} bytes left over after the record")
-    return cast(EventRecord, record)
+        return _read_current(data, offset)
+    except (IndexError, UnicodeDecodeError) as error:
+        raise _corrupt(data, error) from None
+
+
+def _corrupt(data: bytes, error: IndexError | UnicodeDecodeError) -> CodecError:
+    """The generated reader signals truncation by IndexError, bad UTF-8 by the decoder's."""
+    if isinstance(error, UnicodeDecodeError):
+        return CodecError(f"corrupt event: a string is not valid UTF-8 ({error.reason})")
+    return CodecError(f"truncated event: the data ends after {len(data)} bytes, inside the record")
 
 
 def _decode_resolved(data: bytes, writer: SchemaVersion, offset: int) -> EventRecord:
@@ -273,15 +277,17 @@ _TO_FIELDS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
 attributes as they are (the writer ignores the extra `type` key)."""
 
 
-def _record_of(event: AgentEvent) -> dict[str, Any]:
+def _record_of(
+    event: AgentEvent, run_text: str | None = None, micros: int | None = None
+) -> dict[str, Any]:
     payload = event.payload
     cls = type(payload)
     convert = _TO_FIELDS.get(cls)
     return {
         "event_id": _uuid_text(event.event_id),
-        "run_id": _uuid_text(event.run_id),
+        "run_id": _uuid_text(event.run_id) if run_text is None else run_text,
         "sequence": event.sequence,
-        "timestamp": (event.timestamp - EPOCH) // MICROSECOND,
+        "timestamp": (event.timestamp - EPOCH) // MICROSECOND if micros is None else micros,
         "payload": (_FULL_NAMES[cls], vars(payload) if convert is None else convert(payload)),
     }
 
@@ -296,17 +302,34 @@ def encode(event: AgentEvent) -> bytes:
     return bytes(_encode(bytearray(_CURRENT_HEADER), event))
 
 
+def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
+    """`encode(event)` and the event's time in µs since the epoch, for producers: they
+    key records by the run id's text (`run_text`, cached per run, saves converting it
+    twice) and stamp them with the event's time (computed once here)."""
+    out = bytearray(_CURRENT_HEADER)
+    try:
+        micros = (event.timestamp - EPOCH) // MICROSECOND
+        _write_current(out, _record_of(event, run_text, micros))
+    except (CodecError, *_ENCODE_ERRORS) as error:
+        raise _encode_error(event, error) from None
+    return bytes(out), micros
+
+
 def _encode(out: bytearray, event: AgentEvent) -> bytearray:
     try:
         _write_current(out, _record_of(event))
     except (CodecError, *_ENCODE_ERRORS) as error:
-        what = f"{type(getattr(event, 'payload', None)).__name__} event"
-        reason = error if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
-        raise CodecError(
-            f"cannot encode {what} {getattr(event, 'event_id', '?')}: {reason} (a field holds "
-            "a value its type does not allow; model_construct skips pydantic's checks)"
-        ) from None
+        raise _encode_error(event, error) from None
     return out
+
+
+def _encode_error(event: AgentEvent, error: Exception) -> CodecError:
+    what = f"{type(getattr(event, 'payload', None)).__name__} event"
+    reason = error if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
+    return CodecError(
+        f"cannot encode {what} {getattr(event, 'event_id', '?')}: {reason} (a field holds "
+        "a value its type does not allow; model_construct skips pydantic's checks)"
+    )
 
 
 def _from_run_started(fields: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from collections import deque
@@ -25,18 +24,15 @@ from functools import partial
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError
 
 from behest.config import Settings
 from behest.emit.aiokafka_config import aiokafka_config
 from behest.emit.delivery import Delivery
-from behest.emit.partitioner import murmur2
-from behest.emit.producer import (
-    KeyedEncoder,
-    Record,
-    check_event,
-)
+from behest.emit.failures import describe_aiokafka_error
+from behest.emit.partitioner import JavaPartitioner
 from behest.emit.recorder import AsyncRunRecorder
+from behest.emit.records import KeyedEncoder, Record, check_event
 from behest.emit.schemas import Publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
@@ -48,30 +44,6 @@ __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
-
-
-class JavaPartitioner:
-    """aiokafka partitioner that places keys as Java does, remembering the hash of each
-    key it has seen (aiokafka's own computes murmur2 in Python for every record)."""
-
-    __slots__ = ("_hashes",)
-
-    def __init__(self) -> None:
-        self._hashes: dict[bytes, int] = {}
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return random.choice(available or all_partitions)  # noqa: S311 - not security
-        return self.partition(key, len(all_partitions))
-
-    def partition(self, key: bytes, count: int) -> int:
-        """`toPositive(murmur2(key)) % count`, the hash remembered per key."""
-        positive = self._hashes.get(key)
-        if positive is None:
-            if len(self._hashes) >= 65_536:
-                self._hashes.clear()
-            positive = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return positive % count
 
 
 class _Item:
@@ -445,18 +417,10 @@ class AsyncEventProducer:
             self._settle(item, index, None, reason)
 
     def _describe(self, error: BaseException, key: bytes | None) -> str:
-        what = f"an event of run {key.decode(errors='replace')}" if key else "an event"
-        at = self.settings.bootstrap
-        if isinstance(error, UnknownTopicOrPartitionError):
-            return (
-                f"topic {self.topic!r} does not exist at {at}, so {what} was not delivered: "
-                "run `behest topics create`"
-            )
-        if isinstance(error, KafkaTimeoutError):
-            return (
-                f"{what} was not acknowledged by Kafka at {at} within "
-                f"{self.delivery_timeout:g}s ({error}): is a broker running there, and does "
-                f"topic {self.topic!r} exist? Start one with `behest broker start`, create "
-                "the topic with `behest topics create`"
-            )
-        return f"{what} was not delivered to topic {self.topic!r} at {at}: {error!r}"
+        return describe_aiokafka_error(
+            error,
+            topic=self.topic,
+            bootstrap=self.settings.bootstrap,
+            key=key,
+            timeout_s=self.delivery_timeout,
+        )

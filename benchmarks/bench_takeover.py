@@ -1,8 +1,9 @@
 """Takeover after a crash: seconds from SIGKILL of a node until another serves its runs.
 
 Two `behest node --workers 1` processes (6 s session timeout) fold a filled 6-partition
-log; with `--standby-replicas 1` each also keeps a copy of the other's partitions. Once
-both are done (and the copies at the log's end), one is SIGKILLed and the other is asked,
+log, the first alone, then the second joins and takes half the partitions; with
+`--standby-replicas 1` each also keeps a copy of the other's partitions. Once both are
+done (and the copies at the log's end), the first is SIGKILLed and the other is asked,
 for a run of each of the dead node's partitions, for its state after a read-your-writes
 wait on that partition's last record: the times of the first flagged (standby) answer and
 of the first current one are taken. Without a standby, the survivor folds the dead node's
@@ -45,8 +46,9 @@ def _start(bootstrap: str, topic: str, group: str, folder: Path, standby: int) -
     command = [sys.executable, "-m", "behest.cli", "node", "--workers", "1", "--port", str(port)]
     command += ["--state-dir", str(folder), "--group-id", group, "--topic", topic]
     command += ["--bootstrap-servers", bootstrap, "--session-timeout", "6"]
-    command += ["--standby-replicas", str(standby)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command += ["--standby-replicas", str(standby), "--log-level", "info"]
+    with folder.with_suffix(".log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=log)
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -56,9 +58,11 @@ def takeover(
     """Seconds from SIGKILL to the first flagged and the first current answer for every
     partition the killed node owned."""
     group = f"bench-takeover-{uuid.uuid4().hex[:8]}"
-    nodes = [_start(bootstrap, topic, group, workdir / f"{group}-{i}", standby) for i in range(2)]
-    urls = [url for _, url in nodes]
-    try:
+    nodes = [_start(bootstrap, topic, group, workdir / f"{group}-0", standby)]
+    try:  # the one to kill folds the log first: the survivor never owned its partitions
+        _wait_until_serving([nodes[0][1]], timeout=300)
+        nodes.append(_start(bootstrap, topic, group, workdir / f"{group}-1", standby))
+        urls = [url for _, url in nodes]
         _wait_until_serving(urls, timeout=300)
         with httpx.Client(timeout=30) as http:
             for partition, end in ends.items():  # every partition folded to the end
@@ -71,7 +75,9 @@ def takeover(
             killed = time.monotonic()
             flagged: float | None = None
             current: set[int] = set()
-            while len(current) < len(lost) and time.monotonic() - killed < 300:
+            while len(current) < len(lost) and time.monotonic() - killed < float(
+                os.environ.get("TK_LIMIT", "300")
+            ):
                 for partition, run in probes.items():
                     if partition in current:
                         continue
@@ -83,10 +89,13 @@ def takeover(
                     else:
                         current.add(partition)
                 time.sleep(0.05)
+            took = time.monotonic() - killed
+            survivor = (workdir / f"{group}-1.log").read_text()
             return {
                 "flagged_s": None if flagged is None else round(flagged, 2),
-                "current_s": round(time.monotonic() - killed, 2),
+                "current_s": round(took, 2),
                 "partitions_taken_over": len(lost),
+                "seeded_from_standby": survivor.count("seeded from the standby copy"),
             }
     finally:
         for process, _ in nodes:

@@ -173,9 +173,12 @@ class GenerationStores:
 
 
 def _writer_manifest(path: Path) -> str:
-    """The MANIFEST a store's writer uses now (its CURRENT file): a new one each time the
-    writer opens the store. Empty while there is none."""
+    """Which MANIFEST a store's writer uses now, and since when (its CURRENT file's name,
+    inode and change time): new each time the writer opens the store, also when the store
+    was deleted and made anew with the same file names. Empty while there is none."""
+    current = path / "CURRENT"
     try:
-        return (path / "CURRENT").read_text().strip()
+        found = current.stat()
+        return f"{current.read_text().strip()}:{found.st_ino}:{found.st_ctime_ns}"
     except OSError:
         return ""

@@ -3,6 +3,7 @@ writer waits (bounded) for a store another process of the node is still closing.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -78,3 +79,24 @@ def test_a_store_held_past_the_wait_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StateLockedError, match="in use by another projector"):
         taker.open(0)
     holder.close()
+
+
+def test_a_reader_follows_a_store_made_anew_in_its_place(tmp_path: Path) -> None:
+    """Seeding from a standby copy deletes a partition's store and writes a new one there."""
+    layout, manifest = _generation(tmp_path)
+    writer = GenerationStores(layout, manifest, secondary=False)
+    _fold(writer.open(0), b"old", 1)
+    reader = GenerationStores(layout, manifest, secondary=True)
+    reader.discover()
+    reader.catch_up()
+    path = layout.partition_dir(manifest.generation, 0)
+    writer.close_partition(0)
+    shutil.rmtree(path)
+    with StateStore(path) as made:  # a new store: the same file names as the first one
+        _fold(made, b"seeded", 8)
+        reader.catch_up()
+        store = reader.get(0)
+        assert store is not None
+        assert (store.stored_offsets("t"), store.get_state(RUN)) == ({0: 8}, b"seeded")
+    reader.close()
+    writer.close()

@@ -183,7 +183,7 @@ class AsyncEventProducer:
     def emit(self, event: AgentEvent) -> asyncio.Future[Delivery]:
         """Queue one event (call from the producer's loop); the future resolves to where
         Kafka stored it, or to a `ProduceError` after the delivery timeout."""
-        record = self._encode(check_event(event))
+        record = self._encode(event if isinstance(event, AgentEvent) else check_event(event))
         return self._enqueue([record])
 
     def emit_many(self, events: Iterable[AgentEvent]) -> asyncio.Future[list[Delivery]]:
@@ -192,7 +192,10 @@ class AsyncEventProducer:
         Every event is encoded before any is queued, so a bad one raises and sends nothing.
         """
         encode = self._encode
-        records: list[Record] = [encode(check_event(event)) for event in events]
+        records: list[Record] = [
+            encode(event if isinstance(event, AgentEvent) else check_event(event))
+            for event in events
+        ]
         return self._enqueue(records, many=True)
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> asyncio.Future[Delivery]:
@@ -278,10 +281,13 @@ class AsyncEventProducer:
                 self._fail(item, self._describe(error, item.records[0][0]))
             return
         place = self._partitioner.partition
+        placed: dict[bytes, int] = {}  # a run's events come in runs: place each key once
         groups: dict[int, list[tuple[_Item, int, Record]]] = {}
         for item in items:
             for index, record in enumerate(item.records):
-                partition = place(record[0], count)
+                partition = placed.get(record[0])
+                if partition is None:
+                    partition = placed[record[0]] = place(record[0], count)
                 group = groups.get(partition)
                 if group is None:
                     group = groups[partition] = []
@@ -340,9 +346,25 @@ class AsyncEventProducer:
             return
         base = ack.result().offset
         topic = self.topic
-        settle = self._settle
-        for offset, (item, index) in enumerate(members, start=base):
-            settle(item, index, Delivery(topic, partition, offset), None)
+        settled = 0
+        for offset, (item, index) in enumerate(members, start=base):  # `_settle`, inline
+            if item.settled[index]:
+                continue
+            item.settled[index] = 1
+            settled += 1
+            item.pending -= 1
+            future = item.future
+            if future.done():  # failed already (a batch), or cancelled by its caller
+                continue
+            if item.deliveries is None:
+                future.set_result(Delivery(topic, partition, offset))
+            else:
+                item.deliveries[index] = Delivery(topic, partition, offset)
+                if item.pending == 0:
+                    future.set_result(item.deliveries)
+        self._outstanding -= settled
+        if self._outstanding == 0 and self._idle is not None:
+            self._idle.set()
 
     async def _publish_schema(self, client: AIOKafkaProducer) -> None:
         """Write the writer schema to `<topic>.schemas` once connected, beside the first

@@ -44,6 +44,7 @@ __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
+_NO_HEADERS: Final[list[tuple[str, bytes]]] = []  # shared, never changed
 
 
 class _Item:
@@ -52,19 +53,14 @@ class _Item:
 
     __slots__ = ("deliveries", "future", "headers", "pending", "records", "settled")
 
-    def __init__(
-        self,
-        records: list[Record],
-        future: asyncio.Future[Any],
-        *,
-        many: bool,
-    ) -> None:
+    def __init__(self, records: list[Record], future: asyncio.Future[Any], many: bool) -> None:
+        count = len(records)
         self.records = records
         self.future = future
-        self.headers = trace_headers() or []  # the emitting caller's trace context
-        self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
-        self.pending = len(records)
-        self.settled = bytearray(len(records))
+        self.headers = trace_headers() or _NO_HEADERS  # the emitting caller's trace context
+        self.deliveries: list[Delivery | None] | None = [None] * count if many else None
+        self.pending = count
+        self.settled = bytearray(count)
 
 
 _Member = tuple[_Item, int]
@@ -225,7 +221,7 @@ class AsyncEventProducer:
         if not records:
             future.set_result([])
             return future
-        self._queue.append(_Item(records, future, many=many))
+        self._queue.append(_Item(records, future, many))
         if self._outstanding == 0:
             self._idle.clear()
         self._outstanding += len(records)

@@ -170,8 +170,8 @@ class ChangeLog:
 
     def _read(self) -> None:
         waiting = self._waiting
-        while len(waiting) < MAX_WAITING:
-            records = self._consumer.consume(num_messages=_BATCH, timeout=0)
+        while (room := min(_BATCH, MAX_WAITING - len(waiting))) > 0:
+            records = self._consumer.consume(num_messages=room, timeout=0)
             for record in records:
                 if record.error() is not None:
                     continue  # librdkafka retries on its own; the next look reads on
@@ -180,7 +180,7 @@ class ChangeLog:
                     before = waiting.get(run)
                     tombstone = record.value() is None or (before is not None and before[2])
                     waiting[run] = (record.partition() or 0, record.offset() or 0, tombstone)
-            if len(records) < _BATCH:
+            if len(records) < room:
                 return
 
     def close(self) -> None:

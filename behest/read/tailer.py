@@ -125,6 +125,7 @@ class Tailer:
         self._feeds: set[FeedInbox] = set()
         self._feed: RunsFeed | None = None
         self._feed_lock = threading.Lock()
+        self._retired: list[RunsFeed] = []
         self._fed_at = 0.0
         self._offsets: dict[int, int] | None = None
         self._wanted = threading.Event()
@@ -180,14 +181,13 @@ class Tailer:
         self._start()
 
     def unsubscribe_feed(self, inbox: FeedInbox) -> None:
-        with self._feed_lock:
-            with self._lock:
-                self._feeds.discard(inbox)
-                feed = None if self._feeds else self._feed
-                if feed is not None:
-                    self._feed = None
-            if feed is not None:
-                feed.close()
+        with self._lock:
+            self._feeds.discard(inbox)
+            if not self._feeds and self._feed is not None:
+                # closed by the tailer's thread: closing a consumer may block for a while
+                self._retired.append(self._feed)
+                self._feed = None
+        self._wanted.set()
 
     @property
     def watchers(self) -> int:
@@ -213,9 +213,21 @@ class Tailer:
         self._wanted.set()
         if self._thread is not None:
             self._thread.join(5)
+        with self._lock:
+            if self._feed is not None:
+                self._retired.append(self._feed)
+                self._feed = None
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for feed in retired:
+            feed.close()
 
     def _run(self) -> None:
         while not self._stopping:
+            self._close_retired()
             with self._lock:
                 idle = not self._channels and not self._feeds
                 if idle:

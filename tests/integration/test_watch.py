@@ -402,3 +402,27 @@ def test_the_runs_feed_follows_every_run_and_reports_deletions(
     assert seen[-1] == ("deleted", {"run_id": old_id, "deleted": True})
     assert {s["run_id"] for _, s in seen} == {old_id, other_id}
     _no_watchers_left(live)
+
+
+def test_the_runs_feed_reads_on_within_its_bound(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("behest.read.feed.MAX_WAITING", 2)  # runs read ahead of the store
+    runs = [sample_run(events=4, seed=100 + n) for n in range(6)]
+    feed = live.query.watch_runs()
+    states = iter(feed)
+    reported: set[uuid.UUID] = set()
+    done = threading.Event()
+
+    def work() -> None:
+        for state in states:
+            assert isinstance(state, RunState)
+            reported.add(state.run_id)
+            if reported >= {run[0].run_id for run in runs}:
+                done.set()
+                return
+
+    threading.Thread(target=work, daemon=True).start()
+    _wait_for_watchers(live, 1)
+    live.emit_and_wait([event for run in runs for event in run])
+    assert done.wait(WAIT), f"reported {len(reported)} of {len(runs)} runs"

@@ -10,13 +10,13 @@ code against fastavro and the Apache `avro` package.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from itertools import count
 from typing import Any, cast
 
 from behest.errors import CodecError
 
-__all__ = ["compile_decoder", "compile_reader", "compile_writer"]
+__all__ = ["compile_decoder", "compile_object_writer", "compile_reader", "compile_writer"]
 
 # --- compiling a schema into Python ---------------------------------------------------------
 #
@@ -34,12 +34,21 @@ _DOUBLE = struct.Struct("<d")
 class _Source:
     """Generated lines, fresh local names and the constants the code refers to."""
 
-    def __init__(self, schema: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        classes: Mapping[str, type] | None = None,
+        fields: Mapping[str, str] | None = None,
+    ) -> None:
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {}
         self.named: dict[str, Any] = schema["__named_schemas"]
         self._names: Iterator[int] = count()
         self.expanding: list[str] = []
+        self.classes = classes
+        """Writing objects: the Python class of each record (None: records are dicts)."""
+        self.fields = fields or {}
+        """Writing objects: `Record.field` → expression of the value, `{0}` the object."""
 
     def add(self, indent: int, *lines: str) -> None:
         self.lines.extend("    " * indent + line for line in lines)
@@ -362,6 +371,7 @@ def _not_a(expected: str, value: Any, path: str) -> None:
 _WRITE_HELPERS = {
     "_put_varint": _put_varint,
     "_put_long": _put_long,
+    "_U64": _U64,
     "_not_a": _not_a,
     "_FLOAT": _FLOAT,
     "_DOUBLE": _DOUBLE,
@@ -377,6 +387,18 @@ def _emit_write_long(src: _Source, value: str, ind: int, bits: int, path: str) -
         "elif 128 <= z < 16384:",
         "    out.append((z & 0x7F) | 0x80)",
         "    out.append(z >> 7)",
+    )
+    if bits == 64:  # eight bytes inline: every timestamp-micros between 1978 and 3111
+        src.add(
+            ind,
+            f"elif {1 << 49} <= z < {1 << 56}:",
+            f"    z = (z & {_G3:#x}) | ((z & {_H3:#x}) << 4)",
+            f"    z = (z & {_G2:#x}) | ((z & {_H2:#x}) << 2)",
+            f"    z = (z & {_G1:#x}) | ((z & {_H1:#x}) << 1)",
+            f"    out += _U64.pack(z | {_EIGHT_BYTES:#x})",
+        )
+    src.add(
+        ind,
         "else:",
         f"    _put_long(out, z, {value}, {path!r})"
         if bits == 64
@@ -434,9 +456,15 @@ def _emit_write(src: _Source, node: Any, value: str, ind: int, path: str) -> Non
     elif kind == "record":
         src.expanding.append(node["name"])
         for field in node["fields"]:
-            local = src.local()
-            src.add(ind, f"{local} = {value}[{field['name']!r}]")
-            _emit_write(src, field["type"], local, ind, f"{node['name']}.{field['name']}")
+            local, where = src.local(), f"{node['name']}.{field['name']}"
+            if src.classes is None:
+                src.add(ind, f"{local} = {value}[{field['name']!r}]")
+            else:
+                src.add(
+                    ind,
+                    f"{local} = " + src.fields.get(where, "{0}.{1}").format(value, field["name"]),
+                )
+            _emit_write(src, field["type"], local, ind, where)
         src.expanding.pop()
     elif kind == "union":
         _emit_write_union(src, node, value, ind, path)
@@ -459,7 +487,18 @@ def _emit_write_union(src: _Source, branches: list[Any], value: str, ind: int, p
     if len(other) > 1:
         raise NotImplementedError(f"{path}: unions with several non-record branches")
     keyword = "if"
-    if records:
+    if records and src.classes is not None:  # objects: the branch is the object's class
+        classes = src.constant({src.classes[d["name"]]: index for index, d in records})
+        src.add(ind, f"i = {classes}.get(type({value}))", "if i is not None:")
+        by_index = dict(records)
+
+        def by_class(index: int, at: int) -> None:
+            src.add(at, f"out.append({index << 1})")
+            _emit_write(src, by_index[index], value, at, path)
+
+        _emit_tree(src, "i", sorted(by_index), ind + 1, by_class)
+        keyword = "elif"
+    elif records:
         name, fields = src.local(), src.local()
         indexes = src.constant({definition["name"]: index for index, definition in records})
         expected = f"a branch of {path}: " + ", ".join(d["name"] for _, d in records)
@@ -490,6 +529,9 @@ def _emit_write_union(src: _Source, branches: list[Any], value: str, ind: int, p
     if other:
         src.add(ind + 1, f"out.append({other[0][0] << 1})")
         _emit_write(src, other[0][2], value, ind + 1, path)
+    elif src.classes is not None:
+        names = ", ".join(src.classes[d["name"]].__name__ for _, d in records)
+        src.add(ind + 1, f"_not_a({'one of ' + names!r}, {value}, {path!r})")
     else:
         src.add(ind + 1, f"_not_a('a (name, fields) tuple', {value}, {path!r})")
 
@@ -500,3 +542,21 @@ def compile_writer(schema: dict[str, Any]) -> Callable[[bytearray, Any], None]:
     src.add(0, "def write(out, value):")
     _emit_write(src, schema, "value", 1, schema["name"])
     return src.function("write", _WRITE_HELPERS)
+
+
+def compile_object_writer(
+    schema: dict[str, Any],
+    classes: Mapping[str, type],
+    fields: Mapping[str, str],
+    params: tuple[str, ...] = (),
+    helpers: Mapping[str, Any] | None = None,
+) -> Callable[..., None]:
+    """`write(out, value, *params)` for a tree of objects instead of dicts: a record's
+    field is the attribute of that name, or the expression `fields["Record.field"]`
+    (`{0}` the object, `{1}` the field's name; may call `helpers` or use `params`), and a
+    union of records picks its branch by the object's class (`classes`, by record name).
+    Saves building the plain record first (the producers' path from models to bytes)."""
+    src = _Source(schema, classes, fields)
+    src.add(0, f"def write({', '.join(('out', 'value', *params))}):")
+    _emit_write(src, schema, "value", 1, schema["name"])
+    return src.function("write", {**_WRITE_HELPERS, **(helpers or {})})

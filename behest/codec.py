@@ -35,21 +35,17 @@ import fastavro
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from behest.avro_compile import compile_decoder, compile_writer
+from behest.avro_compile import compile_decoder, compile_object_writer, compile_writer
 from behest.errors import CodecError
 from behest.events import (
     PAYLOAD_TYPES,
     AgentEvent,
-    AssistantMessageCommitted,
     EventRecord,
-    RunCompleted,
-    RunStarted,
-    ToolCallCompleted,
-    ToolExecutionFinished,
+    TokenUsage,
+    ToolCall,
+    ToolExecutionFailure,
     ToolExecutionSuccess,
-    ToolMessageCommitted,
     UnknownFinishReason,
-    UsageRecorded,
 )
 from behest.record_checks import MAX_JSON_DEPTH, check_record, json_value
 from behest.times import EPOCH, MICROSECOND
@@ -205,7 +201,6 @@ def _decode_resolved(data: bytes, writer: SchemaVersion, offset: int) -> EventRe
 
 # --- AgentEvent ↔ EventRecord -----------------------------------------------------------------
 
-_FULL_NAMES = {cls: f"{NAMESPACE}.{cls.__name__}" for cls in PAYLOAD_TYPES}
 _UUID_TO_JSON = TypeAdapter(uuid.UUID).serializer.to_python
 
 
@@ -221,75 +216,37 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _run_started(p: RunStarted) -> dict[str, Any]:
-    return {
-        "session_id": _uuid_text(p.session_id),
-        "provider": p.provider,
-        "model": p.model,
-        "metadata": _json_text(p.metadata),
-    }
-
-
-def _tool_call_completed(p: ToolCallCompleted) -> dict[str, Any]:
-    call = p.call
-    return {"call": {"id": call.id, "name": call.name, "arguments": _json_text(call.arguments)}}
-
-
-def _tool_execution_finished(p: ToolExecutionFinished) -> dict[str, Any]:
-    result = p.result
-    if type(result) is ToolExecutionSuccess:
-        branch = (f"{NAMESPACE}.ToolExecutionSuccess", {"output": _json_text(result.output)})
-    else:
-        branch = (f"{NAMESPACE}.{type(result).__name__}", vars(result))
-    return {
-        "call_id": p.call_id,
-        "tool_name": p.tool_name,
-        "result": branch,
-        "duration_ms": p.duration_ms,
-    }
-
-
-def _message_committed(p: AssistantMessageCommitted | ToolMessageCommitted) -> dict[str, Any]:
-    return {"message_id": _uuid_text(p.message_id)}
-
-
-def _usage_recorded(p: UsageRecorded) -> dict[str, Any]:
-    return {"usage": vars(p.usage)}
-
-
-def _run_completed(p: RunCompleted) -> dict[str, Any]:
-    reason: Any = p.finish_reason
-    if type(reason) is UnknownFinishReason:
-        reason = (f"{NAMESPACE}.UnknownFinishReason", {"unknown": reason.unknown})
-    return {"finish_reason": reason, "iterations": p.iterations}
-
-
-_TO_FIELDS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
-    RunStarted: _run_started,
-    ToolCallCompleted: _tool_call_completed,
-    ToolExecutionFinished: _tool_execution_finished,
-    AssistantMessageCommitted: _message_committed,
-    ToolMessageCommitted: _message_committed,
-    UsageRecorded: _usage_recorded,
-    RunCompleted: _run_completed,
-}
-"""Variants with UUIDs, JSON, nested models or unions. The others' fields are their
-attributes as they are (the writer ignores the extra `type` key)."""
-
-
-def _record_of(
-    event: AgentEvent, run_text: str | None = None, micros: int | None = None
-) -> dict[str, Any]:
-    payload = event.payload
-    cls = type(payload)
-    convert = _TO_FIELDS.get(cls)
-    return {
-        "event_id": _uuid_text(event.event_id),
-        "run_id": _uuid_text(event.run_id) if run_text is None else run_text,
-        "sequence": event.sequence,
-        "timestamp": (event.timestamp - EPOCH) // MICROSECOND if micros is None else micros,
-        "payload": (_FULL_NAMES[cls], vars(payload) if convert is None else convert(payload)),
-    }
+_ENCODED_RECORDS: tuple[type, ...] = (
+    *PAYLOAD_TYPES,
+    ToolCall,
+    TokenUsage,
+    ToolExecutionSuccess,
+    ToolExecutionFailure,
+    UnknownFinishReason,
+)
+_UUID, _JSON = "_uuid_text({0}.{1})", "_json_text({0}.{1})"
+_write_event: Callable[[bytearray, AgentEvent, str, int], None] = compile_object_writer(
+    CURRENT.parsed,
+    classes={f"{NAMESPACE}.{cls.__name__}": cls for cls in _ENCODED_RECORDS},
+    fields={
+        f"{NAMESPACE}.{field}": expression
+        for field, expression in {
+            "AgentEvent.event_id": _UUID,
+            "AgentEvent.run_id": "run_text",
+            "AgentEvent.timestamp": "micros",
+            "RunStarted.session_id": _UUID,
+            "RunStarted.metadata": _JSON,
+            "ToolCall.arguments": _JSON,
+            "ToolExecutionSuccess.output": _JSON,
+            "AssistantMessageCommitted.message_id": _UUID,
+            "ToolMessageCommitted.message_id": _UUID,
+        }.items()
+    },
+    params=("run_text", "micros"),
+    helpers={"_uuid_text": _uuid_text, "_json_text": _json_text},
+)
+"""Writes an `AgentEvent` straight from the models' attributes (no plain record in
+between): a model field is the record field of the same name, except the ones above."""
 
 
 def encode_body(event: AgentEvent) -> bytes:
@@ -309,7 +266,7 @@ def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
     out = bytearray(_CURRENT_HEADER)
     try:
         micros = (event.timestamp - EPOCH) // MICROSECOND
-        _write_current(out, _record_of(event, run_text, micros))
+        _write_event(out, event, run_text, micros)
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
     return bytes(out), micros
@@ -317,7 +274,8 @@ def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
 
 def _encode(out: bytearray, event: AgentEvent) -> bytearray:
     try:
-        _write_current(out, _record_of(event))
+        run_text = _uuid_text(event.run_id)
+        _write_event(out, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
     return out

@@ -44,6 +44,7 @@ __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
+_NO_HEADERS: Final[list[tuple[str, bytes]]] = []  # shared, never changed
 
 
 class _Item:
@@ -52,19 +53,14 @@ class _Item:
 
     __slots__ = ("deliveries", "future", "headers", "pending", "records", "settled")
 
-    def __init__(
-        self,
-        records: list[Record],
-        future: asyncio.Future[Any],
-        *,
-        many: bool,
-    ) -> None:
+    def __init__(self, records: list[Record], future: asyncio.Future[Any], many: bool) -> None:
+        count = len(records)
         self.records = records
         self.future = future
-        self.headers = trace_headers() or []  # the emitting caller's trace context
-        self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
-        self.pending = len(records)
-        self.settled = bytearray(len(records))
+        self.headers = trace_headers() or _NO_HEADERS  # the emitting caller's trace context
+        self.deliveries: list[Delivery | None] | None = [None] * count if many else None
+        self.pending = count
+        self.settled = bytearray(count)
 
 
 _Member = tuple[_Item, int]
@@ -183,7 +179,7 @@ class AsyncEventProducer:
     def emit(self, event: AgentEvent) -> asyncio.Future[Delivery]:
         """Queue one event (call from the producer's loop); the future resolves to where
         Kafka stored it, or to a `ProduceError` after the delivery timeout."""
-        record = self._encode(check_event(event))
+        record = self._encode(event if isinstance(event, AgentEvent) else check_event(event))
         return self._enqueue([record])
 
     def emit_many(self, events: Iterable[AgentEvent]) -> asyncio.Future[list[Delivery]]:
@@ -192,7 +188,10 @@ class AsyncEventProducer:
         Every event is encoded before any is queued, so a bad one raises and sends nothing.
         """
         encode = self._encode
-        records: list[Record] = [encode(check_event(event)) for event in events]
+        records: list[Record] = [
+            encode(event if isinstance(event, AgentEvent) else check_event(event))
+            for event in events
+        ]
         return self._enqueue(records, many=True)
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> asyncio.Future[Delivery]:
@@ -222,7 +221,7 @@ class AsyncEventProducer:
         if not records:
             future.set_result([])
             return future
-        self._queue.append(_Item(records, future, many=many))
+        self._queue.append(_Item(records, future, many))
         if self._outstanding == 0:
             self._idle.clear()
         self._outstanding += len(records)
@@ -278,10 +277,13 @@ class AsyncEventProducer:
                 self._fail(item, self._describe(error, item.records[0][0]))
             return
         place = self._partitioner.partition
+        placed: dict[bytes, int] = {}  # a run's events come in runs: place each key once
         groups: dict[int, list[tuple[_Item, int, Record]]] = {}
         for item in items:
             for index, record in enumerate(item.records):
-                partition = place(record[0], count)
+                partition = placed.get(record[0])
+                if partition is None:
+                    partition = placed[record[0]] = place(record[0], count)
                 group = groups.get(partition)
                 if group is None:
                     group = groups[partition] = []
@@ -340,9 +342,25 @@ class AsyncEventProducer:
             return
         base = ack.result().offset
         topic = self.topic
-        settle = self._settle
-        for offset, (item, index) in enumerate(members, start=base):
-            settle(item, index, Delivery(topic, partition, offset), None)
+        settled = 0
+        for offset, (item, index) in enumerate(members, start=base):  # `_settle`, inline
+            if item.settled[index]:
+                continue
+            item.settled[index] = 1
+            settled += 1
+            item.pending -= 1
+            future = item.future
+            if future.done():  # failed already (a batch), or cancelled by its caller
+                continue
+            if item.deliveries is None:
+                future.set_result(Delivery(topic, partition, offset))
+            else:
+                item.deliveries[index] = Delivery(topic, partition, offset)
+                if item.pending == 0:
+                    future.set_result(item.deliveries)
+        self._outstanding -= settled
+        if self._outstanding == 0 and self._idle is not None:
+            self._idle.set()
 
     async def _publish_schema(self, client: AIOKafkaProducer) -> None:
         """Write the writer schema to `<topic>.schemas` once connected, beside the first

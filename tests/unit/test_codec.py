@@ -499,10 +499,10 @@ def _constructed(**changes: Any) -> AgentEvent:
         (_constructed(event_id=str(RUN)), "expected a UUID, not str"),
         (_constructed(timestamp=datetime(2026, 1, 1)), "TypeError"),  # noqa: DTZ001
         (_constructed(payload=TextDelta(delta="\ud800")), "surrogates not allowed"),
-        (_constructed(payload=TokenUsage()), "KeyError"),
+        (_constructed(payload=TokenUsage()), "payload must be one of RunStarted, "),
         (
             _constructed(payload=UsageRecorded.model_construct(usage={"input_tokens": 1})),
-            "TypeError",
+            "AttributeError: .dict. object has no attribute .input_tokens.",
         ),
         (
             _constructed(
@@ -524,7 +524,7 @@ def _constructed(**changes: Any) -> AgentEvent:
                     call_id="c", tool_name="t", result="ok", duration_ms=1
                 )
             ),
-            "TypeError",
+            "result must be one of ToolExecutionSuccess, ToolExecutionFailure, not str",
         ),
         (
             _constructed(payload=RunCompleted.model_construct(finish_reason="done", iterations=1)),

@@ -31,6 +31,7 @@ from behest.config import Settings
 from behest.emit.batch import BatchDelivery
 from behest.emit.delivery import Delivery
 from behest.emit.failures import describe_error
+from behest.emit.pending import LAZY, PendingDelivery
 from behest.emit.recorder import RunRecorder
 from behest.emit.records import KeyedEncoder, Record, check_event
 from behest.emit.schemas import Publication
@@ -107,6 +108,7 @@ class EventProducer:
                 "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
             ) from None
         self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
+        self._deliver_to = self._deliver  # one bound method for every PendingDelivery
         self._closed = False
         self._stop = threading.Event()
         self._schema_queued = threading.Event()
@@ -136,6 +138,10 @@ class EventProducer:
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
         key, value, timestamp = self._encode(check_event(event))
         self._emitted = True
+        if LAZY:  # one object per event in flight: the future is its own callback
+            pending = PendingDelivery(self._deliver_to)
+            self._produce(key, value, pending, timestamp, trace_headers())
+            return pending
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
         self._produce(key, value, partial(self._deliver, future), timestamp, trace_headers())

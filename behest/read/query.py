@@ -104,6 +104,8 @@ def run_key(run_id: str | uuid.UUID) -> bytes:
     without a `UUID` for the usual canonical text (a tenth of the cost): the text of 32 hex
     digits and 4 hyphens, which `uuid.UUID` accepts too. Anything else, and every error,
     goes through `check_run_id`."""
+    if isinstance(run_id, uuid.UUID):
+        return run_id.bytes
     if type(run_id) is str and len(run_id) == 36 and run_id.count("-") == 4:
         try:
             key = bytes.fromhex(run_id.replace("-", ""))

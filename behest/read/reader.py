@@ -189,6 +189,9 @@ class ProjectionReader(Generic[S]):
         self.topic = topic
         self.max_staleness = max_staleness
         self._owns_store = owns_store
+        self.settings: Settings | None = None
+        """Where the topic is (opened from settings): the runs feed reads which runs changed
+        from the topic itself."""
         self._sync_lock = threading.Lock()
         self._checked = -float("inf")
         self._synced_at = datetime.now(UTC)
@@ -218,6 +221,7 @@ class ProjectionReader(Generic[S]):
         reader = cls(
             store, projection, topic=settings.topic, max_staleness=max_staleness, owns_store=True
         )
+        reader.settings = settings
         reader.refresh(force=True)
         return reader
 
@@ -266,7 +270,7 @@ class ProjectionReader(Generic[S]):
             self._sync_lock.release()
 
     def keep_fresh(self) -> None:
-        """Catch up on a thread of its own every `max_staleness / 2` seconds from now on
+        """Catch up on a thread of its own every 0.8 `max_staleness` seconds from now on
         (until `close`), so reads rarely find the view stale and catch up themselves: a
         server's event loop then seldom stalls on it (a look at the writers' files costs
         hundreds of microseconds, a catch-up milliseconds). Reads still catch up
@@ -278,7 +282,7 @@ class ProjectionReader(Generic[S]):
         stop = threading.Event()
         self._follower = threading.Thread(
             target=_follow,
-            args=(weakref.ref(self), stop, max(self.max_staleness / 2, _FOLLOW_MIN_INTERVAL)),
+            args=(weakref.ref(self), stop, max(self.max_staleness * 0.8, _FOLLOW_MIN_INTERVAL)),
             name=f"behest-fresh-{self.name}",
             daemon=True,
         )

@@ -106,6 +106,8 @@ def add_run_routes(app: FastAPI, query: RunStateQuery[bytes]) -> None:
     def get_run(run_id: _RunId, as_of: _AsOf = None, at_sequence: _AtSequence = None) -> bytes:
         moment = None if as_of is None else parse_time(as_of)
         found = query.find_at(run_id, as_of=moment, at_sequence=at_sequence)
+        if type(found) is bytes:  # the usual answer: no message to word
+            return found
         return present(found, f"run {run_id}", as_of, at_sequence)
 
     def get_batch(request: BatchRequest) -> bytes:

@@ -35,21 +35,17 @@ import fastavro
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from behest.avro_compile import compile_reader, compile_writer
+from behest.avro_compile import compile_decoder, compile_object_writer, compile_writer
 from behest.errors import CodecError
 from behest.events import (
     PAYLOAD_TYPES,
     AgentEvent,
-    AssistantMessageCommitted,
     EventRecord,
-    RunCompleted,
-    RunStarted,
-    ToolCallCompleted,
-    ToolExecutionFinished,
+    TokenUsage,
+    ToolCall,
+    ToolExecutionFailure,
     ToolExecutionSuccess,
-    ToolMessageCommitted,
     UnknownFinishReason,
-    UsageRecorded,
 )
 from behest.record_checks import MAX_JSON_DEPTH, check_record, json_value
 from behest.times import EPOCH, MICROSECOND
@@ -90,6 +86,7 @@ __all__ = [
     "encode",
     "encode_body",
     "encode_record",
+    "encode_stamped",
     "header_fingerprint",
     "on_published_schema",
     "schema_fingerprint",
@@ -108,7 +105,7 @@ def header_fingerprint(data: bytes | None) -> bytes | None:
     return bytes(data[2:HEADER_SIZE])
 
 
-_read_current = compile_reader(CURRENT.parsed)
+_read_current: Callable[[bytes, int], EventRecord] = compile_decoder(CURRENT.parsed)
 _write_current = compile_writer(CURRENT.parsed)
 _CURRENT_HEADER = MAGIC + CURRENT.fingerprint
 _ENCODE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, OverflowError, struct.error)
@@ -146,7 +143,10 @@ def decode_record(data: bytes) -> EventRecord:
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:
-        return _decode_current(data, HEADER_SIZE)
+        try:
+            return _read_current(data, HEADER_SIZE)
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
     return decode_body(data, writer_schema(data), HEADER_SIZE)
 
 
@@ -168,16 +168,16 @@ def decode_body(data: bytes, writer: SchemaVersion, offset: int = 0) -> EventRec
 
 def _decode_current(data: bytes, offset: int) -> EventRecord:
     try:
-        record, end = _read_current(data, offset)
-    except IndexError:
-        raise CodecError(
-            f"truncated event: the data ends after {len(data)} bytes, inside the record"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise CodecError(f"corrupt event: a string is not valid UTF-8 ({error.reason})") from None
-    if end != len(data):
-        raise CodecError(f"corrupt event: {len(data) - end} bytes left over after the record")
-    return cast(EventRecord, record)
+        return _read_current(data, offset)
+    except (IndexError, UnicodeDecodeError) as error:
+        raise _corrupt(data, error) from None
+
+
+def _corrupt(data: bytes, error: IndexError | UnicodeDecodeError) -> CodecError:
+    """The generated reader signals truncation by IndexError, bad UTF-8 by the decoder's."""
+    if isinstance(error, UnicodeDecodeError):
+        return CodecError(f"corrupt event: a string is not valid UTF-8 ({error.reason})")
+    return CodecError(f"truncated event: the data ends after {len(data)} bytes, inside the record")
 
 
 def _decode_resolved(data: bytes, writer: SchemaVersion, offset: int) -> EventRecord:
@@ -201,7 +201,6 @@ def _decode_resolved(data: bytes, writer: SchemaVersion, offset: int) -> EventRe
 
 # --- AgentEvent ↔ EventRecord -----------------------------------------------------------------
 
-_FULL_NAMES = {cls: f"{NAMESPACE}.{cls.__name__}" for cls in PAYLOAD_TYPES}
 _UUID_TO_JSON = TypeAdapter(uuid.UUID).serializer.to_python
 
 
@@ -217,73 +216,37 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _run_started(p: RunStarted) -> dict[str, Any]:
-    return {
-        "session_id": _uuid_text(p.session_id),
-        "provider": p.provider,
-        "model": p.model,
-        "metadata": _json_text(p.metadata),
-    }
-
-
-def _tool_call_completed(p: ToolCallCompleted) -> dict[str, Any]:
-    call = p.call
-    return {"call": {"id": call.id, "name": call.name, "arguments": _json_text(call.arguments)}}
-
-
-def _tool_execution_finished(p: ToolExecutionFinished) -> dict[str, Any]:
-    result = p.result
-    if type(result) is ToolExecutionSuccess:
-        branch = (f"{NAMESPACE}.ToolExecutionSuccess", {"output": _json_text(result.output)})
-    else:
-        branch = (f"{NAMESPACE}.{type(result).__name__}", vars(result))
-    return {
-        "call_id": p.call_id,
-        "tool_name": p.tool_name,
-        "result": branch,
-        "duration_ms": p.duration_ms,
-    }
-
-
-def _message_committed(p: AssistantMessageCommitted | ToolMessageCommitted) -> dict[str, Any]:
-    return {"message_id": _uuid_text(p.message_id)}
-
-
-def _usage_recorded(p: UsageRecorded) -> dict[str, Any]:
-    return {"usage": vars(p.usage)}
-
-
-def _run_completed(p: RunCompleted) -> dict[str, Any]:
-    reason: Any = p.finish_reason
-    if type(reason) is UnknownFinishReason:
-        reason = (f"{NAMESPACE}.UnknownFinishReason", {"unknown": reason.unknown})
-    return {"finish_reason": reason, "iterations": p.iterations}
-
-
-_TO_FIELDS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
-    RunStarted: _run_started,
-    ToolCallCompleted: _tool_call_completed,
-    ToolExecutionFinished: _tool_execution_finished,
-    AssistantMessageCommitted: _message_committed,
-    ToolMessageCommitted: _message_committed,
-    UsageRecorded: _usage_recorded,
-    RunCompleted: _run_completed,
-}
-"""Variants with UUIDs, JSON, nested models or unions. The others' fields are their
-attributes as they are (the writer ignores the extra `type` key)."""
-
-
-def _record_of(event: AgentEvent) -> dict[str, Any]:
-    payload = event.payload
-    cls = type(payload)
-    convert = _TO_FIELDS.get(cls)
-    return {
-        "event_id": _uuid_text(event.event_id),
-        "run_id": _uuid_text(event.run_id),
-        "sequence": event.sequence,
-        "timestamp": (event.timestamp - EPOCH) // MICROSECOND,
-        "payload": (_FULL_NAMES[cls], vars(payload) if convert is None else convert(payload)),
-    }
+_ENCODED_RECORDS: tuple[type, ...] = (
+    *PAYLOAD_TYPES,
+    ToolCall,
+    TokenUsage,
+    ToolExecutionSuccess,
+    ToolExecutionFailure,
+    UnknownFinishReason,
+)
+_UUID, _JSON = "_uuid_text({0}.{1})", "_json_text({0}.{1})"
+_write_event: Callable[[bytearray, AgentEvent, str, int], None] = compile_object_writer(
+    CURRENT.parsed,
+    classes={f"{NAMESPACE}.{cls.__name__}": cls for cls in _ENCODED_RECORDS},
+    fields={
+        f"{NAMESPACE}.{field}": expression
+        for field, expression in {
+            "AgentEvent.event_id": _UUID,
+            "AgentEvent.run_id": "run_text",
+            "AgentEvent.timestamp": "micros",
+            "RunStarted.session_id": _UUID,
+            "RunStarted.metadata": _JSON,
+            "ToolCall.arguments": _JSON,
+            "ToolExecutionSuccess.output": _JSON,
+            "AssistantMessageCommitted.message_id": _UUID,
+            "ToolMessageCommitted.message_id": _UUID,
+        }.items()
+    },
+    params=("run_text", "micros"),
+    helpers={"_uuid_text": _uuid_text, "_json_text": _json_text},
+)
+"""Writes an `AgentEvent` straight from the models' attributes (no plain record in
+between): a model field is the record field of the same name, except the ones above."""
 
 
 def encode_body(event: AgentEvent) -> bytes:
@@ -296,17 +259,35 @@ def encode(event: AgentEvent) -> bytes:
     return bytes(_encode(bytearray(_CURRENT_HEADER), event))
 
 
+def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
+    """`encode(event)` and the event's time in µs since the epoch, for producers: they
+    key records by the run id's text (`run_text`, cached per run, saves converting it
+    twice) and stamp them with the event's time (computed once here)."""
+    out = bytearray(_CURRENT_HEADER)
+    try:
+        micros = (event.timestamp - EPOCH) // MICROSECOND
+        _write_event(out, event, run_text, micros)
+    except (CodecError, *_ENCODE_ERRORS) as error:
+        raise _encode_error(event, error) from None
+    return bytes(out), micros
+
+
 def _encode(out: bytearray, event: AgentEvent) -> bytearray:
     try:
-        _write_current(out, _record_of(event))
+        run_text = _uuid_text(event.run_id)
+        _write_event(out, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
     except (CodecError, *_ENCODE_ERRORS) as error:
-        what = f"{type(getattr(event, 'payload', None)).__name__} event"
-        reason = error if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
-        raise CodecError(
-            f"cannot encode {what} {getattr(event, 'event_id', '?')}: {reason} (a field holds "
-            "a value its type does not allow; model_construct skips pydantic's checks)"
-        ) from None
+        raise _encode_error(event, error) from None
     return out
+
+
+def _encode_error(event: AgentEvent, error: Exception) -> CodecError:
+    what = f"{type(getattr(event, 'payload', None)).__name__} event"
+    reason = error if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
+    return CodecError(
+        f"cannot encode {what} {getattr(event, 'event_id', '?')}: {reason} (a field holds "
+        "a value its type does not allow; model_construct skips pydantic's checks)"
+    )
 
 
 def _from_run_started(fields: dict[str, Any]) -> dict[str, Any]:

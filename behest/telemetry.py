@@ -22,6 +22,7 @@ from behest.errors import ConfigError
 
 try:
     from opentelemetry import propagate, trace
+    from opentelemetry.context import get_current as _current_context
 except ImportError:  # pragma: no cover - the API is installed with behest[server] and [otel]
     propagate = None  # type: ignore[assignment]
     trace = None  # type: ignore[assignment]
@@ -40,8 +41,8 @@ class _Headers(Protocol):
 
 def trace_headers() -> list[tuple[str, str | bytes | None]] | None:
     """The current trace context as Kafka record headers, or None outside any span."""
-    if propagate is None:
-        return None
+    if propagate is None or not _current_context():
+        return None  # no span, no baggage: skip the propagators (a tenth of the cost)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     if not carrier:

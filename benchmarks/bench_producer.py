@@ -39,9 +39,10 @@ from behest.local.simulate import _stamped_chunks, plan_runs
 PARTITIONS = 6
 CHUNK = 1_000
 """Events per `emit_many` call."""
-TARGET_RATE = 150_000.0
-TARGET_RAW_SHARE = 0.6
+TARGETS = {"emit_many": 0.5, "emit": 0.3}
+"""The issue's target ratios to raw produce with a delivery callback per event."""
 RAW = "raw confluent-kafka produce, pre-encoded"
+RAW_CALLBACKS = "raw produce + a delivery callback per event (pre-encoded)"
 
 
 def realistic_events(count: int, seed: int = 7) -> list[AgentEvent]:
@@ -207,7 +208,7 @@ def run(
     calibration = raw_produce(settings, records[:20_000])
     variants: list[tuple[str, Callable[[Settings, Any], float], bool]] = [
         (RAW, raw_produce, True),
-        ("raw produce + a delivery callback per event (pre-encoded)", raw_with_callbacks, True),
+        (RAW_CALLBACKS, raw_with_callbacks, True),
         ("codec.encode alone, no Kafka (the encoding ceiling)", encode_only, False),
         ("EventProducer.emit_many (confluent-kafka)", sync_many, False),
         ("EventProducer.emit (confluent-kafka)", sync_single, False),
@@ -228,9 +229,15 @@ def run(
                 continue  # out of budget: keep what was measured
             results[name].append(measure(settings, records if raw else events))
     raw_rate = statistics.median(results[RAW])
-    rows = [_row(f"{RAW} ({count:,} events)", raw_rate, None, None)]
-    for name, _, _ in variants[1:]:
-        rows.append(_row(name, statistics.median(results[name]), RAW, raw_rate))
+    callbacks_rate = statistics.median(results[RAW_CALLBACKS])
+    rows = [
+        _row(f"{RAW} ({count:,} events)", raw_rate, None, None),
+        _row(RAW_CALLBACKS, callbacks_rate, RAW, raw_rate),
+    ]
+    # The producers' reference is raw produce with a callback per event: the least any
+    # producer must do to learn each event's fate (the issue's target ratios are to it).
+    for name, _, _ in variants[2:]:
+        rows.append(_row(name, statistics.median(results[name]), RAW_CALLBACKS, callbacks_rate))
     _drop(settings)
     gc.unfreeze()
     return rows
@@ -270,13 +277,20 @@ def main(argv: Sequence[str]) -> int:
             f"{ratio:.0%}" if ratio is not None else "—",
         )
     console.print(table)
-    best = max(r["value"] for r in rows if r["name"].startswith("EventProducer"))
-    share = max(r["ratio"] or 0.0 for r in rows if r["name"].startswith("EventProducer"))
-    console.print(
-        f"target: EventProducer ≥ {TARGET_RATE:,.0f} events/s and ≥ {TARGET_RAW_SHARE:.0%} of raw; "
-        f"measured best {best:,.0f} events/s, {share:.0%} of raw "
-        f"({time.monotonic() - started:.0f} s in all)"
-    )
+    for row in rows[2:]:
+        kind = (
+            "emit_many"
+            if ".emit_many" in row["name"]
+            else "emit"
+            if ".emit " in row["name"]
+            else None
+        )
+        if kind is not None:
+            console.print(
+                f"{row['name']}: {row['ratio']:.2f}x of raw + callbacks "
+                f"(target ≥ {TARGETS[kind]:.1f}x)"
+            )
+    console.print(f"({time.monotonic() - started:.0f} s in all)")
     return 0
 
 

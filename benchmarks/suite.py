@@ -56,6 +56,7 @@ AREAS = (
     "restart",
     "watch",
     "cluster",
+    "workers",
     "scaling",
 )
 """In the order they run."""
@@ -70,6 +71,7 @@ MODULES = {
     "restart": "benchmarks.bench_restart",
     "watch": "benchmarks.bench_watch",
     "cluster": "benchmarks.bench_cluster",
+    "workers": "benchmarks.bench_workers",
     "scaling": "benchmarks.bench_scaling",
 }
 

@@ -14,7 +14,7 @@ __all__ = ["node_command"]
 
 def node_command(
     workers: int = typer.Option(
-        0, "--workers", min=0, help="Projector worker processes (one for now, see README)."
+        0, "--workers", min=0, help="Projector worker processes (default: one per core)."
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface the HTTP API binds."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port of the HTTP API."),

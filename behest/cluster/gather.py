@@ -22,6 +22,7 @@ from behest.cluster.asgi import read_body, replay, send_json
 from behest.cluster.membership import Membership
 from behest.cluster.ownership import Ownership
 from behest.cluster.pages import cursor_after, merge_pages, parse_batch, to_int
+from behest.cluster.standby_reads import SCOPE_STANDBY, stale_flags, staleness_of
 from behest.emit.partitioner import partition_for
 
 __all__ = ["HEADER_FORWARDED", "HEADER_PARTITIONS", "HEADER_SCOPE", "Gatherer"]
@@ -42,11 +43,20 @@ class Gatherer:
     _timeout: httpx.Timeout
 
     async def _call(
-        self, url: str | None, method: str, path: str, *, content: bytes | None = None
+        self,
+        url: str | None,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        scope: str = "local",
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         raise NotImplementedError
 
-    async def _inner(self, method: str, path: str) -> tuple[int, bytes, Mapping[str, str]]:
+    async def _inner(
+        self, method: str, path: str, app: ASGIApp | None = None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
         raise NotImplementedError
 
     def _peer_client(self) -> httpx.AsyncClient:
@@ -68,38 +78,83 @@ class Gatherer:
             await self.app(scope, replay(body), send)
             return
         ids, as_of = request
-        by_owner: dict[str, list[str]] = {}
+        extra = {"as_of": as_of} if as_of else {}
+        by_owner: dict[str | None, list[str]] = {}
         for run_id in ids:
-            partition = partition_for(run_id, view.partitions)
-            owner = view.owner(partition)
-            if owner is None:
-                await self._unavailable(send, partition, None)
-                return
-            by_owner.setdefault(owner, []).append(run_id)
-        calls = {
-            owner: self._call(
-                owner,
-                "POST",
-                "/runs/batch",
-                content=orjson.dumps({"run_ids": part, **({"as_of": as_of} if as_of else {})}),
+            by_owner.setdefault(view.owner(partition_for(run_id, view.partitions)), []).append(
+                run_id
             )
-            for owner, part in by_owner.items()
-        }
-        answers = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+        orphans = by_owner.pop(None, [])
+        owners = [o for o in by_owner if o is not None]
+        answers = await asyncio.gather(
+            *(
+                self._call(o, "POST", "/runs/batch", content=_batch_body(by_owner[o], extra))
+                for o in owners
+            )
+        )
         found: dict[str, bytes] = {}
-        for owner, (status, content, _) in answers.items():
-            if status != 200:
+        for owner, (status, content, _) in zip(owners, answers, strict=True):
+            if status == 503:  # not served there right now: a standby copy may answer
+                orphans += by_owner[owner]
+            elif status != 200:
                 await self._relay_failure(send, owner, status, content)
                 return
-            for state in orjson.loads(content)["runs"]:
-                found[str(uuid.UUID(state["run_id"]))] = orjson.dumps(state)
+            else:
+                _take(found, content)
+        copies: list[tuple[int, float]] = []
+        if orphans and not await self._batch_from_standbys(send, orphans, extra, found, copies):
+            return
         states = [found[r] for r in ids if r in found]
         missing = [r for r in ids if r not in found]
         await send_json(
             send,
             200,
             b'{"runs":[' + b",".join(states) + b'],"missing":' + orjson.dumps(missing) + b"}",
+            stale_flags(copies),
         )
+
+    async def _batch_from_standbys(
+        self,
+        send: Send,
+        runs: list[str],
+        extra: dict[str, str],
+        found: dict[str, bytes],
+        copies: list[tuple[int, float]],
+    ) -> bool:
+        """The runs of partitions no owner answers for, from nodes that keep standby copies
+        of them (into `found`, their staleness into `copies`); False once a 503 is sent."""
+        view = self.membership.view
+        by_node: dict[str, list[str]] = {}
+        for run_id in runs:
+            partition = partition_for(run_id, view.partitions)
+            nodes = view.standbys.get(partition, ())
+            if not nodes:
+                await self._unavailable(send, partition, view.owner(partition))
+                return False
+            node = self.url if self.url in nodes else nodes[0]
+            by_node.setdefault(node, []).append(run_id)
+        targets = list(by_node)
+        answers = await asyncio.gather(
+            *(
+                self._call(
+                    n,
+                    "POST",
+                    "/runs/batch",
+                    content=_batch_body(by_node[n], extra),
+                    scope=SCOPE_STANDBY,
+                )
+                for n in targets
+            )
+        )
+        for node, (status, content, headers) in zip(targets, answers, strict=True):
+            if status != 200:
+                await self._relay_failure(send, node, status, content)
+                return False
+            _take(found, content)
+            staleness = staleness_of(headers)
+            if staleness is not None:
+                copies.append(staleness)
+        return True
 
     async def _watch_all(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`GET /runs/watch` over every node: each one's stream of its own runs' changes,
@@ -215,10 +270,6 @@ class Gatherer:
 
     async def _listing(self, scope: Scope, send: Send) -> None:
         view = self.membership.view
-        unowned = [p for p in range(view.partitions) if view.owner(p) is None]
-        if unowned:
-            await self._unavailable(send, unowned[0], None)
-            return
         params = parse_qsl(scope["query_string"].decode("latin-1"))
         limit = to_int(dict(params).get("limit"), 50)
         path = "/runs?" + urlencode(params)
@@ -227,24 +278,65 @@ class Gatherer:
         served: set[int] = set()
         pages = []
         for url, (status, content, headers) in zip(sources, answers, strict=True):
+            if status == 503:
+                continue  # gone or catching up: its partitions are missing below
             if status != 200:
                 await self._relay_failure(send, url, status, content)
                 return
-            served.update(int(p) for p in headers.get(HEADER_PARTITIONS, "").split(",") if p)
+            served.update(_partitions(headers))
             pages.append(orjson.loads(content))
-        missing = sorted(set(range(view.partitions)) - served)
+        missing = set(range(view.partitions)) - served
+        copies: list[tuple[int, float]] = []
+        by_node: dict[str, list[int]] = {}
+        for partition in sorted(missing):  # no owner serves it now: a standby copy may
+            nodes = view.standbys.get(partition, ())
+            if nodes:
+                by_node.setdefault(self.url if self.url in nodes else nodes[0], []).append(
+                    partition
+                )
+        standby_nodes = list(by_node)
+        answers = await asyncio.gather(
+            *(
+                self._call(
+                    url,
+                    "GET",
+                    path,
+                    scope=SCOPE_STANDBY,
+                    headers={HEADER_PARTITIONS: ",".join(map(str, by_node[url]))},
+                )
+                for url in standby_nodes
+            )
+        )
+        for status, content, headers in answers:
+            if status == 200:
+                missing -= set(_partitions(headers))
+                pages.append(orjson.loads(content))
+                staleness = staleness_of(headers)
+                if staleness is not None:
+                    copies.append(staleness)
         if missing:
-            await self._unavailable(send, missing[0], view.owner(missing[0]))
+            first = min(missing)
+            await self._unavailable(send, first, view.owner(first))
             return
         page = merge_pages(pages, limit)
-        await send_json(send, 200, orjson.dumps(page))
+        await send_json(send, 200, orjson.dumps(page), stale_flags(copies))
 
     async def _local_listing(self, scope: Scope, send: Send) -> None:
-        """This node's page of a listing: only runs of partitions it serves, `limit` of them
-        when it has that many (so the merge above knows every newer run), and which
-        partitions it answered for."""
-        serving = self.ownership.serving()
-        partitions = self.membership.view.partitions
+        """This node's page of a listing: only runs of partitions it serves."""
+        await self._partition_listing(scope, send, self.app, self.ownership.serving(), [])
+
+    async def _partition_listing(
+        self,
+        scope: Scope,
+        send: Send,
+        app: ASGIApp,
+        partitions: frozenset[int],
+        flags: list[tuple[bytes, bytes]],
+    ) -> None:
+        """A page of `app`'s listing with only runs of `partitions`, `limit` of them when
+        it has that many (so the merge above knows every newer run), and which partitions
+        it answered for (`flags`: the headers of a standby copy's answer)."""
+        count = self.membership.view.partitions
         params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         limit = to_int(params.get("limit"), 50)
         kept: list[Any] = []
@@ -253,7 +345,7 @@ class Gatherer:
             page_params = {**params, **({"cursor": cursor} if cursor else {})}
             if not cursor:
                 page_params.pop("cursor", None)
-            status, content, _ = await self._inner("GET", "/runs?" + urlencode(page_params))
+            status, content, _ = await self._inner("GET", "/runs?" + urlencode(page_params), app)
             if status != 200:
                 await send_json(send, status, content)
                 return
@@ -261,7 +353,7 @@ class Gatherer:
             kept += [
                 state
                 for state in page["runs"]
-                if partitions and partition_for(state["run_id"], partitions) in serving
+                if count and partition_for(state["run_id"], count) in partitions
             ]
             cursor = page["next_cursor"]
             if len(kept) >= limit or not cursor:
@@ -273,5 +365,20 @@ class Gatherer:
             send,
             200,
             orjson.dumps({"runs": kept, "next_cursor": next_cursor}),
-            [(HEADER_PARTITIONS.encode(), ",".join(map(str, sorted(serving))).encode())],
+            [(HEADER_PARTITIONS.encode(), ",".join(map(str, sorted(partitions))).encode()), *flags],
         )
+
+
+def _batch_body(runs: list[str], extra: dict[str, str]) -> bytes:
+    return orjson.dumps({"run_ids": runs, **extra})
+
+
+def _take(found: dict[str, bytes], content: bytes) -> None:
+    """The states of a batch's answer, by run id."""
+    for state in orjson.loads(content)["runs"]:
+        found[str(uuid.UUID(state["run_id"]))] = orjson.dumps(state)
+
+
+def _partitions(headers: Mapping[str, str]) -> list[int]:
+    """The partitions a node's listing page says it answered for."""
+    return [int(p) for p in headers.get(HEADER_PARTITIONS, "").split(",") if p]

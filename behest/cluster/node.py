@@ -14,6 +14,7 @@ assignment change there asks the membership for a fresh description at once.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _REPORT_EVERY: Final = 0.05
 _STOP_TIMEOUT: Final = 30.0
+_HANDOVER_TIMEOUT: Final = 5.0
+"""Seconds a worker giving partitions up waits for its node to stop serving them."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class WorkerReport:
     worker: int
     assigned: tuple[int, ...]
     positions: dict[int, int]
+    revision: int = 0
+    """Non-zero: the worker waits until the node acknowledges this report (a revocation)."""
 
 
 def node_settings(settings: Settings, url: str, **kafka: Any) -> Settings:
@@ -66,6 +71,7 @@ def _worker(
     index: int,
     reports: Any,
     stop: Any,
+    acks: Any,
 ) -> None:
     """A worker process: one Projector in the group, reporting what it holds."""
     from behest.fold.catalog import load_projection
@@ -76,14 +82,21 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's main process decides when to stop
     settings = Settings.model_validate(settings_data)
 
+    revisions = itertools.count(1)
+
     class Reporting(Projector):
-        """Tells the node of a revocation before giving the partitions up, so the node
-        stops answering for them before their next owner can fold anything."""
+        """Tells the node of a revocation and waits (bounded) until the node stopped
+        answering for those partitions, before giving them up: their next owner can fold
+        nothing this node would still answer as current."""
 
         def _on_revoke(self, consumer: Any, partitions: list[Any], *, lost: bool = False) -> None:
             gone = {tp.partition for tp in partitions}
             held = tuple(p for p in self.metrics.assigned if p not in gone)
-            reports.put(WorkerReport(index, held, dict(self.metrics.positions)))
+            revision = next(revisions)
+            reports.put(WorkerReport(index, held, dict(self.metrics.positions), revision))
+            deadline = time.monotonic() + _HANDOVER_TIMEOUT
+            while acks[index] < revision and time.monotonic() < deadline:
+                time.sleep(0.002)
             super()._on_revoke(consumer, partitions, lost=lost)
 
     projector = Reporting(
@@ -133,12 +146,13 @@ class Node:
         self._context = multiprocessing.get_context("spawn")
         self._reports: Any = self._context.Queue()
         self._stop = self._context.Event()
+        self._acks: Any = self._context.Array("q", max(workers, 1))
         self._processes: list[BaseProcess] = []
         self._held: dict[int, WorkerReport] = {}
         self._lock = threading.Lock()
         self.membership: Membership | None = None
-        self.on_lost: Callable[[set[int]], None] | None = None
-        """Told of partitions a worker lost (even for a moment): they must catch up again."""
+        self.on_moved: Callable[[set[int]], None] | None = None
+        """Told of partitions a worker lost or gained: they must catch up again."""
         self._listener = threading.Thread(target=self._listen, daemon=True)
         self._stopping = False
 
@@ -153,6 +167,7 @@ class Node:
                     index,
                     self._reports,
                     self._stop,
+                    self._acks,
                 ),
                 name=f"behest-worker-{index}",
                 daemon=False,
@@ -168,9 +183,11 @@ class Node:
             return frozenset(p for r in self._held.values() for p in r.assigned)
 
     def folded(self) -> Mapping[int, int]:
-        """Next offset folded per partition, as the workers report it."""
+        """Next offset folded per partition held, as the workers holding them report it."""
         with self._lock:
-            return {p: o for r in self._held.values() for p, o in r.positions.items()}
+            return {
+                p: o for r in self._held.values() for p, o in r.positions.items() if p in r.assigned
+            }
 
     def dead_workers(self) -> list[int]:
         """Workers that exited while the node was not stopping."""
@@ -204,10 +221,11 @@ class Node:
             with self._lock:
                 before = self._held.get(report.worker)
                 self._held[report.worker] = report
-            if before is not None and self.on_lost is not None:
-                lost = set(before.assigned) - set(report.assigned)
-                if lost:
-                    self.on_lost(lost)
+            moved = set(report.assigned) ^ set(() if before is None else before.assigned)
+            if moved and self.on_moved is not None:
+                self.on_moved(moved)
+            if report.revision:
+                self._acks[report.worker] = report.revision  # the worker may give them up now
             if self.membership is not None and (
                 before is None or before.assigned != report.assigned
             ):
@@ -244,6 +262,7 @@ class RoutedAPI:
             self.membership,
             folded or (lambda: query.freshness().offsets),
             assigned,
+            seen=None if folded is None else lambda: _caught_up_offsets(query),
         )
         self.membership.on_view = self.ownership.update
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
@@ -278,6 +297,12 @@ class RoutedAPI:
         if self.standby is not None:
             self.standby.close()
         self.membership.close()
+
+
+def _caught_up_offsets(query: RunStateQuery) -> Mapping[int, int]:
+    """The next offsets the HTTP API's reader sees, once it caught up with the workers."""
+    query.reader.refresh(force=True)
+    return query.reader.freshness().offsets
 
 
 def _server_class() -> type[Any]:
@@ -317,22 +342,12 @@ def _open_query(settings: Settings, node: Node, deadline: float) -> RunStateQuer
 
 
 def worker_count(asked: int) -> int:
-    """Workers a node runs: one, whatever is asked, for now.
+    """Workers a node runs: as asked, or (0) one per core of the machine.
 
-    Several projector processes of one node share its state dir, each partition's store
-    held by the worker assigned it. A rebalance between two of them can hand a partition
-    to one before the other has closed its store (measured: `StateLockedError` in the new
-    owner, which kills the node), so until the projector waits for a store another worker
-    is releasing, a node folds with one worker and says so.
-    """
-    wanted = asked or os.cpu_count() or 1
-    if wanted > 1:
-        log.warning(
-            "%d workers asked for: running 1 (several workers of one node race for a "
-            "partition's store on a rebalance; run more nodes instead)",
-            wanted,
-        )
-    return 1
+    They share the node's state dir, each partition's store held by the worker assigned
+    it; one that gains a partition from another waits for it to close the store
+    (`behest.fold.partitions.GenerationStores.open`)."""
+    return asked or os.cpu_count() or 1
 
 
 def run_node(
@@ -369,7 +384,7 @@ def run_node(
             assigned=node.assigned,
         )
         node.membership = routed.membership
-        node.on_lost = routed.ownership.forget
+        node.on_moved = routed.ownership.forget
         routed.start()
         config = uvicorn.Config(
             routed.wrap(create_app(query)),

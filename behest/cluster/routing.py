@@ -35,6 +35,14 @@ from behest.cluster.gather import HEADER_FORWARDED, HEADER_PARTITIONS, HEADER_SC
 from behest.cluster.membership import Membership
 from behest.cluster.ownership import Ownership
 from behest.cluster.pages import run_of_path
+from behest.cluster.standby_reads import (
+    HEADER_LAG_RECORDS,
+    HEADER_LAG_SECONDS,
+    HEADER_STALE,
+    SCOPE_STANDBY,
+    StandbyReads,
+    stale_flags,
+)
 from behest.emit.partitioner import partition_for
 
 if TYPE_CHECKING:
@@ -45,6 +53,7 @@ __all__ = [
     "HEADER_FORWARDED",
     "HEADER_LAG_RECORDS",
     "HEADER_LAG_SECONDS",
+    "HEADER_NODE",
     "HEADER_PARTITIONS",
     "HEADER_SCOPE",
     "HEADER_STALE",
@@ -54,9 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HEADER_STALE: Final = "x-behest-stale"
-HEADER_LAG_RECORDS: Final = "x-behest-lag-records"
-HEADER_LAG_SECONDS: Final = "x-behest-lag-seconds"
+HEADER_NODE: Final = "x-behest-node"
+"""On every answer a node gives from its own state: its URL (forwarded answers keep it)."""
 
 RETRY_AFTER: Final = 1
 _PASSED_BACK: Final = frozenset(
@@ -64,7 +72,7 @@ _PASSED_BACK: Final = frozenset(
 )
 
 
-class Router(Gatherer):
+class Router(Gatherer, StandbyReads):
     """Wraps the HTTP API of one node so that it answers for every run (module docstring)."""
 
     def __init__(
@@ -88,7 +96,7 @@ class Router(Gatherer):
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
         self._peers: httpx.AsyncClient | None = None
         self._local: httpx.AsyncClient | None = None
-        self._api: httpx.AsyncClient | None = None
+        self._apis: dict[int, httpx.AsyncClient] = {}
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -97,8 +105,13 @@ class Router(Gatherer):
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        local_only = header(scope, HEADER_SCOPE) == "local"
-        if path == "/cluster" and method == "GET":
+        scoped = header(scope, HEADER_SCOPE)
+        local_only = scoped is not None
+        if scoped == SCOPE_STANDBY and method == "POST" and path == "/runs/batch":
+            await self._standby_batch(scope, receive, send)
+        elif scoped == SCOPE_STANDBY and method == "GET" and path == "/runs":
+            await self._standby_listing(scope, send)
+        elif path == "/cluster" and method == "GET":
             await send_json(send, 200, orjson.dumps(self._cluster_json()))
         elif path == "/wait" and method == "GET":
             await self._wait(scope, receive, send, local_only)
@@ -141,7 +154,7 @@ class Router(Gatherer):
             await self.app(scope, receive, send)
             return
         if self.ownership.serves(partition):
-            await self.app(scope, receive, send)
+            await self._answer_here(scope, receive, send)
             return
         owner = view.owner(partition)
         body = await read_body(receive)
@@ -155,6 +168,17 @@ class Router(Gatherer):
             return
         await self._unavailable(send, partition, owner, reason=reason)
 
+    async def _answer_here(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The wrapped API's answer, marked with this node's URL (`X-Behest-Node`)."""
+        mark = (HEADER_NODE.encode(), self.url.encode())
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), mark]}
+            await send(message)
+
+        await self.app(scope, receive, marked)
+
     async def _from_standby(self, scope: Scope, body: bytes, send: Send, partition: int) -> bool:
         """Answer from this node's standby copy, flagged with how stale it is (if it has one
         that was at the log's end once); False if it has none."""
@@ -163,12 +187,7 @@ class Router(Gatherer):
         staleness = self.standby.staleness(partition)
         if staleness is None:
             return False
-        records, seconds = staleness
-        flags = [
-            (HEADER_STALE.encode(), b"true"),
-            (HEADER_LAG_RECORDS.encode(), str(records).encode()),
-            (HEADER_LAG_SECONDS.encode(), f"{seconds:.3f}".encode()),
-        ]
+        flags = stale_flags([staleness])
 
         async def flagged(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -258,7 +277,7 @@ class Router(Gatherer):
         except (KeyError, ValueError):
             partition = -1
         if not 0 <= partition < view.partitions or self.ownership.owns(partition):
-            await self.app(scope, receive, send)  # its answer, or why the input is wrong
+            await self._answer_here(scope, receive, send)  # its answer, or why it is wrong
             return
         owner = view.owner(partition)
         if local_only or owner is None or owner == self.url:
@@ -287,13 +306,20 @@ class Router(Gatherer):
         )
 
     async def _call(
-        self, url: str | None, method: str, path: str, *, content: bytes | None = None
+        self,
+        url: str | None,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        scope: str = "local",
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         """One scoped request to a node (None or this node's URL: in-process)."""
         local = url is None or url == self.url
         client = self._local_client() if local else self._peer_client()
         target = ("http://local" if local else url) + path  # type: ignore[operator]
-        headers = {HEADER_SCOPE: "local", HEADER_FORWARDED: self.url}
+        headers = {**(headers or {}), HEADER_SCOPE: scope, HEADER_FORWARDED: self.url}
         if content is not None:
             headers["content-type"] = "application/json"
         try:
@@ -303,13 +329,19 @@ class Router(Gatherer):
             return 503, error_body(f"node {url} does not answer ({error!r})"), {}
         return response.status_code, response.content, response.headers
 
-    async def _inner(self, method: str, path: str) -> tuple[int, bytes, Mapping[str, str]]:
-        """A request to the HTTP API this router wraps, in-process (no routing)."""
-        if self._api is None:
-            self._api = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=self.app), base_url="http://local"
+    async def _inner(
+        self, method: str, path: str, app: ASGIApp | None = None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """A request to the HTTP API this router wraps (or to `app`, e.g. the standby
+        copies' API), in-process (no routing)."""
+        target = self.app if app is None else app
+        client = self._apis.get(id(target))
+        if client is None:
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=target), base_url="http://local"
             )
-        response = await self._api.request(method, path)
+            self._apis[id(target)] = client
+        response = await client.request(method, path)
         return response.status_code, response.content, response.headers
 
     def _peer_client(self) -> httpx.AsyncClient:

@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from behest.cluster.membership import Membership
 from behest.config import Settings
 from behest.fold.engine import BatchFolder
+from behest.fold.seeding import standby_path
 from behest.fold.store import StateStore
 from behest.projections.run_state import RunStateProjection
 from behest.read.query import RunStateQuery
@@ -49,7 +50,7 @@ class StandbyCopies:
         self.membership = membership
         self.url = url
         projection = RunStateProjection()
-        self.store = StateStore(settings.state_dir / "standby" / projection.name)
+        self.store = StateStore(standby_path(settings.state_dir, projection.name))
         self.query = RunStateQuery(self.store, projection, topic=settings.topic)
         self._folder = BatchFolder(self.store, projection, topic=settings.topic)
         self._consumer = Consumer(

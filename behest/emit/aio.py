@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from collections import deque
@@ -25,18 +24,15 @@ from functools import partial
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError
 
 from behest.config import Settings
 from behest.emit.aiokafka_config import aiokafka_config
 from behest.emit.delivery import Delivery
-from behest.emit.partitioner import murmur2
-from behest.emit.producer import (
-    KeyedEncoder,
-    Record,
-    check_event,
-)
+from behest.emit.failures import describe_aiokafka_error
+from behest.emit.partitioner import JavaPartitioner
 from behest.emit.recorder import AsyncRunRecorder
+from behest.emit.records import KeyedEncoder, Record, check_event
 from behest.emit.schemas import Publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
@@ -48,30 +44,7 @@ __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
-
-
-class JavaPartitioner:
-    """aiokafka partitioner that places keys as Java does, remembering the hash of each
-    key it has seen (aiokafka's own computes murmur2 in Python for every record)."""
-
-    __slots__ = ("_hashes",)
-
-    def __init__(self) -> None:
-        self._hashes: dict[bytes, int] = {}
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return random.choice(available or all_partitions)  # noqa: S311 - not security
-        return self.partition(key, len(all_partitions))
-
-    def partition(self, key: bytes, count: int) -> int:
-        """`toPositive(murmur2(key)) % count`, the hash remembered per key."""
-        positive = self._hashes.get(key)
-        if positive is None:
-            if len(self._hashes) >= 65_536:
-                self._hashes.clear()
-            positive = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return positive % count
+_NO_HEADERS: Final[list[tuple[str, bytes]]] = []  # shared, never changed
 
 
 class _Item:
@@ -80,19 +53,14 @@ class _Item:
 
     __slots__ = ("deliveries", "future", "headers", "pending", "records", "settled")
 
-    def __init__(
-        self,
-        records: list[Record],
-        future: asyncio.Future[Any],
-        *,
-        many: bool,
-    ) -> None:
+    def __init__(self, records: list[Record], future: asyncio.Future[Any], many: bool) -> None:
+        count = len(records)
         self.records = records
         self.future = future
-        self.headers = trace_headers() or []  # the emitting caller's trace context
-        self.deliveries: list[Delivery | None] | None = [None] * len(records) if many else None
-        self.pending = len(records)
-        self.settled = bytearray(len(records))
+        self.headers = trace_headers() or _NO_HEADERS  # the emitting caller's trace context
+        self.deliveries: list[Delivery | None] | None = [None] * count if many else None
+        self.pending = count
+        self.settled = bytearray(count)
 
 
 _Member = tuple[_Item, int]
@@ -211,7 +179,7 @@ class AsyncEventProducer:
     def emit(self, event: AgentEvent) -> asyncio.Future[Delivery]:
         """Queue one event (call from the producer's loop); the future resolves to where
         Kafka stored it, or to a `ProduceError` after the delivery timeout."""
-        record = self._encode(check_event(event))
+        record = self._encode(event if isinstance(event, AgentEvent) else check_event(event))
         return self._enqueue([record])
 
     def emit_many(self, events: Iterable[AgentEvent]) -> asyncio.Future[list[Delivery]]:
@@ -220,7 +188,10 @@ class AsyncEventProducer:
         Every event is encoded before any is queued, so a bad one raises and sends nothing.
         """
         encode = self._encode
-        records: list[Record] = [encode(check_event(event)) for event in events]
+        records: list[Record] = [
+            encode(event if isinstance(event, AgentEvent) else check_event(event))
+            for event in events
+        ]
         return self._enqueue(records, many=True)
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> asyncio.Future[Delivery]:
@@ -250,7 +221,7 @@ class AsyncEventProducer:
         if not records:
             future.set_result([])
             return future
-        self._queue.append(_Item(records, future, many=many))
+        self._queue.append(_Item(records, future, many))
         if self._outstanding == 0:
             self._idle.clear()
         self._outstanding += len(records)
@@ -306,10 +277,13 @@ class AsyncEventProducer:
                 self._fail(item, self._describe(error, item.records[0][0]))
             return
         place = self._partitioner.partition
+        placed: dict[bytes, int] = {}  # a run's events come in runs: place each key once
         groups: dict[int, list[tuple[_Item, int, Record]]] = {}
         for item in items:
             for index, record in enumerate(item.records):
-                partition = place(record[0], count)
+                partition = placed.get(record[0])
+                if partition is None:
+                    partition = placed[record[0]] = place(record[0], count)
                 group = groups.get(partition)
                 if group is None:
                     group = groups[partition] = []
@@ -368,9 +342,25 @@ class AsyncEventProducer:
             return
         base = ack.result().offset
         topic = self.topic
-        settle = self._settle
-        for offset, (item, index) in enumerate(members, start=base):
-            settle(item, index, Delivery(topic, partition, offset), None)
+        settled = 0
+        for offset, (item, index) in enumerate(members, start=base):  # `_settle`, inline
+            if item.settled[index]:
+                continue
+            item.settled[index] = 1
+            settled += 1
+            item.pending -= 1
+            future = item.future
+            if future.done():  # failed already (a batch), or cancelled by its caller
+                continue
+            if item.deliveries is None:
+                future.set_result(Delivery(topic, partition, offset))
+            else:
+                item.deliveries[index] = Delivery(topic, partition, offset)
+                if item.pending == 0:
+                    future.set_result(item.deliveries)
+        self._outstanding -= settled
+        if self._outstanding == 0 and self._idle is not None:
+            self._idle.set()
 
     async def _publish_schema(self, client: AIOKafkaProducer) -> None:
         """Write the writer schema to `<topic>.schemas` once connected, beside the first
@@ -445,18 +435,10 @@ class AsyncEventProducer:
             self._settle(item, index, None, reason)
 
     def _describe(self, error: BaseException, key: bytes | None) -> str:
-        what = f"an event of run {key.decode(errors='replace')}" if key else "an event"
-        at = self.settings.bootstrap
-        if isinstance(error, UnknownTopicOrPartitionError):
-            return (
-                f"topic {self.topic!r} does not exist at {at}, so {what} was not delivered: "
-                "run `behest topics create`"
-            )
-        if isinstance(error, KafkaTimeoutError):
-            return (
-                f"{what} was not acknowledged by Kafka at {at} within "
-                f"{self.delivery_timeout:g}s ({error}): is a broker running there, and does "
-                f"topic {self.topic!r} exist? Start one with `behest broker start`, create "
-                "the topic with `behest topics create`"
-            )
-        return f"{what} was not delivered to topic {self.topic!r} at {at}: {error!r}"
+        return describe_aiokafka_error(
+            error,
+            topic=self.topic,
+            bootstrap=self.settings.bootstrap,
+            key=key,
+            timeout_s=self.delivery_timeout,
+        )

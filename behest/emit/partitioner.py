@@ -7,9 +7,10 @@ tests, tools and services in other languages agree on where a run lives without 
 
 from __future__ import annotations
 
+import random
 import uuid
 
-__all__ = ["murmur2", "partition_for", "run_key", "to_positive"]
+__all__ = ["JavaPartitioner", "murmur2", "partition_for", "run_key", "to_positive"]
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
@@ -64,3 +65,27 @@ def partition_for(key: bytes | str | uuid.UUID, partitions: int) -> int:
     if not isinstance(key, bytes):
         key = run_key(key)
     return to_positive(murmur2(key)) % partitions
+
+
+class JavaPartitioner:
+    """aiokafka partitioner that places keys as Java does, remembering the hash of each
+    key it has seen (aiokafka's own computes murmur2 in Python for every record)."""
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return random.choice(available or all_partitions)  # noqa: S311 - not security
+        return self.partition(key, len(all_partitions))
+
+    def partition(self, key: bytes, count: int) -> int:
+        """`toPositive(murmur2(key)) % count`, the hash remembered per key."""
+        positive = self._hashes.get(key)
+        if positive is None:
+            if len(self._hashes) >= 65_536:
+                self._hashes.clear()
+            positive = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return positive % count

@@ -15,7 +15,6 @@ futures `emit` returns resolve without the caller polling.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -23,22 +22,22 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from datetime import timedelta
 from functools import partial
 from typing import Any, Final, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from behest import codec
 from behest.config import Settings
+from behest.emit.batch import BatchDelivery
 from behest.emit.delivery import Delivery
+from behest.emit.failures import describe_error
 from behest.emit.recorder import RunRecorder
+from behest.emit.records import KeyedEncoder, Record, check_event
 from behest.emit.schemas import Publication
-from behest.errors import CodecError, ConfigError, ProduceError
-from behest.events import PAYLOAD_TYPES, AgentEvent
+from behest.errors import ConfigError, ProduceError
+from behest.events import AgentEvent
 from behest.registry import registry_encoder
 from behest.telemetry import trace_headers
-from behest.times import EPOCH
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_MS",
@@ -72,113 +71,7 @@ PRODUCER_DEFAULTS: Final[Mapping[str, Any]] = {
 client puts a run on the same partition; lz4 is fast and aiokafka reads it via cramjam.
 """
 
-_KEY_CACHE_SIZE: Final = 65_536
-_MILLISECOND: Final = timedelta(milliseconds=1)
 _QUEUE_FULL_WAIT: Final = 0.005
-
-
-def check_event(event: object) -> AgentEvent:
-    """`event` itself if it is an `AgentEvent`, else a `TypeError` that says what to pass."""
-    if isinstance(event, AgentEvent):
-        return event
-    hint = (
-        " (a payload: stamp it into an envelope with `producer.run(...).emit(payload)`)"
-        if isinstance(event, PAYLOAD_TYPES)
-        else ""
-    )
-    raise TypeError(
-        f"emit() takes an AgentEvent, got {type(event).__name__}{hint}; build one with "
-        "AgentEvent(run_id=..., sequence=..., payload=...)"
-    )
-
-
-Record = tuple[bytes, bytes | None, int]
-"""What goes to Kafka for one event: key, value (None: a tombstone), timestamp in ms since
-the epoch (0: the time it is produced)."""
-
-
-class KeyedEncoder:
-    """Event → `Record`, remembering the keys of recently seen runs.
-
-    The record's Kafka timestamp is the event's own time, so the log's time index (e.g.
-    `offsets_for_times`) finds events by when they happened, even when replayed later.
-    """
-
-    __slots__ = ("_encode", "_keys")
-
-    def __init__(self, encode: Callable[[AgentEvent], bytes] | None = None) -> None:
-        self._keys: dict[uuid.UUID, bytes] = {}
-        self._encode = encode or codec.encode  # or Confluent framing (behest.registry)
-
-    def __call__(self, event: AgentEvent) -> Record:
-        run_id = event.run_id
-        key = self._keys.get(run_id) if type(run_id) is uuid.UUID else None
-        if key is None:
-            key = self.key(run_id)
-        value = self._encode(event)
-        return key, value, (event.timestamp - EPOCH) // _MILLISECOND
-
-    def key(self, run_id: uuid.UUID | str) -> bytes:
-        """The Kafka key of a run (canonical lowercase UUID text), cached."""
-        try:
-            value = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
-        except ValueError:
-            raise CodecError(
-                f"{run_id!r} is not a run id (a UUID); events made with model_construct() "
-                "skip validation: build them with AgentEvent(...)"
-            ) from None
-        key = self._keys.get(value)
-        if key is None:
-            if len(self._keys) >= _KEY_CACHE_SIZE:
-                self._keys.clear()
-            key = self._keys[value] = str(value).encode()
-        return key
-
-
-class _Batch:
-    """The deliveries of one `emit_many` call, resolved into one future when all are in."""
-
-    __slots__ = ("describe", "done", "failure", "future", "positions", "topic", "total")
-
-    def __init__(
-        self, topic: str, total: int, describe: Callable[[KafkaError, bytes | None], str]
-    ) -> None:
-        self.topic = topic
-        self.total = total
-        self.describe = describe
-        self.future: Future[list[Delivery]] = Future()
-        self.future.set_running_or_notify_cancel()
-        self.positions: list[tuple[int, int] | None] = [None] * total
-        self.failure: str | None = None
-        self.done = itertools.count(1)  # next() is atomic: reports may come from two threads
-
-    def on_delivery(self, index: int, error: KafkaError | None, msg: Message) -> None:
-        """Delivery report of the `index`-th event (a librdkafka callback: must not raise)."""
-        if error is None:
-            self.positions[index] = (msg.partition(), msg.offset())  # type: ignore[assignment]
-        elif self.failure is None:
-            self.failure = self.describe(error, msg.key())
-        if next(self.done) == self.total:
-            self.finish()
-
-    def fail(self, index: int, reason: str) -> None:
-        """The `index`-th event was never queued."""
-        if self.failure is None:
-            self.failure = reason
-        if next(self.done) == self.total:
-            self.finish()
-
-    def finish(self) -> None:
-        if self.failure is not None:
-            failed = self.positions.count(None)
-            reason = f"{failed} of {self.total} events were not delivered: {self.failure}"
-            log.warning("%s", reason)  # also seen if nobody checks the future
-            self.future.set_exception(ProduceError(reason))
-            return
-        topic = self.topic
-        self.future.set_result(
-            [Delivery(topic, p, o) for p, o in self.positions]  # type: ignore[misc]
-        )
 
 
 class EventProducer:
@@ -255,9 +148,12 @@ class EventProducer:
         Every event is encoded before any is queued, so a bad one raises and sends nothing.
         """
         encode = self._encode
-        records = [encode(check_event(event)) for event in events]
+        records = [
+            encode(event if isinstance(event, AgentEvent) else check_event(event))
+            for event in events
+        ]
         self._emitted = True
-        batch = _Batch(self.topic, len(records), self._describe)
+        batch = BatchDelivery(self.topic, len(records), self._describe)
         if not records:
             batch.future.set_result([])
             return batch.future
@@ -275,14 +171,14 @@ class EventProducer:
                 )
             except BufferError:
                 try:
-                    self._produce(key, value, callback, timestamp, headers)
+                    self._produce_when_room(key, value, callback, timestamp, headers)
                 except ProduceError as error:
                     self._abandon(batch, index, error)
             except KafkaException as error:
                 self._abandon(batch, index, ProduceError(self._describe(error.args[0], key)))
         return batch.future
 
-    def _abandon(self, batch: _Batch, index: int, error: ProduceError) -> NoReturn:
+    def _abandon(self, batch: BatchDelivery, index: int, error: ProduceError) -> NoReturn:
         """Fail the events of a batch from `index` on, which were never queued, and raise."""
         for rest in range(index, batch.total):
             batch.fail(rest, str(error))
@@ -322,15 +218,32 @@ class EventProducer:
     ) -> None:
         if self._closed:
             raise ProduceError("the producer is closed; create a new EventProducer")
-        produce = partial(self._producer.produce, headers=headers)
         try:
-            produce(self.topic, value, key, on_delivery=on_delivery, timestamp=timestamp)
-            return
+            self._producer.produce(
+                self.topic,
+                value,
+                key,
+                on_delivery=on_delivery,
+                timestamp=timestamp,
+                headers=headers,
+            )
         except BufferError:
-            pass
+            self._produce_when_room(key, value, on_delivery, timestamp, headers)
         except KafkaException as error:
             raise ProduceError(self._describe(error.args[0], key)) from None
-        # The local queue is full: wait for deliveries to drain it, up to the timeout.
+
+    def _produce_when_room(
+        self,
+        key: bytes,
+        value: bytes | None,
+        on_delivery: Callable[[Any, Message], None],
+        timestamp: int,
+        headers: list[tuple[str, str | bytes | None]] | None,
+    ) -> None:
+        """The local queue is full: wait for deliveries to drain it, up to the timeout."""
+        if self._closed:
+            raise ProduceError("the producer is closed; create a new EventProducer")
+        produce = partial(self._producer.produce, headers=headers)
         deadline = time.monotonic() + self.delivery_timeout
         while time.monotonic() < deadline:
             self._producer.poll(_QUEUE_FULL_WAIT)
@@ -467,40 +380,3 @@ def _flush_at_exit(producer: Producer, bootstrap: str, timeout: float) -> None:
             remaining,
             bootstrap,
         )
-
-
-_TIMED_OUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
-_NO_TOPIC = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
-_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
-
-
-def describe_error(
-    error: KafkaError,
-    *,
-    topic: str,
-    bootstrap: str,
-    key: bytes | str | None,
-    timeout_s: float,
-    last_error: KafkaError | None = None,
-) -> str:
-    """A `ProduceError` message that says what failed and what to do about it."""
-    if isinstance(key, bytes):
-        key = key.decode(errors="replace")
-    what = f"an event of run {key}" if key else "an event"
-    code = error.code()
-    if code in _TIMED_OUT:
-        seen = f" (last broker error: {last_error.str()})" if last_error is not None else ""
-        return (
-            f"{what} was not acknowledged by Kafka at {bootstrap} within {timeout_s:g}s"
-            f"{seen}: is a broker running there, and does topic {topic!r} exist? Start a "
-            "broker with `behest broker start` (or set BEHEST_BOOTSTRAP_SERVERS) and create "
-            "the topic with `behest topics create`"
-        )
-    if code in _NO_TOPIC:
-        return (
-            f"topic {topic!r} does not exist at {bootstrap}, so {what} was not delivered: "
-            "run `behest topics create`"
-        )
-    if code in _PURGED:
-        return f"{what} was dropped because the producer was closed before Kafka acknowledged it"
-    return f"{what} was not delivered to topic {topic!r} at {bootstrap}: {error.str()}"

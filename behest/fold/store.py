@@ -198,6 +198,11 @@ class StateStore:
         if self._secondary_path is not None:  # a secondary's own info log and options
             shutil.rmtree(self._secondary_path, ignore_errors=True)
 
+    def iter_family(self, family: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every `(key, value)` of one column family (of `FAMILIES`) in key order: for
+        copying a store (a standby copy seeding a partition's store)."""
+        return _range(getattr(self, family), b"", None, None, False)
+
     # --- writes -------------------------------------------------------------------------------
 
     def batch(self) -> StoreBatch:
@@ -462,6 +467,10 @@ class StoreBatch:
 
     def put_schema(self, fingerprint: bytes, schema: bytes) -> None:
         self.raw.put(fingerprint, schema, self._h[SCHEMAS])
+
+    def put_raw(self, family: str, key: bytes, value: bytes) -> None:
+        """An entry of any family as it is (copying a store)."""
+        self.raw.put(key, value, self._h[family])
 
     def put_offset(self, topic: str, partition: int, next_offset: int) -> None:
         self.raw.put(offset_key(topic, partition), encode_u64(next_offset), self._h[OFFSETS])

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,12 +66,31 @@ class _Tally:
 
     def record(self, deliveries: list[Delivery]) -> None:
         with self._lock:
-            for delivery in deliveries:
-                known = self.last.get(delivery.partition)
-                if known is None or known.offset < delivery.offset:
-                    self.last[delivery.partition] = delivery
+            _keep_latest(self.last, deliveries)
             self.events += len(deliveries)
         self._advance(len(deliveries))
+
+
+def _keep_latest(last: dict[int, Delivery], deliveries: Iterable[Delivery]) -> None:
+    """Keep in `last`, per partition, the delivery of the highest offset."""
+    for delivery in deliveries:
+        known = last.get(delivery.partition)
+        if known is None or known.offset < delivery.offset:
+            last[delivery.partition] = delivery
+
+
+@dataclass(frozen=True)
+class _Half:
+    """One producer's share: its runs, how many of them in progress at once, the seed of
+    their interleaving, and the tally of what it delivered."""
+
+    plans: Sequence[RunPlan]
+    concurrency: int
+    seed: int
+    tally: _Tally
+
+    def chunks(self) -> Iterator[list[Any]]:
+        return _stamped_chunks(self.plans, self.concurrency, self.seed)
 
 
 def _stamped_chunks(plans: Sequence[RunPlan], concurrency: int, seed: int) -> Iterator[list[Any]]:
@@ -94,21 +113,14 @@ def _stamped_chunks(plans: Sequence[RunPlan], concurrency: int, seed: int) -> It
         yield chunk
 
 
-def _produce_sync(
-    settings: Settings,
-    overrides: Mapping[str, Any] | None,
-    plans: Sequence[RunPlan],
-    concurrency: int,
-    seed: int,
-    tally: _Tally,
-) -> None:
+def _produce_sync(settings: Settings, overrides: Mapping[str, Any] | None, half: _Half) -> None:
     from behest.emit.producer import EventProducer
 
     with EventProducer(settings, overrides) as producer:
         futures = []
-        for chunk in _stamped_chunks(plans, concurrency, seed):
+        for chunk in half.chunks():
             future = producer.emit_many(chunk)
-            future.add_done_callback(tally.on_done)
+            future.add_done_callback(half.tally.on_done)
             futures.append(future)
         producer.flush()
         for future in futures:
@@ -116,20 +128,15 @@ def _produce_sync(
 
 
 async def _produce_async(
-    settings: Settings,
-    overrides: Mapping[str, Any] | None,
-    plans: Sequence[RunPlan],
-    concurrency: int,
-    seed: int,
-    tally: _Tally,
+    settings: Settings, overrides: Mapping[str, Any] | None, half: _Half
 ) -> None:
     from behest.emit.aio import AsyncEventProducer
 
     async with AsyncEventProducer(settings, overrides) as producer:
         futures = []
-        for chunk in _stamped_chunks(plans, concurrency, seed):
+        for chunk in half.chunks():
             future = producer.emit_many(chunk)
-            future.add_done_callback(tally.on_done)
+            future.add_done_callback(half.tally.on_done)
             futures.append(future)
             await asyncio.sleep(0)  # let the sender task run while we stamp
         await asyncio.gather(*futures)
@@ -158,8 +165,6 @@ def simulate(
 
         ensure_topic_exists(settings)
     plans = plan_runs(runs, seed)
-    halves = (plans[0::2], plans[1::2])
-    shares = (max(1, (concurrency + 1) // 2), max(1, concurrency // 2))
 
     from rich.progress import (
         BarColumn,
@@ -185,11 +190,15 @@ def simulate(
         bar.advance(task, count)
 
     tallies = (_Tally(advance), _Tally(advance))
+    halves = (
+        _Half(plans[0::2], max(1, (concurrency + 1) // 2), seed, tallies[0]),
+        _Half(plans[1::2], max(1, concurrency // 2), seed + 1, tallies[1]),
+    )
     failure: list[BaseException] = []
 
     def sync_half() -> None:
         try:
-            _produce_sync(settings, overrides, halves[0], shares[0], seed, tallies[0])
+            _produce_sync(settings, overrides, halves[0])
         except BaseException as error:
             failure.append(error)
 
@@ -198,10 +207,8 @@ def simulate(
         thread = threading.Thread(target=sync_half, name="behest-simulate-sync")
         thread.start()
         try:
-            if halves[1]:
-                asyncio.run(
-                    _produce_async(settings, overrides, halves[1], shares[1], seed + 1, tallies[1])
-                )
+            if halves[1].plans:
+                asyncio.run(_produce_async(settings, overrides, halves[1]))
         finally:
             thread.join()
     seconds = time.perf_counter() - started
@@ -210,10 +217,7 @@ def simulate(
 
     last: dict[int, Delivery] = {}
     for tally in tallies:
-        for partition, delivery in tally.last.items():
-            known = last.get(partition)
-            if known is None or known.offset < delivery.offset:
-                last[partition] = delivery
+        _keep_latest(last, tally.last.values())
     statuses = Counter(str(plan.outcome) for plan in plans)
     return SimulationSummary(
         seed=seed,

@@ -189,6 +189,9 @@ class ProjectionReader(Generic[S]):
         self.topic = topic
         self.max_staleness = max_staleness
         self._owns_store = owns_store
+        self.settings: Settings | None = None
+        """Where the topic is (opened from settings): the runs feed reads which runs changed
+        from the topic itself."""
         self._sync_lock = threading.Lock()
         self._checked = -float("inf")
         self._synced_at = datetime.now(UTC)
@@ -218,6 +221,7 @@ class ProjectionReader(Generic[S]):
         reader = cls(
             store, projection, topic=settings.topic, max_staleness=max_staleness, owns_store=True
         )
+        reader.settings = settings
         reader.refresh(force=True)
         return reader
 

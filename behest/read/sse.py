@@ -5,6 +5,7 @@
         id: 7            event: state   data: {the run's state after it}
     GET /runs/watch?session_id=&status=&active=
         event: state     data: {a run's state, each time it changes}
+        event: deleted   data: {"run_id": "…", "deleted": true}   (whatever the filters)
 
 A late event (one that arrives after higher sequences of its run, folded in its place)
 is sent when it is folded, out of order: `id: L` `event: event` with it, then
@@ -38,7 +39,7 @@ from behest.read.routes import (
     StatusFilter,
     error_answer,
 )
-from behest.read.watch import Change
+from behest.read.watch import Change, RunDeleted
 
 __all__ = ["KEEPALIVE_S", "MEDIA_TYPE", "encode", "watch_routes"]
 
@@ -116,7 +117,8 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
         responses=_STREAM,
         summary="Watch run states change (for list views)",
         description="`event: state` with a run's state each time it changes; runs that "
-        "match the filters only. Keep-alive comments while nothing changes.",
+        "match the filters only. `event: deleted` with `{run_id, deleted: true}` for each "
+        "run deleted (whatever the filters). Keep-alive comments while nothing changes.",
     )
     async def watch_runs(
         session_id: SessionFilter = None,
@@ -133,7 +135,12 @@ def watch_routes(query: RunStateQuery[Any], *, keepalive: float = KEEPALIVE_S) -
             try:
                 yield b"retry: %d\n\n" % RETRY_MS
                 async for state in feed.astates(keepalive):
-                    yield _KEEPALIVE if state is None else encode("state", state)
+                    if state is None:
+                        yield _KEEPALIVE
+                    elif isinstance(state, RunDeleted):
+                        yield encode("deleted", state.json())
+                    else:
+                        yield encode("state", state)
             finally:
                 feed.close()
 

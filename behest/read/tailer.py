@@ -8,16 +8,12 @@ runs in one multi-get; a run that moved has its new events read and folded once,
 same messages go to every watcher of that run. A watcher costs an inbox, not a poll loop:
 500 watchers of one run cost one read per tick.
 
-The runs feed (`watch_runs`, for list views) compares, every `FEED_INTERVAL`, the heads of
-the active runs, of the `FEED_RECENT` newest runs and of those it followed last time with
-what it last reported: a run that changed is reported with its new state. So a run that is
-neither active nor among the newest, e.g. one whose late events arrive long after it ended,
-is not reported (a list view re-reads `GET /runs` when it opens).
+The runs feed (`watch_runs`, for list views) reports, every `FEED_INTERVAL`, the new state
+of every run that changed and every run deleted (`behest.read.feed`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -32,14 +28,14 @@ from behest.codec import decode_record, to_event
 from behest.events import AgentEvent, format_time
 from behest.fold.sequences import RunHead
 from behest.fold.storeset import StoreSet
-from behest.projections.run_state import INDEX_ACTIVE, INDEX_ALL, TERMINAL
+from behest.projections.run_state import TERMINAL
+from behest.read.feed import RunDeleted, RunsFeed
 from behest.read.inbox import FeedInbox, Inbox, wake
 from behest.read.reader import Absent, ProjectionReader
 
 __all__ = [
     "DEFAULT_INTERVAL",
     "FEED_INTERVAL",
-    "FEED_RECENT",
     "Change",
     "Tailer",
     "event_json",
@@ -50,9 +46,6 @@ __all__ = [
 
 DEFAULT_INTERVAL: Final = 0.005
 """Seconds between the tailer's looks at the store while anyone watches."""
-
-FEED_RECENT: Final = 1000
-"""The runs feed follows the active runs and this many of the newest (by creation time)."""
 
 FEED_INTERVAL: Final = 0.1
 """Seconds between the runs feed's comparisons (a list view needs no more)."""
@@ -130,9 +123,10 @@ class Tailer:
         self._lock = threading.Lock()
         self._channels: dict[bytes, _Channel] = {}
         self._feeds: set[FeedInbox] = set()
-        self._known: dict[bytes, int] | None = None
+        self._feed: RunsFeed | None = None
+        self._feed_lock = threading.Lock()
+        self._retired: list[RunsFeed] = []
         self._fed_at = 0.0
-        self._feed_due = False
         self._offsets: dict[int, int] | None = None
         self._wanted = threading.Event()
         self._stopping = False
@@ -179,20 +173,21 @@ class Tailer:
                     del self._channels[run]
 
     def subscribe_feed(self, inbox: FeedInbox) -> None:
-        with self._lock:
-            if self._known is None:
-                self.reader.refresh()
-                runs = self._followed()
-                heads = self.reader.store.get_heads(runs)
-                self._known = {r: h[0] for r, h in zip(runs, heads, strict=True) if h}
+        with self._feed_lock, self._lock:
+            if self._feed is None:
+                self.reader.refresh(force=True)
+                self._feed = RunsFeed(self.reader)  # from here on, no change is missed
             self._feeds.add(inbox)
         self._start()
 
     def unsubscribe_feed(self, inbox: FeedInbox) -> None:
         with self._lock:
             self._feeds.discard(inbox)
-            if not self._feeds:
-                self._known = None
+            if not self._feeds and self._feed is not None:
+                # closed by the tailer's thread: closing a consumer may block for a while
+                self._retired.append(self._feed)
+                self._feed = None
+        self._wanted.set()
 
     @property
     def watchers(self) -> int:
@@ -218,9 +213,21 @@ class Tailer:
         self._wanted.set()
         if self._thread is not None:
             self._thread.join(5)
+        with self._lock:
+            if self._feed is not None:
+                self._retired.append(self._feed)
+                self._feed = None
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for feed in retired:
+            feed.close()
 
     def _run(self) -> None:
         while not self._stopping:
+            self._close_retired()
             with self._lock:
                 idle = not self._channels and not self._feeds
                 if idle:
@@ -255,13 +262,12 @@ class Tailer:
         else:
             self.reader.refresh(force=True)
         offsets = store.stored_offsets(self.reader.topic)
-        if offsets == self._offsets and not self._feed_due:
+        if offsets == self._offsets and not feeding:  # a feed reads the log: it looks anyway
             return
         self._offsets = offsets
         woken: list[Inbox] = []
         if channels:
             woken += self._tick_runs(channels)
-        self._feed_due = has_feeds and not feeding  # the change is the feed's at its next turn
         if feeding:
             self._fed_at = now
             woken += self._tick_feed()
@@ -342,39 +348,18 @@ class Tailer:
             if change.terminal:
                 return
 
-    def _followed(self) -> list[bytes]:
-        """Runs the feed compares: the active ones and the `FEED_RECENT` newest."""
-        store = self.reader.store
-        runs = {key[-16:] for key in store.scan_index(INDEX_ACTIVE)}
-        newest = itertools.islice(store.scan_index(INDEX_ALL, reverse=True), FEED_RECENT)
-        runs.update(key[-16:] for key in newest)
-        return sorted(runs)
-
     def _tick_feed(self) -> list[Inbox]:
-        store = self.reader.store
-        with self._lock:
-            known = dict(self._known or {})
-        followed = set(self._followed())
-        runs = sorted(followed | set(known))
-        heads = store.get_heads(runs)
-        changed = [
-            run for run, head in zip(runs, heads, strict=True) if head and known.get(run) != head[0]
-        ]
-        with self._lock:
-            if self._known is not None:
-                self._known = {
-                    run: head[0]
-                    for run, head in zip(runs, heads, strict=True)
-                    if head is not None and run in followed
-                }
-            feeds = list(self._feeds)
-        states = [s for s in store.get_states(changed) if s is not None]
-        if not states:
+        with self._feed_lock:
+            feed = self._feed
+            found = [] if feed is None else feed.changes()
+            with self._lock:
+                feeds = list(self._feeds)
+        if not found:
             return []
-        parsed = [(orjson.loads(s), s) for s in states]
+        parsed = [(None if isinstance(c, RunDeleted) else orjson.loads(c), c) for c in found]
         woken: list[Inbox] = []
         for inbox in feeds:
-            items = [state for head, state in parsed if inbox.wants(head)]
+            items = [change for head, change in parsed if head is None or inbox.wants(head)]
             if items:
                 inbox.put(items)
                 woken.append(inbox)

@@ -30,12 +30,12 @@ from typing import Any, Final
 
 from behest.events import RunState
 from behest.fold.sequences import RunHead
+from behest.read.feed import RunDeleted
 from behest.read.inbox import MAX_BACKLOG, FeedInbox, Inbox
 from behest.read.reader import Absent, ProjectionReader
 from behest.read.tailer import (
     DEFAULT_INTERVAL,
     FEED_INTERVAL,
-    FEED_RECENT,
     Change,
     Tailer,
     event_json,
@@ -48,9 +48,9 @@ from behest.watching import RunUpdate
 __all__ = [
     "DEFAULT_INTERVAL",
     "FEED_INTERVAL",
-    "FEED_RECENT",
     "MAX_BACKLOG",
     "Change",
+    "RunDeleted",
     "RunUpdate",
     "RunWatch",
     "RunsWatch",
@@ -296,8 +296,9 @@ def _update(change: Change) -> RunUpdate:
 
 
 class RunsWatch:
-    """`query.watch_runs(...)`: the states of runs as they change (for list views); an
-    iterator and an async iterator that run until closed."""
+    """`query.watch_runs(...)`: the states of runs as they change (for list views), and a
+    `RunDeleted` for each run deleted (whatever the filters); an iterator and an async
+    iterator that run until closed."""
 
     def __init__(
         self,
@@ -311,13 +312,15 @@ class RunsWatch:
         self.filters = (session_id, status, active)
         self._inbox: FeedInbox | None = None
 
-    def __iter__(self) -> Iterator[RunState]:
+    def __iter__(self) -> Iterator[RunState | RunDeleted]:
         for state in self.states():
-            yield RunState.model_validate_json(state)
+            yield state if isinstance(state, RunDeleted) else RunState.model_validate_json(state)
 
-    async def __aiter__(self) -> AsyncIterator[RunState]:
+    async def __aiter__(self) -> AsyncIterator[RunState | RunDeleted]:
         async for state in self.astates():
-            if state is not None:
+            if isinstance(state, RunDeleted):
+                yield state
+            elif state is not None:
                 yield RunState.model_validate_json(state)
 
     def start(self) -> RunsWatch:
@@ -343,8 +346,8 @@ class RunsWatch:
         tailer_of(self.reader).subscribe_feed(inbox)
         return inbox
 
-    def states(self, keepalive: float | None = None) -> Iterator[bytes]:
-        """The raw states (JSON), blocking this thread between them."""
+    def states(self, keepalive: float | None = None) -> Iterator[bytes | RunDeleted]:
+        """The raw states (JSON) and deletions, blocking this thread between them."""
         inbox = self._open(None)
         try:
             while True:
@@ -356,8 +359,11 @@ class RunsWatch:
         finally:
             tailer_of(self.reader).unsubscribe_feed(inbox)
 
-    async def astates(self, keepalive: float | None = None) -> AsyncIterator[bytes | None]:
-        """The raw states (JSON), awaiting between them; None after `keepalive` idle seconds."""
+    async def astates(
+        self, keepalive: float | None = None
+    ) -> AsyncIterator[bytes | RunDeleted | None]:
+        """The raw states (JSON) and deletions, awaiting between them; None after
+        `keepalive` idle seconds."""
         inbox = self._open(asyncio.get_running_loop())
         try:
             while True:

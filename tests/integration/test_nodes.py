@@ -180,6 +180,29 @@ def test_a_split_deployment_is_a_node_too(
             process.wait(40)
 
 
+def _gathered_from_a_standby(
+    http: httpx.Client, url: str, runs: list[list[AgentEvent]]
+) -> set[str]:
+    """A batch of every run and a listing of them all from `url`: complete and exact, or a
+    503; which of them were answered from a standby copy (flagged stale)."""
+    flagged = set()
+    ids = [str(run[0].run_id) for run in runs]
+    batch = http.post(f"{url}/runs/batch", json={"run_ids": ids}, timeout=15)
+    listing = http.get(f"{url}/runs", params={"limit": 100}, timeout=15)
+    for name, answer in (("batch", batch), ("listing", listing)):
+        if answer.status_code == 503:
+            assert answer.headers["retry-after"]
+            continue
+        assert answer.status_code == 200, answer.text
+        assert sorted(s["run_id"] for s in answer.json()["runs"]) == sorted(ids), name
+        if answer.headers.get("x-behest-stale") == "true":
+            assert int(answer.headers["x-behest-lag-records"]) >= 0
+            flagged.add(name)
+    if batch.status_code == 200:
+        assert batch.json()["runs"] == [expected(run) for run in runs]
+    return flagged
+
+
 def test_a_standby_answers_flagged_while_the_owner_is_gone(
     bootstrap_servers: str, make_topic: Callable[..., str], unique_group: str, tmp_path: Path
 ) -> None:
@@ -217,10 +240,13 @@ def test_a_standby_answers_flagged_while_the_owner_is_gone(
             ((owner_url, (standby_url,)),) = pairs
             owner = next(n for n in nodes if n.url == owner_url)
             standby = next(n for n in nodes if n.url == standby_url)
+            other = next(n for n in nodes if n not in (owner, standby))
             owner.kill()
             killed = time.monotonic()
             stale = current = None
+            flagged: set[str] = set()
             while current is None and time.monotonic() - killed < 60:
+                flagged |= _gathered_from_a_standby(http, other.url, runs)
                 answer = http.get(f"{standby.url}/runs/{run[0].run_id}", timeout=15)
                 if answer.status_code == 503:
                     assert answer.headers["retry-after"]
@@ -235,6 +261,7 @@ def test_a_standby_answers_flagged_while_the_owner_is_gone(
                         current = time.monotonic() - killed
                 time.sleep(0.1)
         assert stale is not None and current is not None, (stale, current)
+        assert flagged == {"batch", "listing"}, flagged
         print(
             f"\nwith a standby: flagged stale answers after {stale:.1f} s, "
             f"current after {current:.1f} s"

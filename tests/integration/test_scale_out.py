@@ -14,9 +14,8 @@ is SIGKILLed and restarted; meanwhile readers ask random live nodes. Asserted:
 It also measures the time from SIGKILL of a partition's owner until another node serves
 that partition's runs current (no standby), and prints it.
 
-Known and open: since partition-owned stores, a read right after a completed
-read-your-writes wait is sometimes a sequence or two behind; when only that happens the
-test ends as xfail, naming the read (every other property is asserted before).
+A read older than a completed read-your-writes wait names the nodes that answered the
+wait and the read (`X-Behest-Node`), and when.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ class Reader:
     statuses: dict[int, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     behind_a_wait: list[str] = field(default_factory=list)
-    """Read-your-writes broken: see the xfail at the end of the test."""
+    """Reads older than what this reader saw after a read-your-writes wait."""
     waits_timed_out: int = 0
 
     def run(self, stop: threading.Event) -> None:
@@ -129,7 +128,7 @@ class Reader:
                     continue
                 node, run = rng.choice(live), rng.choice(started)
                 if rng.random() < 0.1:
-                    self._read_your_write(node, run)
+                    self._read_your_write(http, node, run)
                 else:
                     self._read(http, node, run)
 
@@ -152,29 +151,54 @@ class Reader:
             self.violations.append(f"{node.url} answered {run} with a state no prefix folds to")
         elif sequence < self.floors.get(run, -1):
             self.behind_a_wait.append(
-                f"{node.url} answered {run} at sequence {sequence}, older than the "
+                f"{_clock()} {node.url} answered {run} at sequence {sequence} from "
+                f"{answer.headers.get('x-behest-node')}, older than the "
                 f"{self.floors[run]} this reader saw after waiting for its write"
             )
 
-    def _read_your_write(self, node: NodeProcess, run: str) -> None:
+    def _read_your_write(self, http: httpx.Client, node: NodeProcess, run: str) -> None:
+        """Wait for the run's latest acknowledged write, then read it (503s retried, as
+        `RunStateClient` does); both answers name the node that gave them."""
         with self.traffic.lock:
             delivery, acked = self.traffic.last[run], self.traffic.acked[run]
-        try:
-            with RunStateClient(node.url, retry_for=10) as client:
-                client.wait_for(delivery, timeout=10)
-                state = client.raw.get(run)
-        except QueryError:
+        deadline = time.monotonic() + 10
+        params = {"partition": delivery.partition, "offset": delivery.offset, "timeout": 10}
+        waited = _answered(http, f"{node.url}/wait", params, deadline)
+        answer = None if waited is None else _answered(http, f"{node.url}/runs/{run}", {}, deadline)
+        if waited is None or answer is None:
             self.waits_timed_out += 1  # no owner for long enough: no answer, not a wrong one
             return
-        if state is None:
-            self.violations.append(f"{node.url} lost {run} after waiting for its write")
-            return
-        sequence = orjson.loads(state)["sequence"]
+        for reply in (waited, answer):
+            if reply.status_code != 200:
+                self.violations.append(f"{reply.status_code} from {node.url}: {reply.text}")
+                return
+        sequence = answer.json()["sequence"]
         if sequence < acked - 1:
             self.behind_a_wait.append(
-                f"{node.url} answered {run} at {sequence} after waiting for {acked - 1}"
+                f"{_clock()} {node.url} answered {run} (partition {delivery.partition}) at "
+                f"{sequence} from {answer.headers.get('x-behest-node')} after waiting for "
+                f"{acked - 1} (offset {delivery.offset}) on {waited.headers.get('x-behest-node')}"
             )
         self.floors[run] = max(self.floors.get(run, -1), sequence)
+
+
+def _answered(
+    http: httpx.Client, url: str, params: dict[str, int], deadline: float
+) -> httpx.Response | None:
+    """The first answer that is not a 503 before `deadline` (None: none, or no node)."""
+    while time.monotonic() < deadline:
+        try:
+            answer = http.get(url, params=params)
+        except httpx.HTTPError:
+            return None
+        if answer.status_code != 503:
+            return answer
+        time.sleep(0.1)
+    return None
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
 
 
 def _owner_of(nodes: list[NodeProcess], partition: int) -> NodeProcess | None:
@@ -323,12 +347,7 @@ def _check(nodes: list[NodeProcess], traffic: Traffic, readers: list[Reader]) ->
         f"scale-out: answers {statuses}; read-your-writes waits that gave up: "
         f"{sum(r.waits_timed_out for r in readers)}"
     )
-    behind = [v for r in readers for v in r.behind_a_wait]
-    if behind:  # every other property held; this one is a known, open failure
-        pytest.xfail(
-            f"known: {len(behind)} read(s) older than a completed read-your-writes wait "
-            f"since partition-owned stores landed (first: {behind[0]})"
-        )
+    assert [v for r in readers for v in r.behind_a_wait] == []
 
 
 def _check_final(node: NodeProcess, traffic: Traffic) -> None:

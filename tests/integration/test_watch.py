@@ -372,3 +372,57 @@ def test_a_late_event_reaches_the_watchers_already_past_it_once_with_the_correct
     # a watcher replaying from the store afterwards gets every event in order, once
     assert [u.sequence for u in live.query.watch(run, from_sequence=0)] == list(range(len(events)))
     _no_watchers_left(live)
+
+
+def test_the_runs_feed_follows_every_run_and_reports_deletions(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("behest.read.feed.RECENT", 0)  # "the newest runs" play no part
+    old, other = sample_run(events=12, seed=91), sample_run(events=8, seed=92)
+    live.emit_and_wait(old[:6] + old[7:])  # ended; its event 6 comes late
+    with (
+        httpx.Client(base_url=live.url, timeout=WAIT) as client,
+        client.stream("GET", "/runs/watch") as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")  # registered: nothing folded from now is missed
+        live.emit_and_wait(old[6:7])
+        live.emit_and_wait(other)
+        seen: list[tuple[str, dict[str, Any]]] = []
+        messages = parse(lines)
+        while ("state", expected(other)) not in seen:
+            message = next(messages)
+            seen.append((message.event, orjson.loads(message.data)))
+        # an ended run's late event is a change too (a list view shows its new state)
+        assert ("state", expected(old)) in seen
+        live.producer.emit_tombstone(old[0].run_id).result(timeout=WAIT)
+        message = next(messages)
+        seen.append((message.event, orjson.loads(message.data)))
+    old_id, other_id = str(old[0].run_id), str(other[0].run_id)
+    assert seen[-1] == ("deleted", {"run_id": old_id, "deleted": True})
+    assert {s["run_id"] for _, s in seen} == {old_id, other_id}
+    _no_watchers_left(live)
+
+
+def test_the_runs_feed_reads_on_within_its_bound(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("behest.read.feed.MAX_WAITING", 2)  # runs read ahead of the store
+    runs = [sample_run(events=4, seed=100 + n) for n in range(6)]
+    feed = live.query.watch_runs()
+    states = iter(feed)
+    reported: set[uuid.UUID] = set()
+    done = threading.Event()
+
+    def work() -> None:
+        for state in states:
+            assert isinstance(state, RunState)
+            reported.add(state.run_id)
+            if reported >= {run[0].run_id for run in runs}:
+                done.set()
+                return
+
+    threading.Thread(target=work, daemon=True).start()
+    _wait_for_watchers(live, 1)
+    live.emit_and_wait([event for run in runs for event in run])
+    assert done.wait(WAIT), f"reported {len(reported)} of {len(runs)} runs"

@@ -220,6 +220,10 @@ ALL_TYPES = fastavro.parse_schema(
     }
 )
 READ_ALL = avro_compile.compile_reader(ALL_TYPES)
+ALL_DEFAULTS: dict[str, Any] = {
+    "n": None, "b": True, "i": 0, "l": 0, "f": 0.0, "d": 0.0, "y": b"", "s": "", "e": "A",
+    "r": {"x": 0}, "again": {"x": 0}, "opt": None, "either": None,
+}  # fmt: skip
 WRITE_ALL = avro_compile.compile_writer(ALL_TYPES)
 R = st.fixed_dictionaries({"x": st.integers(-(2**63), 2**63 - 1)})
 ALL_VALUES = st.fixed_dictionaries(
@@ -255,9 +259,48 @@ def test_compiled_reader_and_writer_agree_with_fastavro_on_every_supported_type(
     assert READ_ALL(expected, 0) == (fastavro_read(expected, ALL_TYPES), len(expected))
 
 
+def _boundaries() -> list[int]:
+    """Longs at every varint length boundary (1 to 10 bytes), both signs, and around them."""
+    values = set()
+    for bits in range(0, 64, 7):
+        for edge in (1 << bits, (1 << bits) - 1, (1 << bits) + 1):
+            values |= {edge >> 1, -(edge >> 1), -(edge >> 1) - 1}
+    values |= {2**63 - 1, -(2**63), 1_795_183_387_135_456, -62_135_596_800_000_000}
+    return sorted(value for value in values if -(2**63) <= value < 2**63)
+
+
+def test_compiled_codec_agrees_with_fastavro_at_every_varint_length() -> None:
+    """The inline one-, two- and eight-byte paths and the general loop, on both sides."""
+    for value in _boundaries():
+        text = "x" * (abs(value) % 200)  # string lengths around the one-byte limit, too
+        record = {**ALL_DEFAULTS, "l": value, "s": text, "r": {"x": value}}
+        expected = fastavro_write(record, ALL_TYPES)
+        out = bytearray()
+        WRITE_ALL(out, record)
+        assert bytes(out) == expected, value
+        assert READ_ALL(expected, 0) == (fastavro_read(expected, ALL_TYPES), len(expected))
+
+
+def test_strings_of_63_and_64_bytes_round_trip() -> None:
+    for size in (62, 63, 64, 65, 127, 128, 8191, 8192):
+        record = {**ALL_DEFAULTS, "s": "é" * (size // 2) + "x" * (size % 2)}
+        expected = fastavro_write(record, ALL_TYPES)
+        out = bytearray()
+        WRITE_ALL(out, record)
+        assert bytes(out) == expected
+        assert READ_ALL(expected, 0)[0] == record
+
+
+def test_a_union_index_written_in_two_bytes_is_still_read() -> None:
+    """No encoder writes 3 as `86 00`, but it is valid Avro, and the fast path reads only
+    one-byte indexes itself."""
+    canonical = envelope(3, b"\x02a")
+    padded = canonical[:-3] + b"\x86\x00" + canonical[-2:]
+    assert codec.decode_record(padded) == codec.decode_record(canonical)
+
+
 def test_compiled_writer_checks_integer_ranges() -> None:
-    base = {"n": None, "b": True, "i": 0, "l": 0, "f": 0.0, "d": 0.0, "y": b"", "s": ""}
-    base |= {"e": "A", "r": {"x": 0}, "again": {"x": 0}, "opt": None, "either": None}
+    base = ALL_DEFAULTS
     for field, value in (("l", 2**63), ("l", -(2**63) - 1), ("i", 2**31), ("i", -(2**31) - 1)):
         with pytest.raises(CodecError, match=f"All.{field} = {value} does not fit"):
             WRITE_ALL(bytearray(), {**base, field: value})
@@ -456,10 +499,10 @@ def _constructed(**changes: Any) -> AgentEvent:
         (_constructed(event_id=str(RUN)), "expected a UUID, not str"),
         (_constructed(timestamp=datetime(2026, 1, 1)), "TypeError"),  # noqa: DTZ001
         (_constructed(payload=TextDelta(delta="\ud800")), "surrogates not allowed"),
-        (_constructed(payload=TokenUsage()), "KeyError"),
+        (_constructed(payload=TokenUsage()), "payload must be one of RunStarted, "),
         (
             _constructed(payload=UsageRecorded.model_construct(usage={"input_tokens": 1})),
-            "TypeError",
+            "AttributeError: .dict. object has no attribute .input_tokens.",
         ),
         (
             _constructed(
@@ -481,7 +524,7 @@ def _constructed(**changes: Any) -> AgentEvent:
                     call_id="c", tool_name="t", result="ok", duration_ms=1
                 )
             ),
-            "TypeError",
+            "result must be one of ToolExecutionSuccess, ToolExecutionFailure, not str",
         ),
         (
             _constructed(payload=RunCompleted.model_construct(finish_reason="done", iterations=1)),

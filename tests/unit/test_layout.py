@@ -80,10 +80,16 @@ def test_the_readmes_architecture_tree_names_every_module_where_it_is() -> None:
         name = path.name if len(parts) <= 2 else f"{parts[1]}/"
         if name not in tree.get(folder, "").replace("·", " ").split():
             missing.append(str(path.relative_to(PACKAGE)))
-    assert missing == [], f"README's architecture section does not name {missing}"
+    assert missing == [], (
+        f"README.md's architecture tree (## Architecture) does not name {missing}: add each "
+        "to its folder's entry there, with a few words on what it holds"
+    )
     for folder, text in tree.items():
         if folder in ("", "beside"):
             continue
         named = [w for w in text.replace("·", " ").split() if w.endswith(".py")]
         gone = [n for n in named if not (PACKAGE / folder / n).exists()]
-        assert gone == [], f"README names {folder}{gone}, which do not exist"
+        assert gone == [], (
+            f"README.md's architecture tree names {folder}{gone}, which do not exist: "
+            "take them out of its entry (or name where they went)"
+        )

@@ -4,9 +4,11 @@ partition stores as a projector does, and readers follow it as RocksDB secondari
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 
 from behest.codec import encode
@@ -16,6 +18,8 @@ from behest.fold.generations import GenerationWriter
 from behest.fold.layout import Layout
 from behest.fold.storeset import StoreSet
 from behest.projections import RunStateProjection
+from behest.read.feed import RunDeleted, RunsFeed
+from behest.read.reader import ProjectionReader
 from behest.testing import sample_run
 
 PARTITIONS = 3
@@ -64,6 +68,13 @@ class Log:
             self.offsets[partition] += 1
         self.writer.process(records)
 
+    def delete(self, run_id: uuid.UUID) -> None:
+        """A tombstone for the run."""
+        key = str(run_id).encode()
+        partition = partition_for(key, PARTITIONS)
+        self.writer.process([_Record(partition, self.offsets[partition], key, None)])
+        self.offsets[partition] += 1
+
     def reader(self) -> StoreSet:
         return StoreSet.open(self.layout.root.parent, "run_state")
 
@@ -98,3 +109,24 @@ def test_catch_up_runs_sees_the_writes_of_those_runs_partitions_only(log: Log) -
         reader.catch_up()
         heads = reader.get_heads([a[0].run_id.bytes, b[0].run_id.bytes])
         assert [h and h.last for h in heads] == [7, 7]
+
+
+def test_without_settings_the_runs_feed_compares_recent_runs_and_sees_deletions(
+    log: Log,
+) -> None:
+    a, b = _two_runs_apart()
+    log.append(a[:4] + b)
+    with log.reader() as store:
+        reader = ProjectionReader(store, RunStateProjection(), topic=TOPIC)
+        feed = RunsFeed(reader)  # no settings: no topic to read
+        assert feed.changes() == []
+        log.append(a[4:])
+        log.delete(b[0].run_id)
+        reader.refresh(force=True)
+        changes = feed.changes()
+        assert changes[-1] == RunDeleted(b[0].run_id)
+        states = [orjson.loads(c) for c in changes if isinstance(c, bytes)]
+        assert [(s["run_id"], s["sequence"]) for s in states] == [
+            (str(a[0].run_id), a[-1].sequence)
+        ]
+        assert feed.changes() == []

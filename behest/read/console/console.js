@@ -125,7 +125,10 @@ function runsView(params) {
   };
 
   let stream = null;
+  let newest = null;  // created_at of the newest run listed: an older one changing is not new
+  const isNewest = (state) => newest === null || Date.parse(state.created_at) >= newest;
   getJSON(`/runs?${query}`).then((page) => {
+    if (page.runs.length) newest = Date.parse(page.runs[0].created_at);
     for (const state of page.runs) {
       const tr = row(state);
       rows.set(state.run_id, tr);
@@ -146,10 +149,11 @@ function runsView(params) {
         old.replaceWith(tr);
         rows.set(state.run_id, tr);
         tr.classList.add("flash");
-      } else if (!cursors.length) {  // a new run: it belongs on the first page
+      } else if (!cursors.length && isNewest(state)) {  // a new run: it belongs on the first page
         const tr = row(state);
         tr.classList.add("flash");
         tbody.prepend(tr);
+        newest = Date.parse(state.created_at);
         rows.set(state.run_id, tr);
         while (tbody.children.length > PAGE) {
           const last = tbody.lastElementChild;
@@ -157,6 +161,11 @@ function runsView(params) {
           last.remove();
         }
       }
+    });
+    stream.addEventListener("deleted", (message) => {
+      const id = JSON.parse(message.data).run_id;
+      if (rows.has(id)) rows.get(id).remove();
+      rows.delete(id);
     });
   }).catch((error) => tbody.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "error" }, error.message))));
   return () => stream && stream.close();

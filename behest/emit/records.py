@@ -1,0 +1,93 @@
+"""Event → Kafka record (key, value, timestamp): the step both producers share.
+
+The key is the run id's canonical text, so a run's events stay in one partition and in
+order whoever produced them; the record's timestamp is the event's own time, so the log's
+time index (e.g. `offsets_for_times`) finds events by when they happened, even replayed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Final
+
+from behest import codec
+from behest.errors import CodecError
+from behest.events import PAYLOAD_TYPES, AgentEvent
+from behest.times import EPOCH
+
+__all__ = ["KeyedEncoder", "Record", "check_event"]
+
+_KEY_CACHE_SIZE: Final = 65_536
+_MILLISECOND: Final = timedelta(milliseconds=1)
+
+Record = tuple[bytes, bytes | None, int]
+"""What goes to Kafka for one event: key, value (None: a tombstone), timestamp in ms since
+the epoch (0: the time it is produced)."""
+
+
+def check_event(event: object) -> AgentEvent:
+    """`event` itself if it is an `AgentEvent`, else a `TypeError` that says what to pass."""
+    if isinstance(event, AgentEvent):
+        return event
+    hint = (
+        " (a payload: stamp it into an envelope with `producer.run(...).emit(payload)`)"
+        if isinstance(event, PAYLOAD_TYPES)
+        else ""
+    )
+    raise TypeError(
+        f"emit() takes an AgentEvent, got {type(event).__name__}{hint}; build one with "
+        "AgentEvent(run_id=..., sequence=..., payload=...)"
+    )
+
+
+class KeyedEncoder:
+    """Event → `Record`, remembering the key and id text of recently seen runs.
+
+    `encode` replaces the single-object encoding (e.g. Confluent framing, from
+    `behest.registry`); without it, events take `codec.encode_stamped`, which reuses the
+    run's remembered text and computes the event's time once.
+    """
+
+    __slots__ = ("_encode", "_runs")
+
+    def __init__(self, encode: Callable[[AgentEvent], bytes] | None = None) -> None:
+        self._runs: dict[uuid.UUID, tuple[bytes, str]] = {}
+        self._encode = encode
+
+    def __call__(self, event: AgentEvent) -> Record:
+        run_id = event.run_id
+        if type(run_id) is uuid.UUID:
+            run = self._runs.get(run_id)
+            if run is None:
+                run = self._remember(run_id)
+            if self._encode is None:
+                value, micros = codec.encode_stamped(event, run[1])
+                return run[0], value, micros // 1000
+            key = run[0]
+        else:  # model_construct() skipped validation: encoding says what is wrong
+            key = self.key(run_id)
+        value = (self._encode or codec.encode)(event)
+        return key, value, (event.timestamp - EPOCH) // _MILLISECOND
+
+    def key(self, run_id: uuid.UUID | str) -> bytes:
+        """The Kafka key of a run (canonical lowercase UUID text), cached."""
+        try:
+            value = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+        except ValueError:
+            raise CodecError(
+                f"{run_id!r} is not a run id (a UUID); events made with model_construct() "
+                "skip validation: build them with AgentEvent(...)"
+            ) from None
+        run = self._runs.get(value)
+        if run is None:
+            run = self._remember(value)
+        return run[0]
+
+    def _remember(self, run_id: uuid.UUID) -> tuple[bytes, str]:
+        if len(self._runs) >= _KEY_CACHE_SIZE:
+            self._runs.clear()
+        text = str(run_id)
+        run = self._runs[run_id] = (text.encode(), text)
+        return run

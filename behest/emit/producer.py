@@ -153,7 +153,7 @@ class EventProducer:
             for event in events
         ]
         self._emitted = True
-        batch = BatchDelivery(self.topic, len(records), self._describe)
+        batch = BatchDelivery(self.topic, [record[1] for record in records], self._describe)
         if not records:
             batch.future.set_result([])
             return batch.future
@@ -161,17 +161,17 @@ class EventProducer:
             raise ProduceError("the producer is closed; create a new EventProducer")
         produce = self._producer.produce
         topic = self.topic
-        on_delivery = batch.on_delivery
         headers = trace_headers()  # one look-up for the batch: its events share the caller's span
+        callbacks = batch.callbacks()
         for index, (key, value, timestamp) in enumerate(records):
-            callback = partial(on_delivery, index)
+            on_delivery = next(callbacks)
             try:
                 produce(
-                    topic, value, key, on_delivery=callback, timestamp=timestamp, headers=headers
+                    topic, value, key, on_delivery=on_delivery, timestamp=timestamp, headers=headers
                 )
             except BufferError:
                 try:
-                    self._produce_when_room(key, value, callback, timestamp, headers)
+                    self._produce_when_room(key, value, on_delivery, timestamp, headers)
                 except ProduceError as error:
                     self._abandon(batch, index, error)
             except KafkaException as error:

@@ -306,9 +306,12 @@ def profile(
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    """The suite's `profile` area: over a 200k-event log (30k with --quick)."""
-    events = 30_000 if ctx.quick else EVENTS
-    topic, _ = ctx.topic(f"log-{events}", [RunBatch(events // 100, 100)])
+    """The suite's `profile` area, over the log the projector area folds (100k events; 20k
+    with --quick), so it fills no topic of its own."""
+    from benchmarks.bench_scaling import log_sizes, log_topic
+
+    events = log_sizes(ctx.quick)[0]
+    topic, _ = ctx.topic(*log_topic(events))
     return profile(ctx.bootstrap, topic, events, repeats=ctx.repeats, log=ctx.log)
 
 

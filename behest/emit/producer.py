@@ -31,6 +31,7 @@ from behest.config import Settings
 from behest.emit.batch import BatchDelivery
 from behest.emit.delivery import Delivery
 from behest.emit.failures import describe_error
+from behest.emit.pending import LAZY, PendingDelivery
 from behest.emit.recorder import RunRecorder
 from behest.emit.records import KeyedEncoder, Record, check_event
 from behest.emit.schemas import Publication
@@ -107,6 +108,7 @@ class EventProducer:
                 "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
             ) from None
         self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
+        self._deliver_to = self._deliver  # one bound method for every PendingDelivery
         self._closed = False
         self._stop = threading.Event()
         self._schema_queued = threading.Event()
@@ -136,6 +138,10 @@ class EventProducer:
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
         key, value, timestamp = self._encode(check_event(event))
         self._emitted = True
+        if LAZY:  # one object per event in flight: the future is its own callback
+            pending = PendingDelivery(self._deliver_to)
+            self._produce(key, value, pending, timestamp, trace_headers())
+            return pending
         future: Future[Delivery] = Future()
         future.set_running_or_notify_cancel()  # a queued event cannot be taken back
         self._produce(key, value, partial(self._deliver, future), timestamp, trace_headers())
@@ -153,7 +159,7 @@ class EventProducer:
             for event in events
         ]
         self._emitted = True
-        batch = BatchDelivery(self.topic, len(records), self._describe)
+        batch = BatchDelivery(self.topic, [record[1] for record in records], self._describe)
         if not records:
             batch.future.set_result([])
             return batch.future
@@ -161,17 +167,17 @@ class EventProducer:
             raise ProduceError("the producer is closed; create a new EventProducer")
         produce = self._producer.produce
         topic = self.topic
-        on_delivery = batch.on_delivery
         headers = trace_headers()  # one look-up for the batch: its events share the caller's span
+        callbacks = batch.callbacks()
         for index, (key, value, timestamp) in enumerate(records):
-            callback = partial(on_delivery, index)
+            on_delivery = next(callbacks)
             try:
                 produce(
-                    topic, value, key, on_delivery=callback, timestamp=timestamp, headers=headers
+                    topic, value, key, on_delivery=on_delivery, timestamp=timestamp, headers=headers
                 )
             except BufferError:
                 try:
-                    self._produce_when_room(key, value, callback, timestamp, headers)
+                    self._produce_when_room(key, value, on_delivery, timestamp, headers)
                 except ProduceError as error:
                     self._abandon(batch, index, error)
             except KafkaException as error:

@@ -150,6 +150,17 @@ def _same_run(text: str, run_id: Any) -> bool:
         return False
 
 
+def _accepted(groups: dict[bytes, list[Item]]) -> dict[tuple[bytes, int, int], bytes]:
+    """`(run, sequence, epoch)` -> bytes of every event the batch has accepted so far
+    (tombstones aside): what a repeated sequence is compared with."""
+    return {
+        (item.run, item.sequence, item.epoch): item.value
+        for group in groups.values()
+        for item in group
+        if item.event is not None
+    }
+
+
 class BatchFolder(Generic[S]):
     """Folds a batch of log records into a projection's store with one atomic write.
 
@@ -289,7 +300,10 @@ class BatchFolder(Generic[S]):
         result, heads, epochs = run_pass.result, run_pass.heads, run_pass.epochs
         positions = result.positions
         groups: dict[bytes, list[Item]] = {}
-        seen: dict[tuple[bytes, int, int], bytes] = {}  # (run, sequence, epoch): accepted
+        # (run, sequence, epoch) -> bytes of the events accepted so far: for a run-keyed
+        # projection built only when the batch repeats a sequence (from `groups`, which
+        # then hold every accepted event), not paid for by every event
+        seen: dict[tuple[bytes, int, int], bytes] | None = None if run_keyed else {}
         pending: list[Item] = []
         held = result.held
         decoder = self._decode
@@ -351,6 +365,8 @@ class BatchFolder(Generic[S]):
                 heads[run] = head.fill(sequence)
                 item.late = run_pass.late = True
             else:  # a sequence folded before: a duplicate or a conflict (or never stored)
+                if seen is None:
+                    seen = _accepted(groups)
                 earlier = seen.get((run, sequence, epoch))
                 if earlier is not None:
                     self._repeat(result, item, earlier)
@@ -359,7 +375,8 @@ class BatchFolder(Generic[S]):
                 else:
                     result.duplicates += 1
                 continue
-            seen[run, sequence, epoch] = value
+            if seen is not None:
+                seen[run, sequence, epoch] = value
             entity = run if run_keyed else entity_of(event)
             if entity is not None:
                 group = groups.get(entity)

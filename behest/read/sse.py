@@ -10,8 +10,9 @@
 A late event (one that arrives after higher sequences of its run, folded in its place)
 is sent when it is folded, out of order: `id: L` `event: event` with it, then
 `id: P` `event: state` with the state at P, the stream's position, as re-folded with it.
-A resumed stream replays the events after the last id; a late event below it that was
-folded while the client was away is in the states sent from then on, not sent itself.
+A resumed stream replays the events after the last id, and sends the late events below it
+that were still missing when it reconnected; one folded while the client was away is in
+the states sent from then on, not sent itself.
 
 A stream opens with the current state (or, resuming, with the stored events after the
 last one seen), sends a comment every `KEEPALIVE_S` seconds of quiet so proxies keep it

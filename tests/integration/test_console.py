@@ -25,6 +25,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from behest.config import Settings
+from behest.read.watch import tailer_of
 from behest.testing import sample_run
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console.png"
@@ -158,3 +159,13 @@ def test_the_console_lists_runs_shows_a_timeline_scrubs_and_follows_a_live_run(
     browser.refresh()
     _wait(browser, "the reloaded run", lambda c: c.find_elements(By.CSS_SELECTOR, ".item.end"))
     assert browser.find_element(By.CSS_SELECTOR, ".timeline").text == shown
+
+    # the runs list drops a run deleted while it is open
+    browser.get(f"{live.url}/#/")
+    row = f'tr[data-run="{done_id}"]'
+    _wait(browser, "the finished run listed", lambda c: c.find_elements(By.CSS_SELECTOR, row))
+    feeds = tailer_of(live.query.reader)
+    _wait(browser, "the list's live feed", lambda _: feeds.watchers == 1)
+    live.producer.emit_tombstone(done[0].run_id).result(timeout=PAGE_WAIT)
+    _wait(browser, "the deleted run gone", lambda c: not c.find_elements(By.CSS_SELECTOR, row))
+    assert browser.find_elements(By.CSS_SELECTOR, f'tr[data-run="{active_id}"]')

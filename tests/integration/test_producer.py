@@ -129,6 +129,21 @@ def test_emit_many_resolves_in_event_order(
     assert all(offsets == sorted(offsets) for offsets in by_partition.values())
 
 
+def test_emit_many_reports_each_events_own_position(settings: Settings) -> None:
+    """The batch's one callback finds each report's event by its bytes; an event queued
+    twice (same bytes) makes the batch fall back to a callback per event."""
+    first, second = run_events(5), run_events(4)
+    mixed = [e for pair in zip(first, second, strict=False) for e in pair] + [first[4]]
+    with EventProducer(settings, FAST) as producer:
+        deliveries = producer.emit_many(mixed).result(timeout=15)
+        twice = producer.emit_many([second[0], second[0]]).result(timeout=15)
+    records = consume_all(settings, len(mixed) + 2)
+    stored = {(m.partition(), m.offset()): codec.decode(m.value()) for m in records}
+    assert [stored[(d.partition, d.offset)] for d in deliveries] == mixed
+    assert twice[0] != twice[1]
+    assert [stored[(d.partition, d.offset)] for d in twice] == [second[0], second[0]]
+
+
 # --- partition agreement ----------------------------------------------------------------
 
 
@@ -217,10 +232,13 @@ def test_sync_unreachable_broker_fails_within_the_timeout() -> None:
     started = time.monotonic()
     with EventProducer(unreachable(), FAST) as producer:
         future = producer.emit(run_events(3)[0])
+        batch = producer.emit_many(run_events(3))
         with pytest.raises(
             ProduceError, match=r"not acknowledged .* within 3s.*behest broker start"
         ):
             future.result(timeout=15)
+        with pytest.raises(ProduceError, match=r"3 of 3 events were not delivered: .* within 3s"):
+            batch.result(timeout=15)
     assert time.monotonic() - started < 8
 
 

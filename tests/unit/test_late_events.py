@@ -173,3 +173,21 @@ def test_a_run_started_with_null_fields_keeps_no_session_index(tmp_path: Path) -
         driver.feed(run[:1])
         session = run[0].payload.session_id.bytes
         assert len(list(driver.store.scan_index(b"s" + session))) == 1
+
+
+def test_repeats_in_one_batch_are_told_apart_across_a_tombstone(tmp_path: Path) -> None:
+    from behest.testing import Tombstone
+
+    run = sample_run(seed=26, events=4)
+    key = run[0].run_id.bytes
+    other = run[1].model_copy(update={"event_id": uuid.uuid4(), "payload": TextDelta(delta="?")})
+    with ProjectionDriver(RUN_STATE, tmp_path) as driver:
+        # before the tombstone: run[0], run[1], run[1] again (a duplicate); after it, the run
+        # starts afresh: run[0] and `other` under sequence 1 are no conflict with what the
+        # tombstone deleted, but `other`'s repeat is a duplicate and run[1] then a conflict
+        batch = [run[0], run[1], run[1], Tombstone(run[0].run_id), run[0], other, other, run[1]]
+        result = driver.feed(batch)[0]
+        assert (result.duplicates, result.tombstones) == (2, 1)
+        assert [letter.value for letter in driver.dead_letters] == [encode(run[1])]
+        assert driver.state(key) == fold(RUN_STATE, records([run[0], other]))
+        assert driver.store.get_head(key) == RunHead(1)

@@ -19,6 +19,7 @@ from behest.fold.layout import Layout
 from behest.fold.storeset import StoreSet
 from behest.projections import RunStateProjection
 from behest.read.feed import RunDeleted, RunsFeed
+from behest.read.query import RunStateQuery
 from behest.read.reader import ProjectionReader
 from behest.testing import sample_run
 
@@ -130,3 +131,26 @@ def test_without_settings_the_runs_feed_compares_recent_runs_and_sees_deletions(
             (str(a[0].run_id), a[-1].sequence)
         ]
         assert feed.changes() == []
+
+
+def test_late_events_in_several_gaps_reach_each_watcher_that_lacks_them_once(log: Log) -> None:
+    run = sample_run(events=12, seed=7)
+    log.append([run[0], *run[3:5], *run[6:9]])  # 1, 2 and 5 are missing
+    with log.reader() as store:
+        query = RunStateQuery(store, topic=TOPIC)
+        fresh = iter(query.watch(run[0].run_id))  # opens at 8, lacking 1, 2 and 5
+        assert next(fresh).sequence == 8
+        resumed = iter(query.watch(run[0].run_id, from_sequence=4))  # "has all up to 3"
+        assert [next(resumed).sequence for _ in range(4)] == [4, 6, 7, 8]
+        log.append([run[5]])
+        late = next(fresh)  # 5, with the state at 8 re-folded with it
+        assert (late.sequence, late.event) == (5, run[5])
+        assert (late.state.sequence, late.state.event_count) == (8, 7)
+        log.append([run[2], run[1], *run[9:]])
+        rest = [*range(9, len(run))]
+        assert [u.sequence for u in fresh] == [1, 2, *rest]  # late ones in sequence order
+        # 1 and 2 were never stored when it resumed: no client can have had them
+        assert [u.sequence for u in resumed] == [5, 1, 2, *rest]
+        assert [u.sequence for u in query.watch(run[0].run_id, from_sequence=0)] == list(
+            range(len(run))
+        )

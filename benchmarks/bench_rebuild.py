@@ -1,0 +1,165 @@
+"""A rebuild with one and with two projector workers, beside a raw consume of the same log.
+
+    python -m benchmarks.bench_rebuild [--events N] [--repeats R] [--workers 1 [2 ...]]
+
+Fills a topic (runs of 100 events, 4 partitions), then per repeat, interleaved: a raw
+consume of the whole log in a fresh process (bytes only), and, per worker count, that
+many `Projector` processes started together on one fresh state dir in one consumer group
+(`worker=w<i>`, as `behest node --workers N` runs them), each `run(until_caught_up=True)`.
+A rebuild's time runs from the first worker's `run()` to the last one's return, so group
+joins and rebalances are in it; interpreter start-up and imports are not. Medians.
+Several workers join the group one after another today, so their rebalances (static
+members, seconds each) dominate a small log: until `behest node --workers N` coordinates
+its workers' start, read the 2-worker row with that in mind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    CHECKOUT,
+    RESULT_MARK,
+    Row,
+    RunBatch,
+    child_main,
+    create_topic,
+    delete_topic,
+    fill_topic,
+    kafka_broker,
+    make_row,
+    markdown_table,
+    median,
+    run_child,
+)
+
+EVENTS = 1_000_000
+REPEATS = 2
+
+
+def _worker(args: dict[str, Any]) -> dict[str, Any]:
+    """One worker of a rebuild: fold its share of the topic into the shared state dir."""
+    from behest.config import Settings
+    from behest.fold.projector import Projector
+
+    settings = Settings(
+        bootstrap_servers=args["bootstrap"],
+        topic=args["topic"],
+        state_dir=Path(args["state_dir"]),
+    )
+    with Projector(settings, group_id=args["group"], worker=args["worker"]) as projector:
+        started = time.time()
+        metrics = projector.run(until_caught_up=True)
+        ended = time.time()
+    return {"started": started, "ended": ended, "events": metrics.events_folded}
+
+
+def rebuild_seconds(bootstrap: str, topic: str, events: int, workers: int) -> float:
+    """Seconds `workers` processes take to fold the whole topic into one fresh state dir."""
+    state_dir = Path(tempfile.mkdtemp(prefix="behest-bench-rebuild-"))
+    group = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
+    try:
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_rebuild",
+                    "worker",
+                    json.dumps(
+                        {
+                            "bootstrap": bootstrap,
+                            "topic": topic,
+                            "state_dir": str(state_dir),
+                            "group": group,
+                            "worker": f"w{i}",
+                        }
+                    ),
+                ],
+                cwd=CHECKOUT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(workers)
+        ]
+        results = []
+        for child in children:
+            out, err = child.communicate(timeout=600)
+            marked = [line for line in out.splitlines() if line.startswith(RESULT_MARK)]
+            if child.returncode != 0 or not marked:
+                raise RuntimeError(f"a rebuild worker failed:\n{(out + err)[-3000:]}")
+            results.append(json.loads(marked[-1][len(RESULT_MARK) :]))
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    folded = sum(r["events"] for r in results)
+    if folded < events:
+        raise RuntimeError(f"{workers} workers folded {folded:,} of {events:,} events")
+    return max(r["ended"] for r in results) - min(r["started"] for r in results)
+
+
+def measure(
+    bootstrap: str, topic: str, events: int, repeats: int, worker_counts: list[int]
+) -> list[Row]:
+    raw: list[float] = []
+    rebuilt: dict[int, list[float]] = {n: [] for n in worker_counts}
+    for repeat in range(repeats):
+        group = f"bench-rebuild-raw-{uuid.uuid4().hex[:8]}"
+        consumed = run_child(
+            "benchmarks.bench_limits",
+            "consume",
+            {"bootstrap": bootstrap, "topic": topic, "count": events, "group": group},
+        )
+        raw.append(consumed.result["seconds"])
+        for workers in worker_counts:
+            rebuilt[workers].append(rebuild_seconds(bootstrap, topic, events, workers))
+        print(
+            f"repeat {repeat + 1}: load {os.getloadavg()[0]:.1f}, raw {raw[-1]:.2f} s, "
+            + ", ".join(f"{n} worker(s) {s[-1]:.2f} s" for n, s in rebuilt.items()),
+            file=sys.stderr,
+        )
+    return [
+        make_row(
+            f"rebuild of {events:,} events, {workers} worker(s), median of {len(seconds)}",
+            median(seconds),
+            "s",
+            "raw confluent-kafka consume of the same log (one process)",
+            median(raw),
+        )
+        for workers, seconds in rebuilt.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    args = parser.parse_args()
+    topic = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
+    with kafka_broker(lambda line: print(line, file=sys.stderr)) as (bootstrap, description):
+        create_topic(bootstrap, topic)
+        try:
+            fill_topic(bootstrap, topic, [RunBatch(args.events // 100, 100)])
+            rows = measure(bootstrap, topic, args.events, args.repeats, args.workers)
+        finally:
+            delete_topic(bootstrap, topic)
+    print(f"broker: {description}; load average {os.getloadavg()[0]:.1f}")
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        child_main({"worker": _worker})
+    else:
+        main()

@@ -1,0 +1,95 @@
+"""`PendingDelivery`, the future `EventProducer.emit` returns: a `Future` in every way a
+caller can tell, though it makes its lock only when someone waits."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, as_completed, wait
+from typing import Any
+
+import pytest
+
+from behest.emit.delivery import Delivery
+from behest.emit.pending import LAZY, PendingDelivery
+from behest.errors import ProduceError
+
+AT = Delivery("events", 2, 41)
+
+
+def settle(future: PendingDelivery, error: Any, msg: Any) -> None:
+    """The producer's part: turn a report into the future's outcome."""
+    if error is None:
+        future.set_result(msg)
+    else:
+        future.set_exception(ProduceError(error))
+
+
+def test_this_python_lays_out_future_as_expected() -> None:
+    assert LAZY
+
+
+def test_it_is_its_own_delivery_callback() -> None:
+    future = PendingDelivery(settle)
+    assert isinstance(future, Future)
+    assert future.running() and not future.done()
+    future(None, AT)
+    assert future.done() and future.result(timeout=0) == AT and future.exception() is None
+    assert not future.cancel()
+
+
+def test_a_failure_raises_from_result() -> None:
+    future = PendingDelivery(settle)
+    future("broker down", None)
+    with pytest.raises(ProduceError, match="broker down"):
+        future.result(timeout=0)
+    assert isinstance(future.exception(), ProduceError)
+
+
+def test_a_second_outcome_is_refused() -> None:
+    future = PendingDelivery(settle)
+    future.set_result(AT)
+    with pytest.raises(InvalidStateError):
+        future.set_result(AT)
+    waited = PendingDelivery(settle)
+    assert not wait([waited], timeout=0).done  # makes the condition: the locked path
+    waited.set_result(AT)
+    with pytest.raises(InvalidStateError):
+        waited.set_exception(ProduceError("late"))
+
+
+def test_callbacks_run_once_whether_added_before_or_after() -> None:
+    calls: list[str] = []
+    future = PendingDelivery(settle)
+    future.add_done_callback(lambda f: calls.append(f"before {f.result()}"))
+    future.set_result(AT)
+    future.add_done_callback(lambda f: calls.append(f"after {f.result()}"))
+    assert calls == [f"before {AT}", f"after {AT}"]
+
+
+def test_wait_and_as_completed_see_it_finish() -> None:
+    futures = [PendingDelivery(settle) for _ in range(3)]
+    threading.Timer(0.05, futures[1].set_result, [AT]).start()
+    done, pending = wait(futures, timeout=5, return_when=FIRST_COMPLETED)
+    assert done == {futures[1]} and len(pending) == 2
+    for future in futures[::2]:
+        future.set_result(AT)
+    assert set(as_completed(futures, timeout=5)) == set(futures)
+
+
+def test_a_waiter_is_woken_however_the_result_races_it() -> None:
+    """Waiters start before, during and after the result is set; none may miss it."""
+    for round_ in range(300):
+        future = PendingDelivery(settle)
+        results: list[Delivery] = []
+
+        def waiter(future: PendingDelivery = future, results: list[Delivery] = results) -> None:
+            results.append(future.result(timeout=10))
+
+        waiters = [threading.Thread(target=waiter) for _ in range(2)]
+        setter = threading.Thread(target=future.set_result, args=(AT,))
+        order = [*waiters, setter] if round_ % 2 else [setter, *waiters]
+        for thread in order:
+            thread.start()
+        for thread in order:
+            thread.join(timeout=15)
+        assert results == [AT, AT], f"round {round_}"

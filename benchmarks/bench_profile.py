@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import shutil
 import sys
@@ -137,9 +138,14 @@ def instrumented(clock: StageClock) -> Iterator[None]:
     patches: list[tuple[Any, str, Any]] = []
 
     def patch(owner: Any, name: str, stage: str | Callable[[], str]) -> None:
-        original = getattr(owner, name)
-        patches.append((owner, name, original))
-        setattr(owner, name, clock.wrap(stage, original))
+        # The attribute as the class holds it: a staticmethod (RunStateProjection.apply) must
+        # be wrapped and restored as one, or every later call gets `self` as a third argument.
+        stored = inspect.getattr_static(owner, name)
+        patches.append((owner, name, stored))
+        if isinstance(stored, staticmethod):
+            setattr(owner, name, staticmethod(clock.wrap(stage, stored.__func__)))
+        else:
+            setattr(owner, name, clock.wrap(stage, getattr(owner, name)))
 
     consume = STAGES[0]
 

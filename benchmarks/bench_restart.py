@@ -38,7 +38,7 @@ from confluent_kafka import Producer
 
 from behest.codec import encode
 from behest.errors import StoreError
-from behest.fold.store import StateStore
+from behest.fold.storeset import StoreSet
 from behest.testing import sample_run
 from benchmarks.common import BenchContext, Row, create_topic, delete_topic, kafka_broker, make_row
 
@@ -61,11 +61,10 @@ def behest_command() -> list[str]:
 def folded(state_dir: Path, topic: str) -> dict[int, int]:
     """Next offsets folded per partition by a projector that may be running."""
     try:
-        store = StateStore(state_dir / PROJECTION, secondary=True)
-    except StoreError:  # not created yet
+        store = StoreSet.open(state_dir, PROJECTION)
+    except StoreError:  # not created yet, or being created right now
         return {}
     with store:
-        store.catch_up()
         return store.stored_offsets(topic)
 
 

@@ -105,4 +105,3 @@ def emit_tree(
     emit_tree(src, var, keys[:middle], ind + 1, leaf)
     src.add(ind, "else:")
     emit_tree(src, var, keys[middle:], ind + 1, leaf)
-

@@ -140,9 +140,7 @@ class Progress:
     batch, poll and rebalance here; other threads (`/metrics`, readers waiting for their
     writes) read copies."""
 
-    def __init__(
-        self, projection: str, group_id: str, topic: str, instance_id: str | None
-    ) -> None:
+    def __init__(self, projection: str, group_id: str, topic: str, instance_id: str | None) -> None:
         self._lock = threading.Lock()
         self._metrics = ProjectorMetrics(projection, group_id, topic, instance_id)
         self._clock = LagClock()

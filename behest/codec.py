@@ -15,9 +15,9 @@ reasons are plain strings), and JSON-valued fields stay JSON text. JSON text fol
 orjson: integers beyond 64 bits cannot be encoded, and non-finite floats become `null`.
 
 Speed: fastavro interprets the schema for every event. The projector's hot path
-decodes millions of events, so the current schema is compiled, once, into two
-straight-line Python functions (`behest.avro_compile`), about twice as fast; events
-written under an older schema take fastavro's schema resolution.
+decodes millions of events, so the current schema is compiled, once, into straight-line
+Python functions (`behest.avro_reader`, `behest.avro_writer`), about twice as fast;
+events written under an older schema take fastavro's schema resolution.
 
 What the model demands beyond the schema is checked by `check_record`
 (`behest.record_checks`).
@@ -35,7 +35,8 @@ import fastavro
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from behest.avro_compile import compile_decoder, compile_object_writer, compile_writer
+from behest.avro_reader import compile_decoder
+from behest.avro_writer import compile_object_writer, compile_writer
 from behest.errors import CodecError
 from behest.events import (
     PAYLOAD_TYPES,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -59,10 +58,10 @@ from behest.fold.consumer import (
 from behest.fold.deadletter import DeadLetterSender
 from behest.fold.engine import DEFAULT_SNAPSHOT_EVERY, BatchResult
 from behest.fold.generations import GenerationWriter, projection_version
-from behest.fold.heartbeat import Heartbeat, HeartbeatWriter, heartbeat_path
+from behest.fold.heartbeat import HeartbeatWriter, heartbeat_path
 from behest.fold.layout import Layout, new_member_id
 from behest.fold.membership import StaticIdentity
-from behest.fold.progress import LagClock, ProjectorMetrics
+from behest.fold.progress import Progress, ProjectorMetrics
 from behest.fold.projection import Projection
 from behest.fold.schemas import SchemaWait
 from behest.fold.storeset import StoreSet
@@ -142,14 +141,10 @@ class Projector:
         self.poll_timeout = poll_timeout
         self.metadata_timeout = metadata_timeout
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._assigned: set[int] = set()
         self._dead_letters = DeadLetterSender(settings)
         self._errors_seen: set[int] = set()
         self._uncommitted: dict[int, int] = {}
         self._committed_at = 0.0
-        self._metrics = ProjectorMetrics(projection.name, self.group_id, self.topic)
-        self._lag_clock = LagClock()
         self._heartbeat = HeartbeatWriter(
             heartbeat_path(settings.state_dir, projection.name, worker)
         )
@@ -172,7 +167,7 @@ class Projector:
         self._identity: StaticIdentity | None = None
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
             self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
-        self._metrics.instance_id = self.instance_id
+        self._progress = Progress(projection.name, self.group_id, self.topic, self.instance_id)
         if not self.layout.is_legacy() and self.layout.current() is None:
             self._generations.first()
 
@@ -186,16 +181,14 @@ class Projector:
     @property
     def metrics(self) -> ProjectorMetrics:
         """A consistent copy of the counters, safe to read from another thread."""
-        with self._lock:
-            return self._metrics.copy()
+        return self._progress.copy()
 
     def folded_position(self, partition: int) -> int:
         """Next offset of `partition` this store has folded (0: nothing yet).
 
         A produced record at `offset` is readable once `folded_position(p) > offset`.
         """
-        with self._lock:
-            return self._metrics.positions.get(partition, 0)
+        return self._progress.position(partition)
 
     def stop(self) -> None:
         """Ask `run()` to finish the batch in hand, write it and return (signal-safe)."""
@@ -217,11 +210,7 @@ class Projector:
         """Fold the whole log again from offset 0 into a new generation, beside the served
         one, which readers keep reading until the new one has caught up and is switched to
         (the old one stays for `behest generations rollback` until dropped)."""
-        with self._lock:
-            self._metrics = ProjectorMetrics(
-                self.projection.name, self.group_id, self.topic, self.instance_id
-            )
-        self._lag_clock = LagClock()
+        self._progress.restart()
         return self._run(until_caught_up=until_caught_up, stop_event=stop_event, rebuild=True)
 
     def _run(
@@ -270,8 +259,10 @@ class Projector:
             self._commit(consumer, now=True)
         if self._schemas.waiting:
             self._resume_ready(consumer)
-        self._update_lag(consumer)
-        self._heartbeat.beat(self._beat)
+        self._progress.measure_lag(  # the watermarks librdkafka cached on its last fetch
+            lambda p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)[1]
+        )
+        self._heartbeat.beat(self._progress.heartbeat)
         writer = self._generations.writer
         if writer is not None:
             writer.heartbeat()
@@ -288,13 +279,12 @@ class Projector:
         finally:
             self._leaving = False
             self._schemas.waiting.clear()
-            with self._lock:
-                self._assigned.clear()
-                self._metrics.assigned = ()
+            self._progress.left()
             writer = self._generations.writer
             if writer is not None:
                 writer.release()
-            self._heartbeat.write(self._beat(time.time(), self._heartbeat.started_at, stopped=True))
+            beat = self._progress.heartbeat(time.time(), self._heartbeat.started_at, stopped=True)
+            self._heartbeat.write(beat)
 
     # --- generations (`behest.fold.bluegreen`) ------------------------------------------------
 
@@ -305,11 +295,7 @@ class Projector:
         writer, fresh = self._generations.prepare(
             partitions, rebuild=rebuild, targets=lambda: self._log_end_offsets(consumer, partitions)
         )
-        with self._lock:
-            if fresh:
-                self._metrics.positions = {}
-            self._metrics.generation = writer.generation
-            self._metrics.building = not writer.is_served()
+        self._progress.writing(writer.generation, building=not writer.is_served(), fresh=fresh)
         return writer
 
     # --- building a new generation ----------------------------------------------------------
@@ -328,10 +314,7 @@ class Projector:
         consumer.assign(
             [TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions]
         )
-        with self._lock:
-            self._assigned = set(partitions)
-            self._metrics.assigned = tuple(partitions)
-            self._metrics.positions.update(stored)
+        self._progress.assigned(partitions, stored, rebalance=False)
         start = writer.manifest.targets
         while not stopped():
             idle = self._step(consumer)
@@ -343,8 +326,7 @@ class Projector:
                 live[partition] = max(high, start.get(partition, 0))
             if self._caught_up(consumer, live, idle=idle):
                 self._generations.switch_to(writer)
-                with self._lock:
-                    self._metrics.building = False
+                self._progress.built()
                 return True
         return False
 
@@ -406,14 +388,10 @@ class Projector:
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
-        with self._lock:
-            self._assigned = wanted
-            self._metrics.assigned = tuple(sorted(self._assigned))
-            self._metrics.positions.update(stored)
-            self._metrics.assignments += 1
+        self._progress.assigned(wanted, stored, rebalance=True)
         log.info(
             "assigned %s: resuming at %s",
-            self._metrics.assigned,
+            tuple(sorted(wanted)),
             {tp.partition: stored.get(tp.partition, 0) for tp in partitions},
         )
 
@@ -429,17 +407,7 @@ class Projector:
         writer = self._generations.writer
         if writer is not None:
             writer.remove([tp.partition for tp in partitions], close=not self._leaving)
-        with self._lock:
-            self._assigned.clear()
-            self._metrics.assigned = ()
-            self._metrics.lag.clear()
-            self._metrics.lag_seconds.clear()
-            if lost:
-                self._metrics.losses += 1
-            else:
-                self._metrics.revocations += 1
-            for tp in partitions:
-                self._lag_clock.forget(tp.partition)
+        self._progress.revoked([tp.partition for tp in partitions], lost=lost)
         log.info("%s %s", "lost" if lost else "revoked", sorted(tp.partition for tp in partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -491,22 +459,8 @@ class Projector:
             self._hold(consumer, result.held)
         elapsed = time.perf_counter() - started
         self._errors_seen.clear()
-        with self._lock:
-            m = self._metrics
-            m.records += result.records
-            m.events_folded += result.folded
-            m.duplicates += result.duplicates
-            m.gaps += result.gaps
-            m.late_repaired += result.late_repaired
-            m.dead_letters += len(result.dead_letters)
-            m.tombstones += result.tombstones
-            m.batches += 1
-            m.last_batch_at = time.time()
-            m.last_batch_seconds = elapsed
-            m.batch_latency.observe(elapsed)
-            m.positions.update(result.positions)
-            self._note_fold_times(records, result.positions)
-        if not self._metrics.building:  # outside the group, its committed offsets are not ours
+        self._progress.batch(result, elapsed, _folded_at(records, result.positions))
+        if not self._progress.building:  # outside the group, its committed offsets are not ours
             self._uncommitted.update(result.positions)
             self._commit(consumer, now=len(records) < self.batch_size)
         if self.on_batch is not None:
@@ -526,21 +480,6 @@ class Projector:
         with contextlib.suppress(KafkaException, RuntimeError):
             consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _note_fold_times(self, records: list[Any], positions: dict[int, int]) -> None:
-        """Tell the lag clock the log time of each partition's last record folded, the
-        last one below its new position (a record held for its schema is not folded);
-        read from the batch's end: a handful of records, not the batch."""
-        left = dict(positions)
-        for record in reversed(records):
-            partition = record.partition()
-            if partition in left and record.offset() < left[partition]:
-                del left[partition]
-                kind, millis = record.timestamp()
-                if kind != TIMESTAMP_NOT_AVAILABLE:
-                    self._lag_clock.folded(partition, millis / 1000)
-                if not left:
-                    return
-
     def _hold(self, consumer: Consumer, held: dict[int, int]) -> None:
         """Stop each partition at the record that waits for its writer schema."""
         for partition, offset in held.items():
@@ -554,42 +493,6 @@ class Projector:
         if ready:
             consumer.resume([TopicPartition(self.topic, p, o) for p, o in ready])
 
-    def _update_lag(self, consumer: Consumer) -> None:
-        """Lag of owned partitions, in records from the watermarks librdkafka cached on its
-        last fetch, and in seconds from the lag clock (`behest.fold.progress`)."""
-        now = time.time()
-        with self._lock:
-            positions = self._metrics.positions
-            lag: dict[int, int] = {}
-            seconds: dict[int, float] = {}
-            for partition in self._assigned:
-                _, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), cached=True
-                )
-                if high >= 0:
-                    lag[partition] = max(high - positions.get(partition, 0), 0)
-                    behind = self._lag_clock.seconds(partition, lag[partition], now)
-                    if behind is not None:
-                        seconds[partition] = behind
-            self._metrics.lag = lag
-            self._metrics.lag_seconds = seconds
-
-    def _beat(self, now: float, started_at: float, *, stopped: bool = False) -> Heartbeat:
-        """This projector's heartbeat as of now (`behest.fold.heartbeat`)."""
-        with self._lock:
-            m = self._metrics
-            return Heartbeat(
-                projection=m.projection,
-                pid=os.getpid(),
-                at=now,
-                started_at=started_at,
-                instance=m.instance_id,
-                stopped=stopped,
-                assigned=m.assigned,
-                lag=dict(m.lag),
-                lag_seconds=dict(m.lag_seconds),
-            )
-
     def _caught_up(self, consumer: Consumer, targets: dict[int, int], *, idle: bool) -> bool:
         """Whether every owned partition is folded up to its target.
 
@@ -597,14 +500,30 @@ class Projector:
         aborted records) never shows them to us; when idle, the consumer's own position,
         which moves past them, settles it.
         """
-        with self._lock:
-            if not self._assigned:
-                return False
-            positions = self._metrics.positions
-            behind = [p for p in self._assigned if positions.get(p, 0) < targets.get(p, 0)]
+        behind = self._progress.behind(targets)
+        if behind is None:
+            return False
         if not behind:
             return True
         if not idle:
             return False
         current = consumer.position([TopicPartition(self.topic, p) for p in behind])
         return all(tp.offset >= targets.get(tp.partition, 0) for tp in current)
+
+
+def _folded_at(records: list[Any], positions: dict[int, int]) -> dict[int, float]:
+    """The log time (Unix s) of each partition's last record folded, the last one below its
+    new position (a record held for its schema is not folded), for the lag clock; read
+    from the batch's end: a handful of records, not the batch."""
+    found: dict[int, float] = {}
+    left = dict(positions)
+    for record in reversed(records):
+        partition = record.partition()
+        if partition in left and record.offset() < left[partition]:
+            del left[partition]
+            kind, millis = record.timestamp()
+            if kind != TIMESTAMP_NOT_AVAILABLE:
+                found[partition] = millis / 1000
+            if not left:
+                break
+    return found

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from behest import avro_compile, codec, writer_schemas
+from behest import avro_reader, avro_writer, codec, writer_schemas
 from behest.errors import CodecError, UnknownSchemaError
 from behest.events import (
     PAYLOAD_TYPES,
@@ -219,12 +219,12 @@ ALL_TYPES = fastavro.parse_schema(
         ],
     }
 )
-READ_ALL = avro_compile.compile_reader(ALL_TYPES)
+READ_ALL = avro_reader.compile_reader(ALL_TYPES)
 ALL_DEFAULTS: dict[str, Any] = {
     "n": None, "b": True, "i": 0, "l": 0, "f": 0.0, "d": 0.0, "y": b"", "s": "", "e": "A",
     "r": {"x": 0}, "again": {"x": 0}, "opt": None, "either": None,
 }  # fmt: skip
-WRITE_ALL = avro_compile.compile_writer(ALL_TYPES)
+WRITE_ALL = avro_writer.compile_writer(ALL_TYPES)
 R = st.fixed_dictionaries({"x": st.integers(-(2**63), 2**63 - 1)})
 ALL_VALUES = st.fixed_dictionaries(
     {
@@ -315,7 +315,7 @@ def test_unsupported_avro_types_fail_at_compile_time() -> None:
         }
     )
     with pytest.raises(NotImplementedError, match="array"):
-        avro_compile.compile_reader(schema)
+        avro_reader.compile_reader(schema)
 
 
 # --- bad input: always CodecError, never another exception, never a hang -------------------------

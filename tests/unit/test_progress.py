@@ -1,11 +1,13 @@
-"""What a projector reports: lag in seconds as defined, and the batch latency histogram."""
+"""What a projector reports: lag in seconds as defined, the batch latency histogram, and
+the bookkeeping its consume loop does through `Progress`."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from behest.fold.progress import BATCH_BUCKETS, BatchLatency, LagClock, ProjectorMetrics
+from behest.fold.engine import BatchResult
+from behest.fold.progress import BATCH_BUCKETS, BatchLatency, LagClock, Progress, ProjectorMetrics
 
 
 def test_lag_seconds_is_zero_when_caught_up_and_unknown_before_any_fold() -> None:
@@ -66,3 +68,52 @@ def test_a_copy_of_the_metrics_does_not_move_with_them() -> None:
     metrics.batch_latency.observe(0.1)
     assert copy.lag == {} and copy.lag_seconds == {}
     assert copy.batch_latency.cumulative()[-1][1] == 0
+
+
+def test_progress_counts_batches_and_measures_lag_of_the_owned_partitions_only() -> None:
+    progress = Progress("run_state", "group", "topic", "instance-1")
+    progress.assigned([1, 0], {0: 5}, rebalance=True)
+    progress.batch(BatchResult(records=4, folded=3, positions={0: 9, 1: 2}), 0.01, {0: 40.0})
+    progress.measure_lag({0: 10, 1: 2, 2: 99}.__getitem__)
+    metrics = progress.copy()
+    assert (metrics.assigned, metrics.assignments) == ((0, 1), 1)
+    assert (metrics.records, metrics.events_folded, metrics.batches) == (4, 3, 1)
+    assert metrics.positions == {0: 9, 1: 2} and progress.position(0) == 9
+    assert metrics.lag == {0: 1, 1: 0}  # partition 2 is not ours
+    assert metrics.lag_seconds[1] == 0.0 and metrics.lag_seconds[0] > 0
+    assert progress.behind({0: 10, 1: 2}) == [0]
+    beat = progress.heartbeat(100.0, 50.0)
+    assert (beat.instance, beat.assigned, beat.lag, beat.stopped) == (
+        "instance-1",
+        (0, 1),
+        {0: 1, 1: 0},
+        False,
+    )
+
+
+def test_a_revocation_clears_what_was_known_of_the_partitions_and_is_counted() -> None:
+    progress = Progress("run_state", "group", "topic", None)
+    progress.assigned([0], {}, rebalance=True)
+    progress.batch(BatchResult(positions={0: 3}), 0.01, {0: 40.0})
+    progress.measure_lag(lambda _: 5)
+    progress.revoked([0], lost=True)
+    metrics = progress.copy()
+    assert (metrics.assigned, metrics.lag, metrics.losses, metrics.revocations) == ((), {}, 1, 0)
+    assert progress.behind({0: 10}) is None  # nothing owned: never caught up
+    progress.assigned([0], {}, rebalance=True)
+    progress.measure_lag(lambda _: 5)
+    assert progress.copy().lag_seconds == {}  # the fold time of before is forgotten
+
+
+def test_a_restart_starts_every_counter_over_but_keeps_who_reports() -> None:
+    progress = Progress("run_state", "group", "topic", "instance-1")
+    progress.writing(2, building=True, fresh=False)
+    progress.batch(BatchResult(records=1, positions={0: 1}), 0.01, {})
+    progress.restart()
+    metrics = progress.copy()
+    assert (metrics.records, metrics.positions, metrics.generation) == (0, {}, None)
+    assert (metrics.projection, metrics.instance_id) == ("run_state", "instance-1")
+    progress.writing(3, building=True, fresh=True)
+    assert progress.building
+    progress.built()
+    assert not progress.building

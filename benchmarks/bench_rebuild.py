@@ -1,6 +1,7 @@
 """A rebuild with one and with two projector workers, beside a raw consume of the same log.
 
     python -m benchmarks.bench_rebuild [--events N] [--repeats R] [--workers 1 [2 ...]]
+    make bench ARGS="--only rebuild"      # 1 and 2 workers, 1M events (200k with --quick)
 
 Fills a topic (runs of 100 events, 4 partitions), then per repeat, interleaved: a raw
 consume of the whole log in a fresh process (bytes only), and, per worker count, that
@@ -8,9 +9,10 @@ many `Projector` processes started together on one fresh state dir in one consum
 (`worker=w<i>`, as `behest node --workers N` runs them), each `run(until_caught_up=True)`.
 A rebuild's time runs from the first worker's `run()` to the last one's return, so group
 joins and rebalances are in it; interpreter start-up and imports are not. Medians.
-Several workers join the group one after another today, so their rebalances (static
-members, seconds each) dominate a small log: until `behest node --workers N` coordinates
-its workers' start, read the 2-worker row with that in mind.
+The workers are dynamic members here: each returns once caught up, and a static member
+that returns would hold its partitions until its session timed out (a node's workers never
+return, so they stay static there). Their joins, one after another, still cost a rebalance
+or two, which weighs on a small log.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from benchmarks.common import (
     CHECKOUT,
     RESULT_MARK,
+    BenchContext,
     Row,
     RunBatch,
     child_main,
@@ -56,6 +59,9 @@ def _worker(args: dict[str, Any]) -> dict[str, Any]:
         bootstrap_servers=args["bootstrap"],
         topic=args["topic"],
         state_dir=Path(args["state_dir"]),
+        # A worker that has caught up returns and leaves: as a dynamic member it leaves the
+        # group at once; a static one would hold its partitions for the session timeout.
+        static_membership=False,
     )
     with Projector(settings, group_id=args["group"], worker=args["worker"]) as projector:
         started = time.time()
@@ -138,6 +144,19 @@ def measure(
         )
         for workers, seconds in rebuilt.items()
     ]
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    """The suite's `rebuild` area: one and two workers against a raw consume, in one run."""
+    events = 200_000 if ctx.quick else EVENTS
+    ctx.log(f"rebuild: {events:,} events with 1 and 2 workers beside a raw consume, x{REPEATS}")
+    topic = ctx.unique("rebuild")
+    create_topic(ctx.bootstrap, topic)
+    try:
+        fill_topic(ctx.bootstrap, topic, [RunBatch(events // 100, 100)])
+        return measure(ctx.bootstrap, topic, events, REPEATS, [1, 2])
+    finally:
+        delete_topic(ctx.bootstrap, topic)
 
 
 def main() -> None:

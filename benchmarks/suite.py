@@ -57,6 +57,7 @@ AREAS = (
     "watch",
     "cluster",
     "workers",
+    "rebuild",
     "scaling",
 )
 """In the order they run."""
@@ -72,6 +73,7 @@ MODULES = {
     "watch": "benchmarks.bench_watch",
     "cluster": "benchmarks.bench_cluster",
     "workers": "benchmarks.bench_workers",
+    "rebuild": "benchmarks.bench_rebuild",
     "scaling": "benchmarks.bench_scaling",
 }
 

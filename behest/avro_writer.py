@@ -160,6 +160,19 @@ def _emit_write(src: Source, node: Any, value: str, ind: int, path: str) -> None
         raise NotImplementedError(f"Avro type {kind!r} ({path}) is not supported by the codec")
 
 
+def _emit_record_branches(
+    src: Source, definitions: dict[int, Any], value: str, ind: int, path: str
+) -> None:
+    """Dispatch on the branch index `i` (bisection): write the index, then `value` as that
+    branch's record."""
+
+    def branch(index: int, at: int) -> None:
+        src.add(at, f"out.append({index << 1})")
+        _emit_write(src, definitions[index], value, at, path)
+
+    emit_tree(src, "i", sorted(definitions), ind, branch)
+
+
 def _emit_write_union(src: Source, branches: list[Any], value: str, ind: int, path: str) -> None:
     """A record branch is chosen by the name in a `(name, fields)` tuple, the null branch
     by None, and the one other branch (if any) by anything else."""
@@ -178,13 +191,7 @@ def _emit_write_union(src: Source, branches: list[Any], value: str, ind: int, pa
     if records and src.classes is not None:  # objects: the branch is the object's class
         classes = src.constant({src.classes[d["name"]]: index for index, d in records})
         src.add(ind, f"i = {classes}.get(type({value}))", "if i is not None:")
-        by_index = dict(records)
-
-        def by_class(index: int, at: int) -> None:
-            src.add(at, f"out.append({index << 1})")
-            _emit_write(src, by_index[index], value, at, path)
-
-        emit_tree(src, "i", sorted(by_index), ind + 1, by_class)
+        _emit_record_branches(src, dict(records), value, ind + 1, path)
         keyword = "elif"
     elif records:
         name, fields = src.local(), src.local()
@@ -198,13 +205,7 @@ def _emit_write_union(src: Source, branches: list[Any], value: str, ind: int, pa
             "    if i is None:",
             f"        _not_a({expected!r}, {name}, {path!r})",
         )
-        definitions = dict(records)
-
-        def branch(index: int, at: int) -> None:
-            src.add(at, f"out.append({index << 1})")
-            _emit_write(src, definitions[index], fields, at, path)
-
-        emit_tree(src, "i", sorted(definitions), ind + 1, branch)
+        _emit_record_branches(src, dict(records), fields, ind + 1, path)
         keyword = "elif"
     if null:
         src.add(ind, f"{keyword} {value} is None:", f"    out.append({null[0][0] << 1})")

@@ -22,6 +22,7 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, Message
 
 from behest.emit.delivery import Delivery
+from behest.errors import ProduceError
 
 __all__ = ["LAZY", "PendingDelivery"]
 
@@ -40,6 +41,7 @@ LAZY: Final = sorted(Future().__dict__) == [
 """`Future` is laid out as this class expects."""
 
 _LOG = logging.getLogger("concurrent.futures")  # where Future logs what a callback raises
+log = logging.getLogger("behest.emit.producer")
 _CREATING = threading.Lock()
 """Held while a condition is made, and while a result is set without one: a thread that
 starts waiting either makes the condition first (and the result is set under it, with a
@@ -47,19 +49,35 @@ notification) or finds the result already set."""
 
 
 class PendingDelivery(Future[Delivery]):
-    """A running `Future[Delivery]`, called by librdkafka with the delivery report."""
+    """A running `Future[Delivery]`, called by librdkafka with the delivery report.
 
-    __slots__ = ("_deliver",)  # kept out of __dict__, which then holds no tracked object
+    The report is turned into the outcome here, in one call: `describe` (the producer's)
+    is only needed when the event was not delivered.
+    """
 
-    def __init__(self, deliver: Callable[[PendingDelivery, KafkaError | None, Message], None]):
+    __slots__ = ("_describe", "_topic")  # kept out of __dict__, which holds no tracked object
+
+    def __init__(self, topic: str, describe: Callable[[KafkaError, bytes | None], str]) -> None:
         # Not Future.__init__: its condition and lists come on first use (below).
         self._state = _RUNNING
         self._result = None
         self._exception = None
-        self._deliver = deliver
+        self._topic = topic
+        self._describe = describe
 
     def __call__(self, error: KafkaError | None, msg: Message) -> None:
-        self._deliver(self, error, msg)
+        if error is None:
+            delivery = Delivery(self._topic, msg.partition(), msg.offset())  # type: ignore[arg-type]
+            with _CREATING:  # `set_result`, inline: the path of every delivered event
+                if "_lazy_condition" not in self.__dict__ and self._state == _RUNNING:
+                    self._result = delivery
+                    self._state = _FINISHED
+                    return
+            self.set_result(delivery)
+            return
+        reason = self._describe(error, msg.key())
+        log.warning("event not delivered: %s", reason)  # also seen if nobody checks
+        self.set_exception(ProduceError(reason))
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]

@@ -147,7 +147,7 @@ class EventProducer:
         future: Future[Delivery]
         if LAZY:  # one object per event in flight: the future is its own callback
             future = PendingDelivery(self.topic, self._describe_error)
-            on_delivery: Callable[[Any, Message], None] = future  # type: ignore[assignment]
+            on_delivery: Callable[[Any, Message], None] = future
         else:
             future = Future()
             future.set_running_or_notify_cancel()  # a queued event cannot be taken back

@@ -55,7 +55,8 @@ class PendingDelivery(Future[Delivery]):
     is only needed when the event was not delivered.
     """
 
-    __slots__ = ("_describe", "_topic")  # kept out of __dict__, which holds no tracked object
+    # Slots, not __dict__: reading `__dict__` would make a dict object per future.
+    __slots__ = ("_describe", "_lazy_callbacks", "_lazy_condition", "_lazy_waiters", "_topic")
 
     def __init__(self, topic: str, describe: Callable[[KafkaError, bytes | None], str]) -> None:
         # Not Future.__init__: its condition and lists come on first use (below).
@@ -64,12 +65,13 @@ class PendingDelivery(Future[Delivery]):
         self._exception = None
         self._topic = topic
         self._describe = describe
+        self._lazy_condition: threading.Condition | None = None
 
     def __call__(self, error: KafkaError | None, msg: Message) -> None:
         if error is None:
             delivery = Delivery(self._topic, msg.partition(), msg.offset())  # type: ignore[arg-type]
             with _CREATING:  # `set_result`, inline: the path of every delivered event
-                if "_lazy_condition" not in self.__dict__ and self._state == _RUNNING:
+                if self._lazy_condition is None and self._state == _RUNNING:
                     self._result = delivery
                     self._state = _FINISHED
                     return
@@ -81,27 +83,29 @@ class PendingDelivery(Future[Delivery]):
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        condition = self.__dict__.get("_lazy_condition")
+        condition = self._lazy_condition
         if condition is None:
             with _CREATING:
-                condition = self.__dict__.get("_lazy_condition")
-                if condition is None:
-                    condition = self.__dict__["_lazy_condition"] = threading.Condition()
+                condition = self._lazy_condition
+                if condition is None:  # the lists first: a condition promises them
+                    self._lazy_waiters: list[Any] = []
+                    self._lazy_callbacks: list[Any] = []
+                    condition = self._lazy_condition = threading.Condition()
         return condition
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
-        waiters: list[Any] = self.__dict__.setdefault("_lazy_waiters", [])
-        return waiters
+        _ = self._condition  # made with it
+        return self._lazy_waiters
 
     @property
     def _done_callbacks(self) -> list[Any]:
-        callbacks: list[Any] = self.__dict__.setdefault("_lazy_callbacks", [])
-        return callbacks
+        _ = self._condition
+        return self._lazy_callbacks
 
     def set_result(self, result: Delivery) -> None:
         with _CREATING:
-            lazy = "_lazy_condition" not in self.__dict__  # nobody waits, nothing to call
+            lazy = self._lazy_condition is None  # nobody waits, nothing to call
             if lazy and self._state == _RUNNING:
                 self._result = result
                 self._state = _FINISHED
@@ -112,7 +116,7 @@ class PendingDelivery(Future[Delivery]):
 
     def set_exception(self, exception: BaseException | None) -> None:
         with _CREATING:
-            lazy = "_lazy_condition" not in self.__dict__
+            lazy = self._lazy_condition is None
             if lazy and self._state == _RUNNING:
                 self._exception = exception
                 self._state = _FINISHED

@@ -16,6 +16,7 @@ from functools import partial
 from confluent_kafka import KafkaError, Message
 
 from behest.emit.delivery import Delivery
+from behest.emit.records import Record
 from behest.errors import ProduceError
 
 __all__ = ["BatchDelivery"]
@@ -48,15 +49,15 @@ class BatchDelivery:
     def __init__(
         self,
         topic: str,
-        values: Sequence[bytes | None],
+        records: Sequence[Record],
         describe: Callable[[KafkaError, bytes | None], str],
     ) -> None:
         self.topic = topic
-        self.total = total = len(values)
+        self.total = total = len(records)
         self.describe = describe
         self.future: Future[list[Delivery]] = Future()
         self.future.set_running_or_notify_cancel()
-        index_of = {value: index for index, value in enumerate(values)}
+        index_of = {record[1]: index for index, record in enumerate(records)}
         self.index_of = index_of if len(index_of) == total else None
         self.partitions = [-1] * total
         self.offsets = [-1] * total
@@ -71,8 +72,16 @@ class BatchDelivery:
         return (partial(self.on_delivery_at, index) for index in range(self.total))
 
     def on_delivery(self, error: KafkaError | None, msg: Message) -> None:
-        """Delivery report of one of the batch's events (a librdkafka callback)."""
-        self.on_delivery_at(self.index_of[msg.value()], error, msg)  # type: ignore[index]
+        """Delivery report of one of the batch's events (a librdkafka callback): the
+        common case in one call, the event found by its bytes."""
+        if error is not None:
+            self.on_delivery_at(self.index_of[msg.value()], error, msg)  # type: ignore[index]
+            return
+        index = self.index_of[msg.value()]  # type: ignore[index]
+        self.partitions[index] = msg.partition()  # type: ignore[assignment]
+        self.offsets[index] = msg.offset()  # type: ignore[assignment]
+        if next(self.done) == self.total:
+            self.finish()
 
     def on_delivery_at(self, index: int, error: KafkaError | None, msg: Message) -> None:
         """Delivery report of the `index`-th event (a librdkafka callback: must not raise)."""

@@ -28,11 +28,12 @@ from aiokafka.errors import KafkaError
 
 from behest.config import Settings
 from behest.emit.aiokafka_config import aiokafka_config
+from behest.emit.batch import positions
 from behest.emit.delivery import Delivery
 from behest.emit.failures import describe_aiokafka_error
 from behest.emit.partitioner import JavaPartitioner
 from behest.emit.recorder import AsyncRunRecorder
-from behest.emit.records import KeyedEncoder, Record, check_event
+from behest.emit.records import DEFAULT_MAX_BYTES, KeyedEncoder, Record, check_event, check_sizes
 from behest.emit.schemas import Publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
@@ -54,7 +55,16 @@ class _Item:
     per record: an event's position in the item is its token, so a single event costs its
     future and its record, no object of its own)."""
 
-    __slots__ = ("deliveries", "future", "futures", "headers", "pending", "records", "settled")
+    __slots__ = (
+        "deliveries",
+        "failure",
+        "future",
+        "futures",
+        "headers",
+        "pending",
+        "records",
+        "settled",
+    )
 
     def __init__(
         self,
@@ -71,6 +81,24 @@ class _Item:
         self.deliveries: list[Delivery | None] | None = [None] * count if many else None
         self.pending = count
         self.settled = bytearray(count)
+        self.failure: str | None = None  # a batch's first failure
+
+    def finish(self) -> None:
+        """Every record of a batch has its outcome: resolve its future."""
+        future = self.future
+        if future is None or future.done():  # (cancelled by its caller)
+            return
+        if self.failure is None:
+            future.set_result(self.deliveries)
+            return
+        failed = tuple(i for i, delivery in enumerate(self.deliveries or ()) if delivery is None)
+        future.set_exception(
+            ProduceError(
+                f"{len(failed)} of {len(self.records)} events were not delivered (positions "
+                f"{positions(failed)} in the batch): {self.failure}",
+                failed,
+            )
+        )
 
 
 class AsyncEventProducer:
@@ -94,6 +122,8 @@ class AsyncEventProducer:
         self.topic = topic or self.settings.topic
         self.config = aiokafka_config(self.settings, overrides)
         self.delivery_timeout = int(self.config["request_timeout_ms"]) / 1000
+        self.max_bytes = int(self.config.get("max_request_size", DEFAULT_MAX_BYTES))
+        """The largest event (key + value) `emit` sends; a larger one raises `ProduceError`."""
         self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._queue: deque[_Item] = deque()
         self._client: AIOKafkaProducer | None = None
@@ -184,6 +214,8 @@ class AsyncEventProducer:
         """Queue one event (call from the producer's loop); the future resolves to where
         Kafka stored it, or to a `ProduceError` after the delivery timeout."""
         record = self._encode(event if isinstance(event, AgentEvent) else check_event(event))
+        if len(record[0]) + len(record[1]) > self.max_bytes:  # type: ignore[arg-type]
+            check_sizes([record], self.max_bytes)
         return self._enqueue_one(record)
 
     def emit_many(self, events: Iterable[AgentEvent]) -> asyncio.Future[list[Delivery]]:
@@ -196,6 +228,7 @@ class AsyncEventProducer:
             encode(event if isinstance(event, AgentEvent) else check_event(event))
             for event in events
         ]
+        check_sizes(records, self.max_bytes)
         loop = self._ready()
         future: asyncio.Future[list[Delivery]] = loop.create_future()
         if not records:
@@ -402,12 +435,9 @@ class AsyncEventProducer:
                 if not future.done():  # (cancelled by its caller)
                     future.set_result(Delivery(topic, partition, at))
                 continue
-            future = item.future  # type: ignore[assignment] # a batch's
-            if future.done():  # failed already, or cancelled by its caller
-                continue
             item.deliveries[index] = Delivery(topic, partition, at)  # type: ignore[index]
             if item.pending == 0:
-                future.set_result(item.deliveries)
+                item.finish()
         self._outstanding -= settled
         if self._outstanding == 0:
             self._idle.set()
@@ -470,17 +500,12 @@ class AsyncEventProducer:
                 else:
                     single.set_exception(ProduceError(error))
             return
-        future = item.future
-        if future is None or future.done():
-            return
-        if error is not None:
-            future.set_exception(
-                ProduceError(f"not every event of the batch was delivered: {error}")
-            )
-            return
-        item.deliveries[index] = delivery  # type: ignore[index]
+        if error is None:
+            item.deliveries[index] = delivery  # type: ignore[index]
+        elif item.failure is None:
+            item.failure = error
         if item.pending == 0:
-            future.set_result(item.deliveries)
+            item.finish()
 
     def _fail(self, item: _Item, reason: str) -> None:
         """Fail every record of an item that has no outcome yet."""

@@ -19,7 +19,7 @@ from behest.emit.delivery import Delivery
 from behest.emit.records import Record
 from behest.errors import ProduceError
 
-__all__ = ["BatchDelivery"]
+__all__ = ["BatchDelivery", "positions"]
 
 log = logging.getLogger("behest.emit.producer")
 
@@ -103,12 +103,21 @@ class BatchDelivery:
     def finish(self) -> None:
         self.index_of = None  # the values are no longer needed
         if self.failure is not None:
-            failed = self.offsets.count(-1)
-            reason = f"{failed} of {self.total} events were not delivered: {self.failure}"
+            failed = tuple(i for i, partition in enumerate(self.partitions) if partition < 0)
+            reason = (
+                f"{len(failed)} of {self.total} events were not delivered (positions "
+                f"{positions(failed)} in the batch): {self.failure}"
+            )
             log.warning("%s", reason)  # also seen if nobody checks the future
-            self.future.set_exception(ProduceError(reason))
+            self.future.set_exception(ProduceError(reason, failed))
             return
         topic = self.topic
         self.future.set_result(
             [Delivery(topic, p, o) for p, o in zip(self.partitions, self.offsets, strict=True)]
         )
+
+
+def positions(indexes: tuple[int, ...], shown: int = 10) -> str:
+    """`0, 3, 4` or `0, 3, 4, … (12 more)`: the failed positions of a batch, for messages."""
+    text = ", ".join(map(str, indexes[:shown]))
+    return f"{text}, … ({len(indexes) - shown} more)" if len(indexes) > shown else text

@@ -33,7 +33,7 @@ from behest.emit.delivery import Delivery
 from behest.emit.failures import describe_error
 from behest.emit.pending import LAZY, PendingDelivery
 from behest.emit.recorder import RunRecorder
-from behest.emit.records import KeyedEncoder, Record, check_event
+from behest.emit.records import DEFAULT_MAX_BYTES, KeyedEncoder, Record, check_event, check_sizes
 from behest.emit.schemas import Publication
 from behest.errors import ConfigError, ProduceError
 from behest.events import AgentEvent
@@ -99,6 +99,8 @@ class EventProducer:
             **(overrides or {}),
         }
         self.delivery_timeout = self._delivery_timeout_s(self.config)
+        self.max_bytes = int(self.config.get("message.max.bytes", DEFAULT_MAX_BYTES))
+        """The largest event (key + value) `emit` sends; a larger one raises `ProduceError`."""
         self._last_error: KafkaError | None = None
         try:
             self._producer = Producer(
@@ -141,6 +143,8 @@ class EventProducer:
         key, value, timestamp = self._encode(
             event if isinstance(event, AgentEvent) else check_event(event)
         )
+        if len(value) + len(key) > self.max_bytes:  # type: ignore[arg-type] # not a tombstone
+            check_sizes([(key, value, timestamp)], self.max_bytes)
         if self._closed:
             raise ProduceError("the producer is closed; create a new EventProducer")
         self._emitted = True
@@ -174,6 +178,7 @@ class EventProducer:
             encode(event if isinstance(event, AgentEvent) else check_event(event))
             for event in events
         ]
+        check_sizes(records, self.max_bytes)
         self._emitted = True
         batch = BatchDelivery(self.topic, records, self._describe_error)
         if not records:
@@ -204,7 +209,8 @@ class EventProducer:
             batch.fail(rest, str(error))
         raise ProduceError(
             f"queued {index} of {batch.total} events, then: {error} (the queued ones are "
-            "still delivered; the batch's future reports the rest as failed)"
+            "still delivered; the batch's future reports the rest as failed)",
+            tuple(range(index, batch.total)),
         ) from None
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> Future[Delivery]:

@@ -1,9 +1,12 @@
 """Types of the compiled Avro codec (behest/_cavro.c); see behest.avro_program."""
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 VERSION: int
+
+def micros(moment: datetime, epoch: datetime, unit: timedelta, /) -> int: ...
 
 class Program:
     def __init__(
@@ -12,6 +15,7 @@ class Program:
         error: type[Exception],
         json_fits: Callable[[str], bool] | None = None,
         slow_check: Callable[[Any], None] | None = None,
+        uuid_text: Callable[[Any], str] | None = None,
     ) -> None: ...
     def decode(self, data: bytes | bytearray | memoryview, pos: int, /) -> Any: ...
     def decode_checked(self, data: bytes | bytearray | memoryview, pos: int, /) -> Any: ...

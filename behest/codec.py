@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from io import BytesIO
 from typing import Any, cast
 
@@ -151,13 +152,14 @@ def use_compiled(enabled: bool = True) -> bool:
     True if the compiled one now runs. Both give the same records, bytes and errors (the
     tests run under each); at import, the compiled one is chosen unless
     `BEHEST_PURE_PYTHON=1`."""
-    global _read_current, _read_checked, _encode_current, _encode_event
+    global _read_current, _read_checked, _encode_current, _encode_event, _micros
     if enabled and _PROGRAM is not None and _EVENT_PROGRAM is not None:
         _read_current, _read_checked = _PROGRAM.decode, _PROGRAM.decode_checked
         _encode_current, _encode_event = _PROGRAM.encode, _EVENT_PROGRAM.encode
+        _micros = avro_program.micros
         return True
     _read_current, _read_checked, _encode_current = _py_read, _py_read_checked, _py_encode
-    _encode_event = _py_encode_event
+    _encode_event, _micros = _py_encode_event, _py_micros
     return False
 
 
@@ -328,7 +330,17 @@ _write_event: Callable[[bytearray, AgentEvent, str, int], None] = compile_object
 )
 """Writes an `AgentEvent` straight from the models' attributes (no plain record in
 between); `_EVENT_PROGRAM` is the same in C."""
-_EVENT_PROGRAM = avro_program.load(CURRENT.parsed, classes=_CLASSES, sources=_SOURCES)
+_EVENT_PROGRAM = avro_program.load(
+    CURRENT.parsed, classes=_CLASSES, sources=_SOURCES, uuid_text=_uuid_text
+)
+
+
+def _py_micros(moment: datetime, epoch: datetime, unit: timedelta) -> int:
+    return (moment - epoch) // unit
+
+
+_micros: Callable[[datetime, datetime, timedelta], int] = _py_micros
+"""`(moment - EPOCH) // MICROSECOND`, in C when compiled (a third of encode's time)."""
 
 
 def _py_encode_event(prefix: bytes, event: AgentEvent, run_text: str, micros: int) -> bytes:
@@ -355,7 +367,7 @@ def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
     key records by the run id's text (`run_text`, cached per run, saves converting it
     twice) and stamp them with the event's time (computed once here)."""
     try:
-        micros = (event.timestamp - EPOCH) // MICROSECOND
+        micros = _micros(event.timestamp, EPOCH, MICROSECOND)
         return _encode_event(_CURRENT_HEADER, event, run_text, micros), micros
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
@@ -364,7 +376,8 @@ def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
 def _encode(prefix: bytes, event: AgentEvent) -> bytes:
     try:
         run_text = _uuid_text(event.run_id)
-        return _encode_event(prefix, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
+        micros = _micros(event.timestamp, EPOCH, MICROSECOND)
+        return _encode_event(prefix, event, run_text, micros)
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
 

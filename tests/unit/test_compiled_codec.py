@@ -10,7 +10,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fastavro
 import pytest
@@ -29,6 +32,7 @@ from behest.events import (
     UsageRecorded,
 )
 from behest.record_checks import FIELD_CHECKS, check_record, json_fits
+from behest.times import EPOCH, MICROSECOND
 from tests.unit import strategies
 from tests.unit.test_codec import ALL_DEFAULTS, ALL_TYPES, ALL_VALUES, _constructed
 
@@ -55,7 +59,7 @@ PY_WRITE = avro_writer.compile_writer(codec.CURRENT.parsed)
 ALL_PROGRAM = avro_program.load(ALL_TYPES)
 ALL_READ = avro_reader.compile_reader(ALL_TYPES)
 ALL_WRITE = avro_writer.compile_writer(ALL_TYPES)
-assert PROGRAM is not None and ALL_PROGRAM is not None
+assert PROGRAM is not None and ALL_PROGRAM is not None, avro_program.unavailable_reason()
 
 
 def shape(value: Any) -> Any:
@@ -170,6 +174,80 @@ def test_events_that_cannot_be_encoded_fail_alike(changes: dict[str, Any]) -> No
     event = _constructed(**changes)
     assert encode_outcome(True, event) == encode_outcome(False, event)
     assert encode_outcome(True, event)[0] == "CodecError"
+
+
+@pytest.mark.parametrize("number", [0, 1, 2**64 - 1, 2**64, 2**127, 2**128 - 1])
+def test_uuids_are_written_as_pydantic_writes_them(number: int) -> None:
+    """C formats a uuid.UUID's text itself; pydantic's serializer is the reference."""
+    event = _constructed(event_id=uuid.UUID(int=number))
+    assert encode_outcome(True, event) == encode_outcome(False, event)
+    assert str(uuid.UUID(int=number)).encode() in codec.encode(event)
+
+
+class Shifted(tzinfo):
+    """A tzinfo of a fixed offset that is not datetime.timezone (its utcoffset is called)."""
+
+    def __init__(self, offset: timedelta | None) -> None:
+        self.offset = offset
+
+    def utcoffset(self, moment: datetime | None) -> timedelta | None:
+        return self.offset
+
+
+def _daylight_saving() -> list[tzinfo]:
+    """A zone whose offset depends on the time and `fold`, where the machine has tzdata."""
+    try:
+        return [ZoneInfo("America/New_York")]
+    except ZoneInfoNotFoundError:
+        return []
+
+
+ZONES = st.sampled_from(
+    [
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(-timedelta(hours=23, minutes=59)),
+        *_daylight_saving(),
+        Shifted(timedelta(minutes=-90)),
+        Shifted(timedelta(microseconds=7)),
+    ]
+)
+
+
+def micros_outcome(compute: Any, moment: Any, epoch: Any = EPOCH, unit: Any = MICROSECOND) -> Any:
+    try:
+        return ("value", compute(moment, epoch, unit))
+    except (TypeError, ValueError, OverflowError) as error:
+        return (type(error).__name__, str(error))
+
+
+def python_micros(moment: Any, epoch: Any, unit: Any) -> Any:
+    return (moment - epoch) // unit
+
+
+@settings(RELAXED, max_examples=500)
+@given(moment=st.datetimes(timezones=ZONES), fold=st.integers(0, 1))
+def test_micros_of_aware_times_are_pythons(moment: datetime, fold: int) -> None:
+    moment = moment.replace(fold=fold)
+    assert micros_outcome(avro_program.micros, moment) == micros_outcome(python_micros, moment)
+
+
+@pytest.mark.parametrize(
+    ("moment", "epoch", "unit"),
+    [
+        (datetime(2026, 1, 1), EPOCH, MICROSECOND),  # noqa: DTZ001 -- naive: TypeError
+        (datetime(2026, 1, 1, tzinfo=Shifted(None)), EPOCH, MICROSECOND),
+        (datetime(2026, 1, 1, tzinfo=Shifted(timedelta(hours=24))), EPOCH, MICROSECOND),
+        (datetime(2026, 1, 1, tzinfo=UTC), EPOCH, timedelta(milliseconds=1)),
+        (datetime(2026, 1, 1, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC), MICROSECOND),
+        (datetime.min.replace(tzinfo=UTC), EPOCH, MICROSECOND),
+        (datetime.max.replace(tzinfo=UTC), EPOCH, MICROSECOND),
+        ("2026-01-01", EPOCH, MICROSECOND),
+    ],
+)
+def test_micros_of_anything_else_are_pythons(moment: Any, epoch: Any, unit: Any) -> None:
+    expected = micros_outcome(python_micros, moment, epoch, unit)
+    assert micros_outcome(avro_program.micros, moment, epoch, unit) == expected
 
 
 def test_values_of_the_wrong_type_fail_alike() -> None:

@@ -7,12 +7,13 @@ Fills a topic (runs of 100 events, 4 partitions), then per repeat, interleaved: 
 consume of the whole log in a fresh process (bytes only), and, per worker count, that
 many `Projector` processes started together on one fresh state dir in one consumer group
 (`worker=w<i>`, as `behest node --workers N` runs them), each `run(until_caught_up=True)`.
-A rebuild's time runs from the first worker's `run()` to the last one's return, so group
-joins and rebalances are in it; interpreter start-up and imports are not. Medians.
-The workers are dynamic members here: each returns once caught up, and a static member
-that returns would hold its partitions until its session timed out (a node's workers never
-return, so they stay static there). Their joins, one after another, still cost a rebalance
-or two, which weighs on a small log.
+The workers wait for each other before they join, as a node's do. A rebuild's time runs
+from the first worker's `run()` to the last one's return, so group joins and rebalances
+are in it; interpreter start-up and imports are not. Medians. The workers are dynamic
+members here: each returns once caught up, and a static member that returns would hold its
+partitions until its session timed out (a node's workers never return, so they stay static
+there). In `make bench` the topic is the scaling curves' 1M-event log, and the 2-worker
+rebuilds are points of their 2-worker curve too (with each worker's peak RSS).
 """
 
 from __future__ import annotations
@@ -65,10 +66,21 @@ def _worker(args: dict[str, Any]) -> dict[str, Any]:
         static_membership=False,
     )
     with Projector(settings, group_id=args["group"], worker=args["worker"]) as projector:
+        _join_together(Path(args["ready"]), args["worker"], args["workers"])
         started = time.time()
         metrics = projector.run(until_caught_up=True)
         ended = time.time()
     return {"started": started, "ended": ended, "events": metrics.events_folded}
+
+
+def _join_together(ready: Path, worker: str, workers: int) -> None:
+    """Wait until every worker of the rebuild is ready to join, as a node's workers do
+    (`behest.cluster.node`): interpreter start-ups differ, and the first to join alone
+    would fold every partition until it heard of the others (a heartbeat later)."""
+    (ready / worker).touch()
+    deadline = time.monotonic() + 60
+    while sum(1 for _ in ready.iterdir()) < workers and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ def rebuild_once(bootstrap: str, topic: str, events: int, workers: int) -> Rebui
     """`workers` processes folding the whole topic into one fresh state dir."""
     state_dir = Path(tempfile.mkdtemp(prefix="behest-bench-rebuild-"))
     group = f"bench-rebuild-{uuid.uuid4().hex[:8]}"
+    ready = Path(tempfile.mkdtemp(prefix="behest-bench-ready-"))
     try:
         children = [
             subprocess.Popen(
@@ -98,6 +111,8 @@ def rebuild_once(bootstrap: str, topic: str, events: int, workers: int) -> Rebui
                             "state_dir": str(state_dir),
                             "group": group,
                             "worker": f"w{i}",
+                            "workers": workers,
+                            "ready": str(ready),
                         }
                     ),
                 ],
@@ -117,6 +132,7 @@ def rebuild_once(bootstrap: str, topic: str, events: int, workers: int) -> Rebui
             results.append(json.loads(marked[-1][len(RESULT_MARK) :]))
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(ready, ignore_errors=True)
     folded = sum(r["events"] for r in results)
     if folded < events:
         raise RuntimeError(f"{workers} workers folded {folded:,} of {events:,} events")

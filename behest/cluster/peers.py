@@ -75,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self.received = False
         self.framed = False
         self.timed_out = False
+        self.keep_alive = False
         self.head_done = False
         self.done = False
         self.error: PeerError | None = None
@@ -143,6 +144,7 @@ class _Connection(asyncio.Protocol):
         if self.done:
             return
         self.done = True
+        self.keep_alive = self._keeps_alive()  # the parser forgets it once this returns
         self._cancel_timer()
         self._wake()
 
@@ -156,7 +158,8 @@ class _Connection(asyncio.Protocol):
         self.headers = []
         self.chunks.clear()
         self.buffered = 0
-        self.received = self.framed = self.timed_out = self.head_done = self.done = False
+        self.received = self.framed = self.timed_out = self.keep_alive = False
+        self.head_done = self.done = False
         self.error = None
         if timeout is not None:
             loop = asyncio.get_running_loop()
@@ -197,7 +200,7 @@ class _Connection(asyncio.Protocol):
         return chunk
 
     def reusable(self) -> bool:
-        return self.done and not self.closed and self.error is None and self._keeps_alive()
+        return self.done and self.keep_alive and not self.closed and self.error is None
 
     def _keeps_alive(self) -> bool:
         try:

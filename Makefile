@@ -8,7 +8,10 @@ STAMP  := $(VENV)/.installed-stamp
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py builds the compiled codec (behest/_cavro.c) in place: a changed C file rebuilds it
+CODEC_C := setup.py behest/_cavro.c
+
+$(STAMP): pyproject.toml $(CODEC_C)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[server,test]'
@@ -55,11 +58,11 @@ integration: venv
 bench: .venv-bench/.installed-stamp
 	.venv-bench/bin/python -m benchmarks $(ARGS)
 
-.venv-bench/.installed-stamp: pyproject.toml
+.venv-bench/.installed-stamp: pyproject.toml $(CODEC_C)
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet --upgrade pip
 	.venv-bench/bin/python -m pip install --quiet -e '.[server,test,peers]'
 	touch $@
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build behest/*.so

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     )
     from behest.fold.projection import Projection
     from behest.fold.projector import Projector
+    from behest.read.feed import RunDeleted
     from behest.read.projection_query import ProjectionQuery
     from behest.read.query import RunStateQuery
     from behest.watching import RunUpdate
@@ -110,6 +111,7 @@ _ORIGIN: dict[str, str] = {
     "QueryError": "behest.errors",
     "RunCancelled": "behest.events",
     "RunCompleted": "behest.events",
+    "RunDeleted": "behest.read.feed",
     "RunFailed": "behest.events",
     "RunId": "behest.events",
     "RunNotFoundError": "behest.errors",
@@ -175,6 +177,7 @@ __all__ = [
     "QueryError",
     "RunCancelled",
     "RunCompleted",
+    "RunDeleted",
     "RunFailed",
     "RunId",
     "RunNotFoundError",

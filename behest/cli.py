@@ -47,6 +47,9 @@ def _print_version(asked: bool) -> None:
             typer.echo(f"behest {version('behest')}")
         except PackageNotFoundError:  # a source checkout that was never installed
             typer.echo("behest 0+unknown")
+        from behest.codec import implementation
+
+        typer.echo(f"codec: {implementation()}")
         raise typer.Exit()
 
 

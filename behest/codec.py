@@ -15,12 +15,15 @@ reasons are plain strings), and JSON-valued fields stay JSON text. JSON text fol
 orjson: integers beyond 64 bits cannot be encoded, and non-finite floats become `null`.
 
 Speed: fastavro interprets the schema for every event. The projector's hot path
-decodes millions of events, so the current schema is compiled, once, into straight-line
-Python functions (`behest.avro_reader`, `behest.avro_writer`), about twice as fast;
-events written under an older schema take fastavro's schema resolution.
+decodes millions of events, so the current schema is compiled, once: into a program for
+the C extension `behest._cavro` (`behest.avro_program`, several times faster again) when
+it is built, else into straight-line Python functions (`behest.avro_reader`,
+`behest.avro_writer`), about twice as fast as fastavro. Both give the same records, bytes
+and errors; `implementation()` says which one runs, `BEHEST_PURE_PYTHON=1` forces the
+Python one. Events written under an older schema take fastavro's schema resolution.
 
 What the model demands beyond the schema is checked by `check_record`
-(`behest.record_checks`).
+(`behest.record_checks`); `decode_checked` decodes and checks in one call (fused in C).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import fastavro
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from behest import avro_program
 from behest.avro_reader import compile_decoder
 from behest.avro_writer import compile_object_writer, compile_writer
 from behest.errors import CodecError
@@ -48,7 +52,13 @@ from behest.events import (
     ToolExecutionSuccess,
     UnknownFinishReason,
 )
-from behest.record_checks import MAX_JSON_DEPTH, check_record, json_value
+from behest.record_checks import (
+    FIELD_CHECKS,
+    MAX_JSON_DEPTH,
+    check_record,
+    json_fits,
+    json_value,
+)
 from behest.times import EPOCH, MICROSECOND
 from behest.writer_schemas import (
     CURRENT,
@@ -83,15 +93,18 @@ __all__ = [
     "check_record",
     "decode",
     "decode_body",
+    "decode_checked",
     "decode_record",
     "encode",
     "encode_body",
     "encode_record",
     "encode_stamped",
     "header_fingerprint",
+    "implementation",
     "on_published_schema",
     "schema_fingerprint",
     "to_event",
+    "use_compiled",
     "writer_schema",
 ]
 
@@ -106,10 +119,54 @@ def header_fingerprint(data: bytes | None) -> bytes | None:
     return bytes(data[2:HEADER_SIZE])
 
 
-_read_current: Callable[[bytes, int], EventRecord] = compile_decoder(CURRENT.parsed)
-_write_current = compile_writer(CURRENT.parsed)
 _CURRENT_HEADER = MAGIC + CURRENT.fingerprint
 _ENCODE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, OverflowError, struct.error)
+
+# --- the two implementations of the current schema: compiled (C) and generated Python ---------
+
+_py_read = compile_decoder(CURRENT.parsed)
+_py_write = compile_writer(CURRENT.parsed)
+
+
+def _py_encode(prefix: bytes, record: EventRecord) -> bytes:
+    out = bytearray(prefix)
+    _py_write(out, record)
+    return bytes(out)
+
+
+def _py_read_checked(data: bytes, offset: int) -> EventRecord:
+    record: EventRecord = _py_read(data, offset)
+    check_record(record)
+    return record
+
+
+_PROGRAM = avro_program.load(CURRENT.parsed, FIELD_CHECKS, json_fits, check_record)
+_read_current: Callable[[bytes, int], EventRecord] = _py_read
+_read_checked: Callable[[bytes, int], EventRecord] = _py_read_checked
+_encode_current: Callable[[bytes, EventRecord], bytes] = _py_encode
+
+
+def use_compiled(enabled: bool = True) -> bool:
+    """Run the compiled codec (if `enabled` and it is built) or the generated Python;
+    True if the compiled one now runs. Both give the same records, bytes and errors (the
+    tests run under each); at import, the compiled one is chosen unless
+    `BEHEST_PURE_PYTHON=1`."""
+    global _read_current, _read_checked, _encode_current, _encode_event
+    if enabled and _PROGRAM is not None and _EVENT_PROGRAM is not None:
+        _read_current, _read_checked = _PROGRAM.decode, _PROGRAM.decode_checked
+        _encode_current, _encode_event = _PROGRAM.encode, _EVENT_PROGRAM.encode
+        return True
+    _read_current, _read_checked, _encode_current = _py_read, _py_read_checked, _py_encode
+    _encode_event = _py_encode_event
+    return False
+
+
+def implementation() -> str:
+    """Which codec decodes and encodes the current schema, and why (for `--version`)."""
+    if _read_current is not _py_read:
+        return "compiled (C extension behest._cavro)"
+    reason = avro_program.unavailable_reason() or "switched off by use_compiled(False)"
+    return f"generated Python ({reason})"
 
 
 # --- bytes ↔ EventRecord ----------------------------------------------------------------------
@@ -117,12 +174,10 @@ _ENCODE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, OverflowError
 
 def encode_record(record: EventRecord) -> bytes:
     """Single-object encoding of a plain record (the shape `decode_record` returns)."""
-    out = bytearray(_CURRENT_HEADER)
     try:
-        _write_current(out, record)
+        return _encode_current(_CURRENT_HEADER, record)
     except _ENCODE_ERRORS as error:
         raise CodecError(f"cannot encode record: {type(error).__name__}: {error}") from None
-    return bytes(out)
 
 
 def writer_schema(data: bytes) -> SchemaVersion:
@@ -149,6 +204,21 @@ def decode_record(data: bytes) -> EventRecord:
         except (IndexError, UnicodeDecodeError) as error:
             raise _corrupt(data, error) from None
     return decode_body(data, writer_schema(data), HEADER_SIZE)
+
+
+def decode_checked(data: bytes) -> EventRecord:
+    """`decode_record` then `check_record`, in one pass when compiled: the record, or
+    CodecError (corrupt bytes, or a record the model would refuse), as the two would."""
+    if type(data) is not bytes:
+        data = _as_bytes(data)
+    if data[:HEADER_SIZE] == _CURRENT_HEADER:
+        try:
+            return _read_checked(data, HEADER_SIZE)
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
+    record = decode_body(data, writer_schema(data), HEADER_SIZE)
+    check_record(record)
+    return record
 
 
 def _as_bytes(data: object) -> bytes:
@@ -225,61 +295,78 @@ _ENCODED_RECORDS: tuple[type, ...] = (
     ToolExecutionFailure,
     UnknownFinishReason,
 )
-_UUID, _JSON = "_uuid_text({0}.{1})", "_json_text({0}.{1})"
+_CLASSES = {f"{NAMESPACE}.{cls.__name__}": cls for cls in _ENCODED_RECORDS}
+_PARAMS = ("run_text", "micros")
+_FIELD_SOURCES: dict[str, avro_program.Source] = {
+    "AgentEvent.event_id": _uuid_text,
+    "AgentEvent.run_id": _PARAMS.index("run_text"),
+    "AgentEvent.timestamp": _PARAMS.index("micros"),
+    "RunStarted.session_id": _uuid_text,
+    "RunStarted.metadata": _json_text,
+    "ToolCall.arguments": _json_text,
+    "ToolExecutionSuccess.output": _json_text,
+    "AssistantMessageCommitted.message_id": _uuid_text,
+    "ToolMessageCommitted.message_id": _uuid_text,
+}
+_SOURCES = {f"{NAMESPACE}.{field}": source for field, source in _FIELD_SOURCES.items()}
+"""Where an `AgentEvent`'s writer takes a record field: a model field is the record field
+of the same name, except these: converted by a function, or an argument of the writer."""
+
+
+def _expression(source: avro_program.Source) -> str:
+    if isinstance(source, int):
+        return _PARAMS[source]
+    return f"{getattr(source, '__name__', '')}({{0}}.{{1}})"
+
+
 _write_event: Callable[[bytearray, AgentEvent, str, int], None] = compile_object_writer(
     CURRENT.parsed,
-    classes={f"{NAMESPACE}.{cls.__name__}": cls for cls in _ENCODED_RECORDS},
-    fields={
-        f"{NAMESPACE}.{field}": expression
-        for field, expression in {
-            "AgentEvent.event_id": _UUID,
-            "AgentEvent.run_id": "run_text",
-            "AgentEvent.timestamp": "micros",
-            "RunStarted.session_id": _UUID,
-            "RunStarted.metadata": _JSON,
-            "ToolCall.arguments": _JSON,
-            "ToolExecutionSuccess.output": _JSON,
-            "AssistantMessageCommitted.message_id": _UUID,
-            "ToolMessageCommitted.message_id": _UUID,
-        }.items()
-    },
-    params=("run_text", "micros"),
+    classes=_CLASSES,
+    fields={field: _expression(source) for field, source in _SOURCES.items()},
+    params=_PARAMS,
     helpers={"_uuid_text": _uuid_text, "_json_text": _json_text},
 )
 """Writes an `AgentEvent` straight from the models' attributes (no plain record in
-between): a model field is the record field of the same name, except the ones above."""
+between); `_EVENT_PROGRAM` is the same in C."""
+_EVENT_PROGRAM = avro_program.load(CURRENT.parsed, classes=_CLASSES, sources=_SOURCES)
+
+
+def _py_encode_event(prefix: bytes, event: AgentEvent, run_text: str, micros: int) -> bytes:
+    out = bytearray(prefix)
+    _write_event(out, event, run_text, micros)
+    return bytes(out)
+
+
+_encode_event: Callable[[bytes, AgentEvent, str, int], bytes] = _py_encode_event
 
 
 def encode_body(event: AgentEvent) -> bytes:
     """The Avro binary body of an event under the current schema, without any header."""
-    return bytes(_encode(bytearray(), event))
+    return _encode(b"", event)
 
 
 def encode(event: AgentEvent) -> bytes:
     """Avro single-object encoding of an event under the current schema."""
-    return bytes(_encode(bytearray(_CURRENT_HEADER), event))
+    return _encode(_CURRENT_HEADER, event)
 
 
 def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
     """`encode(event)` and the event's time in µs since the epoch, for producers: they
     key records by the run id's text (`run_text`, cached per run, saves converting it
     twice) and stamp them with the event's time (computed once here)."""
-    out = bytearray(_CURRENT_HEADER)
     try:
         micros = (event.timestamp - EPOCH) // MICROSECOND
-        _write_event(out, event, run_text, micros)
+        return _encode_event(_CURRENT_HEADER, event, run_text, micros), micros
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
-    return bytes(out), micros
 
 
-def _encode(out: bytearray, event: AgentEvent) -> bytearray:
+def _encode(prefix: bytes, event: AgentEvent) -> bytes:
     try:
         run_text = _uuid_text(event.run_id)
-        _write_event(out, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
+        return _encode_event(prefix, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
-    return out
 
 
 def _encode_error(event: AgentEvent, error: Exception) -> CodecError:
@@ -370,3 +457,6 @@ def decode(data: bytes) -> AgentEvent:
 
 
 # --- what the model demands beyond the schema -------------------------------------------------
+
+
+use_compiled()  # at import: the compiled codec where it is built

@@ -56,7 +56,15 @@ class IncompatibleSchemaError(CodecError):
 
 
 class ProduceError(BehestError):
-    """An event was not delivered to Kafka."""
+    """An event was not delivered to Kafka.
+
+    From an `emit_many` future, `failed` holds the positions (in the batch) of the events
+    that were not delivered; every other event of the batch was.
+    """
+
+    def __init__(self, message: str, failed: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class StoreError(BehestError):

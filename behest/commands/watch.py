@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import insort
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -98,6 +98,10 @@ _SUMMARIES: Final[dict[Variant, Callable[[Any], str]]] = {
 """One line per payload variant, saying what an event of it did."""
 
 
+def _sequence(event: AgentEvent) -> int:
+    return event.sequence
+
+
 def summary(event: AgentEvent) -> str:
     """One line saying what an event did."""
     return _SUMMARIES[event.variant](event.payload)
@@ -109,22 +113,32 @@ class RunView:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.state: RunState | None = None
-        self.text = ""
         self.turn = 0
-        self.latest: deque[AgentEvent] = deque(maxlen=LATEST)
+        self.turn_start = -1
+        self.deltas: list[tuple[int, str]] = []
+        self.latest: list[AgentEvent] = []
+
+    @property
+    def text(self) -> str:
+        """The current turn's text, its deltas in sequence order (a late one lands in place)."""
+        return "".join(delta for _, delta in self.deltas)
 
     def feed(self, update: RunUpdate) -> None:
         self.state = update.state
         event = update.event
         if event is None:
             return
-        self.latest.append(event)
+        sequence = event.sequence
+        insort(self.latest, event, key=_sequence)
+        del self.latest[:-LATEST]
         payload: Any = event.payload
         variant = event.variant
-        if variant is Variant.MODEL_STARTED:
-            self.turn, self.text = payload.iteration, ""
-        elif variant is Variant.TEXT_DELTA:
-            self.text += payload.delta
+        if variant is Variant.MODEL_STARTED and sequence > self.turn_start:
+            # a newer turn; deltas that came before their (late) ModelStarted stay in it
+            self.turn, self.turn_start = payload.iteration, sequence
+            self.deltas = [(s, d) for s, d in self.deltas if s > sequence]
+        elif variant is Variant.TEXT_DELTA and sequence > self.turn_start:
+            insort(self.deltas, (sequence, payload.delta))
 
     def render(self) -> RenderableType:
         return Group(self._header(), self._text(), self._events())

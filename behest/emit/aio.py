@@ -28,11 +28,12 @@ from aiokafka.errors import KafkaError
 
 from behest.config import Settings
 from behest.emit.aiokafka_config import aiokafka_config
+from behest.emit.batch import positions
 from behest.emit.delivery import Delivery
 from behest.emit.failures import describe_aiokafka_error
 from behest.emit.partitioner import JavaPartitioner
 from behest.emit.recorder import AsyncRunRecorder
-from behest.emit.records import KeyedEncoder, Record, check_event
+from behest.emit.records import DEFAULT_MAX_BYTES, KeyedEncoder, Record, check_event, check_sizes
 from behest.emit.schemas import Publication
 from behest.errors import ProduceError
 from behest.events import AgentEvent
@@ -44,27 +45,60 @@ __all__ = ["AsyncEventProducer", "JavaPartitioner", "aiokafka_config"]
 log = logging.getLogger("behest.emit.aio")
 
 _RETRY_BACKOFF: Final = (0.1, 0.25, 0.5, 1.0)
-_NO_HEADERS: Final[list[tuple[str, bytes]]] = []  # shared, never changed
+_Headers = list[tuple[str, str | bytes | None]]
+_NO_HEADERS: Final[_Headers] = []  # shared, never changed
 
 
 class _Item:
-    """Records queued by one `emit`/`emit_many` call, waiting for the sender task;
-    `deliveries` is None for a single event (its future gets the `Delivery` itself)."""
+    """Records waiting for the sender task: those of one `emit_many` call (one `future`,
+    `deliveries` in the events' order), or of consecutive `emit` calls (`futures`, one
+    per record: an event's position in the item is its token, so a single event costs its
+    future and its record, no object of its own)."""
 
-    __slots__ = ("deliveries", "future", "headers", "pending", "records", "settled")
+    __slots__ = (
+        "deliveries",
+        "failure",
+        "future",
+        "futures",
+        "headers",
+        "pending",
+        "records",
+        "settled",
+    )
 
-    def __init__(self, records: list[Record], future: asyncio.Future[Any], many: bool) -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        future: asyncio.Future[Any] | None,
+        headers: _Headers,
+    ) -> None:
         count = len(records)
         self.records = records
         self.future = future
-        self.headers = trace_headers() or _NO_HEADERS  # the emitting caller's trace context
+        self.headers = headers  # the emitting caller's trace context
+        many = future is not None
+        self.futures: list[asyncio.Future[Any]] | None = None if many else []
         self.deliveries: list[Delivery | None] | None = [None] * count if many else None
         self.pending = count
         self.settled = bytearray(count)
+        self.failure: str | None = None  # a batch's first failure
 
-
-_Member = tuple[_Item, int]
-"""One record of an item: the item and the record's index in it."""
+    def finish(self) -> None:
+        """Every record of a batch has its outcome: resolve its future."""
+        future = self.future
+        if future is None or future.done():  # (cancelled by its caller)
+            return
+        if self.failure is None:
+            future.set_result(self.deliveries)
+            return
+        failed = tuple(i for i, delivery in enumerate(self.deliveries or ()) if delivery is None)
+        future.set_exception(
+            ProduceError(
+                f"{len(failed)} of {len(self.records)} events were not delivered (positions "
+                f"{positions(failed)} in the batch): {self.failure}",
+                failed,
+            )
+        )
 
 
 class AsyncEventProducer:
@@ -88,12 +122,16 @@ class AsyncEventProducer:
         self.topic = topic or self.settings.topic
         self.config = aiokafka_config(self.settings, overrides)
         self.delivery_timeout = int(self.config["request_timeout_ms"]) / 1000
+        self.max_bytes = int(self.config.get("max_request_size", DEFAULT_MAX_BYTES))
+        """The largest event (key + value) `emit` sends; a larger one raises `ProduceError`."""
         self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
         self._queue: deque[_Item] = deque()
         self._client: AIOKafkaProducer | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # (bound to a loop on first wait, not here)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open: _Item | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0
         self._closing = False
@@ -110,15 +148,12 @@ class AsyncEventProducer:
         if self._sender is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._sender = self._loop.create_task(self._send_loop(), name="behest-aio-sender")
 
     async def flush(self, timeout: float | None = None) -> int:  # noqa: ASYNC109 - as sync
         """Wait until every queued event is acknowledged or failed (or `timeout` seconds);
         returns how many are still waiting (0: all done)."""
-        if self._idle is None:
+        if self._sender is None:
             return 0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -138,10 +173,9 @@ class AsyncEventProducer:
         await self.flush(budget)
         self._closing = True
         self._closed = True
-        while self._queue:
+        for item in self._take():
             self._fail(
-                self._queue.popleft(),
-                "an event was dropped: the producer was stopped before Kafka acknowledged it",
+                item, "an event was dropped: the producer was stopped before Kafka acknowledged it"
             )
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -180,7 +214,9 @@ class AsyncEventProducer:
         """Queue one event (call from the producer's loop); the future resolves to where
         Kafka stored it, or to a `ProduceError` after the delivery timeout."""
         record = self._encode(event if isinstance(event, AgentEvent) else check_event(event))
-        return self._enqueue([record])
+        if len(record[0]) + len(record[1]) > self.max_bytes:  # type: ignore[arg-type]
+            check_sizes([record], self.max_bytes)
+        return self._enqueue_one(record)
 
     def emit_many(self, events: Iterable[AgentEvent]) -> asyncio.Future[list[Delivery]]:
         """Queue several events at once (in order); one future for all their deliveries.
@@ -192,11 +228,20 @@ class AsyncEventProducer:
             encode(event if isinstance(event, AgentEvent) else check_event(event))
             for event in events
         ]
-        return self._enqueue(records, many=True)
+        check_sizes(records, self.max_bytes)
+        loop = self._ready()
+        future: asyncio.Future[list[Delivery]] = loop.create_future()
+        if not records:
+            future.set_result([])
+            return future
+        self._open = None  # singles emitted after this batch go after it
+        self._queue.append(_Item(records, future, trace_headers() or _NO_HEADERS))
+        self._queued(len(records))
+        return future
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> asyncio.Future[Delivery]:
         """Queue a record with the run's key and no value: every projection deletes the run."""
-        return self._enqueue([(self._encode.key(run_id), None, 0)])
+        return self._enqueue_one((self._encode.key(run_id), None, 0))
 
     def run(
         self,
@@ -209,31 +254,50 @@ class AsyncEventProducer:
         unless `run_id` is given; pass `next_sequence` to continue an existing run)."""
         return AsyncRunRecorder(self, run_id, session_id=session_id, next_sequence=next_sequence)
 
-    def _enqueue(self, records: list[Record], *, many: bool = False) -> asyncio.Future[Any]:
+    def _enqueue_one(self, record: Record) -> asyncio.Future[Delivery]:
+        """Queue one record on the open item of single events (a new one when a batch or a
+        different trace context came in between)."""
+        future: asyncio.Future[Delivery] = self._ready().create_future()
+        headers = trace_headers() or _NO_HEADERS
+        item = self._open
+        if item is None or item.headers is not headers:
+            item = self._open = _Item([], None, headers)
+            self._queue.append(item)
+        item.records.append(record)
+        item.futures.append(future)  # type: ignore[union-attr]
+        item.settled.append(0)
+        item.pending += 1
+        self._queued(1)
+        return future
+
+    def _ready(self) -> asyncio.AbstractEventLoop:
+        """The producer's loop, or a `ProduceError` if it is not started or closed."""
         if self._closed or self._closing:
             raise ProduceError("the producer is closed; create a new AsyncEventProducer")
-        if self._loop is None or self._wakeup is None or self._idle is None:
+        if self._loop is None:
             raise ProduceError(
                 "the producer is not started: use `async with AsyncEventProducer(...)` "
                 "or `await producer.start()` first"
             )
-        future: asyncio.Future[Any] = self._loop.create_future()
-        if not records:
-            future.set_result([])
-            return future
-        self._queue.append(_Item(records, future, many))
+        return self._loop
+
+    def _queued(self, count: int) -> None:
         if self._outstanding == 0:
             self._idle.clear()
-        self._outstanding += len(records)
+        self._outstanding += count
         self._wakeup.set()
-        return future
+
+    def _take(self) -> list[_Item]:
+        """Everything queued, in emit order; later singles open a new item."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._open = None
+        return items
 
     # --- the sender task -------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
         wakeup = self._wakeup
-        if wakeup is None:
-            raise RuntimeError("the sender runs only after start()")
         while True:
             if not self._queue:
                 wakeup.clear()
@@ -251,11 +315,10 @@ class AsyncEventProducer:
                             f"cannot connect to Kafka at {self.settings.bootstrap}: {error!r}"
                         )
                     )
-                    while self._queue:
-                        self._fail(self._queue.popleft(), str(failure))
+                    for item in self._take():
+                        self._fail(item, str(failure))
                     continue
-            items = list(self._queue)
-            self._queue.clear()
+            items = self._take()
             try:
                 await self._send_items(self._client, items)
             except asyncio.CancelledError:
@@ -268,7 +331,10 @@ class AsyncEventProducer:
 
     async def _send_items(self, client: AIOKafkaProducer, items: list[_Item]) -> None:
         """Hand every record of `items` to aiokafka as one record batch per partition (in
-        emit order within each partition), bypassing its per-record `send` overhead."""
+        emit order within each partition), bypassing its per-record `send` overhead.
+
+        A record is known by its item and its index there, kept in two parallel lists per
+        partition (its owners and its indexes): no object per record while it waits."""
         topic = self.topic
         try:
             count = len(await client.partitions_for(topic))
@@ -278,7 +344,7 @@ class AsyncEventProducer:
             return
         place = self._partitioner.partition
         placed: dict[bytes, int] = {}  # a run's events come in runs: place each key once
-        groups: dict[int, list[tuple[_Item, int, Record]]] = {}
+        groups: dict[int, tuple[list[_Item], list[int]]] = {}
         for item in items:
             for index, record in enumerate(item.records):
                 partition = placed.get(record[0])
@@ -286,37 +352,50 @@ class AsyncEventProducer:
                     partition = placed[record[0]] = place(record[0], count)
                 group = groups.get(partition)
                 if group is None:
-                    group = groups[partition] = []
-                group.append((item, index, record))
-        for partition, entries in groups.items():
+                    group = groups[partition] = ([], [])
+                group[0].append(item)
+                group[1].append(index)
+        for partition, (owners, indexes) in groups.items():
             builder = client.create_batch()
-            members: list[_Member] = []
-            for item, index, (key, value, timestamp) in entries:
-                at = timestamp or None  # 0: now
+            start = 0  # the first record of the batch being built
+            for at, (item, index) in enumerate(zip(owners, indexes, strict=True)):
+                key, value, timestamp = item.records[index]
+                stamp = timestamp or None  # 0: now
                 headers = item.headers
-                if builder.append(key=key, value=value, timestamp=at, headers=headers) is None:
-                    await self._submit(client, builder, partition, members)
+                if builder.append(key=key, value=value, timestamp=stamp, headers=headers) is None:
+                    await self._submit(client, builder, partition, owners, indexes, start, at)
                     builder = client.create_batch()
-                    members = []
-                    if builder.append(key=key, value=value, timestamp=at, headers=headers) is None:
+                    start = at
+                    if (
+                        builder.append(key=key, value=value, timestamp=stamp, headers=headers)
+                        is None
+                    ):
                         self._settle(item, index, None, self._too_large(key, value))
-                        continue
-                members.append((item, index))
-            await self._submit(client, builder, partition, members)
+                        start = at + 1
+            await self._submit(client, builder, partition, owners, indexes, start, len(owners))
 
     async def _submit(
-        self, client: AIOKafkaProducer, builder: Any, partition: int, members: list[_Member]
+        self,
+        client: AIOKafkaProducer,
+        builder: Any,
+        partition: int,
+        owners: list[_Item],
+        indexes: list[int],
+        start: int,
+        stop: int,
     ) -> None:
-        if not members:
+        """Send the record batch holding records `start:stop` of a partition's lists."""
+        if start >= stop:
             return
+        owners, indexes = owners[start:stop], indexes[start:stop]
         try:
             ack = await client.send_batch(builder, self.topic, partition=partition)
         except KafkaError as error:
-            key = members[0][0].records[members[0][1]][0]
-            for item, index in members:
-                self._settle(item, index, None, self._describe(error, key))
+            reason = self._describe(error, owners[0].records[indexes[0]][0])
+            for item, index in zip(owners, indexes, strict=True):
+                self._settle(item, index, None, reason)
         else:
-            ack.add_done_callback(partial(self._on_batch_ack, members, partition))
+            ack.add_done_callback(partial(self._on_batch_ack, owners, indexes, partition))
 
     def _too_large(self, key: bytes, value: bytes | None) -> str:
         size = len(key) + len(value or b"")
@@ -327,39 +406,40 @@ class AsyncEventProducer:
         )
 
     def _on_batch_ack(
-        self, members: list[_Member], partition: int, ack: asyncio.Future[Any]
+        self, owners: list[_Item], indexes: list[int], partition: int, ack: asyncio.Future[Any]
     ) -> None:
         if ack.cancelled() or ack.exception() is not None:
             error = ack.exception() if not ack.cancelled() else None
-            key = members[0][0].records[members[0][1]][0]
             reason = (
-                self._describe(error, key)
+                self._describe(error, owners[0].records[indexes[0]][0])
                 if error is not None
                 else "the send was cancelled (the producer is stopping)"
             )
-            for item, index in members:
+            for item, index in zip(owners, indexes, strict=True):
                 self._settle(item, index, None, reason)
             return
-        base = ack.result().offset
+        offset = ack.result().offset
         topic = self.topic
         settled = 0
-        for offset, (item, index) in enumerate(members, start=base):  # `_settle`, inline
+        for item, index in zip(owners, indexes, strict=True):  # `_settle`, inline
+            at = offset
+            offset += 1
             if item.settled[index]:
                 continue
             item.settled[index] = 1
             settled += 1
             item.pending -= 1
-            future = item.future
-            if future.done():  # failed already (a batch), or cancelled by its caller
+            futures = item.futures
+            if futures is not None:  # a single event
+                future = futures[index]
+                if not future.done():  # (cancelled by its caller)
+                    future.set_result(Delivery(topic, partition, at))
                 continue
-            if item.deliveries is None:
-                future.set_result(Delivery(topic, partition, offset))
-            else:
-                item.deliveries[index] = Delivery(topic, partition, offset)
-                if item.pending == 0:
-                    future.set_result(item.deliveries)
+            item.deliveries[index] = Delivery(topic, partition, at)  # type: ignore[index]
+            if item.pending == 0:
+                item.finish()
         self._outstanding -= settled
-        if self._outstanding == 0 and self._idle is not None:
+        if self._outstanding == 0:
             self._idle.set()
 
     async def _publish_schema(self, client: AIOKafkaProducer) -> None:
@@ -409,25 +489,23 @@ class AsyncEventProducer:
             return
         item.settled[index] = 1
         self._outstanding -= 1
-        if self._outstanding == 0 and self._idle is not None:
+        if self._outstanding == 0:
             self._idle.set()
         item.pending -= 1
-        future = item.future
-        if item.deliveries is None:  # a single event
-            if not future.done():
+        if item.futures is not None:  # a single event
+            single = item.futures[index]
+            if not single.done():
                 if error is None:
-                    future.set_result(delivery)
+                    single.set_result(delivery)
                 else:
-                    future.set_exception(ProduceError(error))
+                    single.set_exception(ProduceError(error))
             return
         if error is None:
-            item.deliveries[index] = delivery
-        elif not future.done():
-            future.set_exception(
-                ProduceError(f"not every event of the batch was delivered: {error}")
-            )
-        if item.pending == 0 and not future.done():
-            future.set_result(item.deliveries)
+            item.deliveries[index] = delivery  # type: ignore[index]
+        elif item.failure is None:
+            item.failure = error
+        if item.pending == 0:
+            item.finish()
 
     def _fail(self, item: _Item, reason: str) -> None:
         """Fail every record of an item that has no outcome yet."""

@@ -15,10 +15,11 @@ from functools import partial
 
 from confluent_kafka import KafkaError, Message
 
-from behest.emit.delivery import Delivery
+from behest.emit.delivery import Delivery, deliveries
+from behest.emit.records import Record
 from behest.errors import ProduceError
 
-__all__ = ["BatchDelivery"]
+__all__ = ["BatchDelivery", "positions"]
 
 log = logging.getLogger("behest.emit.producer")
 
@@ -48,15 +49,15 @@ class BatchDelivery:
     def __init__(
         self,
         topic: str,
-        values: Sequence[bytes | None],
+        records: Sequence[Record],
         describe: Callable[[KafkaError, bytes | None], str],
     ) -> None:
         self.topic = topic
-        self.total = total = len(values)
+        self.total = total = len(records)
         self.describe = describe
         self.future: Future[list[Delivery]] = Future()
         self.future.set_running_or_notify_cancel()
-        index_of = {value: index for index, value in enumerate(values)}
+        index_of = {record[1]: index for index, record in enumerate(records)}
         self.index_of = index_of if len(index_of) == total else None
         self.partitions = [-1] * total
         self.offsets = [-1] * total
@@ -71,8 +72,16 @@ class BatchDelivery:
         return (partial(self.on_delivery_at, index) for index in range(self.total))
 
     def on_delivery(self, error: KafkaError | None, msg: Message) -> None:
-        """Delivery report of one of the batch's events (a librdkafka callback)."""
-        self.on_delivery_at(self.index_of[msg.value()], error, msg)  # type: ignore[index]
+        """Delivery report of one of the batch's events (a librdkafka callback): the
+        common case in one call, the event found by its bytes."""
+        if error is not None:
+            self.on_delivery_at(self.index_of[msg.value()], error, msg)  # type: ignore[index]
+            return
+        index = self.index_of[msg.value()]  # type: ignore[index]
+        self.partitions[index] = msg.partition()  # type: ignore[assignment]
+        self.offsets[index] = msg.offset()  # type: ignore[assignment]
+        if next(self.done) == self.total:
+            self.finish()
 
     def on_delivery_at(self, index: int, error: KafkaError | None, msg: Message) -> None:
         """Delivery report of the `index`-th event (a librdkafka callback: must not raise)."""
@@ -94,12 +103,18 @@ class BatchDelivery:
     def finish(self) -> None:
         self.index_of = None  # the values are no longer needed
         if self.failure is not None:
-            failed = self.offsets.count(-1)
-            reason = f"{failed} of {self.total} events were not delivered: {self.failure}"
+            failed = tuple(i for i, partition in enumerate(self.partitions) if partition < 0)
+            reason = (
+                f"{len(failed)} of {self.total} events were not delivered (positions "
+                f"{positions(failed)} in the batch): {self.failure}"
+            )
             log.warning("%s", reason)  # also seen if nobody checks the future
-            self.future.set_exception(ProduceError(reason))
+            self.future.set_exception(ProduceError(reason, failed))
             return
-        topic = self.topic
-        self.future.set_result(
-            [Delivery(topic, p, o) for p, o in zip(self.partitions, self.offsets, strict=True)]
-        )
+        self.future.set_result(deliveries(self.topic, self.partitions, self.offsets))
+
+
+def positions(indexes: tuple[int, ...], shown: int = 10) -> str:
+    """`0, 3, 4` or `0, 3, 4, … (12 more)`: the failed positions of a batch, for messages."""
+    text = ", ".join(map(str, indexes[:shown]))
+    return f"{text}, … ({len(indexes) - shown} more)" if len(indexes) > shown else text

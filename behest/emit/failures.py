@@ -4,7 +4,12 @@ clients: confluent-kafka's error codes and aiokafka's exceptions."""
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from confluent_kafka import KafkaError
 
 __all__ = ["describe_aiokafka_error", "describe_error"]
@@ -12,6 +17,15 @@ __all__ = ["describe_aiokafka_error", "describe_error"]
 _TIMED_OUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
 _NO_TOPIC = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+
+
+def _too_large(what: str, topic: str) -> str:
+    return (
+        f"{what} is larger than Kafka accepts (the producer's message.max.bytes or topic "
+        f"{topic!r}'s max.message.bytes): keep large content out of events (store it "
+        "elsewhere and emit a reference), or raise both limits"
+    )
 
 
 def describe_error(
@@ -41,6 +55,8 @@ def describe_error(
             f"topic {topic!r} does not exist at {bootstrap}, so {what} was not delivered: "
             "run `behest topics create`"
         )
+    if code in _TOO_LARGE:
+        return _too_large(what, topic)
     if code in _PURGED:
         return f"{what} was dropped because the producer was closed before Kafka acknowledged it"
     return f"{what} was not delivered to topic {topic!r} at {bootstrap}: {error.str()}"
@@ -56,6 +72,8 @@ def describe_aiokafka_error(
             f"topic {topic!r} does not exist at {bootstrap}, so {what} was not delivered: "
             "run `behest topics create`"
         )
+    if isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError):
+        return _too_large(what, topic)
     if isinstance(error, KafkaTimeoutError):
         return (
             f"{what} was not acknowledged by Kafka at {bootstrap} within {timeout_s:g}s "

@@ -22,6 +22,7 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, Message
 
 from behest.emit.delivery import Delivery
+from behest.errors import ProduceError
 
 __all__ = ["LAZY", "PendingDelivery"]
 
@@ -40,6 +41,7 @@ LAZY: Final = sorted(Future().__dict__) == [
 """`Future` is laid out as this class expects."""
 
 _LOG = logging.getLogger("concurrent.futures")  # where Future logs what a callback raises
+log = logging.getLogger("behest.emit.producer")
 _CREATING = threading.Lock()
 """Held while a condition is made, and while a result is set without one: a thread that
 starts waiting either makes the condition first (and the result is set under it, with a
@@ -47,43 +49,63 @@ notification) or finds the result already set."""
 
 
 class PendingDelivery(Future[Delivery]):
-    """A running `Future[Delivery]`, called by librdkafka with the delivery report."""
+    """A running `Future[Delivery]`, called by librdkafka with the delivery report.
 
-    __slots__ = ("_deliver",)  # kept out of __dict__, which then holds no tracked object
+    The report is turned into the outcome here, in one call: `describe` (the producer's)
+    is only needed when the event was not delivered.
+    """
 
-    def __init__(self, deliver: Callable[[PendingDelivery, KafkaError | None, Message], None]):
+    # Slots, not __dict__: reading `__dict__` would make a dict object per future.
+    __slots__ = ("_describe", "_lazy_callbacks", "_lazy_condition", "_lazy_waiters", "_topic")
+
+    def __init__(self, topic: str, describe: Callable[[KafkaError, bytes | None], str]) -> None:
         # Not Future.__init__: its condition and lists come on first use (below).
         self._state = _RUNNING
         self._result = None
         self._exception = None
-        self._deliver = deliver
+        self._topic = topic
+        self._describe = describe
+        self._lazy_condition: threading.Condition | None = None
 
     def __call__(self, error: KafkaError | None, msg: Message) -> None:
-        self._deliver(self, error, msg)
+        if error is None:
+            delivery = Delivery(self._topic, msg.partition(), msg.offset())  # type: ignore[arg-type]
+            with _CREATING:  # `set_result`, inline: the path of every delivered event
+                if self._lazy_condition is None and self._state == _RUNNING:
+                    self._result = delivery
+                    self._state = _FINISHED
+                    return
+            self.set_result(delivery)
+            return
+        reason = self._describe(error, msg.key())
+        log.warning("event not delivered: %s", reason)  # also seen if nobody checks
+        self.set_exception(ProduceError(reason))
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        condition = self.__dict__.get("_lazy_condition")
+        condition = self._lazy_condition
         if condition is None:
             with _CREATING:
-                condition = self.__dict__.get("_lazy_condition")
-                if condition is None:
-                    condition = self.__dict__["_lazy_condition"] = threading.Condition()
+                condition = self._lazy_condition
+                if condition is None:  # the lists first: a condition promises them
+                    self._lazy_waiters: list[Any] = []
+                    self._lazy_callbacks: list[Any] = []
+                    condition = self._lazy_condition = threading.Condition()
         return condition
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
-        waiters: list[Any] = self.__dict__.setdefault("_lazy_waiters", [])
-        return waiters
+        _ = self._condition  # made with it
+        return self._lazy_waiters
 
     @property
     def _done_callbacks(self) -> list[Any]:
-        callbacks: list[Any] = self.__dict__.setdefault("_lazy_callbacks", [])
-        return callbacks
+        _ = self._condition
+        return self._lazy_callbacks
 
     def set_result(self, result: Delivery) -> None:
         with _CREATING:
-            lazy = "_lazy_condition" not in self.__dict__  # nobody waits, nothing to call
+            lazy = self._lazy_condition is None  # nobody waits, nothing to call
             if lazy and self._state == _RUNNING:
                 self._result = result
                 self._state = _FINISHED
@@ -94,7 +116,7 @@ class PendingDelivery(Future[Delivery]):
 
     def set_exception(self, exception: BaseException | None) -> None:
         with _CREATING:
-            lazy = "_lazy_condition" not in self.__dict__
+            lazy = self._lazy_condition is None
             if lazy and self._state == _RUNNING:
                 self._exception = exception
                 self._state = _FINISHED

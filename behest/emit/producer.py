@@ -33,7 +33,7 @@ from behest.emit.delivery import Delivery
 from behest.emit.failures import describe_error
 from behest.emit.pending import LAZY, PendingDelivery
 from behest.emit.recorder import RunRecorder
-from behest.emit.records import KeyedEncoder, Record, check_event
+from behest.emit.records import DEFAULT_MAX_BYTES, KeyedEncoder, Record, check_event, check_sizes
 from behest.emit.schemas import Publication
 from behest.errors import ConfigError, ProduceError
 from behest.events import AgentEvent
@@ -73,6 +73,8 @@ client puts a run on the same partition; lz4 is fast and aiokafka reads it via c
 """
 
 _QUEUE_FULL_WAIT: Final = 0.005
+_ANY_PARTITION: Final = -1
+"""librdkafka's RD_KAFKA_PARTITION_UA: its partitioner (murmur2_random) places the record."""
 
 
 class EventProducer:
@@ -97,6 +99,8 @@ class EventProducer:
             **(overrides or {}),
         }
         self.delivery_timeout = self._delivery_timeout_s(self.config)
+        self.max_bytes = int(self.config.get("message.max.bytes", DEFAULT_MAX_BYTES))
+        """The largest event (key + value) `emit` sends; a larger one raises `ProduceError`."""
         self._last_error: KafkaError | None = None
         try:
             self._producer = Producer(
@@ -108,7 +112,7 @@ class EventProducer:
                 "BEHEST_KAFKA_CONFIG and the overrides (librdkafka property names)"
             ) from None
         self._encode = KeyedEncoder(registry_encoder(self.settings, self.topic))
-        self._deliver_to = self._deliver  # one bound method for every PendingDelivery
+        self._describe_error = self._describe  # one bound method for every future and batch
         self._closed = False
         self._stop = threading.Event()
         self._schema_queued = threading.Event()
@@ -136,15 +140,31 @@ class EventProducer:
     def emit(self, event: AgentEvent) -> Future[Delivery]:
         """Queue one event; the future resolves to where Kafka stored it, or to a
         `ProduceError` once the delivery timeout has passed without an acknowledgement."""
-        key, value, timestamp = self._encode(check_event(event))
+        key, value, timestamp = self._encode(
+            event if isinstance(event, AgentEvent) else check_event(event)
+        )
+        if len(value) + len(key) > self.max_bytes:  # type: ignore[arg-type] # not a tombstone
+            check_sizes([(key, value, timestamp)], self.max_bytes)
+        if self._closed:
+            raise ProduceError("the producer is closed; create a new EventProducer")
         self._emitted = True
+        future: Future[Delivery]
         if LAZY:  # one object per event in flight: the future is its own callback
-            pending = PendingDelivery(self._deliver_to)
-            self._produce(key, value, pending, timestamp, trace_headers())
-            return pending
-        future: Future[Delivery] = Future()
-        future.set_running_or_notify_cancel()  # a queued event cannot be taken back
-        self._produce(key, value, partial(self._deliver, future), timestamp, trace_headers())
+            future = PendingDelivery(self.topic, self._describe_error)
+            on_delivery: Callable[[Any, Message], None] = future
+        else:
+            future = Future()
+            future.set_running_or_notify_cancel()  # a queued event cannot be taken back
+            on_delivery = partial(self._deliver, future)
+        headers = trace_headers()
+        try:  # positional: librdkafka's `produce` parses keywords at twice the cost
+            self._producer.produce(
+                self.topic, value, key, _ANY_PARTITION, on_delivery, None, timestamp, headers
+            )
+        except BufferError:
+            self._produce_when_room(key, value, on_delivery, timestamp, headers)
+        except KafkaException as error:
+            raise ProduceError(self._describe(error.args[0], key)) from None
         return future
 
     def emit_many(self, events: Iterable[AgentEvent]) -> Future[list[Delivery]]:
@@ -158,8 +178,9 @@ class EventProducer:
             encode(event if isinstance(event, AgentEvent) else check_event(event))
             for event in events
         ]
+        check_sizes(records, self.max_bytes)
         self._emitted = True
-        batch = BatchDelivery(self.topic, [record[1] for record in records], self._describe)
+        batch = BatchDelivery(self.topic, records, self._describe_error)
         if not records:
             batch.future.set_result([])
             return batch.future
@@ -171,10 +192,8 @@ class EventProducer:
         callbacks = batch.callbacks()
         for index, (key, value, timestamp) in enumerate(records):
             on_delivery = next(callbacks)
-            try:
-                produce(
-                    topic, value, key, on_delivery=on_delivery, timestamp=timestamp, headers=headers
-                )
+            try:  # positional, as in `emit`
+                produce(topic, value, key, _ANY_PARTITION, on_delivery, None, timestamp, headers)
             except BufferError:
                 try:
                     self._produce_when_room(key, value, on_delivery, timestamp, headers)
@@ -190,7 +209,8 @@ class EventProducer:
             batch.fail(rest, str(error))
         raise ProduceError(
             f"queued {index} of {batch.total} events, then: {error} (the queued ones are "
-            "still delivered; the batch's future reports the rest as failed)"
+            "still delivered; the batch's future reports the rest as failed)",
+            tuple(range(index, batch.total)),
         ) from None
 
     def emit_tombstone(self, run_id: uuid.UUID | str) -> Future[Delivery]:
@@ -226,12 +246,7 @@ class EventProducer:
             raise ProduceError("the producer is closed; create a new EventProducer")
         try:
             self._producer.produce(
-                self.topic,
-                value,
-                key,
-                on_delivery=on_delivery,
-                timestamp=timestamp,
-                headers=headers,
+                self.topic, value, key, _ANY_PARTITION, on_delivery, None, timestamp, headers
             )
         except BufferError:
             self._produce_when_room(key, value, on_delivery, timestamp, headers)

@@ -8,18 +8,24 @@ time index (e.g. `offsets_for_times`) finds events by when they happened, even r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from operator import itemgetter
 from typing import Final
 
 from behest import codec
-from behest.errors import CodecError
+from behest.errors import CodecError, ProduceError
 from behest.events import PAYLOAD_TYPES, AgentEvent
 from behest.times import EPOCH
 
-__all__ = ["KeyedEncoder", "Record", "check_event"]
+__all__ = ["DEFAULT_MAX_BYTES", "KeyedEncoder", "Record", "check_event", "check_sizes"]
+
+DEFAULT_MAX_BYTES: Final = 1_000_000
+"""The largest record (key + value) both producers send unless `message.max.bytes` says
+otherwise: librdkafka's default, a little under a topic's default `max.message.bytes`."""
 
 _KEY_CACHE_SIZE: Final = 65_536
+_VALUE: Final = itemgetter(1)
 _MILLISECOND: Final = timedelta(milliseconds=1)
 
 Record = tuple[bytes, bytes | None, int]
@@ -40,6 +46,23 @@ def check_event(event: object) -> AgentEvent:
         f"emit() takes an AgentEvent, got {type(event).__name__}{hint}; build one with "
         "AgentEvent(run_id=..., sequence=..., payload=...)"
     )
+
+
+def check_sizes(records: Sequence[Record], limit: int) -> None:
+    """A `ProduceError` naming the first record larger than `limit` bytes (key + value), so
+    an oversize event is refused before anything of its batch is sent, not by the broker."""
+    if not records or max(map(len, map(_VALUE, records))) + len(records[0][0]) <= limit:
+        return  # (keys are a run id's text: all the same length)
+    for index, (key, value, _) in enumerate(records):
+        size = len(key) + len(value or b"")
+        if size > limit:
+            where = f"event {index} of the batch" if len(records) > 1 else "the event"
+            raise ProduceError(
+                f"{where} (run {key.decode(errors='replace')}) is {size:,} bytes, more than the "
+                f"{limit:,} a Kafka record may have here (message.max.bytes), so nothing was "
+                "sent: keep large content out of events (store it elsewhere and emit a "
+                "reference), or raise message.max.bytes and the topic's max.message.bytes"
+            )
 
 
 class KeyedEncoder:

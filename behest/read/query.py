@@ -57,6 +57,7 @@ from behest.read.reader import (
     ProjectionReader,
     StoreReader,
 )
+from behest.read.run_models import run_states
 from behest.read.states import States
 from behest.times import parse_time
 
@@ -226,7 +227,8 @@ class RunStateQuery(Generic[T]):
         keys = list(unique)
         values = self.reader.get_many(keys, micros)
         finish = None if self.finish is _identity else self.finish
-        return States(list(unique.values()), keys, values, finish, _uuid_bytes)
+        many = run_states if finish is _state else None  # T is RunState: built in bulk
+        return States(list(unique.values()), keys, values, finish, _uuid_bytes, many)  # type: ignore[arg-type]
 
     def find_at(
         self,
@@ -313,6 +315,8 @@ class RunStateQuery(Generic[T]):
         found, last = self.reader.listed(keys, limit, keep)
         finish = self.finish
         next_cursor = None if last is None else encode_cursor(last[-INDEX_SUFFIX_SIZE:])
+        if finish is _state:  # T is RunState: a page's models built in bulk
+            return run_states([v for _, v in found]), next_cursor  # type: ignore[return-value]
         return [finish(v) for _, v in found], next_cursor
 
     def _newest_first(self, prefixes: list[bytes], before: bytes | None) -> Iterator[bytes]:

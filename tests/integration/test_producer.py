@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import confluent_kafka
@@ -237,8 +237,9 @@ def test_sync_unreachable_broker_fails_within_the_timeout() -> None:
             ProduceError, match=r"not acknowledged .* within 3s.*behest broker start"
         ):
             future.result(timeout=15)
-        with pytest.raises(ProduceError, match=r"3 of 3 events were not delivered: .* within 3s"):
+        with pytest.raises(ProduceError, match=r"3 of 3 events were not delivered .* within 3s"):
             batch.result(timeout=15)
+        assert batch.exception().failed == (0, 1, 2)  # type: ignore[union-attr]
     assert time.monotonic() - started < 8
 
 
@@ -249,8 +250,9 @@ async def test_async_unreachable_broker_fails_within_the_timeout() -> None:
         batch = producer.emit_many(run_events(3))
         with pytest.raises(ProduceError, match=r"no Kafka broker answered .* within 3s"):
             await asyncio.wait_for(future, 15)
-        with pytest.raises(ProduceError, match="behest broker start"):
+        with pytest.raises(ProduceError, match="behest broker start") as failure:
             await asyncio.wait_for(batch, 15)
+        assert failure.value.failed == (0, 1, 2)
     assert time.monotonic() - started < 8
 
 
@@ -281,6 +283,70 @@ def test_missing_topic_names_the_fix(bootstrap_servers: str) -> None:
         pytest.raises(ProduceError, match="behest topics create"),
     ):
         producer.emit(run_events(3)[0]).result(timeout=15)
+
+
+def too_large(run_id: uuid.UUID, size: int) -> AgentEvent:
+    """An event of `size` bytes or more, whose text does not compress."""
+    text = "".join(uuid.uuid4().hex for _ in range(size // 32 + 1))
+    return RunStamper(run_id, next_sequence=5).stamp(TextDelta(delta=text))
+
+
+async def test_oversize_events_are_refused_before_anything_is_sent(settings: Settings) -> None:
+    run = uuid.uuid4()
+    fine, huge = run_events(3, run), too_large(run, 1_100_000)
+    with EventProducer(settings, FAST) as producer:
+        with pytest.raises(ProduceError, match=r"the event \(run .*\) is 1,1\d\d,\d\d\d bytes"):
+            producer.emit(huge)
+        with pytest.raises(ProduceError, match=r"event 1 of the batch .* nothing was sent"):
+            producer.emit_many([fine[0], huge, fine[1]])
+        assert len(producer) == 0
+    async with AsyncEventProducer(settings, FAST) as aio:
+        with pytest.raises(ProduceError, match="store it elsewhere and emit a reference"):
+            aio.emit(huge)
+        with pytest.raises(ProduceError, match=r"event 2 of the batch"):
+            aio.emit_many([*fine[:2], huge])
+        assert len(aio) == 0
+    small = {"message.max.bytes": 5_000}  # the limit is the configured one, for both
+    with (
+        EventProducer(settings, {**FAST, **small}) as producer,
+        pytest.raises(ProduceError, match="more than the 5,000 a Kafka record may have"),
+    ):
+        producer.emit(too_large(run, 6_000))
+    async with AsyncEventProducer(settings, {**FAST, **small}) as aio:
+        with pytest.raises(ProduceError, match="more than the 5,000 a Kafka record may have"):
+            aio.emit_many([too_large(run, 6_000)])
+
+
+def runs_apart(count: int) -> tuple[uuid.UUID, uuid.UUID]:
+    """Two runs whose events land on different partitions (of `count`)."""
+    first = uuid.uuid4()
+    while True:
+        second = uuid.uuid4()
+        if partition_for(second, count) != partition_for(first, count):
+            return first, second
+
+
+async def test_a_batch_names_the_events_the_broker_refused(
+    bootstrap_servers: str, make_topic: Callable[..., str]
+) -> None:
+    """A record the topic refuses (over its max.message.bytes, under the producer's limit)
+    fails with its position in the batch; the batch's other events are delivered."""
+    topic = make_topic(config={"max.message.bytes": "20000"})
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic=topic)
+    kept, refused = runs_apart(PARTITIONS)
+    fine = run_events(4, kept)
+    batch = [fine[0], fine[1], too_large(refused, 40_000), fine[2], fine[3]]
+    with EventProducer(settings, FAST) as producer:
+        future = producer.emit_many(batch)
+        with pytest.raises(ProduceError, match=r"1 of 5 events .* \(positions 2 in the batch\)"):
+            future.result(timeout=15)
+        assert future.exception().failed == (2,)  # type: ignore[union-attr]
+    async with AsyncEventProducer(settings, FAST) as aio:
+        with pytest.raises(ProduceError, match="larger than Kafka accepts") as failure:
+            await aio.emit_many(batch)
+        assert failure.value.failed == (2,)
+    delivered = await asyncio.to_thread(consume_all, settings, 8)
+    assert sorted(codec.decode(m.value()).sequence for m in delivered) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 # --- recorders ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`check_record` admits only records `to_event` can build (at a tenth of its cost).
+"""`check_record` admits only records `to_event` can build (at a tenth of its cost), and
+`decode_checked` (fused in the compiled codec) refuses exactly what it refuses.
 
 The projector stores only events that pass `check_record`, and readers build `AgentEvent`s
 from stored events with `to_event`; so "no stored byte can fail a read" needs the two to
@@ -24,12 +25,16 @@ from behest.codec import (
     CURRENT,
     MAX_JSON_DEPTH,
     check_record,
+    decode_checked,
     decode_record,
     encode_record,
     to_event,
 )
 from behest.errors import CodecError
 from tests.unit.strategies import json_values, texts
+
+pytestmark = pytest.mark.usefixtures("codec_path")
+"""Every test here runs under the compiled codec and the generated Python one."""
 
 LONGS = st.one_of(
     st.integers(-3, 3), st.integers(-(2**63), 2**63 - 1), st.sampled_from([-(2**63), 2**63 - 1])
@@ -94,9 +99,10 @@ RECORDS = _strategy(json.loads(json.dumps(CURRENT.raw)), {})
 @given(RECORDS)
 def test_check_record_admits_exactly_what_to_event_builds(record: Any) -> None:
     try:
-        record = decode_record(encode_record(record))  # the very shape the projector sees
+        data = encode_record(record)
     except CodecError:
         return  # not even the schema's
+    record = decode_record(data)  # the very shape the projector sees
     try:
         to_event(record)
         built = True
@@ -107,6 +113,12 @@ def test_check_record_admits_exactly_what_to_event_builds(record: Any) -> None:
         refused = ""
     except CodecError as error:
         refused = str(error)
+    try:
+        decode_checked(data)  # the fused decode and check: the same verdict, the same words
+        fused = ""
+    except CodecError as error:
+        fused = str(error)
+    assert fused == refused, repr(record)
     if not built:
         assert refused, repr(record)
     elif refused:  # stricter on one count only: readers serialize deep JSON too

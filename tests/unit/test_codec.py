@@ -36,6 +36,9 @@ from behest.events import (
 )
 from tests.unit import strategies
 
+pytestmark = pytest.mark.usefixtures("codec_path")
+"""Every test here runs under the compiled codec and the generated Python one."""
+
 RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 """No timing health checks: a shared, loaded machine must not fail a correct property."""
 

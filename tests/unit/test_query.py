@@ -265,12 +265,27 @@ def test_get_many_builds_each_model_when_first_read_and_once(
         *(reference(run) for run in runs),
         None,
     ]
-    assert len(built) == 3
+    assert len(built) == 3 and values[1] is found[ids[1]]  # the rest built in one go
     assert dict(found.items()) == {r: v for r, v in zip([*ids, unknown], values, strict=True)}
     assert found == query.get_many([*ids, unknown]) and found != {}
     assert repr(found).startswith("States({UUID(")
     raw = query.raw.get_many(ids)
     assert list(raw.values()) == [query.raw.get(r) for r in ids]
+
+
+def test_batch_reads_build_the_models_single_reads_build(
+    driver: ProjectionDriver[Any], query: RunStateQuery
+) -> None:
+    runs = [run_events(), run_events(end="failed"), run_events(steps=1, end="completed")]
+    driver.feed([e for run in runs for e in run])
+    ids = [run[0].run_id for run in runs]
+    one_by_one = [query.get(r) for r in ids]
+    assert list(query.get_many(ids).values()) == one_by_one  # built in bulk (run_models)
+    assert dict(query.get_many(ids).pairs()) == dict(zip(ids, one_by_one, strict=True))
+    listed, _ = query.list_runs(limit=10)
+    assert sorted(listed, key=lambda s: str(s.run_id)) == sorted(
+        one_by_one, key=lambda s: str(s and s.run_id)
+    )
 
 
 @given(st.uuids(), st.booleans())

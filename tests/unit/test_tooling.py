@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
+from behest import codec
 from behest.cli import app
 from behest.local.ports import free_port
 from behest.local.runtime import KAFKA_VERSION
@@ -27,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_version_prints_the_installed_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
-    assert result.output.strip() == f"behest {version('behest')}"
+    first, codec_line = result.output.strip().splitlines()
+    assert first == f"behest {version('behest')}"
+    assert codec_line == f"codec: {codec.implementation()}"
 
 
 def test_commands_still_run_beside_the_version_option() -> None:

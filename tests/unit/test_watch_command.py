@@ -81,3 +81,21 @@ def test_an_event_names_its_variant() -> None:
     for event in sample_events():
         assert event.variant.short_name == event.type
         assert isinstance(event.payload, event.variant.model)
+
+
+def test_a_late_event_lands_in_place_in_the_text_and_the_latest_events() -> None:
+    updates = _updates(2)
+    in_order = RunView("run")
+    for update in updates:
+        in_order.feed(update)
+    variants = [u.event.variant if u.event else None for u in updates]
+    starts = [n for n, v in enumerate(variants) if v is Variant.MODEL_STARTED]
+    last_turn = [n for n, v in enumerate(variants) if v is Variant.TEXT_DELTA and n > starts[-1]]
+    assert len(last_turn) >= 2, "the sample's last turn streams its text in several deltas"
+    for late in (last_turn[0], last_turn[1], starts[-1]):  # late deltas; a late ModelStarted
+        shuffled = RunView("run")
+        for update in updates[:late] + updates[late + 1 :] + [updates[late]]:
+            shuffled.feed(update)
+        assert shuffled.text == in_order.text
+        assert shuffled.turn == in_order.turn
+        assert [e.sequence for e in shuffled.latest] == [e.sequence for e in in_order.latest]

@@ -31,7 +31,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from behest.codec import check_record, decode_record
+from behest.codec import decode_checked, decode_record
 from behest.fold import engine
 from behest.fold.engine import BatchFolder
 from behest.fold.projector import DEFAULT_BATCH_SIZE
@@ -94,7 +94,7 @@ def decode_log(batches: list[list[list[Any]]]) -> int:
     def step(decoded: int, batch: list[list[Any]]) -> int:
         for chunk in batch:
             for record in chunk:
-                check_record(decode_record(record.value()))
+                decode_checked(record.value())
             decoded += len(chunk)
         return decoded
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-from behest.codec import check_record, decode_record
+from behest.codec import check_record, decode_checked
 from behest.errors import CodecError, UnknownSchemaError
 from behest.events import EventRecord
 from behest.fold.projection import Projection
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 _new_tuple = tuple.__new__
-_partition = operator.methodcaller("partition")
-_key = operator.methodcaller("key")
 _sequence_and_value: Callable[[Item], tuple[int, bytes]] = operator.itemgetter(0, 2)
 
 DEFAULT_SNAPSHOT_EVERY: Final = 32
@@ -161,7 +159,7 @@ def _positions(records: Sequence[LogRecord], result: BatchResult) -> None:
     schema, at the record held (`_undecodable` set it; the records after it were skipped).
     Worked out once per batch from the end, not stored for every record."""
     positions, held = result.positions, result.held
-    left = set(map(_partition, records)) - held.keys() - positions.keys()
+    left = {record.partition() for record in records} - held.keys() - positions.keys()
     for record in reversed(records):
         if not left:
             break
@@ -279,10 +277,10 @@ class BatchFolder(Generic[S]):
                 return None
             try:
                 if self._decode is None:
-                    event: Any = decode_record(value)
+                    event: Any = decode_checked(value)
                 else:
                     event, value = self._decode(value)
-                check_record(event)
+                    check_record(event)
                 return event, value
             except CodecError as again:
                 error = again
@@ -295,7 +293,7 @@ class BatchFolder(Generic[S]):
         if len(keys) > _KEY_CACHE_LIMIT:
             keys.clear()
         runs = []
-        for key in set(map(_key, records)):
+        for key in {record.key() for record in records}:
             known = keys.get(key)
             if known is None:
                 known = _parse_key(key)
@@ -329,7 +327,7 @@ class BatchFolder(Generic[S]):
         pending: list[Item] = []
         held = result.held
         decoder = self._decode
-        decode, check = decode_record, check_record
+        decode, check = decode_checked, check_record
         for record in records:
             if held and record.partition() in held:
                 result.records -= 1  # waits for a writer schema: read again from there later
@@ -355,10 +353,10 @@ class BatchFolder(Generic[S]):
                 continue
             try:
                 if decoder is None:
-                    event: Any = decode(value)
+                    event: Any = decode(value)  # decoded and checked in one call
                 else:
                     event, value = decoder(value)
-                check(event)
+                    check(event)
             except CodecError as error:
                 decoded = self._undecodable(record, value, error, result)
                 if decoded is None:

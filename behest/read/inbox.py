@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from behest.projections.run_state import TERMINAL
 
-__all__ = ["MAX_BACKLOG", "FeedInbox", "Inbox", "wake"]
+__all__ = ["MAX_BACKLOG", "FeedInbox", "Inbox", "Quiet", "wake"]
 
 MAX_BACKLOG: Final = 10_000
 """Messages a watcher may have waiting before it is sent back to read from the store."""
@@ -82,6 +82,48 @@ class FeedInbox(Inbox):
             and (self.status is None or head["status"] == self.status)
             and (self.active is None or (head["status"] not in TERMINAL) == self.active)
         )
+
+
+class Quiet:
+    """An async inbox's wait that also says when its stream has been quiet for `keepalive`
+    seconds (None: never), with one timer per quiet spell rather than one per wait: a
+    timer set and cancelled on every wake cost three times the wake itself (~14 of ~19 us
+    here), 7 ms of every event with 500 watchers. A timer that rings early (the stream
+    spoke since it was set) only sets the next one."""
+
+    def __init__(self, inbox: Inbox, keepalive: float | None) -> None:
+        self.inbox = inbox
+        self.keepalive = keepalive
+        self._loop = asyncio.get_running_loop()
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.spoke()
+
+    def spoke(self) -> None:
+        """The stream sent something: the quiet starts again now."""
+        if self.keepalive is not None:
+            self._deadline = self._loop.time() + self.keepalive
+
+    async def wait(self) -> bool:
+        """Until the inbox is woken or the quiet lasts `keepalive` seconds: True for the
+        latter (send a keep-alive)."""
+        if self.keepalive is not None:
+            if self._loop.time() >= self._deadline:
+                return True
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._deadline, self._ring)
+        await self.inbox.ready_async.wait()
+        return self.keepalive is not None and self._loop.time() >= self._deadline
+
+    def _ring(self) -> None:
+        self._timer = None
+        self.inbox.ready_async.set()
+
+    def close(self) -> None:
+        """Cancel the timer (it holds the inbox)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def wake(inboxes: list[Inbox]) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Final
 from behest.events import RunState
 from behest.fold.sequences import RunHead
 from behest.read.feed import RunDeleted
-from behest.read.inbox import MAX_BACKLOG, FeedInbox, Inbox
+from behest.read.inbox import MAX_BACKLOG, FeedInbox, Inbox, Quiet
 from behest.read.reader import Absent, ProjectionReader
 from behest.read.tailer import (
     DEFAULT_INTERVAL,
@@ -253,6 +253,7 @@ class RunWatch:
         list after `keepalive` idle seconds."""
         loop = asyncio.get_running_loop()
         cursor = self._cursor(loop)
+        quiet = Quiet(cursor.inbox, keepalive)
         try:
             while True:
                 pages = cursor.open()
@@ -267,7 +268,8 @@ class RunWatch:
                         break
                     if page:
                         yield page
-                inbox = cursor.inbox
+                        quiet.spoke()
+                inbox = quiet.inbox = cursor.inbox
                 while not cursor.done:
                     inbox.ready_async.clear()
                     found = cursor.pending()
@@ -275,15 +277,14 @@ class RunWatch:
                         break
                     if found:
                         yield found
-                        continue
-                    try:
-                        async with asyncio.timeout(keepalive):
-                            await inbox.ready_async.wait()
-                    except TimeoutError:
+                        quiet.spoke()
+                    elif await quiet.wait():
                         yield []
+                        quiet.spoke()
                 if cursor.done:
                     return
         finally:
+            quiet.close()
             cursor.close()
 
 
@@ -365,6 +366,7 @@ class RunsWatch:
         """The raw states (JSON) and deletions, awaiting between them; None after
         `keepalive` idle seconds."""
         inbox = self._open(asyncio.get_running_loop())
+        quiet = Quiet(inbox, keepalive)
         try:
             while True:
                 inbox.ready_async.clear()
@@ -372,11 +374,10 @@ class RunsWatch:
                 if items:
                     for item in items:
                         yield item
-                    continue
-                try:
-                    async with asyncio.timeout(keepalive):
-                        await inbox.ready_async.wait()
-                except TimeoutError:
+                    quiet.spoke()
+                elif await quiet.wait():
                     yield None
+                    quiet.spoke()
         finally:
+            quiet.close()
             tailer_of(self.reader).unsubscribe_feed(inbox)

@@ -8,7 +8,7 @@
  * callers translate both), everything else CodecError with the generated code's message.
  * Every read is bounds-checked: corrupt input raises, it never crashes or over-allocates.
  *
- * Spec of a node: (kind, path, check, lo, hi, names, children, expected)
+ * Spec of a node: (kind, path, check, lo, hi, names, children, expected, access)
  *   kind      one of the K_* below
  *   path      "Record.field", for messages
  *   check     C_NONE, C_RANGE (lo <= long <= hi), C_UUID (canonical text), C_JSON
@@ -17,13 +17,17 @@
  *   names     record: field names; enum: symbols; union: record full name or None
  *   children  record: field nodes; union: branch nodes
  *   expected  union, enum: the "must be ..." text of a value of no branch/symbol
+ *   access    None: records are dicts, unions of records (name, fields) tuples. Else the
+ *             writer takes objects (encode_object): record: per field None (the attribute
+ *             of that name), a callable (applied to that attribute) or an int (that extra
+ *             argument of encode_object); union: {class: branch index}
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-#define CAVRO_VERSION 1 /* behest.avro_program refuses a module of another version */
+#define CAVRO_VERSION 2 /* behest.avro_program refuses a module of another version */
 
 enum { K_NULL, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_BYTES, K_STRING, K_ENUM,
        K_RECORD, K_UNION, K_KINDS };
@@ -37,6 +41,7 @@ typedef struct Node {
     PyObject *names;    /* tuple or NULL */
     PyObject *expected; /* str or NULL */
     PyObject *index;    /* dict: enum symbol or union record name -> index, or NULL */
+    PyObject *access;   /* object mode: record field sources (tuple), union classes (dict) */
     Py_ssize_t n;       /* children */
     struct Node **children;
     int null_branch, other_branch, has_records;
@@ -61,6 +66,7 @@ static void node_free(Node *node) {
     Py_XDECREF(node->names);
     Py_XDECREF(node->expected);
     Py_XDECREF(node->index);
+    Py_XDECREF(node->access);
     PyMem_Free(node);
 }
 
@@ -71,10 +77,10 @@ static Node *node_build(PyObject *spec, int depth) {
     }
     int kind, check;
     long long lo, hi;
-    PyObject *path, *names, *children, *expected;
+    PyObject *path, *names, *children, *expected, *access;
     if (!PyTuple_Check(spec) ||
-        !PyArg_ParseTuple(spec, "iUiLLOOO", &kind, &path, &check, &lo, &hi, &names, &children,
-                          &expected))
+        !PyArg_ParseTuple(spec, "iUiLLOOOO", &kind, &path, &check, &lo, &hi, &names, &children,
+                          &expected, &access))
         return NULL;
     if (kind < 0 || kind >= K_KINDS || check < C_NONE || check > C_JSON) {
         PyErr_Format(PyExc_ValueError, "bad schema program node kind %d check %d", kind, check);
@@ -95,6 +101,13 @@ static Node *node_build(PyObject *spec, int depth) {
     if (expected != Py_None) {
         if (!PyUnicode_Check(expected)) goto bad;
         node->expected = Py_NewRef(expected);
+    }
+    if (access != Py_None) {
+        if (kind == K_RECORD ? !PyTuple_Check(access) || names == Py_None ||
+                                   PyTuple_GET_SIZE(access) != PyTuple_GET_SIZE(names)
+                             : kind != K_UNION || !PyDict_Check(access))
+            goto bad;
+        node->access = Py_NewRef(access);
     }
     if (kind == K_RECORD || kind == K_UNION) {
         if (!PyTuple_Check(children) || node->names == NULL ||
@@ -445,6 +458,8 @@ typedef struct {
     Py_ssize_t len, cap;
     unsigned char local[512];
     Program *program;
+    PyObject *const *params; /* encode_object's extra arguments */
+    Py_ssize_t nparams;
 } Writer;
 
 static int grow(Writer *w, Py_ssize_t more) {
@@ -597,11 +612,30 @@ static int write_float(Writer *w, Node *node, PyObject *value) {
     return put(w, bytes, 8);
 }
 
+/* A field of an object: its attribute, a function of it, or an argument of the call. */
+static PyObject *object_field(Writer *w, PyObject *source, PyObject *object, PyObject *name) {
+    if (PyLong_CheckExact(source)) {
+        Py_ssize_t at = PyLong_AsSsize_t(source);
+        if (at < 0 || at >= w->nparams) {
+            PyErr_Format(PyExc_TypeError, "the field %U needs argument %zd of encode()", name,
+                         at);
+            return NULL;
+        }
+        return Py_NewRef(w->params[at]);
+    }
+    PyObject *item = PyObject_GetAttr(object, name);
+    if (item != NULL && source != Py_None) Py_SETREF(item, PyObject_CallOneArg(source, item));
+    return item;
+}
+
 static int write_record(Writer *w, Node *node, PyObject *value) {
     for (Py_ssize_t i = 0; i < node->n; i++) {
         PyObject *name = PyTuple_GET_ITEM(node->names, i);
         PyObject *item;
-        if (PyDict_CheckExact(value)) {
+        if (node->access != NULL) {
+            item = object_field(w, PyTuple_GET_ITEM(node->access, i), value, name);
+            if (item == NULL) return -1;
+        } else if (PyDict_CheckExact(value)) {
             item = PyDict_GetItemWithError(value, name);
             if (item == NULL) {
                 if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, name);
@@ -620,7 +654,19 @@ static int write_record(Writer *w, Node *node, PyObject *value) {
 }
 
 static int write_union(Writer *w, Node *node, PyObject *value) {
-    if (node->has_records && PyTuple_CheckExact(value)) {
+    if (node->access != NULL) { /* objects: the branch is the object's class */
+        PyObject *index = PyDict_GetItemWithError(node->access, (PyObject *)Py_TYPE(value));
+        if (index != NULL) {
+            Py_ssize_t i = PyLong_AsSsize_t(index);
+            if (i < 0 || i >= node->n) {
+                PyErr_Format(PyExc_ValueError, "%U: no branch %zd", node->path, i);
+                return -1;
+            }
+            if (put_varint(w, (uint64_t)i << 1) < 0) return -1;
+            return write_node(w, node->children[i], value);
+        }
+        if (PyErr_Occurred()) return -1;
+    } else if (node->has_records && PyTuple_CheckExact(value)) {
         Py_ssize_t size = PyTuple_GET_SIZE(value);
         if (size != 2) {
             if (size > 2)
@@ -646,6 +692,7 @@ static int write_union(Writer *w, Node *node, PyObject *value) {
         if (put_varint(w, (uint64_t)node->other_branch << 1) < 0) return -1;
         return write_node(w, node->children[node->other_branch], value);
     }
+    if (node->access != NULL) return not_a(w, NULL, node->expected, value, node->path);
     return not_a(w, "a (name, fields) tuple", NULL, value, node->path);
 }
 
@@ -694,25 +741,29 @@ static void writer_close(Writer *w) {
     if (w->data != w->local) PyMem_Free(w->data);
 }
 
-static int write_value(Program *self, Writer *w, PyObject *value) {
+static int write_value(Program *self, Writer *w, PyObject *value, PyObject *const *params,
+                            Py_ssize_t nparams) {
     w->data = w->local;
     w->len = 0;
     w->cap = (Py_ssize_t)sizeof(w->local);
     w->program = self;
+    w->params = params;
+    w->nparams = nparams;
     if (Py_EnterRecursiveCall(" writing an Avro value")) return -1;
     int failed = write_node(w, self->root, value);
     Py_LeaveRecursiveCall();
     return failed;
 }
 
-/* encode(prefix, value) -> prefix + the Avro binary form of value */
+/* encode(prefix, value, *arguments) -> prefix + the Avro binary form of value */
 static PyObject *Program_encode(Program *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "encode() takes (prefix: bytes, value)");
+    if (nargs < 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode() takes (prefix: bytes, value, *arguments)");
         return NULL;
     }
     Writer w;
-    if (write_value(self, &w, args[1]) < 0) {
+    int failed = write_value(self, &w, args[1], args + 2, nargs - 2);
+    if (failed) {
         writer_close(&w);
         return NULL;
     }
@@ -733,7 +784,7 @@ static PyObject *Program_write(Program *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     Writer w;
-    if (write_value(self, &w, args[1]) < 0) {
+    if (write_value(self, &w, args[1], NULL, 0) < 0) {
         writer_close(&w);
         return NULL;
     }
@@ -830,7 +881,8 @@ static PyMethodDef Program_methods[] = {
     {"read", (PyCFunction)(void (*)(void))Program_read_guarded, METH_FASTCALL,
      "read(data, pos) -> (value, end)"},
     {"encode", (PyCFunction)(void (*)(void))Program_encode_guarded, METH_FASTCALL,
-     "encode(prefix, value) -> prefix + the Avro binary form of value"},
+     "encode(prefix, value, *arguments) -> prefix + the Avro binary form of value (the "
+     "arguments: fields that a program of objects takes from the call)"},
     {"write", (PyCFunction)(void (*)(void))Program_write_guarded, METH_FASTCALL,
      "write(out, value): append the Avro binary form of value to the bytearray out"},
     {NULL, NULL, 0, NULL},

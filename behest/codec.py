@@ -151,12 +151,13 @@ def use_compiled(enabled: bool = True) -> bool:
     True if the compiled one now runs. Both give the same records, bytes and errors (the
     tests run under each); at import, the compiled one is chosen unless
     `BEHEST_PURE_PYTHON=1`."""
-    global _read_current, _read_checked, _encode_current
-    if enabled and _PROGRAM is not None:
+    global _read_current, _read_checked, _encode_current, _encode_event
+    if enabled and _PROGRAM is not None and _EVENT_PROGRAM is not None:
         _read_current, _read_checked = _PROGRAM.decode, _PROGRAM.decode_checked
-        _encode_current = _PROGRAM.encode
+        _encode_current, _encode_event = _PROGRAM.encode, _EVENT_PROGRAM.encode
         return True
     _read_current, _read_checked, _encode_current = _py_read, _py_read_checked, _py_encode
+    _encode_event = _py_encode_event
     return False
 
 
@@ -166,9 +167,6 @@ def implementation() -> str:
         return "compiled (C extension behest._cavro)"
     reason = avro_program.unavailable_reason() or "switched off by use_compiled(False)"
     return f"generated Python ({reason})"
-
-
-use_compiled()
 
 
 # --- bytes ↔ EventRecord ----------------------------------------------------------------------
@@ -297,61 +295,78 @@ _ENCODED_RECORDS: tuple[type, ...] = (
     ToolExecutionFailure,
     UnknownFinishReason,
 )
-_UUID, _JSON = "_uuid_text({0}.{1})", "_json_text({0}.{1})"
+_CLASSES = {f"{NAMESPACE}.{cls.__name__}": cls for cls in _ENCODED_RECORDS}
+_PARAMS = ("run_text", "micros")
+_FIELD_SOURCES: dict[str, avro_program.Source] = {
+    "AgentEvent.event_id": _uuid_text,
+    "AgentEvent.run_id": _PARAMS.index("run_text"),
+    "AgentEvent.timestamp": _PARAMS.index("micros"),
+    "RunStarted.session_id": _uuid_text,
+    "RunStarted.metadata": _json_text,
+    "ToolCall.arguments": _json_text,
+    "ToolExecutionSuccess.output": _json_text,
+    "AssistantMessageCommitted.message_id": _uuid_text,
+    "ToolMessageCommitted.message_id": _uuid_text,
+}
+_SOURCES = {f"{NAMESPACE}.{field}": source for field, source in _FIELD_SOURCES.items()}
+"""Where an `AgentEvent`'s writer takes a record field: a model field is the record field
+of the same name, except these: converted by a function, or an argument of the writer."""
+
+
+def _expression(source: avro_program.Source) -> str:
+    if isinstance(source, int):
+        return _PARAMS[source]
+    return f"{getattr(source, '__name__', '')}({{0}}.{{1}})"
+
+
 _write_event: Callable[[bytearray, AgentEvent, str, int], None] = compile_object_writer(
     CURRENT.parsed,
-    classes={f"{NAMESPACE}.{cls.__name__}": cls for cls in _ENCODED_RECORDS},
-    fields={
-        f"{NAMESPACE}.{field}": expression
-        for field, expression in {
-            "AgentEvent.event_id": _UUID,
-            "AgentEvent.run_id": "run_text",
-            "AgentEvent.timestamp": "micros",
-            "RunStarted.session_id": _UUID,
-            "RunStarted.metadata": _JSON,
-            "ToolCall.arguments": _JSON,
-            "ToolExecutionSuccess.output": _JSON,
-            "AssistantMessageCommitted.message_id": _UUID,
-            "ToolMessageCommitted.message_id": _UUID,
-        }.items()
-    },
-    params=("run_text", "micros"),
+    classes=_CLASSES,
+    fields={field: _expression(source) for field, source in _SOURCES.items()},
+    params=_PARAMS,
     helpers={"_uuid_text": _uuid_text, "_json_text": _json_text},
 )
 """Writes an `AgentEvent` straight from the models' attributes (no plain record in
-between): a model field is the record field of the same name, except the ones above."""
+between); `_EVENT_PROGRAM` is the same in C."""
+_EVENT_PROGRAM = avro_program.load(CURRENT.parsed, classes=_CLASSES, sources=_SOURCES)
+
+
+def _py_encode_event(prefix: bytes, event: AgentEvent, run_text: str, micros: int) -> bytes:
+    out = bytearray(prefix)
+    _write_event(out, event, run_text, micros)
+    return bytes(out)
+
+
+_encode_event: Callable[[bytes, AgentEvent, str, int], bytes] = _py_encode_event
 
 
 def encode_body(event: AgentEvent) -> bytes:
     """The Avro binary body of an event under the current schema, without any header."""
-    return bytes(_encode(bytearray(), event))
+    return _encode(b"", event)
 
 
 def encode(event: AgentEvent) -> bytes:
     """Avro single-object encoding of an event under the current schema."""
-    return bytes(_encode(bytearray(_CURRENT_HEADER), event))
+    return _encode(_CURRENT_HEADER, event)
 
 
 def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
     """`encode(event)` and the event's time in µs since the epoch, for producers: they
     key records by the run id's text (`run_text`, cached per run, saves converting it
     twice) and stamp them with the event's time (computed once here)."""
-    out = bytearray(_CURRENT_HEADER)
     try:
         micros = (event.timestamp - EPOCH) // MICROSECOND
-        _write_event(out, event, run_text, micros)
+        return _encode_event(_CURRENT_HEADER, event, run_text, micros), micros
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
-    return bytes(out), micros
 
 
-def _encode(out: bytearray, event: AgentEvent) -> bytearray:
+def _encode(prefix: bytes, event: AgentEvent) -> bytes:
     try:
         run_text = _uuid_text(event.run_id)
-        _write_event(out, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
+        return _encode_event(prefix, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
-    return out
 
 
 def _encode_error(event: AgentEvent, error: Exception) -> CodecError:
@@ -442,3 +457,6 @@ def decode(data: bytes) -> AgentEvent:
 
 
 # --- what the model demands beyond the schema -------------------------------------------------
+
+
+use_compiled()  # at import: the compiled codec where it is built

@@ -7,6 +7,8 @@ ToolCallCompleted, ToolExecutionFinished and UsageRecorded, and one terminal eve
 Every measurement is repeated (interleaved, so load on a shared machine hits all alike)
 and reported as the median rate. Rates are per second of this process's CPU time: the
 codec is pure computation, and CPU time stays honest when other work shares the cores.
+The codec measured is the one `codec.implementation()` names (compiled where built;
+`BEHEST_PURE_PYTHON=1` for the generated Python).
 """
 
 from __future__ import annotations
@@ -110,6 +112,10 @@ def realistic_events(runs: int, seed: int = 7) -> list[AgentEvent]:
     return events
 
 
+def _decode_and_check(data: bytes) -> None:
+    codec.check_record(codec.decode_record(data))
+
+
 def _rate(action: Callable[[Any], object], items: Sequence[Any], seconds: float) -> float:
     """Events per CPU second of `action` over `items`, looping for about `seconds` of CPU
     (at most twice that of wall time, so a crowded machine cannot stretch the run)."""
@@ -162,6 +168,8 @@ def run(seconds_budget: float = 20.0) -> list[dict[str, Any]]:
         "encode": (codec.encode, events),
         "encode_record": (codec.encode_record, records),
         "decode_record": (codec.decode_record, encoded),
+        "decode_checked": (codec.decode_checked, encoded),
+        "decode_record + check_record": (_decode_and_check, encoded),
         "decode": (codec.decode, encoded),
         "pydantic model_dump_json": (AgentEvent.model_dump_json, events),
         "pydantic model_validate_json": (AgentEvent.model_validate_json, pydantic_texts),
@@ -195,6 +203,10 @@ def run(seconds_budget: float = 20.0) -> list[dict[str, Any]]:
              "fastavro schemaless_reader", rate["fastavro schemaless_reader"]),
         _row("decode_record (bytes → record)", rate["decode_record"], unit,
              "issue target (decode)", TARGETS["decode"]),
+        _row("decode_checked (bytes → checked record)", rate["decode_checked"], unit,
+             "decode_record + check_record", rate["decode_record + check_record"]),
+        _row("decode_checked (bytes → checked record)", rate["decode_checked"], unit,
+             "fastavro schemaless_reader", rate["fastavro schemaless_reader"]),
         _row("decode (bytes → AgentEvent)", rate["decode"], unit,
              "pydantic model_validate_json", rate["pydantic model_validate_json"]),
         _row("decode (bytes → AgentEvent)", rate["decode"], unit,
@@ -207,7 +219,8 @@ def run(seconds_budget: float = 20.0) -> list[dict[str, Any]]:
 def main(argv: Sequence[str]) -> int:
     budget = float(argv[0]) if argv else 20.0
     rows = run(budget)
-    print(f"codec, events per CPU second, median of {REPEATS} interleaved repeats")
+    print(f"codec ({codec.implementation()}), events per CPU second, median of {REPEATS} "
+          "interleaved repeats")  # fmt: skip
     print(f"{'measurement':34} {'value':>12} {'unit':9} {'reference (same run)':32} "
           f"{'reference':>12} {'ratio':>7}")  # fmt: skip
     for row in rows:

@@ -1,13 +1,17 @@
 """How the projector and `get_at` behave as things grow.
 
-- the log grows (events per run fixed): projector events/s and peak RSS;
+- the log grows (events per run fixed): projector events/s and peak RSS, with 1 worker
+  and with 2 (two `Projector` processes in one group on one state dir, as
+  `behest node --workers 2` runs them; their peak RSS summed, and the larger one);
 - the number of runs grows (events fixed): the same two figures;
 - runs grow longer: `get_at` latency, which snapshots bound (a snapshot every
   `DEFAULT_SNAPSHOT_EVERY` events, so at most that many events are folded per query).
 
 Each projector measurement is a fresh process with a fresh state dir folding the whole
 topic with `run(until_caught_up=True)`, i.e. a rebuild; its figure's reference is the
-smallest size of the same curve, so the ratio shows what growth costs.
+smallest size of the same curve, so the ratio shows what growth costs. Two workers are
+timed from the first one's `run()` to the last one's return (their join and rebalance in
+it), alternating with the single worker, which is their reference at the same size.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import (
     BenchContext,
@@ -31,7 +35,14 @@ from benchmarks.common import (
     run_child,
 )
 
+if TYPE_CHECKING:
+    from benchmarks.bench_rebuild import Rebuild
+
 MIB = 1024 * 1024
+WORKERS = 2
+LARGEST_LOG = 3_000_000
+"""Events of the log curve's last point, measured only if the suite's budget holds it."""
+"""The second worker count of the log curve (on 2 cores, one worker a core)."""
 
 # --- one projector run (in a child process) -----------------------------------------------------
 
@@ -102,17 +113,25 @@ def project_once(
     return float(result["seconds"]), child.peak_rss_bytes
 
 
-def measure_projector(ctx: BenchContext, label: str, batches: list[RunBatch]) -> ProjectorSample:
+def measure_projector(
+    ctx: BenchContext, label: str, batches: list[RunBatch], *, workers: int = 1
+) -> ProjectorSample:
     """The projector over the shared topic `label`, repeated; memoized per label, so the
-    rebuild figure and the curves reuse one measurement of the same topic."""
+    rebuild figure and the curves reuse one measurement of the same topic. With `workers`
+    above 1, the repeats alternate with those of that many workers (`measure_workers`)."""
     key = f"projector:{label}"
     cached = ctx.memo.get(key)
     if isinstance(cached, ProjectorSample):
         return cached
     topic, fill = ctx.topic(label, batches)
     runs = sum(batch.count for batch in fill.batches)
-    ctx.log(f"projector: rebuild over {fill.events:,} events of {runs:,} runs x{ctx.repeats}")
-    samples = [project_once(ctx, topic, fill.events, runs) for _ in range(ctx.repeats)]
+    also = f" alternating with {workers} workers" if workers > 1 else ""
+    ctx.log(f"projector: rebuild over {fill.events:,} events of {runs:,} runs x{ctx.repeats}{also}")
+    samples = []
+    for repeat in range(ctx.repeats):
+        samples.append(project_once(ctx, topic, fill.events, runs))
+        if workers > 1 and len(_rebuilds(ctx, label, workers)) <= repeat:
+            _rebuild(ctx, label, batches, workers)
     sample = ProjectorSample(
         events=fill.events,
         seconds=median([s[0] for s in samples]),
@@ -120,6 +139,65 @@ def measure_projector(ctx: BenchContext, label: str, batches: list[RunBatch]) ->
     )
     ctx.memo[key] = sample
     return sample
+
+
+@dataclass(frozen=True)
+class WorkersSample:
+    """Medians over the repeats of a rebuild by several workers."""
+
+    workers: int
+    events: int
+    seconds: float
+    peak_rss_sum: float
+    """Bytes: the workers' peak RSS (each its own `VmHWM`) added up."""
+    peak_rss_max: float
+    """Bytes: the largest worker's peak RSS."""
+    repeats: int
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def _rebuilds(ctx: BenchContext, label: str, workers: int) -> list[Rebuild]:
+    kept = ctx.memo.get(f"workers:{workers}:{label}")
+    return list(kept) if isinstance(kept, list) else []
+
+
+def remember_rebuilds(ctx: BenchContext, label: str, workers: int, rebuilds: list[Rebuild]) -> None:
+    """Keep rebuilds of the topic `label` another area measured, for the curves to reuse."""
+    ctx.memo[f"workers:{workers}:{label}"] = [*_rebuilds(ctx, label, workers), *rebuilds]
+
+
+def _rebuild(ctx: BenchContext, label: str, batches: list[RunBatch], workers: int) -> None:
+    from benchmarks.bench_rebuild import rebuild_once
+
+    topic, fill = ctx.topic(label, batches)
+    remember_rebuilds(
+        ctx, label, workers, [rebuild_once(ctx.bootstrap, topic, fill.events, workers)]
+    )
+
+
+def measure_workers(
+    ctx: BenchContext, label: str, batches: list[RunBatch], workers: int = WORKERS
+) -> WorkersSample:
+    """`workers` projector processes rebuilding the shared topic `label`: the rebuilds kept
+    so far (`remember_rebuilds`), topped up to the suite's repeats."""
+    _, fill = ctx.topic(label, batches)
+    missing = ctx.repeats - len(_rebuilds(ctx, label, workers))
+    if missing > 0:
+        ctx.log(f"projector: {workers} workers over {fill.events:,} events x{missing}")
+    for _ in range(missing):
+        _rebuild(ctx, label, batches, workers)
+    rebuilds = _rebuilds(ctx, label, workers)
+    return WorkersSample(
+        workers=workers,
+        events=fill.events,
+        seconds=median([r.seconds for r in rebuilds]),
+        peak_rss_sum=median([sum(r.peak_rss) for r in rebuilds]),
+        peak_rss_max=median([max(r.peak_rss) for r in rebuilds]),
+        repeats=len(rebuilds),
+    )
 
 
 def size_label(count: int) -> str:
@@ -152,6 +230,35 @@ def _point_rows(
     ]
 
 
+def _workers_rows(label: str, one: ProjectorSample, many: WorkersSample) -> list[Row]:
+    """Events/s and peak RSS (summed, and the larger worker's) of several workers at one
+    point of a curve, against one worker at the same point."""
+    workers = f"{many.workers} workers"
+    return [
+        make_row(
+            f"projector, {workers}, {label}",
+            many.rate,
+            "events/s",
+            f"projector, 1 worker, {label}",
+            one.rate,
+        ),
+        make_row(
+            f"projector peak RSS, {workers} summed, {label}",
+            many.peak_rss_sum / MIB,
+            "MiB",
+            f"projector peak RSS, 1 worker, {label}",
+            one.peak_rss_bytes / MIB,
+        ),
+        make_row(
+            f"projector peak RSS, {workers}, the larger, {label}",
+            many.peak_rss_max / MIB,
+            "MiB",
+            f"projector peak RSS, 1 worker, {label}",
+            one.peak_rss_bytes / MIB,
+        ),
+    ]
+
+
 def _curve(ctx: BenchContext, points: list[tuple[str, str, list[RunBatch]]]) -> list[Row]:
     """Rows of every point of a curve; `points` are `(label, topic label, batches)`."""
     samples = [(label, measure_projector(ctx, memo, batches)) for label, memo, batches in points]
@@ -175,33 +282,62 @@ def _log_point(events: int) -> tuple[str, str, list[RunBatch]]:
     return (f"{size_label(events)}-event log", *log_topic(events))
 
 
+def workers_sizes(quick: bool) -> list[int]:
+    """The log curve's sizes measured with 2 workers too (quick mode: the largest only)."""
+    sizes = log_sizes(quick)
+    return sizes[-1:] if quick else sizes
+
+
 def log_growth(ctx: BenchContext) -> list[Row]:
-    """Events/s and RSS as the log grows, runs of 100 events (the 3M point comes last)."""
-    return _curve(ctx, [_log_point(n) for n in log_sizes(ctx.quick)])
+    """Events/s and RSS as the log grows, runs of 100 events, with 1 and with 2 workers
+    (the 3M point comes last)."""
+    many = workers_sizes(ctx.quick)
+    for events in log_sizes(ctx.quick):
+        measure_projector(ctx, *log_topic(events), workers=WORKERS if events in many else 1)
+    rows = _curve(ctx, [_log_point(n) for n in log_sizes(ctx.quick)])
+    for events in many:
+        label, batches = log_topic(events)
+        one = measure_projector(ctx, label, batches)
+        two = measure_workers(ctx, label, batches)
+        rows += _workers_rows(f"{size_label(events)}-event log", one, two)
+    return rows
 
 
 def largest_log(ctx: BenchContext) -> list[Row]:
-    """The 3M-event point of the log curve, if what is left of the budget holds it."""
-    big = 3_000_000
+    """The 3M-event point of the log curve, with 1 and 2 workers, if what is left of the
+    budget holds it (else with 1 worker only, if that fits)."""
+    big = LARGEST_LOG
     if ctx.quick:
         ctx.note(f"scaling: {size_label(big)}-event log skipped (quick mode)")
         return []
     sizes = log_sizes(ctx.quick)
     base = measure_projector(ctx, *log_topic(sizes[0]))
     last = measure_projector(ctx, *log_topic(sizes[-1]))
-    # filling the topic costs less than one fold; `repeats` folds follow
-    predicted = (ctx.repeats + 1) * last.seconds * big / last.events
+    many = measure_workers(ctx, *log_topic(sizes[-1]))
+    # filling the topic costs less than one fold; `repeats` folds of each follow
+    one_alone = (ctx.repeats + 1) * last.seconds * big / last.events
+    both = one_alone + ctx.repeats * many.seconds * big / many.events
     left = ctx.budget - (time.monotonic() - ctx.started)
-    if predicted > left:
+    skipped = f"{max(left, 0):.0f} s left of the {ctx.budget:.0f} s budget (--budget)"
+    if one_alone > left:
         ctx.note(
-            f"scaling: {size_label(big)}-event log skipped: ~{predicted:.0f} s predicted, "
-            f"{max(left, 0):.0f} s left of the {ctx.budget:.0f} s budget (--budget)"
+            f"scaling: {size_label(big)}-event log skipped: ~{one_alone:.0f} s predicted, "
+            + skipped
         )
         return []
-    sample = measure_projector(ctx, *log_topic(big))
-    return _point_rows(
-        f"{size_label(big)}-event log", sample, f"{size_label(sizes[0])}-event log", base
-    )
+    label, batches = log_topic(big)
+    workers = WORKERS if both <= left else 1
+    if workers == 1:
+        ctx.note(
+            f"scaling: {size_label(big)}-event log with {WORKERS} workers skipped: "
+            f"~{both:.0f} s predicted with them, " + skipped
+        )
+    sample = measure_projector(ctx, label, batches, workers=workers)
+    name = f"{size_label(big)}-event log"
+    rows = _point_rows(name, sample, f"{size_label(sizes[0])}-event log", base)
+    if workers > 1:
+        rows += _workers_rows(name, sample, measure_workers(ctx, label, batches))
+    return rows
 
 
 def run_growth(ctx: BenchContext) -> list[Row]:

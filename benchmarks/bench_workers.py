@@ -2,10 +2,11 @@
 
 A log of `events` events on a 6-partition topic is filled once; a node with a fresh state
 dir and consumer group folds it with 1 worker, then another with 2, alternating for the
-repeats (so load from elsewhere falls on both alike). The fold rate is measured from the
-moment the workers' assignment settled (read from the node's log) to the end of the log,
-from the offsets the workers commit, so process start-up and the first worker folding
-alone until the second joins are not counted.
+repeats (so load from elsewhere falls on both alike). The fold is timed from the moment
+the node's first worker is assigned partitions (read from the node's log) to the end of
+the log (the offsets the workers commit), so for 2 workers the second one's join, the
+rebalance it causes and any uneven split that follows are in it; interpreter start-up is
+not (it is reported apart, with where the machine's CPU went during the fold).
 
     python -m benchmarks.bench_workers [--events 600000] [--repeats 1]
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
@@ -44,32 +46,68 @@ from benchmarks.common import (
 PARTITIONS = 6
 EVENTS_PER_RUN = 20
 TARGET = 1.8
+BUSY_MACHINE = 1.5
+"""Cores in use during the 1-worker fold above which the machine was shared (one worker
+and the broker need about 1.1)."""
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def fold_rate(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -> float:
-    """Events a second one `behest node --workers N` folds once its workers' assignment
-    has settled (the first worker alone has every partition until the others join)."""
+@dataclass(frozen=True)
+class Fold:
+    """One node's fold of the whole log, and where the machine's CPU went meanwhile."""
+
+    rate: float
+    """Events/s from the first assignment to the end of the log."""
+    start_up: float
+    """Seconds from the node's start to its first worker's assignment."""
+    split_after: float
+    """Seconds from the first assignment until each worker held its share."""
+    workers_cores: float
+    """CPU the worker processes used during the fold, in cores (CPU seconds / seconds)."""
+    node_cores: float
+    """CPU of the node's other processes (HTTP API, membership describer)."""
+    machine_cores: float
+    """CPU the whole machine used (the broker and everything else too)."""
+
+
+def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -> Fold:
+    """One `behest node --workers N` with a fresh state dir and group folding the topic."""
     command = [sys.executable, "-m", "behest.cli", "node", "--workers", str(workers)]
     command += ["--port", str(free_port()), "--state-dir", str(workdir / uuid.uuid4().hex[:8])]
     group = f"bench-workers-{uuid.uuid4().hex[:8]}"
     command += ["--group-id", group, "--topic", topic]
     command += ["--bootstrap-servers", bootstrap, "--log-level", "info"]
     log_path = workdir / f"node-{uuid.uuid4().hex[:8]}.log"
+    started = time.perf_counter()
     with log_path.open("wb") as log:
         node = subprocess.Popen(command, stdout=log, stderr=log)
-    settled: tuple[float, int] | None = None
-    last: tuple[float, int] | None = None
+    first: tuple[float, int, dict[int, float], float] | None = None
+    split: float | None = None
     try:
         deadline = time.monotonic() + 300
         progress = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
         try:
-            while time.monotonic() < deadline and (last is None or last[1] < events):
+            folded = 0
+            while time.monotonic() < deadline and folded < events:
                 if node.poll() is not None:
                     raise RuntimeError(f"the node ({workers} workers) exited: {node.returncode}")
-                last = (time.perf_counter(), _folded(progress, topic))
-                if settled is None and _settled(log_path.read_text(), workers):
-                    settled = last
-                time.sleep(0.05)
+                text = log_path.read_text()
+                if first is None and _ASSIGNED in text:
+                    at = time.perf_counter()
+                    first = (
+                        at,
+                        _folded(progress, topic),
+                        _cpu_seconds(node.pid),
+                        _machine_seconds(),
+                    )
+                if first is not None:
+                    folded = _folded(progress, topic)
+                    if split is None and _settled(text, workers):
+                        split = time.perf_counter() - first[0]
+                time.sleep(0.05 if first is not None else 0.01)
+            ended = time.perf_counter()
+            cpu, machine = _cpu_seconds(node.pid), _machine_seconds()
+            workers_pids = _workers(node.pid, cpu)
         finally:
             progress.close()
     finally:
@@ -78,11 +116,22 @@ def fold_rate(bootstrap: str, topic: str, events: int, workers: int, workdir: Pa
             node.wait(40)
         except subprocess.TimeoutExpired:
             node.kill()
-    if last is None or last[1] < events:
+    if first is None or folded < events:
         raise RuntimeError(f"{workers} worker(s) did not fold {events} events within 300 s")
-    if settled is None or last[1] - settled[1] < events * 0.3:
-        raise RuntimeError(f"{workers} worker(s) settled too late to measure: use a longer log")
-    return (last[1] - settled[1]) / (last[0] - settled[0])
+    at, before, cpu_before, machine_before = first
+    seconds = ended - at
+    used = {pid: cpu[pid] - cpu_before.get(pid, 0.0) for pid in cpu}
+    return Fold(
+        rate=(events - before) / seconds,
+        start_up=at - started,
+        split_after=split if split is not None else float("nan"),
+        workers_cores=sum(v for pid, v in used.items() if pid in workers_pids) / seconds,
+        node_cores=sum(v for pid, v in used.items() if pid not in workers_pids) / seconds,
+        machine_cores=(machine - machine_before) / seconds,
+    )
+
+
+_ASSIGNED = "behest.fold.projector: assigned ("
 
 
 def _settled(log: str, workers: int) -> bool:
@@ -91,7 +140,7 @@ def _settled(log: str, workers: int) -> bool:
     assigned = [
         {int(p) for p in line.split("assigned (", 1)[1].split(")", 1)[0].split(",") if p.strip()}
         for line in log.splitlines()
-        if "behest.fold.projector: assigned (" in line
+        if _ASSIGNED in line
     ][-workers:]
     covered = [p for share in assigned for p in share]
     return len(assigned) == workers and sorted(covered) == list(range(PARTITIONS))
@@ -104,19 +153,82 @@ def _folded(progress: Consumer, topic: str) -> int:
     return sum(max(tp.offset, 0) for tp in progress.committed(partitions, timeout=10))
 
 
-def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[int, list[float]]:
-    """Fold rates (events/s) of 1 and 2 workers over one filled topic, alternating."""
+def _processes() -> dict[int, tuple[int, float, str]]:
+    """`pid -> (parent pid, CPU seconds, command line)` of every process on the machine."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue  # exited meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+        found[int(entry)] = (int(fields[1]), cpu, command.decode(errors="replace"))
+    return found
+
+
+def _cpu_seconds(root: int) -> dict[int, float]:
+    """CPU seconds so far of `root` and every process below it."""
+    every = _processes()
+    tree = {root}
+    grew = True
+    while grew:
+        below = {pid for pid, (parent, _, _) in every.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return {pid: every[pid][1] for pid in tree if pid in every}
+
+
+def _workers(root: int, pids: dict[int, float]) -> set[int]:
+    """The node's worker processes among `pids` (multiprocessing's spawned children)."""
+    every = _processes()
+    return {
+        pid
+        for pid in pids
+        if pid in every and every[pid][0] == root and "multiprocessing.spawn" in every[pid][2]
+    }
+
+
+def _machine_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all but idle and I/O wait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / _TICK
+
+
+def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[int, list[Fold]]:
+    """Folds of 1 and 2 workers over one filled topic, alternating."""
     topic = f"bench-workers-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic, PARTITIONS)
     try:
         fill_topic(bootstrap, topic, [RunBatch(events // EVENTS_PER_RUN, EVENTS_PER_RUN)])
-        rates: dict[int, list[float]] = {1: [], 2: []}
+        folds: dict[int, list[Fold]] = {1: [], 2: []}
         for _ in range(repeats):
             for workers in (1, 2):
-                rates[workers].append(fold_rate(bootstrap, topic, events, workers, workdir))
-        return rates
+                folds[workers].append(fold(bootstrap, topic, events, workers, workdir))
+        return folds
     finally:
         delete_topic(bootstrap, topic)
+
+
+def describe(folds: dict[int, list[Fold]]) -> str:
+    """Where the time and the CPU went, per worker count (medians), for the notes: the
+    workers' CPU per event shows whether two fold as cheaply as one; the cores left to
+    the rest of the machine (the broker, this benchmark, anything else) what they took."""
+    parts = []
+    for workers, runs in folds.items():
+        cpu_per_event = median([f.workers_cores / f.rate * 1e6 for f in runs])
+        rest = median([f.machine_cores - f.workers_cores - f.node_cores for f in runs])
+        parts.append(
+            f"{workers} worker(s): start-up {median([f.start_up for f in runs]):.2f} s, "
+            f"each on its share {median([f.split_after for f in runs]):.2f} s after the "
+            f"first assignment; during the fold the workers used "
+            f"{median([f.workers_cores for f in runs]):.2f} cores ({cpu_per_event:.1f} CPU "
+            f"µs/event), the node's other processes {median([f.node_cores for f in runs]):.2f}, "
+            f"the rest of the machine {rest:.2f} (of 2)"
+        )
+    return "; ".join(parts)
 
 
 def run(ctx: BenchContext) -> list[Row]:
@@ -124,15 +236,25 @@ def run(ctx: BenchContext) -> list[Row]:
     events = 300_000 if ctx.quick else 600_000
     repeats = 1 if ctx.quick else 2
     ctx.log(f"workers: behest node --workers 2 vs 1, {events:,} events, x{repeats}")
-    rates = measure(ctx.bootstrap, events, repeats, ctx.scratch("workers"))
-    two, one = median(rates[2]), median(rates[1])
+    load = os.getloadavg()[0]
+    folds = measure(ctx.bootstrap, events, repeats, ctx.scratch("workers"))
+    two = median([f.rate for f in folds[2]])
+    one = median([f.rate for f in folds[1]])
+    ratios = ", ".join(f"{b.rate / a.rate:.2f}x" for a, b in zip(folds[1], folds[2], strict=True))
     ctx.note(
         f"workers: target {TARGET}x with 2 workers on 2 cores; measured {two / one:.2f}x "
-        f"(load average {os.getloadavg()[0]:.1f})"
+        f"(per repeat {ratios}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after)"
     )
+    ctx.note(f"workers: {describe(folds)}")
+    busy = median([f.machine_cores for f in folds[1]])
+    if busy > BUSY_MACHINE:
+        ctx.note(
+            f"workers: the machine was busy elsewhere ({busy:.2f} of 2 cores during the "
+            "1-worker fold, which needs about one): the ratio is not what two free cores give"
+        )
     return [
         make_row(
-            f"behest node --workers 2, {events:,} events, 6 partitions",
+            f"behest node --workers 2, {events:,} events, 6 partitions, from the first assignment",
             two,
             "events/s",
             "behest node --workers 1, same log",
@@ -148,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
     with kafka_broker() as (bootstrap, _), tempfile.TemporaryDirectory() as workdir:
-        rates = measure(bootstrap, args.events, args.repeats, Path(workdir))
-    two, one = median(rates[2]), median(rates[1])
+        folds = measure(bootstrap, args.events, args.repeats, Path(workdir))
+    two = median([f.rate for f in folds[2]])
+    one = median([f.rate for f in folds[1]])
     summary = {
-        "workers_1_events_per_s": [round(r) for r in rates[1]],
-        "workers_2_events_per_s": [round(r) for r in rates[2]],
+        "workers_1_events_per_s": [round(f.rate) for f in folds[1]],
+        "workers_2_events_per_s": [round(f.rate) for f in folds[2]],
         "ratio": round(two / one, 2),
+        "where": describe(folds),
         "load_before": load,
         "load_after": os.getloadavg()[0],
     }

@@ -45,6 +45,8 @@ _REPORT_EVERY: Final = 0.05
 _STOP_TIMEOUT: Final = 30.0
 _HANDOVER_TIMEOUT: Final = 5.0
 """Seconds a worker giving partitions up waits for its node to stop serving them."""
+_JOIN_TOGETHER_TIMEOUT: Final = 30.0
+"""Seconds a worker waits for its siblings to be ready to join the group (then joins)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def _worker(
     reports: Any,
     stop: Any,
     acks: Any,
+    ready: Any,
 ) -> None:
     """A worker process: one Projector in the group, reporting what it holds."""
     from behest.fold.catalog import load_projection
@@ -87,7 +90,19 @@ def _worker(
     class Reporting(Projector):
         """Tells the node of a revocation and waits (bounded) until the node stopped
         answering for those partitions, before giving them up: their next owner can fold
-        nothing this node would still answer as current."""
+        nothing this node would still answer as current.
+
+        Joins the group together with the node's other workers: the first one to join
+        alone would be assigned every partition and fold them all, unevenly, until it
+        heard of the next one's join (a heartbeat later), then give most of them up."""
+
+        def _prepare(self, consumer: Any, partitions: list[int], *, rebuild: bool) -> Any:
+            writer = super()._prepare(consumer, partitions, rebuild=rebuild)
+            try:  # every worker is started and has its consumer: join now
+                ready.wait(_JOIN_TOGETHER_TIMEOUT)
+            except threading.BrokenBarrierError:
+                log.warning("worker %d: joining without its siblings (not ready in time)", index)
+            return writer
 
         def _on_revoke(self, consumer: Any, partitions: list[Any], *, lost: bool = False) -> None:
             gone = {tp.partition for tp in partitions}
@@ -147,6 +162,7 @@ class Node:
         self._reports: Any = self._context.Queue()
         self._stop = self._context.Event()
         self._acks: Any = self._context.Array("q", max(workers, 1))
+        self._ready: Any = self._context.Barrier(max(workers, 1))
         self._processes: list[BaseProcess] = []
         self._held: dict[int, WorkerReport] = {}
         self._lock = threading.Lock()
@@ -168,6 +184,7 @@ class Node:
                     self._reports,
                     self._stop,
                     self._acks,
+                    self._ready,
                 ),
                 name=f"behest-worker-{index}",
                 daemon=False,
@@ -181,6 +198,11 @@ class Node:
         """Partitions this node's workers hold right now."""
         with self._lock:
             return frozenset(p for r in self._held.values() for p in r.assigned)
+
+    def shares(self) -> dict[int, tuple[int, ...]]:
+        """Partitions each worker (by index) holds right now, as it last reported."""
+        with self._lock:
+            return {worker: report.assigned for worker, report in self._held.items()}
 
     def folded(self) -> Mapping[int, int]:
         """Next offset folded per partition held, as the workers holding them report it."""

@@ -130,6 +130,10 @@ _INTS: Final = frozenset(
     }
 )
 _AIOKAFKA_DEFAULTS: Final[Mapping[str, Any]] = {"max_batch_size": 512 * 1024}
+_AIOKAFKA_COMPRESSION: Final = "zstd"
+"""The asyncio producer's compression unless configured: aiokafka compresses lz4 at level 9
+(LZ4-HC, fixed), ~1.5 µs per event on the event loop, eight times librdkafka's lz4; its
+zstd (level 3) costs a fifth of that and stores a third less. Every client reads both."""
 _AIOKAFKA_KEYWORDS: Final = frozenset(inspect.signature(AIOKafkaProducer).parameters) - {
     "loop",
     "partitioner",  # behest's, so every client places runs alike
@@ -163,7 +167,9 @@ def aiokafka_config(
     layers = [PRODUCER_DEFAULTS, settings.librdkafka(), overrides or {}]
     for depth, layer in enumerate(layers):
         for name, value in layer.items():
-            if name in _DIRECT:
+            if depth == 0 and name == "compression.type":
+                kwargs["compression_type"] = _AIOKAFKA_COMPRESSION
+            elif name in _DIRECT:
                 kwargs[_DIRECT[name]] = value
             elif "." not in name and depth == len(layers) - 1 and name != "partitioner":
                 kwargs[name] = value  # an aiokafka keyword, given as an override

@@ -15,7 +15,7 @@ from functools import partial
 
 from confluent_kafka import KafkaError, Message
 
-from behest.emit.delivery import Delivery
+from behest.emit.delivery import Delivery, deliveries
 from behest.emit.records import Record
 from behest.errors import ProduceError
 
@@ -111,10 +111,7 @@ class BatchDelivery:
             log.warning("%s", reason)  # also seen if nobody checks the future
             self.future.set_exception(ProduceError(reason, failed))
             return
-        topic = self.topic
-        self.future.set_result(
-            [Delivery(topic, p, o) for p, o in zip(self.partitions, self.offsets, strict=True)]
-        )
+        self.future.set_result(deliveries(self.topic, self.partitions, self.offsets))
 
 
 def positions(indexes: tuple[int, ...], shown: int = 10) -> str:

@@ -19,10 +19,18 @@ from hypothesis import strategies as st
 
 from behest import avro_program, avro_reader, avro_writer, codec
 from behest.errors import CodecError
-from behest.events import AgentEvent
+from behest.events import (
+    AgentEvent,
+    RunCompleted,
+    RunStarted,
+    TextDelta,
+    TokenUsage,
+    ToolExecutionFinished,
+    UsageRecorded,
+)
 from behest.record_checks import FIELD_CHECKS, check_record, json_fits
 from tests.unit import strategies
-from tests.unit.test_codec import ALL_DEFAULTS, ALL_TYPES, ALL_VALUES
+from tests.unit.test_codec import ALL_DEFAULTS, ALL_TYPES, ALL_VALUES, _constructed
 
 # The build is optional (a failed compile never fails the install): where a compiler is,
 # this module fails rather than skips when the extension is missing, so that the compiled
@@ -117,6 +125,51 @@ def test_every_event_decodes_and_encodes_as_the_generated_python(event: AgentEve
     assert shape(PROGRAM.decode_checked(data, codec.HEADER_SIZE)) == shape(record)
     assert PROGRAM.encode(HEADER, record) == data
     assert fastavro.schemaless_writer is not None  # fastavro agreement: test_codec, both paths
+
+
+def encode_outcome(compiled: bool, event: AgentEvent) -> Any:
+    codec.use_compiled(compiled)
+    try:
+        return ("bytes", codec.encode(event), codec.encode_body(event))
+    except CodecError as error:
+        return ("CodecError", str(error))
+    finally:
+        codec.use_compiled(True)
+
+
+@settings(RELAXED, max_examples=300)
+@given(strategies.events())
+def test_events_encode_straight_from_the_models_as_the_generated_python(
+    event: AgentEvent,
+) -> None:
+    assert encode_outcome(True, event) == encode_outcome(False, event)
+    run_text = str(event.run_id)
+    assert codec.encode_stamped(event, run_text)[0] == codec.encode(event)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"payload": TextDelta.model_construct(delta=5)},
+        {"payload": TextDelta.model_construct()},
+        {"sequence": "7"},
+        {"sequence": 2**63},
+        {"event_id": "3f2c9a1e-8b4d-4c6f-9e2a-1b7d5c3e9f00"},
+        {"payload": TextDelta(delta="\ud800")},
+        {"payload": TokenUsage()},
+        {"payload": None},
+        {"payload": UsageRecorded.model_construct(usage={"input_tokens": 1})},
+        {"payload": RunStarted.model_construct(session_id=1, provider="p", model="m")},
+        {"payload": RunStarted.model_construct(metadata={1}, provider="p", model="m")},
+        {"payload": ToolExecutionFinished.model_construct(call_id="c", result="ok")},
+        {"payload": RunCompleted.model_construct(finish_reason="done", iterations=1)},
+        {"payload": RunCompleted.model_construct(finish_reason=None, iterations=1)},
+    ],
+)
+def test_events_that_cannot_be_encoded_fail_alike(changes: dict[str, Any]) -> None:
+    event = _constructed(**changes)
+    assert encode_outcome(True, event) == encode_outcome(False, event)
+    assert encode_outcome(True, event)[0] == "CodecError"
 
 
 def test_values_of_the_wrong_type_fail_alike() -> None:
@@ -222,7 +275,7 @@ def test_unsupported_types_are_refused_when_the_program_is_built() -> None:
     with pytest.raises(NotImplementedError, match="map"):
         avro_program.program_spec(schema, {})
     with pytest.raises(ValueError, match="malformed"):
-        avro_program.Program((9, "x", 0, 0, 0, None, None, None), CodecError)
+        avro_program.Program((9, "x", 0, 0, 0, None, None, None, None), CodecError)
 
 
 # --- which codec runs ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from behest.config import Settings
 from behest.errors import StateLockedError
+from behest.fold.consumer import HEARTBEAT_MS
 from behest.fold.membership import INSTANCE_ID_FILE, StaticIdentity, instance_id
 from behest.fold.projector import Projector
 
@@ -51,7 +52,9 @@ def test_the_projector_joins_as_a_static_member_with_the_session_timeout(tmp_pat
         assert config["group.instance.id"] == projector.instance_id
         assert config["group.instance.id"] == instance_id(tmp_path, "run_state")
         assert config["session.timeout.ms"] == 7500
-        assert config["heartbeat.interval.ms"] == 2500
+        assert config["heartbeat.interval.ms"] == HEARTBEAT_MS  # a rebalance is heard of soon
+    with Projector(settings(tmp_path, session_timeout=0.9)) as projector:
+        assert projector._consumer_config()["heartbeat.interval.ms"] == 300  # a third
         with pytest.raises(StateLockedError):
             Projector(settings(tmp_path))
     with Projector(settings(tmp_path)) as projector:  # released on close

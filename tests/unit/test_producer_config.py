@@ -7,7 +7,7 @@ import pytest
 from behest.config import Settings
 from behest.emit.aio import JavaPartitioner, aiokafka_config
 from behest.emit.partitioner import partition_for, run_key
-from behest.emit.producer import PRODUCER_DEFAULTS, EventProducer
+from behest.emit.producer import EventProducer
 from behest.errors import ConfigError
 
 
@@ -49,7 +49,7 @@ def test_aiokafka_gets_the_same_guarantees_and_the_security_settings() -> None:
     assert kwargs["bootstrap_servers"] == "broker:9093"
     assert kwargs["acks"] == "all"
     assert kwargs["enable_idempotence"] is True
-    assert kwargs["compression_type"] == PRODUCER_DEFAULTS["compression.type"]
+    assert kwargs["compression_type"] == "zstd"  # aiokafka's lz4 is LZ4-HC: five times zstd
     assert kwargs["security_protocol"] == "SASL_SSL"
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("alice", "s3cret")
@@ -75,3 +75,9 @@ def test_java_partitioner_for_aiokafka() -> None:
         assert partitioner(key, [0, 1, 2, 3, 4, 5], []) == partition_for(key, 6)
         assert partitioner.partition(key, 7) == partition_for(key, 7)
     assert partitioner(None, [0, 1, 2], [2]) == 2
+
+
+def test_a_configured_compression_is_the_asyncio_producers_too() -> None:
+    settings = Settings(kafka_config={"compression.type": "lz4"})
+    assert aiokafka_config(settings)["compression_type"] == "lz4"
+    assert aiokafka_config(Settings(), {"compression.codec": "none"})["compression_type"] is None

@@ -28,7 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define CAVRO_VERSION 3 /* behest.avro_program refuses a module of another version */
+#define CAVRO_VERSION 4 /* behest.avro_program refuses a module of another version */
 
 enum { K_NULL, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_BYTES, K_STRING, K_ENUM,
        K_RECORD, K_UNION, K_KINDS };
@@ -55,6 +55,7 @@ typedef struct {
     PyObject *json_fits;   /* callable(text) -> bool, or None */
     PyObject *slow_check;  /* callable(record) -> None, raises CodecError, or None */
     PyObject *uuid_text;   /* a field source whose work C does for a uuid.UUID, or None */
+    PyObject *header;      /* bytes before the value in decode_event's data, or None */
 } Program;
 
 /* Set once, at import. */
@@ -413,22 +414,17 @@ static int reader_open(Program *self, PyObject *const *args, Py_ssize_t nargs, P
 }
 
 /* The value from `pos` to the end of the data: CodecError if bytes are left over. */
-static PyObject *decode_to_end(Program *self, PyObject *const *args, Py_ssize_t nargs,
-                               int checked, const char *name) {
-    Py_buffer view;
-    Reader r;
-    if (reader_open(self, args, nargs, &view, &r, name) < 0) return NULL;
-    r.checked = checked;
-    PyObject *value = read_node(&r, self->root);
-    Py_ssize_t extra = r.size - r.pos;
-    if (view.obj != NULL) PyBuffer_Release(&view);
+static PyObject *decode_span(Program *self, Reader *r, int checked) {
+    r->checked = checked;
+    PyObject *value = read_node(r, self->root);
+    Py_ssize_t extra = r->size - r->pos;
     if (value == NULL) return NULL;
     if (extra != 0) {
         Py_DECREF(value);
         PyErr_Format(self->error, "corrupt event: %zd bytes left over after the record", extra);
         return NULL;
     }
-    if (r.doubt && self->slow_check != Py_None) {
+    if (r->doubt && self->slow_check != Py_None) {
         PyObject *result = PyObject_CallOneArg(self->slow_check, value);
         if (result == NULL) {
             Py_DECREF(value);
@@ -437,6 +433,63 @@ static PyObject *decode_to_end(Program *self, PyObject *const *args, Py_ssize_t 
         Py_DECREF(result);
     }
     return value;
+}
+
+static PyObject *decode_to_end(Program *self, PyObject *const *args, Py_ssize_t nargs,
+                               int checked, const char *name) {
+    Py_buffer view;
+    Reader r;
+    if (reader_open(self, args, nargs, &view, &r, name) < 0) return NULL;
+    PyObject *value = decode_span(self, &r, checked);
+    if (view.obj != NULL) PyBuffer_Release(&view);
+    return value;
+}
+
+/* decode_event(data, other): the value after the header, with the errors behest.codec
+ * gives (truncation and bad UTF-8 as CodecError); other(data) decodes anything that is not
+ * bytes starting with the header (another writer schema, a bytearray, garbage). */
+static PyObject *decode_event(Program *self, PyObject *const *args, Py_ssize_t nargs,
+                              int checked) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "decode_event() takes (data, other)");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    Py_ssize_t head = self->header == NULL ? 0 : PyBytes_GET_SIZE(self->header);
+    if (self->header == NULL || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) < head ||
+        memcmp(PyBytes_AS_STRING(data), PyBytes_AS_STRING(self->header), (size_t)head) != 0)
+        return PyObject_CallOneArg(args[1], data);
+    Reader r = {(const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), head,
+                self, 0, 0};
+    PyObject *value = decode_span(self, &r, checked);
+    if (value != NULL) return value;
+    if (PyErr_ExceptionMatches(PyExc_IndexError)) {
+        PyErr_Clear();
+        PyErr_Format(self->error, "truncated event: the data ends after %zd bytes, inside the "
+                     "record", r.size);
+    } else if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyObject *type, *error, *traceback;
+        PyErr_Fetch(&type, &error, &traceback);
+        PyErr_NormalizeException(&type, &error, &traceback);
+        PyObject *reason = error == NULL ? NULL : PyUnicodeDecodeError_GetReason(error);
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+        if (reason != NULL) {
+            PyErr_Format(self->error, "corrupt event: a string is not valid UTF-8 (%U)", reason);
+            Py_DECREF(reason);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *Program_decode_event(Program *self, PyObject *const *args, Py_ssize_t n) {
+    return decode_event(self, args, n, 0);
+}
+
+static PyObject *Program_decode_event_checked(Program *self, PyObject *const *args,
+                                              Py_ssize_t n) {
+    return decode_event(self, args, n, 1);
 }
 
 static PyObject *Program_decode(Program *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -847,11 +900,17 @@ static PyObject *Program_write(Program *self, PyObject *const *args, Py_ssize_t 
 /* ----------------------------------------------------------------------------- the type */
 
 static int Program_init(Program *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"spec", "error", "json_fits", "slow_check", "uuid_text", NULL};
+    static char *keywords[] = {"spec",      "error",  "json_fits", "slow_check",
+                               "uuid_text", "header", NULL};
     PyObject *spec, *error, *json_fits = Py_None, *slow_check = Py_None, *uuid_text = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOO", keywords, &spec, &error,
-                                     &json_fits, &slow_check, &uuid_text))
+    PyObject *header = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOOO", keywords, &spec, &error,
+                                     &json_fits, &slow_check, &uuid_text, &header))
         return -1;
+    if (header != Py_None && !PyBytes_CheckExact(header)) {
+        PyErr_SetString(PyExc_TypeError, "header must be bytes or None");
+        return -1;
+    }
     if (!PyExceptionClass_Check(error)) {
         PyErr_SetString(PyExc_TypeError, "error must be an exception class");
         return -1;
@@ -861,6 +920,7 @@ static int Program_init(Program *self, PyObject *args, PyObject *kwargs) {
     node_free(self->root);
     self->root = root;
     Py_XSETREF(self->uuid_text, Py_NewRef(uuid_text));
+    Py_XSETREF(self->header, header == Py_None ? NULL : Py_NewRef(header));
     Py_XSETREF(self->error, Py_NewRef(error));
     Py_XSETREF(self->json_fits, Py_NewRef(json_fits));
     Py_XSETREF(self->slow_check, Py_NewRef(slow_check));
@@ -872,6 +932,7 @@ static int Program_traverse(Program *self, visitproc visit, void *arg) {
     Py_VISIT(self->json_fits);
     Py_VISIT(self->slow_check);
     Py_VISIT(self->uuid_text);
+    Py_VISIT(self->header);
     return 0;
 }
 
@@ -880,6 +941,7 @@ static int Program_clear(Program *self) {
     Py_CLEAR(self->json_fits);
     Py_CLEAR(self->slow_check);
     Py_CLEAR(self->uuid_text);
+    Py_CLEAR(self->header);
     return 0;
 }
 
@@ -902,6 +964,8 @@ static int program_ready(Program *self) {
         return name(self, args, n);                                                         \
     }
 GUARDED(Program_decode)
+GUARDED(Program_decode_event)
+GUARDED(Program_decode_event_checked)
 GUARDED(Program_decode_checked)
 GUARDED(Program_read)
 GUARDED(Program_encode)
@@ -912,6 +976,10 @@ static PyMethodDef Program_methods[] = {
      "decode(data, pos) -> the value from pos to the end of data"},
     {"decode_checked", (PyCFunction)(void (*)(void))Program_decode_checked_guarded,
      METH_FASTCALL, "decode(data, pos), and the record checks (CodecError if one fails)"},
+    {"decode_event", (PyCFunction)(void (*)(void))Program_decode_event_guarded, METH_FASTCALL,
+     "decode_event(data, other) -> the value after the header (other(data) without it)"},
+    {"decode_event_checked", (PyCFunction)(void (*)(void))Program_decode_event_checked_guarded,
+     METH_FASTCALL, "decode_event(data, other), and the record checks"},
     {"read", (PyCFunction)(void (*)(void))Program_read_guarded, METH_FASTCALL,
      "read(data, pos) -> (value, end)"},
     {"encode", (PyCFunction)(void (*)(void))Program_encode_guarded, METH_FASTCALL,

@@ -37,7 +37,7 @@ __all__ = [
     "unavailable_reason",
 ]
 
-VERSION = 3
+VERSION = 4
 """The `_cavro.VERSION` this module speaks to; another one is not used."""
 PURE_PYTHON_ENV = "BEHEST_PURE_PYTHON"
 
@@ -153,6 +153,7 @@ def load(
     classes: Mapping[str, type] | None = None,
     sources: Mapping[str, Source] | None = None,
     uuid_text: Callable[[Any], str] | None = None,
+    header: bytes | None = None,
 ) -> Program | None:
     """The compiled program of `schema`, or None when the generated Python must do
     (`unavailable_reason` says why). `decode_checked` applies `checks`, asks `json_fits`
@@ -160,8 +161,9 @@ def load(
     the error (or lets it pass: the fast checks are strict, e.g. only lowercase UUIDs).
     `classes` and `sources`: a program of objects (see `program_spec`); a field whose
     source is `uuid_text` and whose value is a `uuid.UUID` is written as its canonical
-    text by C (what `uuid_text` must return), anything else by calling `uuid_text`."""
+    text by C (what `uuid_text` must return), anything else by calling `uuid_text`.
+    `header`: the bytes `decode_event` expects before the value."""
     if unavailable_reason():
         return None
     spec = program_spec(schema, checks or {}, classes, sources)
-    return Program(spec, CodecError, json_fits, slow_check, uuid_text)
+    return Program(spec, CodecError, json_fits, slow_check, uuid_text, header)

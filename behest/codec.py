@@ -141,10 +141,33 @@ def _py_read_checked(data: bytes, offset: int) -> EventRecord:
     return record
 
 
-_PROGRAM = avro_program.load(CURRENT.parsed, FIELD_CHECKS, json_fits, check_record)
+def _py_decode_event(data: bytes, other: Callable[[bytes], EventRecord]) -> EventRecord:
+    if type(data) is bytes and data[:HEADER_SIZE] == _CURRENT_HEADER:
+        try:
+            return _py_read(data, HEADER_SIZE)  # type: ignore[no-any-return]
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
+    return other(data)
+
+
+def _py_decode_event_checked(data: bytes, other: Callable[[bytes], EventRecord]) -> EventRecord:
+    if type(data) is bytes and data[:HEADER_SIZE] == _CURRENT_HEADER:
+        try:
+            return _py_read_checked(data, HEADER_SIZE)
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
+    return other(data)
+
+
+_PROGRAM = avro_program.load(
+    CURRENT.parsed, FIELD_CHECKS, json_fits, check_record, header=_CURRENT_HEADER
+)
 _read_current: Callable[[bytes, int], EventRecord] = _py_read
 _read_checked: Callable[[bytes, int], EventRecord] = _py_read_checked
 _encode_current: Callable[[bytes, EventRecord], bytes] = _py_encode
+_Decoder = Callable[[bytes, Callable[[bytes], EventRecord]], EventRecord]
+_decode_event: _Decoder = _py_decode_event
+_decode_event_checked: _Decoder = _py_decode_event_checked
 
 
 def use_compiled(enabled: bool = True) -> bool:
@@ -153,12 +176,15 @@ def use_compiled(enabled: bool = True) -> bool:
     tests run under each); at import, the compiled one is chosen unless
     `BEHEST_PURE_PYTHON=1`."""
     global _read_current, _read_checked, _encode_current, _encode_event, _micros
+    global _decode_event, _decode_event_checked
     if enabled and _PROGRAM is not None and _EVENT_PROGRAM is not None:
         _read_current, _read_checked = _PROGRAM.decode, _PROGRAM.decode_checked
+        _decode_event, _decode_event_checked = _PROGRAM.decode_event, _PROGRAM.decode_event_checked
         _encode_current, _encode_event = _PROGRAM.encode, _EVENT_PROGRAM.encode
         _micros = avro_program.micros
         return True
     _read_current, _read_checked, _encode_current = _py_read, _py_read_checked, _py_encode
+    _decode_event, _decode_event_checked = _py_decode_event, _py_decode_event_checked
     _encode_event, _micros = _py_encode_event, _py_micros
     return False
 
@@ -198,19 +224,25 @@ def writer_schema(data: bytes) -> SchemaVersion:
 
 def decode_record(data: bytes) -> EventRecord:
     """Decode single-object bytes to the plain record, under the current reader schema."""
+    return _decode_event(data, _decode_other)
+
+
+def _decode_other(data: bytes) -> EventRecord:
+    """`decode_record` of what is not bytes with the current schema's header."""
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:
-        try:
-            return _read_current(data, HEADER_SIZE)
-        except (IndexError, UnicodeDecodeError) as error:
-            raise _corrupt(data, error) from None
+        return _decode_current(data, HEADER_SIZE)
     return decode_body(data, writer_schema(data), HEADER_SIZE)
 
 
 def decode_checked(data: bytes) -> EventRecord:
     """`decode_record` then `check_record`, in one pass when compiled: the record, or
     CodecError (corrupt bytes, or a record the model would refuse), as the two would."""
+    return _decode_event_checked(data, _decode_other_checked)
+
+
+def _decode_other_checked(data: bytes) -> EventRecord:
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:

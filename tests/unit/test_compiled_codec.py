@@ -315,6 +315,28 @@ def test_spliced_bytes_fail_alike(data: bytes, position: int, replacement: bytes
     assert_alike(data[:at] + replacement + data[at + len(replacement) // 2 :])
 
 
+def codec_outcome(compiled: bool, action: Any, data: Any) -> Any:
+    codec.use_compiled(compiled)
+    try:
+        return outcome(action, data)
+    finally:
+        codec.use_compiled(True)
+
+
+def test_decode_record_and_decode_checked_fail_alike_on_both_paths() -> None:
+    """The whole of `codec.decode_record` and `decode_checked` (header, framing, the
+    errors' words), not only the programs: compiled, they are one C call."""
+    older = codec.MAGIC + sorted(set(codec.VERSIONS) - {codec.CURRENT.fingerprint})[0]
+    inputs: list[Any] = [None, "text", 42, b"", b"\xc3", HEADER, older + SAMPLES[3][10:]]
+    for data in SAMPLES:
+        inputs += [data, bytearray(data), memoryview(data), data[:-1], data + b"\x00"]
+        inputs += [data[:cut] for cut in range(0, len(data), 7)]
+        inputs += [data[:12] + b"\xff\xfe" + data[14:], b"\xc3\x02" + data[2:]]
+    for data in inputs:
+        for action in (codec.decode_record, codec.decode_checked):
+            assert codec_outcome(True, action, data) == codec_outcome(False, action, data)
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -12,8 +12,9 @@
  *   kind      one of the K_* below
  *   path      "Record.field", for messages
  *   check     C_NONE, C_RANGE (lo <= long <= hi), C_UUID (canonical text), C_JSON
- *             (json_fits(text) is true): the fused decode_checked's fast checks; a value
- *             that fails one makes it run the Python checker on the whole record
+ *             (json_loads(text) parses it, and it has at most json_depth brackets): the
+ *             fused decode_checked's fast checks; a value that fails one makes it run the
+ *             Python checker (slow_check) on the whole record, which decides
  *   names     record: field names; enum: symbols; union: record full name or None
  *   children  record: field nodes; union: branch nodes
  *   expected  union, enum: the "must be ..." text of a value of no branch/symbol
@@ -28,7 +29,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define CAVRO_VERSION 4 /* behest.avro_program refuses a module of another version */
+#define CAVRO_VERSION 5 /* behest.avro_program refuses a module of another version */
 
 enum { K_NULL, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_BYTES, K_STRING, K_ENUM,
        K_RECORD, K_UNION, K_KINDS };
@@ -52,7 +53,8 @@ typedef struct {
     PyObject_HEAD
     Node *root;
     PyObject *error;       /* behest.errors.CodecError */
-    PyObject *json_fits;   /* callable(text) -> bool, or None */
+    PyObject *json_loads;  /* callable(text), raises ValueError on bad JSON, or None */
+    Py_ssize_t json_depth; /* more brackets than this: the Python checker measures it */
     PyObject *slow_check;  /* callable(record) -> None, raises CodecError, or None */
     PyObject *uuid_text;   /* a field source whose work C does for a uuid.UUID, or None */
     PyObject *header;      /* bytes before the value in decode_event's data, or None */
@@ -244,17 +246,22 @@ static int read_index(Reader *r, Node *node, Py_ssize_t count, Py_ssize_t *out) 
     return 0;
 }
 
+/* 1 for the bytes of lowercase hex digits */
+static const unsigned char HEX[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+};
+
+/* Canonical UUID text: 8-4-4-4-12 lowercase hex digits (branch-free over the digits). */
 static int canonical_uuid(const unsigned char *s, Py_ssize_t n) {
-    if (n != 36) return 0;
-    for (int i = 0; i < 36; i++) {
-        unsigned char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-') return 0;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-            return 0;
-        }
-    }
-    return 1;
+    if (n != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') return 0;
+    unsigned int all = 1;
+    for (int i = 0; i < 8; i++) all &= HEX[s[i]];
+    for (int i = 9; i < 13; i++) all &= HEX[s[i]];
+    for (int i = 14; i < 18; i++) all &= HEX[s[i]];
+    for (int i = 19; i < 23; i++) all &= HEX[s[i]];
+    for (int i = 24; i < 36; i++) all &= HEX[s[i]];
+    return (int)all;
 }
 
 static PyObject *read_node(Reader *r, Node *node);
@@ -302,14 +309,20 @@ static PyObject *read_text(Reader *r, Node *node) {
     if (text == NULL || !r->checked) return text;
     if (node->check == C_UUID) {
         if (!canonical_uuid(start, n)) r->doubt = 1;
-    } else if (node->check == C_JSON && r->program->json_fits != Py_None) {
-        PyObject *fits = PyObject_CallOneArg(r->program->json_fits, text);
-        if (fits == NULL) {
+    } else if (node->check == C_JSON && r->program->json_loads != Py_None) {
+        Py_ssize_t brackets = 0; /* text.count("[") + text.count("{"): ASCII, so bytes */
+        for (Py_ssize_t i = 0; i < n; i++) brackets += start[i] == '[' || start[i] == '{';
+        if (brackets > r->program->json_depth) r->doubt = 1;
+        PyObject *value = PyObject_CallOneArg(r->program->json_loads, text);
+        if (value != NULL) {
+            Py_DECREF(value);
+        } else if (PyErr_ExceptionMatches(PyExc_ValueError)) { /* not JSON: say so later */
+            PyErr_Clear();
+            r->doubt = 1;
+        } else {
             Py_DECREF(text);
             return NULL;
         }
-        if (fits != Py_True) r->doubt = 1;
-        Py_DECREF(fits);
     }
     return text;
 }
@@ -900,12 +913,14 @@ static PyObject *Program_write(Program *self, PyObject *const *args, Py_ssize_t 
 /* ----------------------------------------------------------------------------- the type */
 
 static int Program_init(Program *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"spec",      "error",  "json_fits", "slow_check",
+    static char *keywords[] = {"spec",      "error",  "json_loads", "json_depth", "slow_check",
                                "uuid_text", "header", NULL};
-    PyObject *spec, *error, *json_fits = Py_None, *slow_check = Py_None, *uuid_text = Py_None;
+    PyObject *spec, *error, *json_loads = Py_None, *slow_check = Py_None, *uuid_text = Py_None;
     PyObject *header = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOOO", keywords, &spec, &error,
-                                     &json_fits, &slow_check, &uuid_text, &header))
+    Py_ssize_t json_depth = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OnOOO", keywords, &spec, &error,
+                                     &json_loads, &json_depth, &slow_check, &uuid_text,
+                                     &header))
         return -1;
     if (header != Py_None && !PyBytes_CheckExact(header)) {
         PyErr_SetString(PyExc_TypeError, "header must be bytes or None");
@@ -922,14 +937,15 @@ static int Program_init(Program *self, PyObject *args, PyObject *kwargs) {
     Py_XSETREF(self->uuid_text, Py_NewRef(uuid_text));
     Py_XSETREF(self->header, header == Py_None ? NULL : Py_NewRef(header));
     Py_XSETREF(self->error, Py_NewRef(error));
-    Py_XSETREF(self->json_fits, Py_NewRef(json_fits));
+    Py_XSETREF(self->json_loads, Py_NewRef(json_loads));
+    self->json_depth = json_depth;
     Py_XSETREF(self->slow_check, Py_NewRef(slow_check));
     return 0;
 }
 
 static int Program_traverse(Program *self, visitproc visit, void *arg) {
     Py_VISIT(self->error);
-    Py_VISIT(self->json_fits);
+    Py_VISIT(self->json_loads);
     Py_VISIT(self->slow_check);
     Py_VISIT(self->uuid_text);
     Py_VISIT(self->header);
@@ -938,7 +954,7 @@ static int Program_traverse(Program *self, visitproc visit, void *arg) {
 
 static int Program_clear(Program *self) {
     Py_CLEAR(self->error);
-    Py_CLEAR(self->json_fits);
+    Py_CLEAR(self->json_loads);
     Py_CLEAR(self->slow_check);
     Py_CLEAR(self->uuid_text);
     Py_CLEAR(self->header);
@@ -995,7 +1011,8 @@ static PyTypeObject ProgramType = {
     .tp_name = "behest._cavro.Program",
     .tp_basicsize = sizeof(Program),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Program(spec, error, json_fits=None, slow_check=None): a compiled Avro schema",
+    .tp_doc = "Program(spec, error, json_loads=None, json_depth=maxsize, slow_check=None, "
+              "uuid_text=None, header=None): a compiled Avro schema",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Program_init,
     .tp_dealloc = (destructor)Program_dealloc,

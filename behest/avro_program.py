@@ -17,6 +17,7 @@ objects (`classes` given) writes the models' objects as `compile_object_writer` 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,7 +38,7 @@ __all__ = [
     "unavailable_reason",
 ]
 
-VERSION = 4
+VERSION = 5
 """The `_cavro.VERSION` this module speaks to; another one is not used."""
 PURE_PYTHON_ENV = "BEHEST_PURE_PYTHON"
 
@@ -148,7 +149,8 @@ class _Compiler(Schemas):
 def load(
     schema: dict[str, Any],
     checks: Mapping[str, tuple[int, int, int]] | None = None,
-    json_fits: Callable[[str], bool] | None = None,
+    json_loads: Callable[[str], Any] | None = None,
+    json_depth: int = sys.maxsize,
     slow_check: Callable[[Any], None] | None = None,
     classes: Mapping[str, type] | None = None,
     sources: Mapping[str, Source] | None = None,
@@ -156,7 +158,8 @@ def load(
     header: bytes | None = None,
 ) -> Program | None:
     """The compiled program of `schema`, or None when the generated Python must do
-    (`unavailable_reason` says why). `decode_checked` applies `checks`, asks `json_fits`
+    (`unavailable_reason` says why). `decode_checked` applies `checks`: JSON text must
+    parse by `json_loads` (ValueError if not) and hold at most `json_depth` brackets,
     about JSON text, and hands a record that fails a check to `slow_check`, which raises
     the error (or lets it pass: the fast checks are strict, e.g. only lowercase UUIDs).
     `classes` and `sources`: a program of objects (see `program_spec`); a field whose
@@ -166,4 +169,4 @@ def load(
     if unavailable_reason():
         return None
     spec = program_spec(schema, checks or {}, classes, sources)
-    return Program(spec, CodecError, json_fits, slow_check, uuid_text, header)
+    return Program(spec, CodecError, json_loads, json_depth, slow_check, uuid_text, header)

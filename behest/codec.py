@@ -57,7 +57,6 @@ from behest.record_checks import (
     FIELD_CHECKS,
     MAX_JSON_DEPTH,
     check_record,
-    json_fits,
     json_value,
 )
 from behest.times import EPOCH, MICROSECOND
@@ -160,7 +159,12 @@ def _py_decode_event_checked(data: bytes, other: Callable[[bytes], EventRecord])
 
 
 _PROGRAM = avro_program.load(
-    CURRENT.parsed, FIELD_CHECKS, json_fits, check_record, header=_CURRENT_HEADER
+    CURRENT.parsed,
+    FIELD_CHECKS,
+    json_loads=orjson.loads,
+    json_depth=MAX_JSON_DEPTH,
+    slow_check=check_record,
+    header=_CURRENT_HEADER,
 )
 _read_current: Callable[[bytes, int], EventRecord] = _py_read
 _read_checked: Callable[[bytes, int], EventRecord] = _py_read_checked

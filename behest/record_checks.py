@@ -21,7 +21,7 @@ from behest.events import EventRecord
 from behest.times import EPOCH, MICROSECOND
 from behest.writer_schemas import NAMESPACE
 
-__all__ = ["FIELD_CHECKS", "MAX_JSON_DEPTH", "check_record", "json_fits", "json_value"]
+__all__ = ["FIELD_CHECKS", "MAX_JSON_DEPTH", "check_record", "json_value"]
 
 MAX_JSON_DEPTH = 128
 """JSON values nest at most this deep: a reader validates and serializes them recursively,
@@ -70,22 +70,10 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _too_deep(text: str, value: Any) -> bool:
-    return text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH
-
-
 def _check_json(text: str, where: str) -> None:
-    if _too_deep(text, json_value(text, where)):
+    value = json_value(text, where)
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
         raise CodecError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
-
-
-def json_fits(text: str) -> bool:
-    """Whether `_check_json` would pass `text` (the compiled codec's fused check asks)."""
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return not _too_deep(text, value)
 
 
 def _check_run_started(fields: dict[str, Any]) -> None:
@@ -185,6 +173,7 @@ FIELD_CHECKS: dict[str, tuple[int, int, int]] = {
 }
 """`check_record`'s rules as the compiled codec's fused `decode_checked` applies them on
 the way: (check, lo, hi) per "Record.field". Strict fast checks (canonical lowercase UUIDs,
-values within [lo, hi], `json_fits`); a record that fails one goes to `check_record`,
-which raises its error (or passes it: pydantic takes uppercase UUIDs too).
-tests/unit/test_check_record.py proves the two agree on records drawn from the schema."""
+values within [lo, hi], JSON text that orjson parses and holds at most MAX_JSON_DEPTH
+brackets); a record that fails one goes to `check_record`, which raises its error (or
+passes it: pydantic takes uppercase UUIDs too). tests/unit/test_check_record.py proves the
+two agree on records drawn from the schema."""

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fastavro
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from behest.events import (
     ToolExecutionFinished,
     UsageRecorded,
 )
-from behest.record_checks import FIELD_CHECKS, check_record, json_fits
+from behest.record_checks import FIELD_CHECKS, MAX_JSON_DEPTH, check_record
 from behest.times import EPOCH, MICROSECOND
 from tests.unit import strategies
 from tests.unit.test_codec import ALL_DEFAULTS, ALL_TYPES, ALL_VALUES, _constructed
@@ -53,7 +54,9 @@ assert avro_program.Program is not None, (
     "(or `pip install -e .`), which builds it"
 )
 
-PROGRAM = avro_program.load(codec.CURRENT.parsed, FIELD_CHECKS, json_fits, check_record)
+PROGRAM = avro_program.load(
+    codec.CURRENT.parsed, FIELD_CHECKS, orjson.loads, MAX_JSON_DEPTH, check_record
+)
 PY_READ = avro_reader.compile_decoder(codec.CURRENT.parsed)
 PY_WRITE = avro_writer.compile_writer(codec.CURRENT.parsed)
 ALL_PROGRAM = avro_program.load(ALL_TYPES)
@@ -335,6 +338,20 @@ def test_decode_record_and_decode_checked_fail_alike_on_both_paths() -> None:
     for data in inputs:
         for action in (codec.decode_record, codec.decode_checked):
             assert codec_outcome(True, action, data) == codec_outcome(False, action, data)
+
+
+def test_the_fast_uuid_check_defers_every_doubtful_text_to_the_python_checker() -> None:
+    """Each character of a canonical id changed (to another digit, uppercase, a letter
+    beyond f, a dash): decode_checked agrees with decode_record + check_record."""
+    record = PY_READ(SAMPLES[0], codec.HEADER_SIZE)
+    canonical = record["event_id"]
+    for at in range(len(canonical)):
+        for char in "0fAFg-{":
+            text = canonical[:at] + char + canonical[at + 1 :]
+            data = PROGRAM.encode(HEADER, {**record, "event_id": text})
+            at_header = codec.HEADER_SIZE
+            expected = outcome(py_read_checked, data, at_header)
+            assert outcome(PROGRAM.decode_checked, data, at_header) == expected, text
 
 
 @pytest.mark.parametrize(

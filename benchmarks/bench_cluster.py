@@ -3,7 +3,10 @@ runs another node owns (forwarded over a pooled connection), at a fixed request 
 
 Two `behest node --workers 1` processes share a 6-partition topic; requests go to one of
 them, alternating between a run it owns and a run the other owns, paced at `rate` requests
-a second in all (half each); latencies are measured per request by the client.
+a second in all (half each); latencies are measured per request by the client. Beside
+them, the CPU the forwarding costs per routed request: the first node's CPU time (it
+answers its own runs and forwards the others) less the owner's (it answers the forwarded
+ones; the background work of the two nodes is alike, so it cancels), per routed request.
 
     python -m benchmarks.bench_cluster [--rate 500] [--seconds 10]
 
@@ -48,8 +51,11 @@ RUNS = 60
 
 
 @contextlib.contextmanager
-def nodes(bootstrap: str, topic: str, workdir: Path, count: int = 2) -> Iterator[list[str]]:
-    """`count` node processes; their URLs once every partition is served."""
+def nodes(
+    bootstrap: str, topic: str, workdir: Path, count: int = 2, pids: list[int] | None = None
+) -> Iterator[list[str]]:
+    """`count` node processes; their URLs once every partition is served (their main
+    processes' ids into `pids`)."""
     group = f"bench-{topic}"
     ports = [free_port() for _ in range(count)]
     processes = []
@@ -61,6 +67,8 @@ def nodes(bootstrap: str, topic: str, workdir: Path, count: int = 2) -> Iterator
             subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
     urls = [f"http://127.0.0.1:{port}" for port in ports]
+    if pids is not None:
+        pids += [process.pid for process in processes]
     try:
         _wait_until_serving(urls)
         yield urls
@@ -92,8 +100,18 @@ def _wait_until_serving(urls: list[str], timeout: float = 120.0) -> None:
     raise TimeoutError(f"nodes {urls} did not serve every partition within {timeout:g} s")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (None where /proc is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(bootstrap: str, rate: float, seconds: float, workdir: Path) -> dict[str, list[float]]:
-    """Latencies (s) of local and routed reads on the first node."""
+    """Latencies (s) of local and routed reads on the first node; under "forward_cpu", the
+    CPU seconds the forwarding cost per routed request (if /proc tells)."""
     topic = f"bench-cluster-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic, PARTITIONS)  # and its dead-letter topic
     try:
@@ -102,7 +120,8 @@ def measure(bootstrap: str, rate: float, seconds: float, workdir: Path) -> dict[
         with EventProducer(settings) as producer:
             futures = [producer.emit(e) for run in runs for e in run]
             deliveries = [f.result(timeout=60) for f in futures]
-        with nodes(bootstrap, topic, workdir) as urls:
+        pids: list[int] = []
+        with nodes(bootstrap, topic, workdir, pids=pids) as urls:
             with RunStateClient(urls[0]) as client:
                 for delivery in deliveries[-PARTITIONS * 4 :]:
                     client.wait_for(delivery, timeout=60)
@@ -114,7 +133,14 @@ def measure(bootstrap: str, rate: float, seconds: float, workdir: Path) -> dict[
                 routed = [r for r in ids if partition_for(r, PARTITIONS) not in own]
                 for run_id in local + routed:  # warm both paths (pooled connections)
                     http.get(f"{urls[0]}/runs/{run_id}")
-                return _paced(http, urls[0], local, routed, rate, seconds)
+                before = [cpu_seconds(pid) for pid in pids]
+                found = _paced(http, urls[0], local, routed, rate, seconds)
+                after = [cpu_seconds(pid) for pid in pids]
+                (a0, a1), (b0, b1) = after, before
+                if a0 is not None and a1 is not None and b0 is not None and b1 is not None:
+                    forwarding = (a0 - b0) - (a1 - b1)
+                    found["forward_cpu"] = [forwarding / len(found["routed"])]
+                return found
     finally:
         delete_topic(bootstrap, topic)
 
@@ -150,7 +176,7 @@ def run(ctx: BenchContext) -> list[Row]:
     found = measure(ctx.bootstrap, rate, seconds, ctx.scratch("cluster"))
     local, routed = found["local"], found["routed"]
     achieved = (len(local) + len(routed)) / seconds
-    return [
+    rows = [
         make_row(
             f"routed GET /runs/{{id}} p99 at {achieved:.0f} req/s (target <= 2x local)",
             percentile(routed, 99) * 1000,
@@ -166,6 +192,12 @@ def run(ctx: BenchContext) -> list[Row]:
             percentile(local, 50) * 1000,
         ),
     ]
+    if "forward_cpu" in found:  # where /proc tells
+        cpu = found["forward_cpu"][0] * 1e6
+        rows.append(
+            make_row("CPU spent forwarding a routed GET (first node less owner)", cpu, "us")
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with kafka_broker() as (bootstrap, _), tempfile.TemporaryDirectory() as workdir:
         found = measure(bootstrap, args.rate, args.seconds, Path(workdir))
-    summary = {
+    forward_cpu = found.pop("forward_cpu", None)
+    summary: dict[str, object] = {
         kind: {
             "n": len(values),
             "p50_ms": round(percentile(values, 50) * 1000, 2),
@@ -183,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for kind, values in found.items()
     }
+    if forward_cpu:
+        summary["forward_cpu_us"] = round(forward_cpu[0] * 1e6, 1)
     print(json.dumps({**summary, "load": os.getloadavg()[0]}))
     return 0
 

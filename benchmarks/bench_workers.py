@@ -46,6 +46,9 @@ from benchmarks.common import (
 PARTITIONS = 6
 EVENTS_PER_RUN = 20
 TARGET = 1.8
+BUSY_MACHINE = 1.5
+"""Cores in use during the 1-worker fold above which the machine was shared (one worker
+and the broker need about 1.1)."""
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -210,16 +213,20 @@ def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[in
 
 
 def describe(folds: dict[int, list[Fold]]) -> str:
-    """Where the time and the CPU went, per worker count (medians), for the notes."""
+    """Where the time and the CPU went, per worker count (medians), for the notes: the
+    workers' CPU per event shows whether two fold as cheaply as one; the cores left to
+    the rest of the machine (the broker, this benchmark, anything else) what they took."""
     parts = []
     for workers, runs in folds.items():
+        cpu_per_event = median([f.workers_cores / f.rate * 1e6 for f in runs])
+        rest = median([f.machine_cores - f.workers_cores - f.node_cores for f in runs])
         parts.append(
             f"{workers} worker(s): start-up {median([f.start_up for f in runs]):.2f} s, "
-            f"each worker on its share {median([f.split_after for f in runs]):.2f} s after "
-            f"the first assignment; during the fold the workers used "
-            f"{median([f.workers_cores for f in runs]):.2f} cores, the node's other "
-            f"processes {median([f.node_cores for f in runs]):.2f}, the whole machine "
-            f"{median([f.machine_cores for f in runs]):.2f} of 2"
+            f"each on its share {median([f.split_after for f in runs]):.2f} s after the "
+            f"first assignment; during the fold the workers used "
+            f"{median([f.workers_cores for f in runs]):.2f} cores ({cpu_per_event:.1f} CPU "
+            f"µs/event), the node's other processes {median([f.node_cores for f in runs]):.2f}, "
+            f"the rest of the machine {rest:.2f} (of 2)"
         )
     return "; ".join(parts)
 
@@ -239,6 +246,12 @@ def run(ctx: BenchContext) -> list[Row]:
         f"(per repeat {ratios}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after)"
     )
     ctx.note(f"workers: {describe(folds)}")
+    busy = median([f.machine_cores for f in folds[1]])
+    if busy > BUSY_MACHINE:
+        ctx.note(
+            f"workers: the machine was busy elsewhere ({busy:.2f} of 2 cores during the "
+            "1-worker fold, which needs about one): the ratio is not what two free cores give"
+        )
     return [
         make_row(
             f"behest node --workers 2, {events:,} events, 6 partitions, from the first assignment",

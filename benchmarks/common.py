@@ -605,7 +605,7 @@ class BenchContext:
     memo: dict[str, object] = field(default_factory=dict)
     """Measurements more than one area reports (e.g. the projector over the 1M-event log)."""
     started: float = field(default_factory=time.monotonic)
-    budget: float = 600.0
+    budget: float = 720.0
     """Seconds the whole suite may take; optional work runs only if it fits."""
     _counter: int = 0
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import httpx
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,6 +21,7 @@ from behest.cluster.asgi import read_body, replay, send_json
 from behest.cluster.membership import Membership
 from behest.cluster.ownership import Ownership
 from behest.cluster.pages import cursor_after, merge_pages, parse_batch, to_int
+from behest.cluster.peers import PeerError, PeerPool, PeerResponse
 from behest.cluster.standby_reads import SCOPE_STANDBY, stale_flags, staleness_of
 from behest.emit.partitioner import partition_for
 
@@ -34,13 +34,13 @@ HEADER_PARTITIONS = "x-behest-partitions"
 
 class Gatherer:
     """The scatter-gather half of `behest.cluster.routing.Router` (which provides the
-    transport: `_call`, `_inner`, `_peer_client`, and the failure answers)."""
+    transport: `_call`, `_inner`, `_pool`, and the failure answers)."""
 
     app: ASGIApp
     url: str
     membership: Membership
     ownership: Ownership
-    _timeout: httpx.Timeout
+    _pool: PeerPool
 
     async def _call(
         self,
@@ -57,9 +57,6 @@ class Gatherer:
     async def _inner(
         self, method: str, path: str, app: ASGIApp | None = None
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        raise NotImplementedError
-
-    def _peer_client(self) -> httpx.AsyncClient:
         raise NotImplementedError
 
     async def _relay_failure(self, send: Send, url: str, status: int, content: bytes) -> None:
@@ -160,25 +157,27 @@ class Gatherer:
         """`GET /runs/watch` over every node: each one's stream of its own runs' changes,
         merged message by message. When any of them ends (a node left, say), this one ends
         too, and the client's reconnect watches the nodes as they are then."""
-        query = scope["query_string"].decode("latin-1")
-        path = "/runs/watch" + (f"?{query}" if query else "")
-        headers = {HEADER_SCOPE: "local", HEADER_FORWARDED: self.url}
+        query = scope["query_string"]
+        target = b"/runs/watch" + (b"?" + query if query else b"")
+        headers = [
+            (HEADER_SCOPE.encode(), b"local"),
+            (HEADER_FORWARDED.encode(), self.url.encode()),
+        ]
         sources = sorted({self.url, *self.membership.view.nodes})
-        client = self._peer_client()
-        timeout = httpx.Timeout(None, connect=self._timeout.connect)
-        streams: list[httpx.Response] = []
+        streams: list[PeerResponse] = []
         try:
             for url in sources:
-                request = client.build_request("GET", url + path, headers=headers, timeout=timeout)
                 try:
-                    response = await client.send(request, stream=True)
-                except httpx.HTTPError:
+                    response = await self._pool.request(url, "GET", target, headers, stream=True)
+                except PeerError:
                     continue  # gone: its runs have (or will have) another owner to watch
                 streams.append(response)
-                if response.status_code != 200:  # bad input: the API's own answer
-                    await self._relay_failure(
-                        send, url, response.status_code, await response.aread()
-                    )
+                if response.status != 200:  # bad input: the API's own answer
+                    try:
+                        content = await response.read()
+                    except PeerError:
+                        content = b""
+                    await self._relay_failure(send, url, response.status, content)
                     return
             if not streams:
                 await self._unavailable(send, 0, None, reason="no node answers")
@@ -186,22 +185,22 @@ class Gatherer:
             await self._merge_streams(streams, receive, send)
         finally:
             for response in streams:
-                await response.aclose()
+                response.close()
 
     async def _merge_streams(
-        self, streams: list[httpx.Response], receive: Receive, send: Send
+        self, streams: list[PeerResponse], receive: Receive, send: Send
     ) -> None:
         messages: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-        async def pump(response: httpx.Response) -> None:
+        async def pump(response: PeerResponse) -> None:
             pending = b""
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.chunks():
                     pending += chunk
                     while b"\n\n" in pending:
                         message, pending = pending.split(b"\n\n", 1)
                         await messages.put(message + b"\n\n")
-            except httpx.HTTPError:
+            except PeerError:
                 pass
             await messages.put(None)  # this source ended
 

@@ -35,6 +35,7 @@ from behest.cluster.gather import HEADER_FORWARDED, HEADER_PARTITIONS, HEADER_SC
 from behest.cluster.membership import Membership
 from behest.cluster.ownership import Ownership
 from behest.cluster.pages import run_of_path
+from behest.cluster.peers import PeerError, PeerPool
 from behest.cluster.standby_reads import (
     HEADER_LAG_RECORDS,
     HEADER_LAG_SECONDS,
@@ -44,6 +45,7 @@ from behest.cluster.standby_reads import (
     stale_flags,
 )
 from behest.emit.partitioner import partition_for
+from behest.read.http import MAX_WAIT
 
 if TYPE_CHECKING:
     from behest.cluster.standby import StandbyCopies
@@ -70,6 +72,9 @@ RETRY_AFTER: Final = 1
 _PASSED_BACK: Final = frozenset(
     {b"content-type", b"retry-after", b"cache-control", b"x-accel-buffering"}
 )
+_MEMO_SIZE: Final = 16384
+"""Run ids whose partition a router remembers (about 2 MB)."""
+_PASSED_ON: Final = frozenset({b"content-type", b"accept", b"last-event-id"})
 
 
 class Router(Gatherer, StandbyReads):
@@ -94,7 +99,11 @@ class Router(Gatherer, StandbyReads):
         self.standby = standby
         self.standby_app = standby_app
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
-        self._peers: httpx.AsyncClient | None = None
+        self._pool = PeerPool(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._marks = [(HEADER_SCOPE.encode(), b"local"), (HEADER_FORWARDED.encode(), url.encode())]
+        self._mark = (HEADER_NODE.encode(), url.encode())
+        self._partitions: dict[str, int] = {}
+        self._memo_count = 0
         self._local: httpx.AsyncClient | None = None
         self._apis: dict[int, httpx.AsyncClient] = {}
 
@@ -147,7 +156,7 @@ class Router(Gatherer, StandbyReads):
     ) -> None:
         view = self.membership.view
         try:
-            partition = partition_for(run_id, view.partitions) if view.partitions else None
+            partition = self._partition_of(run_id, view.partitions) if view.partitions else None
         except (ValueError, InvalidQueryError):
             partition = None
         if partition is None:  # a malformed id (the API says why) or no topic seen yet
@@ -168,9 +177,20 @@ class Router(Gatherer, StandbyReads):
             return
         await self._unavailable(send, partition, owner, reason=reason)
 
+    def _partition_of(self, run_id: str, partitions: int) -> int:
+        """`partition_for`, remembered per run id (murmur2 in Python costs ~10 µs)."""
+        memo = self._partitions
+        if self._memo_count != partitions or len(memo) >= _MEMO_SIZE:
+            memo.clear()
+            self._memo_count = partitions
+        found = memo.get(run_id)
+        if found is None:
+            found = memo[run_id] = partition_for(run_id, partitions)
+        return found
+
     async def _answer_here(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The wrapped API's answer, marked with this node's URL (`X-Behest-Node`)."""
-        mark = (HEADER_NODE.encode(), self.url.encode())
+        mark = self._mark
 
         async def marked(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -206,45 +226,52 @@ class Router(Gatherer, StandbyReads):
         partition: int,
         *,
         stream: bool = False,
+        read_timeout: float | None = None,
     ) -> bool:
         """The owner's answer, passed back as it comes (streams included); False, with
         nothing sent, if the owner does not answer or answers 503 and a standby might."""
-        query = scope["query_string"].decode("latin-1")
-        url = owner + scope["path"] + (f"?{query}" if query else "")
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in (b"content-type", b"accept", b"last-event-id")
-        }
-        headers[HEADER_SCOPE] = "local"
-        headers[HEADER_FORWARDED] = self.url
-        timeout = httpx.Timeout(None, connect=self._timeout.connect) if stream else None
-        request = self._peer_client().build_request(
-            scope["method"], url, content=body, headers=headers, timeout=timeout
-        )
+        target: bytes = scope.get("raw_path") or scope["path"].encode()
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        headers = [pair for pair in scope["headers"] if pair[0] in _PASSED_ON]
+        headers += self._marks
         try:
-            response = await self._peer_client().send(request, stream=True)
-        except httpx.HTTPError as error:
-            log.info("owner %s of partition %d did not answer: %r", owner, partition, error)
+            response = await self._pool.request(
+                owner,
+                scope["method"],
+                target,
+                headers,
+                body,
+                stream=stream,
+                read_timeout=read_timeout,
+            )
+        except PeerError as error:
+            log.info("owner %s of partition %d did not answer: %s", owner, partition, error)
             self.membership.refresh_soon()
             return False
-        if response.status_code == 503 and self.standby is not None:
-            await response.aclose()
-            return False
         try:
-            out = [(k, v) for k, v in response.headers.raw if k.lower() in _PASSED_BACK]
-            out += [(k, v) for k, v in response.headers.raw if k.lower().startswith(b"x-behest-")]
-            await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": out}
-            )
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        except httpx.HTTPError as error:  # the owner went away mid-answer: end the stream
-            log.info("owner %s broke off an answer: %r", owner, error)
+            if response.status == 503 and self.standby is not None:
+                return False
+            out = [
+                (k, v) for k, v in response.headers if k in _PASSED_BACK or k[:9] == b"x-behest-"
+            ]
+            if response.complete:  # all of it here: passed back in one piece
+                content = response.body()
+                out.append((b"content-length", b"%d" % len(content)))
+                await send(
+                    {"type": "http.response.start", "status": response.status, "headers": out}
+                )
+                await send({"type": "http.response.body", "body": content})
+                return True
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            try:
+                async for chunk in response.chunks():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except PeerError as error:  # the owner went away mid-answer: end the stream
+                log.info("owner %s broke off an answer: %s", owner, error)
             await send({"type": "http.response.body", "body": b""})
         finally:
-            await response.aclose()
+            response.close()
         return True
 
     async def _unavailable(
@@ -283,7 +310,8 @@ class Router(Gatherer, StandbyReads):
         if local_only or owner is None or owner == self.url:
             await self._unavailable(send, partition, owner)
             return
-        if not await self._forward(scope, send, owner, b"", partition):
+        waited = self._pool.read_timeout + MAX_WAIT  # the owner may hold it that long
+        if not await self._forward(scope, send, owner, b"", partition, read_timeout=waited):
             await self._unavailable(send, partition, owner, reason=f"{owner} does not answer")
 
     async def _relay_failure(self, send: Send, url: str, status: int, content: bytes) -> None:
@@ -315,19 +343,28 @@ class Router(Gatherer, StandbyReads):
         scope: str = "local",
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        """One scoped request to a node (None or this node's URL: in-process)."""
-        local = url is None or url == self.url
-        client = self._local_client() if local else self._peer_client()
-        target = ("http://local" if local else url) + path  # type: ignore[operator]
-        headers = {**(headers or {}), HEADER_SCOPE: scope, HEADER_FORWARDED: self.url}
+        """One scoped request to a node (None or this node's URL: in-process); the
+        answer's header names are lowercase."""
+        sent = {**(headers or {}), HEADER_SCOPE: scope, HEADER_FORWARDED: self.url}
         if content is not None:
-            headers["content-type"] = "application/json"
+            sent["content-type"] = "application/json"
+        if url is None or url == self.url:
+            response = await self._local_client().request(
+                method, "http://local" + path, content=content, headers=sent
+            )
+            return response.status_code, response.content, response.headers
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in sent.items()]
         try:
-            response = await client.request(method, target, content=content, headers=headers)
-        except httpx.HTTPError as error:
+            answer = await self._pool.request(url, method, path.encode(), raw, content or b"")
+        except PeerError as error:
             self.membership.refresh_soon()
-            return 503, error_body(f"node {url} does not answer ({error!r})"), {}
-        return response.status_code, response.content, response.headers
+            return 503, error_body(f"node {url} does not answer ({error})"), {}
+        try:
+            body = answer.body()
+        finally:
+            answer.close()
+        names = {k.decode("latin-1"): v.decode("latin-1") for k, v in answer.headers}
+        return answer.status, body, names
 
     async def _inner(
         self, method: str, path: str, app: ASGIApp | None = None
@@ -343,14 +380,6 @@ class Router(Gatherer, StandbyReads):
             self._apis[id(target)] = client
         response = await client.request(method, path)
         return response.status_code, response.content, response.headers
-
-    def _peer_client(self) -> httpx.AsyncClient:
-        if self._peers is None:
-            self._peers = httpx.AsyncClient(
-                timeout=self._timeout,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            )
-        return self._peers
 
     def _local_client(self) -> httpx.AsyncClient:
         if self._local is None:

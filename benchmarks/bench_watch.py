@@ -122,7 +122,11 @@ def _stack(ctx: BenchContext, seconds: float, background: int) -> Iterator[tuple
         bootstrap_servers=ctx.bootstrap, topic=topic, state_dir=ctx.scratch("watch") / "state"
     )
     port = free_port()
-    processes = [_behest("project", settings=settings)]
+    # A group of its own, as a deployment's projectors have: the default group id is shared
+    # by every projector on a broker, and any member joining or leaving it anywhere stops
+    # every member's fetching for the rebalance (seconds on a shared broker: 4-6 s stalls).
+    group = ctx.unique("watch-group")
+    processes = [_behest("project", "--group-id", group, settings=settings)]
     try:
         with EventProducer(settings) as producer:
             producer.emit(sample_run(events=2, seed=1)[0]).result(timeout=60)

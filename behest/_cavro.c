@@ -24,10 +24,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <stdint.h>
 #include <string.h>
 
-#define CAVRO_VERSION 2 /* behest.avro_program refuses a module of another version */
+#define CAVRO_VERSION 4 /* behest.avro_program refuses a module of another version */
 
 enum { K_NULL, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_BYTES, K_STRING, K_ENUM,
        K_RECORD, K_UNION, K_KINDS };
@@ -53,8 +54,15 @@ typedef struct {
     PyObject *error;       /* behest.errors.CodecError */
     PyObject *json_fits;   /* callable(text) -> bool, or None */
     PyObject *slow_check;  /* callable(record) -> None, raises CodecError, or None */
-    PyObject *struct_error;
+    PyObject *uuid_text;   /* a field source whose work C does for a uuid.UUID, or None */
+    PyObject *header;      /* bytes before the value in decode_event's data, or None */
 } Program;
+
+/* Set once, at import. */
+static PyObject *struct_error; /* struct.error: what struct.pack raises, for the same errors */
+static PyObject *uuid_type;    /* uuid.UUID */
+static PyObject *int_name;     /* "int" */
+static PyObject *sixty_four;   /* 64 */
 
 /* ---------------------------------------------------------------- building the tree */
 
@@ -406,22 +414,17 @@ static int reader_open(Program *self, PyObject *const *args, Py_ssize_t nargs, P
 }
 
 /* The value from `pos` to the end of the data: CodecError if bytes are left over. */
-static PyObject *decode_to_end(Program *self, PyObject *const *args, Py_ssize_t nargs,
-                               int checked, const char *name) {
-    Py_buffer view;
-    Reader r;
-    if (reader_open(self, args, nargs, &view, &r, name) < 0) return NULL;
-    r.checked = checked;
-    PyObject *value = read_node(&r, self->root);
-    Py_ssize_t extra = r.size - r.pos;
-    if (view.obj != NULL) PyBuffer_Release(&view);
+static PyObject *decode_span(Program *self, Reader *r, int checked) {
+    r->checked = checked;
+    PyObject *value = read_node(r, self->root);
+    Py_ssize_t extra = r->size - r->pos;
     if (value == NULL) return NULL;
     if (extra != 0) {
         Py_DECREF(value);
         PyErr_Format(self->error, "corrupt event: %zd bytes left over after the record", extra);
         return NULL;
     }
-    if (r.doubt && self->slow_check != Py_None) {
+    if (r->doubt && self->slow_check != Py_None) {
         PyObject *result = PyObject_CallOneArg(self->slow_check, value);
         if (result == NULL) {
             Py_DECREF(value);
@@ -430,6 +433,63 @@ static PyObject *decode_to_end(Program *self, PyObject *const *args, Py_ssize_t 
         Py_DECREF(result);
     }
     return value;
+}
+
+static PyObject *decode_to_end(Program *self, PyObject *const *args, Py_ssize_t nargs,
+                               int checked, const char *name) {
+    Py_buffer view;
+    Reader r;
+    if (reader_open(self, args, nargs, &view, &r, name) < 0) return NULL;
+    PyObject *value = decode_span(self, &r, checked);
+    if (view.obj != NULL) PyBuffer_Release(&view);
+    return value;
+}
+
+/* decode_event(data, other): the value after the header, with the errors behest.codec
+ * gives (truncation and bad UTF-8 as CodecError); other(data) decodes anything that is not
+ * bytes starting with the header (another writer schema, a bytearray, garbage). */
+static PyObject *decode_event(Program *self, PyObject *const *args, Py_ssize_t nargs,
+                              int checked) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "decode_event() takes (data, other)");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    Py_ssize_t head = self->header == NULL ? 0 : PyBytes_GET_SIZE(self->header);
+    if (self->header == NULL || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) < head ||
+        memcmp(PyBytes_AS_STRING(data), PyBytes_AS_STRING(self->header), (size_t)head) != 0)
+        return PyObject_CallOneArg(args[1], data);
+    Reader r = {(const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), head,
+                self, 0, 0};
+    PyObject *value = decode_span(self, &r, checked);
+    if (value != NULL) return value;
+    if (PyErr_ExceptionMatches(PyExc_IndexError)) {
+        PyErr_Clear();
+        PyErr_Format(self->error, "truncated event: the data ends after %zd bytes, inside the "
+                     "record", r.size);
+    } else if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyObject *type, *error, *traceback;
+        PyErr_Fetch(&type, &error, &traceback);
+        PyErr_NormalizeException(&type, &error, &traceback);
+        PyObject *reason = error == NULL ? NULL : PyUnicodeDecodeError_GetReason(error);
+        Py_XDECREF(type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+        if (reason != NULL) {
+            PyErr_Format(self->error, "corrupt event: a string is not valid UTF-8 (%U)", reason);
+            Py_DECREF(reason);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *Program_decode_event(Program *self, PyObject *const *args, Py_ssize_t n) {
+    return decode_event(self, args, n, 0);
+}
+
+static PyObject *Program_decode_event_checked(Program *self, PyObject *const *args,
+                                              Py_ssize_t n) {
+    return decode_event(self, args, n, 1);
 }
 
 static PyObject *Program_decode(Program *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -600,7 +660,7 @@ static int write_float(Writer *w, Node *node, PyObject *value) {
     double x = PyFloat_AsDouble(value);
     if (x == -1.0 && PyErr_Occurred()) {
         PyErr_Clear(); /* as struct.pack says it */
-        PyErr_SetString(w->program->struct_error, "required argument is not a float");
+        PyErr_SetString(struct_error, "required argument is not a float");
         return -1;
     }
     unsigned char bytes[8];
@@ -628,12 +688,50 @@ static PyObject *object_field(Writer *w, PyObject *source, PyObject *object, PyO
     return item;
 }
 
+/* The attribute `name` of `object` as canonical UUID text, if it is a uuid.UUID: 1 when
+written, 0 when it is something else (the field's converter then says what). */
+static int write_uuid_attribute(Writer *w, PyObject *object, PyObject *name) {
+    PyObject *id = PyObject_GetAttr(object, name);
+    if (id == NULL) return -1;
+    if (Py_TYPE(id) != (PyTypeObject *)uuid_type) {
+        Py_DECREF(id);
+        return 0;
+    }
+    PyObject *number = PyObject_GetAttr(id, int_name);
+    Py_DECREF(id);
+    if (number == NULL) return -1;
+    PyObject *high_part = PyNumber_Rshift(number, sixty_four);
+    uint64_t low = PyLong_AsUnsignedLongLongMask(number);
+    Py_DECREF(number);
+    if (high_part == NULL) return -1;
+    uint64_t high = PyLong_AsUnsignedLongLongMask(high_part);
+    Py_DECREF(high_part);
+    if (PyErr_Occurred()) return -1;
+    static const char digits[] = "0123456789abcdef";
+    unsigned char text[37];
+    text[0] = 72; /* the length, 36, as a zigzag varint */
+    int at = 1;
+    for (int nibble = 0; nibble < 32; nibble++) {
+        if (nibble == 8 || nibble == 12 || nibble == 16 || nibble == 20) text[at++] = '-';
+        uint64_t half = nibble < 16 ? high : low;
+        text[at++] = (unsigned char)digits[(half >> (60 - 4 * (nibble % 16))) & 0xF];
+    }
+    return put(w, text, 37) < 0 ? -1 : 1;
+}
+
 static int write_record(Writer *w, Node *node, PyObject *value) {
     for (Py_ssize_t i = 0; i < node->n; i++) {
         PyObject *name = PyTuple_GET_ITEM(node->names, i);
         PyObject *item;
         if (node->access != NULL) {
-            item = object_field(w, PyTuple_GET_ITEM(node->access, i), value, name);
+            PyObject *source = PyTuple_GET_ITEM(node->access, i);
+            if (source == w->program->uuid_text && source != Py_None &&
+                node->children[i]->kind == K_STRING) {
+                int done = write_uuid_attribute(w, value, name);
+                if (done < 0) return -1;
+                if (done) continue;
+            }
+            item = object_field(w, source, value, name);
             if (item == NULL) return -1;
         } else if (PyDict_CheckExact(value)) {
             item = PyDict_GetItemWithError(value, name);
@@ -802,31 +900,27 @@ static PyObject *Program_write(Program *self, PyObject *const *args, Py_ssize_t 
 /* ----------------------------------------------------------------------------- the type */
 
 static int Program_init(Program *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"spec", "error", "json_fits", "slow_check", NULL};
-    PyObject *spec, *error, *json_fits = Py_None, *slow_check = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OO", keywords, &spec, &error, &json_fits,
-                                     &slow_check))
+    static char *keywords[] = {"spec",      "error",  "json_fits", "slow_check",
+                               "uuid_text", "header", NULL};
+    PyObject *spec, *error, *json_fits = Py_None, *slow_check = Py_None, *uuid_text = Py_None;
+    PyObject *header = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOOO", keywords, &spec, &error,
+                                     &json_fits, &slow_check, &uuid_text, &header))
         return -1;
+    if (header != Py_None && !PyBytes_CheckExact(header)) {
+        PyErr_SetString(PyExc_TypeError, "header must be bytes or None");
+        return -1;
+    }
     if (!PyExceptionClass_Check(error)) {
         PyErr_SetString(PyExc_TypeError, "error must be an exception class");
         return -1;
     }
     Node *root = node_build(spec, 0);
     if (root == NULL) return -1;
-    PyObject *struct_module = PyImport_ImportModule("struct");
-    if (struct_module == NULL) {
-        node_free(root);
-        return -1;
-    }
-    PyObject *struct_error = PyObject_GetAttrString(struct_module, "error");
-    Py_DECREF(struct_module);
-    if (struct_error == NULL) {
-        node_free(root);
-        return -1;
-    }
     node_free(self->root);
     self->root = root;
-    Py_XSETREF(self->struct_error, struct_error);
+    Py_XSETREF(self->uuid_text, Py_NewRef(uuid_text));
+    Py_XSETREF(self->header, header == Py_None ? NULL : Py_NewRef(header));
     Py_XSETREF(self->error, Py_NewRef(error));
     Py_XSETREF(self->json_fits, Py_NewRef(json_fits));
     Py_XSETREF(self->slow_check, Py_NewRef(slow_check));
@@ -837,7 +931,8 @@ static int Program_traverse(Program *self, visitproc visit, void *arg) {
     Py_VISIT(self->error);
     Py_VISIT(self->json_fits);
     Py_VISIT(self->slow_check);
-    Py_VISIT(self->struct_error);
+    Py_VISIT(self->uuid_text);
+    Py_VISIT(self->header);
     return 0;
 }
 
@@ -845,7 +940,8 @@ static int Program_clear(Program *self) {
     Py_CLEAR(self->error);
     Py_CLEAR(self->json_fits);
     Py_CLEAR(self->slow_check);
-    Py_CLEAR(self->struct_error);
+    Py_CLEAR(self->uuid_text);
+    Py_CLEAR(self->header);
     return 0;
 }
 
@@ -868,6 +964,8 @@ static int program_ready(Program *self) {
         return name(self, args, n);                                                         \
     }
 GUARDED(Program_decode)
+GUARDED(Program_decode_event)
+GUARDED(Program_decode_event_checked)
 GUARDED(Program_decode_checked)
 GUARDED(Program_read)
 GUARDED(Program_encode)
@@ -878,6 +976,10 @@ static PyMethodDef Program_methods[] = {
      "decode(data, pos) -> the value from pos to the end of data"},
     {"decode_checked", (PyCFunction)(void (*)(void))Program_decode_checked_guarded,
      METH_FASTCALL, "decode(data, pos), and the record checks (CodecError if one fails)"},
+    {"decode_event", (PyCFunction)(void (*)(void))Program_decode_event_guarded, METH_FASTCALL,
+     "decode_event(data, other) -> the value after the header (other(data) without it)"},
+    {"decode_event_checked", (PyCFunction)(void (*)(void))Program_decode_event_checked_guarded,
+     METH_FASTCALL, "decode_event(data, other), and the record checks"},
     {"read", (PyCFunction)(void (*)(void))Program_read_guarded, METH_FASTCALL,
      "read(data, pos) -> (value, end)"},
     {"encode", (PyCFunction)(void (*)(void))Program_encode_guarded, METH_FASTCALL,
@@ -902,12 +1004,100 @@ static PyTypeObject ProgramType = {
     .tp_methods = Program_methods,
 };
 
-static struct PyModuleDef cavro_module = {
-    PyModuleDef_HEAD_INIT, "behest._cavro",
-    "The compiled Avro codec (see behest.avro_program).", -1, NULL,
+/* Days from 0001-01-01 to 1970-01-01 is 719162; this counts from 1970-01-01. */
+static long long days_from_civil(long long y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    long long era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (long long)doe - 719468;
+}
+
+/* micros(moment, epoch, unit) -> (moment - epoch) // unit: a datetime's microseconds since
+ * the Unix epoch, computed here for an aware datetime.datetime (anything else, and any
+ * other epoch and unit, by that very expression). */
+static PyObject *cavro_micros(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "micros() takes (moment, epoch, unit)");
+        return NULL;
+    }
+    PyObject *moment = args[0];
+    if (PyDateTime_CheckExact(moment) && PyDateTime_CheckExact(args[1]) &&
+        PyDelta_CheckExact(args[2]) && PyDateTime_DATE_GET_TZINFO(args[1]) == PyDateTime_TimeZone_UTC &&
+        PyDateTime_GET_YEAR(args[1]) == 1970 && PyDateTime_GET_MONTH(args[1]) == 1 &&
+        PyDateTime_GET_DAY(args[1]) == 1 && PyDateTime_DATE_GET_HOUR(args[1]) == 0 &&
+        PyDateTime_DATE_GET_MINUTE(args[1]) == 0 && PyDateTime_DATE_GET_SECOND(args[1]) == 0 &&
+        PyDateTime_DATE_GET_MICROSECOND(args[1]) == 0 && PyDateTime_DELTA_GET_DAYS(args[2]) == 0 &&
+        PyDateTime_DELTA_GET_SECONDS(args[2]) == 0 &&
+        PyDateTime_DELTA_GET_MICROSECONDS(args[2]) == 1) {
+        PyObject *tzinfo = PyDateTime_DATE_GET_TZINFO(moment);
+        long long offset = 0; /* microseconds east of UTC */
+        if (tzinfo != PyDateTime_TimeZone_UTC) {
+            if (tzinfo == Py_None) goto general;
+            PyObject *delta = PyObject_CallMethod(tzinfo, "utcoffset", "O", moment);
+            if (delta == NULL) return NULL;
+            if (!PyDelta_Check(delta)) {
+                Py_DECREF(delta);
+                goto general;
+            }
+            offset = ((long long)PyDateTime_DELTA_GET_DAYS(delta) * 86400 +
+                      PyDateTime_DELTA_GET_SECONDS(delta)) * 1000000LL +
+                     PyDateTime_DELTA_GET_MICROSECONDS(delta);
+            Py_DECREF(delta);
+            if (offset <= -86400000000LL || offset >= 86400000000LL) goto general; /* raises */
+        }
+        long long days = days_from_civil(PyDateTime_GET_YEAR(moment),
+                                         (unsigned)PyDateTime_GET_MONTH(moment),
+                                         (unsigned)PyDateTime_GET_DAY(moment));
+        long long seconds = days * 86400 + PyDateTime_DATE_GET_HOUR(moment) * 3600 +
+                            PyDateTime_DATE_GET_MINUTE(moment) * 60 +
+                            PyDateTime_DATE_GET_SECOND(moment);
+        return PyLong_FromLongLong(seconds * 1000000LL + PyDateTime_DATE_GET_MICROSECOND(moment) -
+                                   offset);
+    }
+general:;
+    PyObject *delta = PyNumber_Subtract(moment, args[1]);
+    if (delta == NULL) return NULL;
+    PyObject *result = PyNumber_FloorDivide(delta, args[2]);
+    Py_DECREF(delta);
+    return result;
+}
+
+static PyMethodDef cavro_functions[] = {
+    {"micros", (PyCFunction)(void (*)(void))cavro_micros, METH_FASTCALL,
+     "micros(moment, epoch, unit) -> (moment - epoch) // unit, fast for aware datetimes"},
+    {NULL, NULL, 0, NULL},
 };
 
+static struct PyModuleDef cavro_module = {
+    PyModuleDef_HEAD_INIT, "behest._cavro",
+    "The compiled Avro codec (see behest.avro_program).", -1, cavro_functions,
+};
+
+static PyObject *attribute_of(const char *module_name, const char *name) {
+    PyObject *module = PyImport_ImportModule(module_name);
+    if (module == NULL) return NULL;
+    PyObject *value = PyObject_GetAttrString(module, name);
+    Py_DECREF(module);
+    return value;
+}
+
 PyMODINIT_FUNC PyInit__cavro(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) return NULL;
+    if (struct_error == NULL) {
+        struct_error = attribute_of("struct", "error");
+        uuid_type = attribute_of("uuid", "UUID");
+        int_name = PyUnicode_InternFromString("int");
+        sixty_four = PyLong_FromLong(64);
+        if (!struct_error || !uuid_type || !int_name || !sixty_four) return NULL;
+        if (!PyType_Check(uuid_type)) {
+            PyErr_SetString(PyExc_TypeError, "uuid.UUID is not a class");
+            return NULL;
+        }
+    }
     if (PyType_Ready(&ProgramType) < 0) return NULL;
     PyObject *module = PyModule_Create(&cavro_module);
     if (module == NULL) return NULL;

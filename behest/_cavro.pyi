@@ -1,9 +1,12 @@
 """Types of the compiled Avro codec (behest/_cavro.c); see behest.avro_program."""
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 VERSION: int
+
+def micros(moment: datetime, epoch: datetime, unit: timedelta, /) -> int: ...
 
 class Program:
     def __init__(
@@ -12,7 +15,11 @@ class Program:
         error: type[Exception],
         json_fits: Callable[[str], bool] | None = None,
         slow_check: Callable[[Any], None] | None = None,
+        uuid_text: Callable[[Any], str] | None = None,
+        header: bytes | None = None,
     ) -> None: ...
+    def decode_event(self, data: object, other: Callable[[Any], Any], /) -> Any: ...
+    def decode_event_checked(self, data: object, other: Callable[[Any], Any], /) -> Any: ...
     def decode(self, data: bytes | bytearray | memoryview, pos: int, /) -> Any: ...
     def decode_checked(self, data: bytes | bytearray | memoryview, pos: int, /) -> Any: ...
     def read(self, data: bytes | bytearray | memoryview, pos: int, /) -> tuple[Any, int]: ...

@@ -32,11 +32,12 @@ __all__ = [
     "VERSION",
     "Program",
     "load",
+    "micros",
     "program_spec",
     "unavailable_reason",
 ]
 
-VERSION = 2
+VERSION = 4
 """The `_cavro.VERSION` this module speaks to; another one is not used."""
 PURE_PYTHON_ENV = "BEHEST_PURE_PYTHON"
 
@@ -52,9 +53,10 @@ Source = Callable[[Any], Any] | int | None
 callable, applied to that attribute; an int, that extra argument of `encode`."""
 
 try:
-    from behest._cavro import Program
+    from behest._cavro import Program, micros
 except ImportError as error:  # no compiler at install time: the generated Python stays
     Program = None  # type: ignore[assignment,misc]
+    micros = None  # type: ignore[assignment]
     _IMPORT_ERROR: str = f"the extension behest._cavro did not import ({error})"
 else:
     _IMPORT_ERROR = ""
@@ -150,13 +152,18 @@ def load(
     slow_check: Callable[[Any], None] | None = None,
     classes: Mapping[str, type] | None = None,
     sources: Mapping[str, Source] | None = None,
+    uuid_text: Callable[[Any], str] | None = None,
+    header: bytes | None = None,
 ) -> Program | None:
     """The compiled program of `schema`, or None when the generated Python must do
     (`unavailable_reason` says why). `decode_checked` applies `checks`, asks `json_fits`
     about JSON text, and hands a record that fails a check to `slow_check`, which raises
     the error (or lets it pass: the fast checks are strict, e.g. only lowercase UUIDs).
-    `classes` and `sources`: a program of objects (see `program_spec`)."""
+    `classes` and `sources`: a program of objects (see `program_spec`); a field whose
+    source is `uuid_text` and whose value is a `uuid.UUID` is written as its canonical
+    text by C (what `uuid_text` must return), anything else by calling `uuid_text`.
+    `header`: the bytes `decode_event` expects before the value."""
     if unavailable_reason():
         return None
     spec = program_spec(schema, checks or {}, classes, sources)
-    return Program(spec, CodecError, json_fits, slow_check)
+    return Program(spec, CodecError, json_fits, slow_check, uuid_text, header)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from io import BytesIO
 from typing import Any, cast
 
@@ -140,10 +141,33 @@ def _py_read_checked(data: bytes, offset: int) -> EventRecord:
     return record
 
 
-_PROGRAM = avro_program.load(CURRENT.parsed, FIELD_CHECKS, json_fits, check_record)
+def _py_decode_event(data: bytes, other: Callable[[bytes], EventRecord]) -> EventRecord:
+    if type(data) is bytes and data[:HEADER_SIZE] == _CURRENT_HEADER:
+        try:
+            return _py_read(data, HEADER_SIZE)  # type: ignore[no-any-return]
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
+    return other(data)
+
+
+def _py_decode_event_checked(data: bytes, other: Callable[[bytes], EventRecord]) -> EventRecord:
+    if type(data) is bytes and data[:HEADER_SIZE] == _CURRENT_HEADER:
+        try:
+            return _py_read_checked(data, HEADER_SIZE)
+        except (IndexError, UnicodeDecodeError) as error:
+            raise _corrupt(data, error) from None
+    return other(data)
+
+
+_PROGRAM = avro_program.load(
+    CURRENT.parsed, FIELD_CHECKS, json_fits, check_record, header=_CURRENT_HEADER
+)
 _read_current: Callable[[bytes, int], EventRecord] = _py_read
 _read_checked: Callable[[bytes, int], EventRecord] = _py_read_checked
 _encode_current: Callable[[bytes, EventRecord], bytes] = _py_encode
+_Decoder = Callable[[bytes, Callable[[bytes], EventRecord]], EventRecord]
+_decode_event: _Decoder = _py_decode_event
+_decode_event_checked: _Decoder = _py_decode_event_checked
 
 
 def use_compiled(enabled: bool = True) -> bool:
@@ -151,13 +175,17 @@ def use_compiled(enabled: bool = True) -> bool:
     True if the compiled one now runs. Both give the same records, bytes and errors (the
     tests run under each); at import, the compiled one is chosen unless
     `BEHEST_PURE_PYTHON=1`."""
-    global _read_current, _read_checked, _encode_current, _encode_event
+    global _read_current, _read_checked, _encode_current, _encode_event, _micros
+    global _decode_event, _decode_event_checked
     if enabled and _PROGRAM is not None and _EVENT_PROGRAM is not None:
         _read_current, _read_checked = _PROGRAM.decode, _PROGRAM.decode_checked
+        _decode_event, _decode_event_checked = _PROGRAM.decode_event, _PROGRAM.decode_event_checked
         _encode_current, _encode_event = _PROGRAM.encode, _EVENT_PROGRAM.encode
+        _micros = avro_program.micros
         return True
     _read_current, _read_checked, _encode_current = _py_read, _py_read_checked, _py_encode
-    _encode_event = _py_encode_event
+    _decode_event, _decode_event_checked = _py_decode_event, _py_decode_event_checked
+    _encode_event, _micros = _py_encode_event, _py_micros
     return False
 
 
@@ -196,19 +224,25 @@ def writer_schema(data: bytes) -> SchemaVersion:
 
 def decode_record(data: bytes) -> EventRecord:
     """Decode single-object bytes to the plain record, under the current reader schema."""
+    return _decode_event(data, _decode_other)
+
+
+def _decode_other(data: bytes) -> EventRecord:
+    """`decode_record` of what is not bytes with the current schema's header."""
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:
-        try:
-            return _read_current(data, HEADER_SIZE)
-        except (IndexError, UnicodeDecodeError) as error:
-            raise _corrupt(data, error) from None
+        return _decode_current(data, HEADER_SIZE)
     return decode_body(data, writer_schema(data), HEADER_SIZE)
 
 
 def decode_checked(data: bytes) -> EventRecord:
     """`decode_record` then `check_record`, in one pass when compiled: the record, or
     CodecError (corrupt bytes, or a record the model would refuse), as the two would."""
+    return _decode_event_checked(data, _decode_other_checked)
+
+
+def _decode_other_checked(data: bytes) -> EventRecord:
     if type(data) is not bytes:
         data = _as_bytes(data)
     if data[:HEADER_SIZE] == _CURRENT_HEADER:
@@ -328,7 +362,17 @@ _write_event: Callable[[bytearray, AgentEvent, str, int], None] = compile_object
 )
 """Writes an `AgentEvent` straight from the models' attributes (no plain record in
 between); `_EVENT_PROGRAM` is the same in C."""
-_EVENT_PROGRAM = avro_program.load(CURRENT.parsed, classes=_CLASSES, sources=_SOURCES)
+_EVENT_PROGRAM = avro_program.load(
+    CURRENT.parsed, classes=_CLASSES, sources=_SOURCES, uuid_text=_uuid_text
+)
+
+
+def _py_micros(moment: datetime, epoch: datetime, unit: timedelta) -> int:
+    return (moment - epoch) // unit
+
+
+_micros: Callable[[datetime, datetime, timedelta], int] = _py_micros
+"""`(moment - EPOCH) // MICROSECOND`, in C when compiled (a third of encode's time)."""
 
 
 def _py_encode_event(prefix: bytes, event: AgentEvent, run_text: str, micros: int) -> bytes:
@@ -355,7 +399,7 @@ def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
     key records by the run id's text (`run_text`, cached per run, saves converting it
     twice) and stamp them with the event's time (computed once here)."""
     try:
-        micros = (event.timestamp - EPOCH) // MICROSECOND
+        micros = _micros(event.timestamp, EPOCH, MICROSECOND)
         return _encode_event(_CURRENT_HEADER, event, run_text, micros), micros
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
@@ -364,7 +408,8 @@ def encode_stamped(event: AgentEvent, run_text: str) -> tuple[bytes, int]:
 def _encode(prefix: bytes, event: AgentEvent) -> bytes:
     try:
         run_text = _uuid_text(event.run_id)
-        return _encode_event(prefix, event, run_text, (event.timestamp - EPOCH) // MICROSECOND)
+        micros = _micros(event.timestamp, EPOCH, MICROSECOND)
+        return _encode_event(prefix, event, run_text, micros)
     except (CodecError, *_ENCODE_ERRORS) as error:
         raise _encode_error(event, error) from None
 

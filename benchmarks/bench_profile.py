@@ -58,8 +58,8 @@ REPEATS = 3
 
 STAGES = (
     "consume (poll + consume, error filter)",
-    "decode (codec.decode_record)",
-    "record checks (check_record)",
+    "decode + record checks (codec.decode_checked)",
+    "record checks (check_record, other framings)",
     "heads read (multi-get + decode)",
     "sequence / duplicate / gap checks",
     "state read (multi-get + decode_state)",
@@ -171,7 +171,7 @@ def instrumented(clock: StageClock) -> Iterator[None]:
     patches.append((projector, "Consumer", getattr(projector, "Consumer")))  # noqa: B009
     setattr(projector, "Consumer", TimedConsumer)  # noqa: B010
     patch(Projector, "_usable", consume)
-    patch(engine, "decode_record", STAGES[1])
+    patch(engine, "decode_checked", STAGES[1])
     patch(refold, "decode_record", STAGES[1])  # stored events re-read around late ones
     patch(engine, "check_record", STAGES[2])
     patch(BatchFolder, "_load_heads", STAGES[3])

@@ -9,6 +9,9 @@ RocksDB secondary instance.
   of the same keys on the same instance (interleaved repeats).
 - `get_many(1000)`: median of repeated batches, beside one raw rocksdict multi-get; its
   models are built when read (`behest.read.states`), so a row also times reading them all.
+  Then what building them costs: `run_models.run_states` beside validating each, and the
+  floor of any way to build them in Python, beside the multi-get: decoding the stored JSON
+  (typed), and making the two pydantic objects of each state bare (nothing to parse).
 - `get_at`: random points (half by sequence, half by time) on a 10k-event run, beside
   folding that run from sequence 0, which is what a snapshot saves.
 - HTTP `GET /runs/{id}`: `behest serve` in a subprocess, driven by an open-loop asyncio
@@ -45,6 +48,7 @@ from behest.events import (
     ModelStarted,
     RunCompleted,
     RunStarted,
+    RunState,
     TextDelta,
     TokenUsage,
     UsageRecorded,
@@ -53,6 +57,14 @@ from behest.fold.store import StateStore
 from behest.fold.storeset import StoreSet
 from behest.projections.run_state import RunStateProjection
 from behest.read.query import RunStateQuery
+from behest.read.run_models import (
+    _DECODE,
+    _STATE_FIELDS,
+    _USAGE_FIELDS,
+    _VALIDATE,
+    _models,
+    run_states,
+)
 from behest.testing import ProjectionDriver
 from benchmarks.common import Row, make_row, median, percentile, table_cells
 
@@ -175,12 +187,21 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
     many_ours: list[float] = []
     many_json: list[float] = []
     many_models: list[float] = []
+    validate_each: list[float] = []
+    bulk: list[float] = []
+    decode_only: list[float] = []
+    bare: list[float] = []
     for batch in batches:
         batch_keys = [r.bytes for r in batch]
         many_raw += each_timed(states.get, [batch_keys])
         many_ours += each_timed(query.get_many, [batch])
         many_json += each_timed(query.raw.get_many, [batch])
         many_models += each_timed(lambda b: list(query.get_many(b).values()), [batch])
+        stored = [d for d in states.get(batch_keys) if d is not None]
+        validate_each += each_timed(lambda d: list(map(_VALIDATE, d)), [stored])
+        bulk += each_timed(run_states, [stored])
+        decode_only += each_timed(lambda d: list(map(_DECODE, d)), [stored])
+        bare += each_timed(_bare_models, [len(stored)])
 
     long_id = long_run[0].run_id
     first, last = long_run[0].timestamp, long_run[-1].timestamp
@@ -214,11 +235,27 @@ def in_process_rows(query: RunStateQuery, run_ids: list[uuid.UUID], long_run: li
                  f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
         make_row(f"get_many({BATCH}) + every model read, median", median(many_models) * ms,
                  "ms", f"raw rocksdict multi-get of {BATCH}", median(many_raw) * ms),
+        make_row(f"RunState models of {BATCH} (run_models)", median(bulk) * ms,
+                 "ms", "RunState.model_validate_json of each", median(validate_each) * ms),
+        make_row(f"floor: typed decode of {BATCH} states",
+                 median(decode_only) * ms, "ms", f"raw rocksdict multi-get of {BATCH}",
+                 median(many_raw) * ms),
+        make_row(f"floor: {BATCH} states' pydantic objects, bare",
+                 median(bare) * ms, "ms", f"raw rocksdict multi-get of {BATCH}",
+                 median(many_raw) * ms),
         make_row(f"get_at p50, {LONG_RUN_EVENTS // 1000}k-event run", percentile(at, 50) * ms,
                  "ms", "fold the run from sequence 0 (no snapshots)", median(replays) * ms),
         make_row(f"get_at p99, {LONG_RUN_EVENTS // 1000}k-event run", percentile(at, 99) * ms,
                  "ms", "fold the run from sequence 0 (no snapshots)", median(replays) * ms),
     ]  # fmt: skip
+
+
+def _bare_models(n: int) -> list[RunState]:
+    """`n` states' pydantic objects (a `RunState` and its `TokenUsage`) made as pydantic's
+    validator makes them, with nothing to parse or convert: what any way of building
+    `n` models must at least pay in Python."""
+    _models(TokenUsage, [{} for _ in range(n)], _USAGE_FIELDS)
+    return _models(RunState, [{} for _ in range(n)], _STATE_FIELDS)
 
 
 # --- HTTP under load --------------------------------------------------------------------------

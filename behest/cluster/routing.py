@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import httpx
 import orjson
@@ -230,9 +230,9 @@ class Router(Gatherer, StandbyReads):
     ) -> bool:
         """The owner's answer, passed back as it comes (streams included); False, with
         nothing sent, if the owner does not answer or answers 503 and a standby might."""
-        target: bytes = scope.get("raw_path") or scope["path"].encode()
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
+        target: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
+        if scope["query_string"]:  # (some servers leave the query in raw_path too)
+            target = target.partition(b"?")[0] + b"?" + scope["query_string"]
         headers = [pair for pair in scope["headers"] if pair[0] in _PASSED_ON]
         headers += self._marks
         try:

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-from behest.codec import check_record, decode_record
+from behest.codec import check_record, decode_checked
 from behest.errors import CodecError, UnknownSchemaError
 from behest.events import EventRecord
 from behest.fold.projection import Projection
 from behest.fold.refold import EntityFold, Folded, Item, by_sequence
-from behest.fold.sequences import RunHead
+from behest.fold.sequences import HeadCursor, RunHead
 from behest.fold.store import StateStore, StoreBatch
 
 __all__ = [
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 _new_tuple = tuple.__new__
+_sequence_and_value: Callable[[Item], tuple[int, bytes]] = operator.itemgetter(0, 2)
 
 DEFAULT_SNAPSHOT_EVERY: Final = 32
 """A run's state is snapshotted after every 32nd event: `get_at` folds at most 31 events
@@ -124,9 +126,7 @@ class _Pass:
 
     result: BatchResult
     before: dict[bytes, RunHead | None]
-    heads: dict[bytes, RunHead | None]
-    epochs: dict[bytes, int] = field(default_factory=dict)
-    reset: set[bytes] = field(default_factory=set)
+    cursors: dict[bytes, HeadCursor]
     late: bool = False  # any late event in the batch
 
 
@@ -148,6 +148,25 @@ def _same_run(text: str, run_id: Any) -> bool:
         return uuid.UUID(text) == uuid.UUID(str(run_id))
     except ValueError:
         return False
+
+
+def _is_missing(cursor: HeadCursor, sequence: int) -> bool:
+    return bool(cursor.missing) and RunHead(cursor.last, cursor.missing).is_missing(sequence)
+
+
+def _positions(records: Sequence[LogRecord], result: BatchResult) -> None:
+    """The next offset of each partition: past its last record, or, held for a writer
+    schema, at the record held (`_undecodable` set it; the records after it were skipped).
+    Worked out once per batch from the end, not stored for every record."""
+    positions, held = result.positions, result.held
+    left = {record.partition() for record in records} - held.keys() - positions.keys()
+    for record in reversed(records):
+        if not left:
+            break
+        partition = record.partition()
+        if partition in left:
+            left.discard(partition)
+            positions[partition] = record.offset() + 1
 
 
 def _accepted(groups: dict[bytes, list[Item]]) -> dict[tuple[bytes, int, int], bytes]:
@@ -218,18 +237,20 @@ class BatchFolder(Generic[S]):
         written yet; the batch's dead letters must be stored durably first)."""
         result = BatchResult(records=len(records))
         heads = self._load_heads(records)
-        run = _Pass(result, dict(heads), heads)
+        run = _Pass(result, heads, {key: HeadCursor(head) for key, head in heads.items()})
         groups, pending = self._check(records, run)
         if pending:
             self._resolve(pending, groups, run)
         batch = self.store.batch()
         self._fold(groups, batch, run)
-        for key, head in heads.items():
-            if head != run.before[key] or key in run.reset:
+        for key, cursor in run.cursors.items():
+            head = cursor.head()
+            if cursor.epoch or head != heads[key]:  # a tombstone rewrites it even if equal
                 if head is None:
                     batch.delete_head(key)
                 else:
                     batch.put_head(key, head)
+        _positions(records, result)
         for partition, next_offset in result.positions.items():
             batch.put_offset(self.topic, partition, next_offset)
         return result, batch
@@ -256,10 +277,10 @@ class BatchFolder(Generic[S]):
                 return None
             try:
                 if self._decode is None:
-                    event: Any = decode_record(value)
+                    event: Any = decode_checked(value)
                 else:
                     event, value = self._decode(value)
-                check_record(event)
+                    check_record(event)
                 return event, value
             except CodecError as again:
                 error = again
@@ -297,8 +318,7 @@ class BatchFolder(Generic[S]):
         run_keyed = projection.run_keyed
         entity_of = projection.key
         keys = self._keys
-        result, heads, epochs = run_pass.result, run_pass.heads, run_pass.epochs
-        positions = result.positions
+        result, cursors = run_pass.result, run_pass.cursors
         groups: dict[bytes, list[Item]] = {}
         # (run, sequence, epoch) -> bytes of the events accepted so far: for a run-keyed
         # projection built only when the batch repeats a sequence (from `groups`, which
@@ -307,12 +327,11 @@ class BatchFolder(Generic[S]):
         pending: list[Item] = []
         held = result.held
         decoder = self._decode
+        decode, check = decode_checked, check_record
         for record in records:
-            partition = record.partition()
-            if held and partition in held:
+            if held and record.partition() in held:
                 result.records -= 1  # waits for a writer schema: read again from there later
                 continue
-            positions[partition] = record.offset() + 1
             key = record.key()
             known = keys.get(key)
             if known is None:
@@ -324,21 +343,20 @@ class BatchFolder(Generic[S]):
                 continue
             text, run = known
             value = record.value()
+            cursor = cursors[run]
             if value is None:
                 result.tombstones += 1
-                heads[run] = None
-                run_pass.reset.add(run)
-                epochs[run] = epochs.get(run, 0) + 1
+                cursor.reset()
                 if run_keyed:
-                    item = Item(run, -1, None, b"", record, epochs[run])
+                    item = _new_tuple(Item, (-1, None, b"", record, run, cursor.epoch, False))
                     groups.setdefault(run, []).append(item)
                 continue
             try:
                 if decoder is None:
-                    event: Any = decode_record(value)
+                    event: Any = decode(value)  # decoded and checked in one call
                 else:
                     event, value = decoder(value)
-                check_record(event)
+                    check(event)
             except CodecError as error:
                 decoded = self._undecodable(record, value, error, result)
                 if decoded is None:
@@ -349,34 +367,31 @@ class BatchFolder(Generic[S]):
             if run_id != text and not _same_run(text, run_id):
                 self._dead(result, record, f"record key {text} is not the event's run_id {run_id}")
                 continue
-            epoch = epochs.get(run, 0) if epochs else 0
-            item = Item(run, sequence, event, value, record, epoch)
-            head = heads[run]
-            if head is None:
-                heads[run] = RunHead.first(sequence)
-                if sequence:
-                    self._gap(result, text, 0, sequence)
-            elif sequence == head.last + 1:  # the hot path: the next one, in order
-                heads[run] = _new_tuple(RunHead, (sequence, head.missing))
-            elif sequence > head.last:
-                self._gap(result, text, head.last + 1, sequence)
-                heads[run] = head.advance(sequence)
-            elif head.is_missing(sequence):
-                heads[run] = head.fill(sequence)
-                item.late = run_pass.late = True
+            if sequence == cursor.last + 1:  # the hot path: the next one, in order
+                cursor.last = sequence
+                late = False
+            elif sequence > cursor.last:
+                self._gap(result, text, cursor.last + 1, sequence)
+                cursor.move(RunHead(cursor.last, cursor.missing).advance(sequence))
+                late = False
+            elif _is_missing(cursor, sequence):
+                cursor.move(RunHead(cursor.last, cursor.missing).fill(sequence))
+                late = run_pass.late = True
             else:  # a sequence folded before: a duplicate or a conflict (or never stored)
+                item = Item(sequence, event, value, record, run, cursor.epoch)
                 if seen is None:
                     seen = _accepted(groups)
-                earlier = seen.get((run, sequence, epoch))
+                earlier = seen.get((run, sequence, cursor.epoch))
                 if earlier is not None:
                     self._repeat(result, item, earlier)
-                elif run_keyed and not epoch:
+                elif run_keyed and not cursor.epoch:
                     pending.append(item)
                 else:
                     result.duplicates += 1
                 continue
+            item = _new_tuple(Item, (sequence, event, value, record, run, cursor.epoch, late))
             if seen is not None:
-                seen[run, sequence, epoch] = value
+                seen[run, sequence, cursor.epoch] = value
             entity = run if run_keyed else entity_of(event)
             if entity is not None:
                 group = groups.get(entity)
@@ -424,9 +439,9 @@ class BatchFolder(Generic[S]):
             if earlier is not None:
                 self._repeat(run_pass.result, item, earlier)
                 continue
-            item.late = run_pass.late = True
+            run_pass.late = True
             accepted[(item.run, item.sequence)] = item.value
-            groups.setdefault(item.run, []).append(item)
+            groups.setdefault(item.run, []).append(item._replace(late=True))
 
     # --- the fold -----------------------------------------------------------------------------
 
@@ -445,7 +460,7 @@ class BatchFolder(Generic[S]):
                 folded = fold(original, items, None, refuse)
                 self._stage(entity, original, folded, False, batch, run_pass)
                 continue
-            epochs = run_pass.epochs.get(entity, 0)
+            epochs = run_pass.cursors[entity].epoch
             base = run_pass.before[entity]
             repair = None if base is None else (entity, base.last)
             for epoch in range(epochs + 1):  # a tombstone starts the run afresh
@@ -453,7 +468,8 @@ class BatchFolder(Generic[S]):
                     events = [i for i in items if i.epoch == epoch and i.event is not None]
                 else:  # the common case: no tombstone among them
                     events = items
-                events.sort(key=by_sequence)
+                if run_pass.late:  # else each run's items came in rising sequence order
+                    events.sort(key=by_sequence)
                 if epoch:
                     folded = fold(None, events, None, refuse)
                 else:
@@ -468,9 +484,9 @@ class BatchFolder(Generic[S]):
         """Dead-letter an event the fold cannot take; its sequence counts as missing again,
         so the same event replayed after a fix is late, not a duplicate."""
         self._dead(run_pass.result, item.record, f"projection {self.projection.name!r} {reason}")
-        head = run_pass.heads.get(item.run)
-        if head is not None and item.epoch == run_pass.epochs.get(item.run, 0):
-            run_pass.heads[item.run] = head.reopen(item.sequence)
+        cursor = run_pass.cursors.get(item.run)
+        if cursor is not None and cursor.last >= 0 and item.epoch == cursor.epoch:
+            cursor.move(RunHead(cursor.last, cursor.missing).reopen(item.sequence))
 
     def _stage(
         self,
@@ -517,6 +533,6 @@ class BatchFolder(Generic[S]):
             result.states[entity] = state
         if run_keyed:
             if items:
-                batch.put_events(entity, [(item.sequence, item.value) for item in items])
+                batch.put_events(entity, map(_sequence_and_value, items))
             for sequence, micros, snapshot in snapshots:
                 batch.put_snapshot(entity, sequence, micros, snapshot)

@@ -42,6 +42,10 @@ class Projection(Protocol[S]):
     # fail isinstance checks): `version: int = 1`. Bump it when `apply` or the stored
     # form changes: `behest project` then builds the new version beside the served one
     # and switches readers to it once it has caught up (blue/green).
+    # `apply_many(state | None, events) -> state | None`: `apply` over several events, in
+    # order (None for no events and no state); it may fold them all on one copy of the
+    # state (leaving `state` as it was), which the projector's in-order path saves on. A
+    # subclass that overrides `apply` but not `apply_many` is folded with its `apply`.
 
     def key(self, event: EventRecord) -> bytes | None:
         """The entity the event folds into, or None to skip the event. A run-keyed

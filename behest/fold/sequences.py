@@ -15,7 +15,7 @@ import bisect
 import struct
 from typing import Final, NamedTuple
 
-__all__ = ["MAX_GAPS", "RunHead", "decode_head", "encode_head"]
+__all__ = ["MAX_GAPS", "HeadCursor", "RunHead", "decode_head", "encode_head"]
 
 MAX_GAPS: Final = 1024
 """Gaps remembered per run; beyond, the lowest are forgotten. A run-keyed projection still
@@ -82,6 +82,36 @@ class RunHead(NamedTuple):
             else:
                 merged.append((first, last))
         return RunHead(self.last, _bounded(tuple(merged)))
+
+
+class HeadCursor:
+    """A run's head while one batch is checked, and its epoch (the batch's tombstones of it
+    so far). Mutable, so the hot path, the next sequence in order, is one comparison and
+    one store (`last = sequence`) instead of a new `RunHead` per event. A run without a head
+    (none stored, or reset by a tombstone) has `last` -1 and no gaps: the next sequence, 0,
+    is then in order, and any other opens the gap below it, as `RunHead.first` does."""
+
+    __slots__ = ("epoch", "last", "missing")
+
+    def __init__(self, head: RunHead | None) -> None:
+        self.last: int = -1
+        self.missing: tuple[Gap, ...] = ()
+        if head is not None:
+            self.last, self.missing = head
+        self.epoch = 0
+
+    def head(self) -> RunHead | None:
+        """The head as it is now (None: the run has none)."""
+        return None if self.last < 0 else _new_tuple(RunHead, (self.last, self.missing))
+
+    def move(self, head: RunHead) -> None:
+        """Take `head` (from `RunHead`'s rules) as the run's head."""
+        self.last, self.missing = head
+
+    def reset(self) -> None:
+        """The run's tombstone: no head, a new epoch."""
+        self.last, self.missing = -1, ()
+        self.epoch += 1
 
 
 def _bounded(missing: tuple[Gap, ...]) -> tuple[Gap, ...]:

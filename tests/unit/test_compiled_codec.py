@@ -10,7 +10,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fastavro
 import pytest
@@ -29,6 +32,7 @@ from behest.events import (
     UsageRecorded,
 )
 from behest.record_checks import FIELD_CHECKS, check_record, json_fits
+from behest.times import EPOCH, MICROSECOND
 from tests.unit import strategies
 from tests.unit.test_codec import ALL_DEFAULTS, ALL_TYPES, ALL_VALUES, _constructed
 
@@ -55,7 +59,7 @@ PY_WRITE = avro_writer.compile_writer(codec.CURRENT.parsed)
 ALL_PROGRAM = avro_program.load(ALL_TYPES)
 ALL_READ = avro_reader.compile_reader(ALL_TYPES)
 ALL_WRITE = avro_writer.compile_writer(ALL_TYPES)
-assert PROGRAM is not None and ALL_PROGRAM is not None
+assert PROGRAM is not None and ALL_PROGRAM is not None, avro_program.unavailable_reason()
 
 
 def shape(value: Any) -> Any:
@@ -172,6 +176,80 @@ def test_events_that_cannot_be_encoded_fail_alike(changes: dict[str, Any]) -> No
     assert encode_outcome(True, event)[0] == "CodecError"
 
 
+@pytest.mark.parametrize("number", [0, 1, 2**64 - 1, 2**64, 2**127, 2**128 - 1])
+def test_uuids_are_written_as_pydantic_writes_them(number: int) -> None:
+    """C formats a uuid.UUID's text itself; pydantic's serializer is the reference."""
+    event = _constructed(event_id=uuid.UUID(int=number))
+    assert encode_outcome(True, event) == encode_outcome(False, event)
+    assert str(uuid.UUID(int=number)).encode() in codec.encode(event)
+
+
+class Shifted(tzinfo):
+    """A tzinfo of a fixed offset that is not datetime.timezone (its utcoffset is called)."""
+
+    def __init__(self, offset: timedelta | None) -> None:
+        self.offset = offset
+
+    def utcoffset(self, moment: datetime | None) -> timedelta | None:
+        return self.offset
+
+
+def _daylight_saving() -> list[tzinfo]:
+    """A zone whose offset depends on the time and `fold`, where the machine has tzdata."""
+    try:
+        return [ZoneInfo("America/New_York")]
+    except ZoneInfoNotFoundError:
+        return []
+
+
+ZONES = st.sampled_from(
+    [
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(-timedelta(hours=23, minutes=59)),
+        *_daylight_saving(),
+        Shifted(timedelta(minutes=-90)),
+        Shifted(timedelta(microseconds=7)),
+    ]
+)
+
+
+def micros_outcome(compute: Any, moment: Any, epoch: Any = EPOCH, unit: Any = MICROSECOND) -> Any:
+    try:
+        return ("value", compute(moment, epoch, unit))
+    except (TypeError, ValueError, OverflowError) as error:
+        return (type(error).__name__, str(error))
+
+
+def python_micros(moment: Any, epoch: Any, unit: Any) -> Any:
+    return (moment - epoch) // unit
+
+
+@settings(RELAXED, max_examples=500)
+@given(moment=st.datetimes(timezones=ZONES), fold=st.integers(0, 1))
+def test_micros_of_aware_times_are_pythons(moment: datetime, fold: int) -> None:
+    moment = moment.replace(fold=fold)
+    assert micros_outcome(avro_program.micros, moment) == micros_outcome(python_micros, moment)
+
+
+@pytest.mark.parametrize(
+    ("moment", "epoch", "unit"),
+    [
+        (datetime(2026, 1, 1), EPOCH, MICROSECOND),  # noqa: DTZ001 -- naive: TypeError
+        (datetime(2026, 1, 1, tzinfo=Shifted(None)), EPOCH, MICROSECOND),
+        (datetime(2026, 1, 1, tzinfo=Shifted(timedelta(hours=24))), EPOCH, MICROSECOND),
+        (datetime(2026, 1, 1, tzinfo=UTC), EPOCH, timedelta(milliseconds=1)),
+        (datetime(2026, 1, 1, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC), MICROSECOND),
+        (datetime.min.replace(tzinfo=UTC), EPOCH, MICROSECOND),
+        (datetime.max.replace(tzinfo=UTC), EPOCH, MICROSECOND),
+        ("2026-01-01", EPOCH, MICROSECOND),
+    ],
+)
+def test_micros_of_anything_else_are_pythons(moment: Any, epoch: Any, unit: Any) -> None:
+    expected = micros_outcome(python_micros, moment, epoch, unit)
+    assert micros_outcome(avro_program.micros, moment, epoch, unit) == expected
+
+
 def test_values_of_the_wrong_type_fail_alike() -> None:
     wrong = [
         *(None, "x", 1.5, b"x", True, 2**70, -(2**40), [1], {"x": 1}, {}, "\ud800", object()),
@@ -235,6 +313,28 @@ def test_random_bodies_fail_alike(body: bytes) -> None:
 def test_spliced_bytes_fail_alike(data: bytes, position: int, replacement: bytes) -> None:
     at = codec.HEADER_SIZE + position % (len(data) - codec.HEADER_SIZE)
     assert_alike(data[:at] + replacement + data[at + len(replacement) // 2 :])
+
+
+def codec_outcome(compiled: bool, action: Any, data: Any) -> Any:
+    codec.use_compiled(compiled)
+    try:
+        return outcome(action, data)
+    finally:
+        codec.use_compiled(True)
+
+
+def test_decode_record_and_decode_checked_fail_alike_on_both_paths() -> None:
+    """The whole of `codec.decode_record` and `decode_checked` (header, framing, the
+    errors' words), not only the programs: compiled, they are one C call."""
+    older = codec.MAGIC + sorted(set(codec.VERSIONS) - {codec.CURRENT.fingerprint})[0]
+    inputs: list[Any] = [None, "text", 42, b"", b"\xc3", HEADER, older + SAMPLES[3][10:]]
+    for data in SAMPLES:
+        inputs += [data, bytearray(data), memoryview(data), data[:-1], data + b"\x00"]
+        inputs += [data[:cut] for cut in range(0, len(data), 7)]
+        inputs += [data[:12] + b"\xff\xfe" + data[14:], b"\xc3\x02" + data[2:]]
+    for data in inputs:
+        for action in (codec.decode_record, codec.decode_checked):
+            assert codec_outcome(True, action, data) == codec_outcome(False, action, data)
 
 
 @pytest.mark.parametrize(

@@ -67,13 +67,13 @@ async def test_the_owners_answer_is_passed_back(node: Node) -> None:
     async def owner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         while True:
             request = await server.request(reader)
-            found = b"/runs/" + RUN.encode() + b" " in request
+            found = b"GET /runs/" + RUN.encode() + b"?at_sequence=3 " in request
             body = b'{"run_id":"%s"}' % RUN.encode() if found else b'{"error":"no such run"}'
             status = b"200 OK" if found else b"404 Not Found"
             writer.write(answer(body, status, b"x-behest-node: B\r\nserver: owner\r\n"))
 
     async with Server(owner) as server:
-        response = await node(server.url, f"/runs/{RUN}")
+        response = await node(server.url, f"/runs/{RUN}?at_sequence=3")
         assert response.status_code == 200
         assert response.json() == {"run_id": RUN}
         assert response.headers["x-behest-node"] == "B"

@@ -284,3 +284,17 @@ def test_a_folding_form_that_drifts_from_the_model_fails_on_import() -> None:
     with pytest.raises(TypeError, match=r"Missing must have TokenUsage's fields in its order"):
         run_state._same_fields(Missing, TokenUsage)
     run_state._same_fields(run_state._Usage, TokenUsage)  # the real one agrees
+
+
+@given(history=run_histories(max_events=25), cut=st.integers(0, 25))
+def test_apply_many_is_apply_event_by_event(history: list[AgentEvent], cut: int) -> None:
+    """The fast path's fold of many events on one copy: the same state as `apply` one by
+    one, and the state it started from left as it was."""
+    records = [decode_record(encode(e)) for e in history]
+    start = fold(PROJECTION, records[:cut])
+    before = orjson.dumps(start)
+    assert run_state.apply_many(start, iter(records[cut:])) == fold(
+        PROJECTION, records[cut:], start
+    )
+    assert orjson.dumps(start) == before
+    assert run_state.apply_many(None, []) is None

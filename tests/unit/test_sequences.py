@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from behest.fold.sequences import MAX_GAPS, RunHead, decode_head, encode_head
+from behest.fold.sequences import MAX_GAPS, HeadCursor, RunHead, decode_head, encode_head
 
 SEQUENCES = st.integers(0, 200)
 
@@ -60,3 +60,25 @@ def test_only_the_newest_gaps_are_remembered() -> None:
         head = head.advance(sequence)
     assert head.gaps == MAX_GAPS
     assert head.missing[-1] == (head.last - 1, head.last - 1)
+
+
+@given(st.one_of(st.none(), st.builds(RunHead.first, SEQUENCES)), st.lists(SEQUENCES, max_size=40))
+def test_a_cursor_in_order_is_the_head_advanced(start: RunHead | None, arrivals: list[int]) -> None:
+    """The engine's hot path (`last = sequence` when it is `last + 1`, a run without a head
+    at -1) keeps the same head as `RunHead.first` / `advance` would."""
+    cursor = HeadCursor(start)
+    head = start
+    for sequence in arrivals:
+        if head is None:
+            head = RunHead.first(sequence)
+        elif sequence > head.last:
+            head = head.advance(sequence)
+        else:
+            continue  # late or repeated: the engine leaves the hot path for RunHead's rules
+        if sequence == cursor.last + 1:
+            cursor.last = sequence
+        else:
+            cursor.move(RunHead(cursor.last, cursor.missing).advance(sequence))
+        assert cursor.head() == head
+    cursor.reset()
+    assert (cursor.head(), cursor.epoch) == (None, 1)

@@ -256,18 +256,25 @@ class AsyncEventProducer:
 
     def _enqueue_one(self, record: Record) -> asyncio.Future[Delivery]:
         """Queue one record on the open item of single events (a new one when a batch or a
-        different trace context came in between)."""
-        future: asyncio.Future[Delivery] = self._ready().create_future()
+        different trace context came in between). The hot path of `emit`: `_ready` and
+        `_queued` inline."""
+        loop = self._loop
+        if loop is None or self._closing:
+            loop = self._ready()  # raises
+        future: asyncio.Future[Delivery] = loop.create_future()
         headers = trace_headers() or _NO_HEADERS
         item = self._open
         if item is None or item.headers is not headers:
             item = self._open = _Item([], None, headers)
             self._queue.append(item)
+            self._wakeup.set()  # (an open item is queued: the sender knows of it)
         item.records.append(record)
         item.futures.append(future)  # type: ignore[union-attr]
         item.settled.append(0)
         item.pending += 1
-        self._queued(1)
+        if self._outstanding == 0:
+            self._idle.clear()
+        self._outstanding += 1
         return future
 
     def _ready(self) -> asyncio.AbstractEventLoop:

@@ -76,13 +76,13 @@ class KeyedEncoder:
     __slots__ = ("_encode", "_runs")
 
     def __init__(self, encode: Callable[[AgentEvent], bytes] | None = None) -> None:
-        self._runs: dict[uuid.UUID, tuple[bytes, str]] = {}
+        self._runs: dict[int, tuple[bytes, str]] = {}  # by the id's int: UUID hashes in Python
         self._encode = encode
 
     def __call__(self, event: AgentEvent) -> Record:
         run_id = event.run_id
         if type(run_id) is uuid.UUID:
-            run = self._runs.get(run_id)
+            run = self._runs.get(run_id.int)
             if run is None:
                 run = self._remember(run_id)
             if self._encode is None:
@@ -103,7 +103,7 @@ class KeyedEncoder:
                 f"{run_id!r} is not a run id (a UUID); events made with model_construct() "
                 "skip validation: build them with AgentEvent(...)"
             ) from None
-        run = self._runs.get(value)
+        run = self._runs.get(value.int)
         if run is None:
             run = self._remember(value)
         return run[0]
@@ -112,5 +112,5 @@ class KeyedEncoder:
         if len(self._runs) >= _KEY_CACHE_SIZE:
             self._runs.clear()
         text = str(run_id)
-        run = self._runs[run_id] = (text.encode(), text)
+        run = self._runs[run_id.int] = (text.encode(), text)
         return run

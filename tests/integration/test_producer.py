@@ -13,6 +13,7 @@ import confluent_kafka
 import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, TopicPartition
+from opentelemetry import trace
 
 from behest import codec
 from behest.config import Settings
@@ -24,6 +25,7 @@ from behest.emit.recorder import RunStamper
 from behest.errors import ProduceError
 from behest.events import AgentEvent, ModelStarted, RunId, TextDelta, TokenUsage, UsageRecorded
 from behest.local.ports import free_port
+from tests.otel import memory_exporter
 
 PARTITIONS = 3
 FAST = {"message.timeout.ms": 3000}
@@ -347,6 +349,35 @@ async def test_a_batch_names_the_events_the_broker_refused(
         assert failure.value.failed == (2,)
     delivered = await asyncio.to_thread(consume_all, settings, 8)
     assert sorted(codec.decode(m.value()).sequence for m in delivered) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+async def test_async_singles_carry_their_own_trace_context(settings: Settings) -> None:
+    """Consecutive `emit` calls share a queued item only while their trace context is the
+    same: each record carries the span it was emitted in, or none."""
+    memory_exporter()
+    tracer = trace.get_tracer("agent-service")
+    events = run_events(7)
+    spans: list[int | None] = []
+    async with AsyncEventProducer(settings, FAST) as aio:
+        futures = [aio.emit(events[0]), aio.emit(events[1])]
+        spans += [None, None]
+        with tracer.start_as_current_span("step a") as first:
+            futures += [aio.emit(events[2]), aio.emit(events[3])]
+            spans += [first.get_span_context().span_id] * 2
+        futures.append(aio.emit(events[4]))
+        spans.append(None)
+        with tracer.start_as_current_span("step b") as second:
+            futures += [aio.emit(events[5]), aio.emit_many([events[6]])]  # type: ignore[list-item]
+            spans += [second.get_span_context().span_id] * 2
+        await asyncio.gather(*futures)
+    records = await asyncio.to_thread(consume_all, settings, len(events))
+    carried = {codec.decode(m.value()).sequence: dict(m.headers() or []) for m in records}
+    for event, span in zip(events, spans, strict=True):
+        headers = carried[event.sequence]
+        if span is None:
+            assert "traceparent" not in headers, event.sequence
+        else:
+            assert headers["traceparent"].split(b"-")[2] == f"{span:016x}".encode()
 
 
 # --- recorders ---------------------------------------------------------------------------

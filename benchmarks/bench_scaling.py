@@ -11,7 +11,9 @@ Each projector measurement is a fresh process with a fresh state dir folding the
 topic with `run(until_caught_up=True)`, i.e. a rebuild; its figure's reference is the
 smallest size of the same curve, so the ratio shows what growth costs. Two workers are
 timed from the first one's `run()` to the last one's return (their join and rebalance in
-it), alternating with the single worker, which is their reference at the same size.
+it); their reference is the single worker at the same size, the repeats of the two
+alternating unless another area measured one of them already (the 100k and 1M points:
+`projector`, `rebuild`), whose repeats are reused.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
         deadline = time.monotonic() + 300
         progress = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
         try:
-            folded = 0
+            folded, ended = 0, 0.0
             while time.monotonic() < deadline and folded < events:
                 if node.poll() is not None:
                     raise RuntimeError(f"the node ({workers} workers) exited: {node.returncode}")
@@ -102,10 +102,12 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
                     )
                 if first is not None:
                     folded = _folded(progress, topic)
+                    ended = time.perf_counter()  # the end of the log, once folded reaches it
                     if split is None and _settled(text, workers):
-                        split = time.perf_counter() - first[0]
+                        split = ended - first[0]
+                    if folded >= events:
+                        break
                 time.sleep(0.05 if first is not None else 0.01)
-            ended = time.perf_counter()
             cpu, machine = _cpu_seconds(node.pid), _machine_seconds()
             workers_pids = _workers(node.pid, cpu)
         finally:

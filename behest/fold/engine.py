@@ -31,7 +31,19 @@ from behest.codec import check_record, decode_checked
 from behest.errors import CodecError, UnknownSchemaError
 from behest.events import EventRecord
 from behest.fold.projection import Projection
-from behest.fold.refold import EntityFold, Folded, Item, by_sequence
+from behest.fold.refold import (
+    EPOCH,
+    EVENT,
+    LATE,
+    RECORD,
+    RUN,
+    SEQUENCE,
+    VALUE,
+    EntityFold,
+    Folded,
+    Item,
+    by_sequence,
+)
 from behest.fold.sequences import HeadCursor, RunHead
 from behest.fold.store import StateStore, StoreBatch
 
@@ -50,7 +62,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
-_new_tuple = tuple.__new__
 _sequence_and_value: Callable[[Item], tuple[int, bytes]] = operator.itemgetter(0, 2)
 
 DEFAULT_SNAPSHOT_EVERY: Final = 32
@@ -173,10 +184,10 @@ def _accepted(groups: dict[bytes, list[Item]]) -> dict[tuple[bytes, int, int], b
     """`(run, sequence, epoch)` -> bytes of every event the batch has accepted so far
     (tombstones aside): what a repeated sequence is compared with."""
     return {
-        (item.run, item.sequence, item.epoch): item.value
+        (item[RUN], item[SEQUENCE], item[EPOCH]): item[VALUE]
         for group in groups.values()
         for item in group
-        if item.event is not None
+        if item[EVENT] is not None
     }
 
 
@@ -348,7 +359,7 @@ class BatchFolder(Generic[S]):
                 result.tombstones += 1
                 cursor.reset()
                 if run_keyed:
-                    item = _new_tuple(Item, (-1, None, b"", record, run, cursor.epoch, False))
+                    item = (-1, None, b"", record, run, cursor.epoch, False)
                     groups.setdefault(run, []).append(item)
                 continue
             try:
@@ -378,7 +389,7 @@ class BatchFolder(Generic[S]):
                 cursor.move(RunHead(cursor.last, cursor.missing).fill(sequence))
                 late = run_pass.late = True
             else:  # a sequence folded before: a duplicate or a conflict (or never stored)
-                item = Item(sequence, event, value, record, run, cursor.epoch)
+                item = (sequence, event, value, record, run, cursor.epoch, False)
                 if seen is None:
                     seen = _accepted(groups)
                 earlier = seen.get((run, sequence, cursor.epoch))
@@ -389,7 +400,7 @@ class BatchFolder(Generic[S]):
                 else:
                     result.duplicates += 1
                 continue
-            item = _new_tuple(Item, (sequence, event, value, record, run, cursor.epoch, late))
+            item = (sequence, event, value, record, run, cursor.epoch, late)
             if seen is not None:
                 seen[run, sequence, cursor.epoch] = value
             entity = run if run_keyed else entity_of(event)
@@ -416,13 +427,13 @@ class BatchFolder(Generic[S]):
     def _repeat(self, result: BatchResult, item: Item, folded: bytes) -> None:
         """An event under a sequence already folded: a duplicate when it is the same bytes
         (skipped), a conflict otherwise (dead-lettered)."""
-        if item.value == folded:
+        if item[VALUE] == folded:
             result.duplicates += 1
             return
         self._dead(
             result,
-            item.record,
-            f"conflict: sequence {item.sequence} of run {item.event['run_id']} was already "
+            item[RECORD],
+            f"conflict: sequence {item[SEQUENCE]} of run {item[EVENT]['run_id']} was already "
             "folded with different bytes (two events under one sequence); the first one stays",
         )
 
@@ -432,16 +443,16 @@ class BatchFolder(Generic[S]):
         """Compare each event under an already-folded sequence with the stored one (one
         multi-get). None stored means it was never folded (a gap forgotten, or a store
         older than gap tracking): late after all."""
-        stored = self.store.get_events([(item.run, item.sequence) for item in pending])
+        stored = self.store.get_events([(item[RUN], item[SEQUENCE]) for item in pending])
         accepted: dict[tuple[bytes, int], bytes] = {}
         for item, data in zip(pending, stored, strict=True):
-            earlier = data if data is not None else accepted.get((item.run, item.sequence))
+            earlier = data if data is not None else accepted.get((item[RUN], item[SEQUENCE]))
             if earlier is not None:
                 self._repeat(run_pass.result, item, earlier)
                 continue
             run_pass.late = True
-            accepted[(item.run, item.sequence)] = item.value
-            groups.setdefault(item.run, []).append(item._replace(late=True))
+            accepted[(item[RUN], item[SEQUENCE])] = item[VALUE]
+            groups.setdefault(item[RUN], []).append((*item[:LATE], True))
 
     # --- the fold -----------------------------------------------------------------------------
 
@@ -465,7 +476,7 @@ class BatchFolder(Generic[S]):
             repair = None if base is None else (entity, base.last)
             for epoch in range(epochs + 1):  # a tombstone starts the run afresh
                 if epochs:
-                    events = [i for i in items if i.epoch == epoch and i.event is not None]
+                    events = [i for i in items if i[EPOCH] == epoch and i[EVENT] is not None]
                 else:  # the common case: no tombstone among them
                     events = items
                 if run_pass.late:  # else each run's items came in rising sequence order
@@ -483,10 +494,10 @@ class BatchFolder(Generic[S]):
     def _refuse(self, item: Item, reason: str, run_pass: _Pass) -> None:
         """Dead-letter an event the fold cannot take; its sequence counts as missing again,
         so the same event replayed after a fix is late, not a duplicate."""
-        self._dead(run_pass.result, item.record, f"projection {self.projection.name!r} {reason}")
-        cursor = run_pass.cursors.get(item.run)
-        if cursor is not None and cursor.last >= 0 and item.epoch == cursor.epoch:
-            cursor.move(RunHead(cursor.last, cursor.missing).reopen(item.sequence))
+        self._dead(run_pass.result, item[RECORD], f"projection {self.projection.name!r} {reason}")
+        cursor = run_pass.cursors.get(item[RUN])
+        if cursor is not None and cursor.last >= 0 and item[EPOCH] == cursor.epoch:
+            cursor.move(RunHead(cursor.last, cursor.missing).reopen(item[SEQUENCE]))
 
     def _stage(
         self,
@@ -514,7 +525,7 @@ class BatchFolder(Generic[S]):
             new = set() if deleted or original is None else set(index_keys(original))
         result = run_pass.result
         result.folded += len(items)
-        late = sum(item.late for item in items) if run_pass.late else 0
+        late = sum(item[LATE] for item in items) if run_pass.late else 0
         if late:
             result.late_repaired += late
             log.info(

@@ -15,7 +15,7 @@ import bisect
 import logging
 import operator
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar
 
 from behest.codec import decode_record
 from behest.fold.projection import Projection
@@ -24,34 +24,43 @@ from behest.fold.store import StateStore
 if TYPE_CHECKING:
     from behest.fold.engine import LogRecord
 
-__all__ = ["EntityFold", "Folded", "Item", "Refuse"]
+__all__ = [
+    "EPOCH",
+    "EVENT",
+    "LATE",
+    "RECORD",
+    "RUN",
+    "SEQUENCE",
+    "VALUE",
+    "EntityFold",
+    "Folded",
+    "Item",
+    "Refuse",
+]
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 
 
-class Item(NamedTuple):
-    """One record on its way through a batch: an event to fold, or a run's tombstone (event
-    None, sequence -1). A tuple, made with `tuple.__new__` on the hot path: one is made
-    per event, and a tuple costs the least to make."""
+Item: TypeAlias = "tuple[int, Any, bytes, LogRecord, bytes, int, bool]"
+"""One record on its way through a batch: an event to fold, or a run's tombstone (event
+None, sequence -1), read by the positions below. A plain tuple: one is made per event, and
+a tuple display is the cheapest object there is (a NamedTuple's `tuple.__new__` costs ~1k
+instructions more)."""
+SEQUENCE: Final = 0
+EVENT: Final = 1
+VALUE: Final = 2  # the bytes to store
+RECORD: Final = 3  # the log record, for a dead letter
+RUN: Final = 4
+EPOCH: Final = 5  # tombstones of its run before it in the batch
+LATE: Final = 6  # below its run's head: folds into a gap
 
-    sequence: int
-    event: Any
-    value: bytes
-    record: LogRecord
-    run: bytes
-    epoch: int  # tombstones of its run before it in the batch
-    late: bool = False  # below its run's head: folds into a gap
-
-
-# The outcome of folding some events: the state, the items folded and the snapshots due.
-Folded = tuple[Any, list[Item], list[tuple[int, int, bytes]]]
-# A step of a fold: (sequence, the batch's item or None for a stored event, stored bytes).
-Step = tuple[int, Item | None, bytes]
-
-
-Refuse = Callable[[Item, str], None]
+Folded: TypeAlias = "tuple[Any, list[Item], list[tuple[int, int, bytes]]]"
+"""The outcome of folding some events: the state, the items folded and the snapshots due."""
+Step: TypeAlias = "tuple[int, Item | None, bytes]"
+"""A step of a fold: (sequence, the batch's item or None for a stored event, stored bytes)."""
+Refuse: TypeAlias = "Callable[[Item, str], None]"
 """Dead-letters an item with the reason the fold could not take it."""
 
 
@@ -124,7 +133,7 @@ class EntityFold(Generic[S]):
         projection = self.projection
         apply, encode = projection.apply, projection.encode_state
         every = self.snapshot_every if projection.run_keyed else 0
-        if repair is None or not items or items[0].sequence >= repair[1]:
+        if repair is None or not items or items[0][SEQUENCE] >= repair[1]:
             fast = self._in_order(state, items, every)
             if fast is not None:
                 return fast
@@ -132,9 +141,9 @@ class EntityFold(Generic[S]):
         while True:
             start: Any = state
             stored: list[Step] = []
-            if repair is not None and items and items[0].sequence < repair[1]:
-                start, stored = self._reread(repair[0], items[0].sequence, skipped)
-            steps: list[Step] = [(i.sequence, i, b"") for i in items]
+            if repair is not None and items and items[0][SEQUENCE] < repair[1]:
+                start, stored = self._reread(repair[0], items[0][SEQUENCE], skipped)
+            steps: list[Step] = [(i[SEQUENCE], i, b"") for i in items]
             if stored:
                 steps = sorted(steps + stored, key=lambda step: step[0])
             current: Any = start
@@ -144,7 +153,7 @@ class EntityFold(Generic[S]):
             broken: tuple[int, str] | None = None
             for sequence, item, data in steps:
                 try:
-                    event = item.event if item is not None else decode_record(data)
+                    event = item[EVENT] if item is not None else decode_record(data)
                     after = apply(current, event)
                     if every and (sequence + 1) % every == 0:
                         snapshots.append((sequence, event["timestamp"], encode(after)))
@@ -180,7 +189,7 @@ class EntityFold(Generic[S]):
             begin = 0
             for end in _snapshot_points(items, every):
                 current = apply_many(current, map(_event, items[begin : end + 1]))
-                sequence, event = items[end].sequence, items[end].event
+                sequence, event = items[end][SEQUENCE], items[end][EVENT]
                 snapshots.append((sequence, event["timestamp"], encode(current)))
                 begin = end + 1
             if begin < len(items):
@@ -207,7 +216,7 @@ class EntityFold(Generic[S]):
         (the run stays as it was). False if there are none (then the stored event is
         skipped: the projection itself changed)."""
         sequence, reason = broken
-        culprits = [item for item in items if item.sequence < sequence]
+        culprits = [item for item in items if item[SEQUENCE] < sequence]
         if not culprits:
             log.error(
                 "projection %r: the stored event at sequence %d no longer folds (%s); skipped",

@@ -86,7 +86,8 @@ librdkafka has fetched already, so live traffic comes in small ones; while catch
 COMMIT_EVERY: Final = 1.0
 """Seconds between Kafka offset commits while batches come full (catching up): they are
 for lag monitoring only (RocksDB holds the offsets), and one per batch cost ~3% of a
-rebuild. A short batch (caught up), a revocation and leaving commit at once."""
+rebuild. A short batch or one that reaches the log end (caught up), a revocation and
+leaving commit at once."""
 
 
 class Projector:
@@ -462,9 +463,24 @@ class Projector:
         self._progress.batch(result, elapsed, _folded_at(records, result.positions))
         if not self._progress.building:  # outside the group, its committed offsets are not ours
             self._uncommitted.update(result.positions)
-            self._commit(consumer, now=len(records) < self.batch_size)
+            self._commit(
+                consumer,
+                now=len(records) < self.batch_size or self._at_end(consumer, result.positions),
+            )
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _at_end(self, consumer: Consumer, positions: dict[int, int]) -> bool:
+        """Whether a batch folded its partitions up to the log end librdkafka last saw: a
+        full batch that ends the backlog commits at once, not a poll timeout later (when
+        the next poll comes back empty), so the group's lag reads 0 as soon as it is."""
+        for partition, position in positions.items():
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), cached=True
+            )
+            if high < 0 or position < high:
+                return False
+        return bool(positions)
 
     def _commit(self, consumer: Consumer, *, now: bool = False) -> None:
         """Commit the folded positions to Kafka, at most every `COMMIT_EVERY` s unless `now`."""

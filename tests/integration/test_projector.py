@@ -9,6 +9,7 @@ keys, replays and gaps. The expectation is always `fold_by_key` over what was pr
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -120,6 +121,40 @@ def test_folds_the_log_exactly_and_stops_when_caught_up(
         assert {tp.partition: tp.offset for tp in committed} == ends
     finally:
         consumer.close()
+
+
+def test_a_full_batch_that_ends_the_backlog_commits_at_once(
+    settings: Settings, bootstrap_servers: str
+) -> None:
+    """Full batches commit at most every second (for lag monitoring only); the last one of
+    a backlog commits at once, not when the next poll comes back empty (a timeout later)."""
+    run = sample_run(seed=7, events=40)[:40]  # four full batches of 10: the last one too
+    assert len(run) == 40
+    delivered = produce(bootstrap_servers, settings.topic, as_records(run))
+    partition = delivered[0][0]
+    end = max(o for _, o in delivered) + 1
+    group = f"projector-{uuid.uuid4().hex[:8]}"
+    lag = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group})
+    with make(settings, group_id=group, batch_size=10, poll_timeout=5.0) as projector:
+        folding = threading.Thread(target=projector.run)
+        folding.start()
+        try:
+            deadline = time.monotonic() + 30
+            while projector.folded_position(partition) < end and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert projector.folded_position(partition) == end
+            folded_at = time.monotonic()
+            committed = -1
+            while committed < end and time.monotonic() < folded_at + 10:
+                (tp,) = lag.committed([TopicPartition(settings.topic, partition)], timeout=10)
+                committed = tp.offset
+                time.sleep(0.05)
+            assert committed == end
+            assert time.monotonic() - folded_at < 2.5  # well before the 5 s poll timeout
+        finally:
+            projector.stop()
+            folding.join(30)
+            lag.close()
 
 
 def test_replays_fold_once_and_gaps_are_recorded(

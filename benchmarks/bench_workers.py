@@ -17,6 +17,7 @@ least 1.8x as fast as 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -68,6 +69,11 @@ class Fold:
     """CPU of the node's other processes (HTTP API, membership describer)."""
     machine_cores: float
     """CPU the whole machine used (the broker and everything else too)."""
+    broker_cores: float = float("nan")
+    """CPU of the broker's process (nan: not found, e.g. a broker elsewhere)."""
+    threads: tuple[tuple[str, float], ...] = ()
+    """The workers' CPU by kind of thread, in cores: the interpreter's main thread (the
+    fold), librdkafka's, RocksDB's (flushes, compactions) and the rest."""
 
 
 def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -> Fold:
@@ -78,10 +84,11 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
     command += ["--group-id", group, "--topic", topic]
     command += ["--bootstrap-servers", bootstrap, "--log-level", "info"]
     log_path = workdir / f"node-{uuid.uuid4().hex[:8]}.log"
+    broker = _listener(bootstrap)
     started = time.perf_counter()
     with log_path.open("wb") as log:
         node = subprocess.Popen(command, stdout=log, stderr=log)
-    first: tuple[float, int, dict[int, float], float] | None = None
+    first: tuple[float, int, dict[int, float], float, float, _Threads] | None = None
     split: float | None = None
     try:
         deadline = time.monotonic() + 300
@@ -94,11 +101,14 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
                 text = log_path.read_text()
                 if first is None and _ASSIGNED in text:
                     at = time.perf_counter()
+                    cpu = _cpu_seconds(node.pid)
                     first = (
                         at,
                         _folded(progress, topic),
-                        _cpu_seconds(node.pid),
+                        cpu,
                         _machine_seconds(),
+                        _process_seconds(broker),
+                        _thread_seconds(cpu),
                     )
                 if first is not None:
                     folded = _folded(progress, topic)
@@ -109,6 +119,7 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
                         break
                 time.sleep(0.05 if first is not None else 0.01)
             cpu, machine = _cpu_seconds(node.pid), _machine_seconds()
+            broker_seconds, threads = _process_seconds(broker), _thread_seconds(cpu)
             workers_pids = _workers(node.pid, cpu)
         finally:
             progress.close()
@@ -120,9 +131,15 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
             node.kill()
     if first is None or folded < events:
         raise RuntimeError(f"{workers} worker(s) did not fold {events} events within 300 s")
-    at, before, cpu_before, machine_before = first
+    at, before, cpu_before, machine_before, broker_before, threads_before = first
     seconds = ended - at
     used = {pid: cpu[pid] - cpu_before.get(pid, 0.0) for pid in cpu}
+    kinds: dict[str, float] = {}
+    for (pid, tid), (name, spent) in threads.items():
+        if pid in workers_pids:
+            kind = _thread_kind(pid, tid, name)
+            spent -= threads_before.get((pid, tid), (name, 0.0))[1]
+            kinds[kind] = kinds.get(kind, 0.0) + spent / seconds
     return Fold(
         rate=(events - before) / seconds,
         start_up=at - started,
@@ -130,10 +147,14 @@ def fold(bootstrap: str, topic: str, events: int, workers: int, workdir: Path) -
         workers_cores=sum(v for pid, v in used.items() if pid in workers_pids) / seconds,
         node_cores=sum(v for pid, v in used.items() if pid not in workers_pids) / seconds,
         machine_cores=(machine - machine_before) / seconds,
+        broker_cores=(broker_seconds - broker_before) / seconds,
+        threads=tuple(sorted(kinds.items(), key=lambda item: -item[1])),
     )
 
 
 _ASSIGNED = "behest.fold.projector: assigned ("
+_Threads = dict[tuple[int, int], tuple[str, float]]
+"""`(pid, tid) -> (thread name, CPU seconds)`."""
 
 
 def _settled(log: str, workers: int) -> bool:
@@ -193,6 +214,64 @@ def _workers(root: int, pids: dict[int, float]) -> set[int]:
     }
 
 
+def _listener(bootstrap: str) -> int | None:
+    """The pid of the process listening on the bootstrap address's port on this machine
+    (the broker), None if there is none here."""
+    port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{entry}/fd"):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                        return int(entry)
+    return None
+
+
+def _process_seconds(pid: int | None) -> float:
+    """CPU seconds so far of one process (nan if unknown)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _thread_seconds(pids: dict[int, float]) -> _Threads:
+    """Every thread of `pids`, with its name and CPU seconds so far."""
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    fields = stat.rsplit(")", 1)[1].split()
+                    spent = (int(fields[11]) + int(fields[12])) / _TICK
+                    found[(pid, int(tid))] = (name, spent)
+    return found
+
+
+def _thread_kind(pid: int, tid: int, name: str) -> str:
+    """What a worker's thread does, from its name: librdkafka names its threads `rdk:…`,
+    RocksDB `rocksdb:…`; the interpreter's main thread has the process's id."""
+    if pid == tid:
+        return "main"
+    if name.startswith("rdk:"):
+        return "librdkafka"
+    if name.startswith("rocksdb:"):
+        return "rocksdb"
+    return "other"
+
+
 def _machine_seconds() -> float:
     """CPU seconds the whole machine has been busy (all but idle and I/O wait)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -222,13 +301,20 @@ def describe(folds: dict[int, list[Fold]]) -> str:
     for workers, runs in folds.items():
         cpu_per_event = median([f.workers_cores / f.rate * 1e6 for f in runs])
         rest = median([f.machine_cores - f.workers_cores - f.node_cores for f in runs])
+        kinds: dict[str, list[float]] = {}
+        for f in runs:
+            for kind, cores in f.threads:
+                kinds.setdefault(kind, []).append(cores)
+        threads = ", ".join(f"{kind} {median(cores):.2f}" for kind, cores in kinds.items())
         parts.append(
             f"{workers} worker(s): start-up {median([f.start_up for f in runs]):.2f} s, "
             f"each on its share {median([f.split_after for f in runs]):.2f} s after the "
             f"first assignment; during the fold the workers used "
             f"{median([f.workers_cores for f in runs]):.2f} cores ({cpu_per_event:.1f} CPU "
-            f"µs/event), the node's other processes {median([f.node_cores for f in runs]):.2f}, "
-            f"the rest of the machine {rest:.2f} (of 2)"
+            f"µs/event; by thread: {threads}), the node's other processes "
+            f"{median([f.node_cores for f in runs]):.2f}, the broker "
+            f"{median([f.broker_cores for f in runs]):.2f}, the rest of the machine "
+            f"{rest:.2f} (of 2, the broker included)"
         )
     return "; ".join(parts)
 

@@ -47,7 +47,8 @@ _STOP_TIMEOUT: Final = 30.0
 _HANDOVER_TIMEOUT: Final = 5.0
 """Seconds a worker giving partitions up waits for its node to stop serving them."""
 _JOIN_TOGETHER_TIMEOUT: Final = 30.0
-"""Seconds a worker waits for its siblings to be ready to join the group (then joins)."""
+"""Seconds a worker waits for its siblings, and for the node's HTTP API and membership to be
+up, before it joins the group (then joins)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ def _worker(
 
         Joins the group together with the node's other workers: the first one to join
         alone would be assigned every partition and fold them all, unevenly, until it
-        heard of the next one's join (a heartbeat later), then give most of them up."""
+        heard of the next one's join (a heartbeat later), then give most of them up. And
+        only once the node's main process is up (`Node.let_join`): its start-up (the HTTP
+        API, the group describer's interpreter) would otherwise take CPU from the fold."""
 
         def _prepare(self, consumer: Any, partitions: list[int], *, rebuild: bool) -> Any:
             writer = super()._prepare(consumer, partitions, rebuild=rebuild)
@@ -165,7 +168,7 @@ class Node:
         self._reports: Any = self._context.Queue()
         self._stop = self._context.Event()
         self._acks: Any = self._context.Array("q", max(workers, 1))
-        self._ready: Any = self._context.Barrier(max(workers, 1))
+        self._ready: Any = self._context.Barrier(max(workers, 1) + 1)  # + the main process
         self._processes: list[BaseProcess] = []
         self._held: dict[int, WorkerReport] = {}
         self._lock = threading.Lock()
@@ -196,6 +199,16 @@ class Node:
             self._processes.append(process)
         self._listener.start()
         return self
+
+    def let_join(self) -> None:
+        """The node is up: its workers may join the group (each waits for this, bounded by
+        `_JOIN_TOGETHER_TIMEOUT`). Returns at once."""
+
+        def release() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._ready.wait(_JOIN_TOGETHER_TIMEOUT)
+
+        threading.Thread(target=release, name="behest-let-join", daemon=True).start()
 
     def assigned(self) -> frozenset[int]:
         """Partitions this node's workers hold right now."""
@@ -423,17 +436,22 @@ def run_node(
         failed = threading.Event()
 
         def watch() -> None:
-            announced = on_ready is None
+            announced = False
             while not server.should_exit:
                 if node.dead_workers():
                     log.error("a projector worker of %s died: stopping the node", url)
                     failed.set()
                     server.should_exit = True
                     return
-                if not announced and server.started and on_ready is not None:
-                    on_ready(url)
+                if not announced and server.started:
+                    # the API answers; once the describer does too, the workers join the
+                    # group: the node's own start-up is over before they fold
+                    routed.membership.refresh()
+                    node.let_join()
+                    if on_ready is not None:
+                        on_ready(url)
                     announced = True
-                time.sleep(0.2)
+                time.sleep(0.01 if not announced else 0.2)
 
         threading.Thread(target=watch, daemon=True).start()
         server.run()

@@ -150,31 +150,49 @@ def min_insync(replication_factor: int) -> int:
 def _wait_until_visible(
     admin: AdminClient, settings: Settings, names: list[str], *, timeout: float
 ) -> dict[str, tuple[int, int]]:
-    """(partitions, replicas) of `names`, once every partition has a leader (a topic is not
-    writable the instant CreateTopics returns)."""
+    """(partitions, replicas) of `names`, once every broker knows them and every partition
+    has a leader: a topic is not writable the instant CreateTopics returns, and in KRaft
+    each broker learns of it from the metadata log a moment later, so a client asking
+    another broker right away would be told it does not exist."""
     deadline = time.monotonic() + timeout
+    brokers = sorted(
+        f"{b.host}:{b.port}" for b in _metadata(admin, settings, None, timeout).brokers.values()
+    )
+    pending: list[str | None] = [*brokers] or [None]
+    counts: dict[str, tuple[int, int]] = {}
     while True:
-        metadata = _metadata(admin, settings, None, timeout)
-        counts: dict[str, tuple[int, int]] = {}
-        for name in names:
-            found = metadata.topics.get(name)
-            if (
-                found is not None
-                and found.error is None
-                and found.partitions
-                and all(p.leader >= 0 for p in found.partitions.values())
-            ):
-                replicas = len(next(iter(found.partitions.values())).replicas)
-                counts[name] = (len(found.partitions), replicas)
-        if len(counts) == len(names):
+        for broker in list(pending):
+            asked = (
+                admin if broker is None else admin_client(settings, **{"bootstrap.servers": broker})
+            )
+            found = _leaders(_metadata(asked, settings, None, timeout), names)
+            if len(found) == len(names):
+                counts = found
+                pending.remove(broker)
+        if not pending:
             return counts
         if time.monotonic() > deadline:
-            waiting = sorted(set(names) - counts.keys())
             raise KafkaUnavailableError(
-                f"topics {waiting} at {settings.bootstrap} have no leader after {timeout:g}s; "
-                "check the broker's log"
+                f"topics {names} at {settings.bootstrap} are not known with a leader to "
+                f"broker(s) {pending} after {timeout:g}s; check the brokers' logs"
             )
         time.sleep(0.1)
+
+
+def _leaders(metadata: ClusterMetadata, names: list[str]) -> dict[str, tuple[int, int]]:
+    """(partitions, replicas) of those of `names` whose every partition has a leader."""
+    counts: dict[str, tuple[int, int]] = {}
+    for name in names:
+        found = metadata.topics.get(name)
+        if (
+            found is not None
+            and found.error is None
+            and found.partitions
+            and all(p.leader >= 0 for p in found.partitions.values())
+        ):
+            replicas = len(next(iter(found.partitions.values())).replicas)
+            counts[name] = (len(found.partitions), replicas)
+    return counts
 
 
 def partition_count(

@@ -2,6 +2,7 @@
 
     BehestError
     ├── ConfigError            bad configuration (flag, environment, file)
+    │   └── MemberFencedError  another group member took this one's static id
     ├── BrokerError            the local broker could not be set up, started or stopped
     ├── KafkaUnavailableError  no broker answered at the configured bootstrap servers
     ├── TopicMissingError      the event topic does not exist yet
@@ -29,6 +30,11 @@ class BehestError(Exception):
 
 class ConfigError(BehestError):
     """Configuration that cannot be used."""
+
+
+class MemberFencedError(ConfigError):
+    """The broker fenced this static group member off: another member joined with its
+    `group.instance.id` (or, after a coordinator change, the broker took it for one)."""
 
 
 class BrokerError(BehestError):

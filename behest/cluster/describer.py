@@ -8,7 +8,9 @@ that, so `Membership` runs this module as a child process and restarts it if it 
 Protocol: the parent writes one JSON line (`config`, `topic`, `group`, `interval`), then
 a newline whenever it wants a description at once; the child writes one JSON line per
 description: `{"partitions": n, "state": s, "members": [[client_id, [partition, ...]], ...]}`
-or `{"error": "..."}`. End of input (the parent is gone) ends the child.
+or `{"error": "..."}`. End of input (the parent is gone) ends the child. A description
+that never comes back (a request librdkafka lost with its coordinator) ends the child with
+status 3, after an error line: a fresh child, with a fresh client, describes again.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from typing import Any
 __all__ = ["describe", "main"]
 
 _TIMEOUT = 5.0
+_LOST = 3
+"""Exit status of a child whose description never came back."""
 
 
-def describe(admin: Any, topic: str, group_id: str) -> dict[str, Any]:
-    """Partition count of `topic`, and `group_id`'s state and members with their partitions."""
-    metadata = admin.list_topics(topic=topic, timeout=_TIMEOUT)
+def describe(admin: Any, topic: str, group_id: str, timeout: float = _TIMEOUT) -> dict[str, Any]:
+    """Partition count of `topic`, and `group_id`'s state and members with their partitions
+    (TimeoutError: the description did not come back within twice `timeout`)."""
+    metadata = admin.list_topics(topic=topic, timeout=timeout)
     found = metadata.topics.get(topic)
     partitions = 0 if found is None or found.error is not None else len(found.partitions)
-    future = admin.describe_consumer_groups([group_id], request_timeout=_TIMEOUT)[group_id]
-    group = future.result()  # librdkafka's request timeout ends it; no abandoned request
+    future = admin.describe_consumer_groups([group_id], request_timeout=timeout)[group_id]
+    group = future.result(timeout=2 * timeout)  # librdkafka's request timeout ends it first
     members = [
         [
             member.client_id,
@@ -54,13 +59,20 @@ def main() -> None:
     while True:
         try:
             answer = describe(admin, request["topic"], request["group"])
+        except TimeoutError:  # lost, not refused: this client may never answer again
+            _say({"error": f"no description within {2 * _TIMEOUT:g} s: starting afresh"})
+            sys.exit(_LOST)
         except Exception as error:  # no broker, no coordinator: say so, try again later
             answer = {"error": str(error) or type(error).__name__}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
+        _say(answer)
         ready, _, _ = select.select([sys.stdin], [], [], request["interval"])
         if ready and not sys.stdin.readline():
             return
+
+
+def _say(answer: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

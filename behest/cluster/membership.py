@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Final
 
@@ -36,6 +36,8 @@ from behest.config import Settings
 __all__ = [
     "CLIENT_ID_PREFIX",
     "DEFAULT_REFRESH_INTERVAL",
+    "DESCRIBER",
+    "SILENT_DESCRIBER",
     "ClusterView",
     "Membership",
     "client_id_for",
@@ -51,6 +53,11 @@ CLIENT_ID_PREFIX: Final = "behest-node "
 DEFAULT_REFRESH_INTERVAL: Final = 1.0
 """Seconds between two descriptions of the group: a rebalance is seen within this."""
 _DESCRIBE_TIMEOUT: Final = 5.0
+SILENT_DESCRIBER: Final = 20.0
+"""Seconds without a line from the describer (which answers, error or not, within ~16 s)
+before it is taken for hung and restarted: a view that stopped changing would route every
+request of a moved partition to its old owner for good."""
+DESCRIBER: Final = (sys.executable, "-m", "behest.cluster.describer")
 
 
 def client_id_for(url: str) -> str:
@@ -154,6 +161,8 @@ class Membership:
     `view` is always the latest complete view; `refresh()` asks for a new one now (after a
     failed forward, say) and returns once it is in. `on_view` is called with each new view
     (on the membership's thread, so it may take a moment: the next view waits for it).
+    `describer` is the child's command line; a child silent for `silent_after` seconds is
+    killed and started again.
     """
 
     def __init__(
@@ -164,8 +173,12 @@ class Membership:
         standby_replicas: int = 0,
         interval: float = DEFAULT_REFRESH_INTERVAL,
         on_view: Callable[[ClusterView], None] | None = None,
+        describer: Sequence[str] = DESCRIBER,
+        silent_after: float = SILENT_DESCRIBER,
     ) -> None:
         self.settings = settings
+        self.describer = tuple(describer)
+        self.silent_after = silent_after
         self.group_id = group_id
         self.standby_replicas = standby_replicas
         self.interval = interval
@@ -177,7 +190,11 @@ class Membership:
         self._stop = threading.Event()
         self._fresh = threading.Condition()
         self._generation = 0
+        self._heard = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="behest-membership", daemon=True)
+        self._watchdog = threading.Thread(
+            target=self._watch_child, name="behest-membership-watchdog", daemon=True
+        )
 
     @property
     def view(self) -> ClusterView:
@@ -185,6 +202,7 @@ class Membership:
 
     def start(self) -> Membership:
         self._thread.start()
+        self._watchdog.start()
         return self
 
     def close(self) -> None:
@@ -200,8 +218,9 @@ class Membership:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        if self._thread.is_alive():
-            self._thread.join(10)
+        for thread in (self._thread, self._watchdog):
+            if thread.is_alive():
+                thread.join(10)
         if self._consumer is not None:
             self._consumer.close()
 
@@ -272,9 +291,25 @@ class Membership:
                 if self._stop.is_set():
                     break
             code = child.wait()
+            for pipe in (child.stdin, child.stdout):
+                with contextlib.suppress(OSError, ValueError):  # a broken pipe to a dead child
+                    if pipe is not None:
+                        pipe.close()
             if not self._stop.is_set():
                 log.warning("the group describer exited (%s): restarting it", code)
                 self._stop.wait(0.5)
+
+    def _watch_child(self) -> None:
+        """Kill a describer that went silent; `_loop` starts a new one."""
+        while not self._stop.wait(1.0):
+            silent = time.monotonic() - self._heard
+            with self._child_lock:
+                child = self._child
+            if child is not None and child.poll() is None and silent > self.silent_after:
+                log.warning("the group describer said nothing for %.0f s: restarting it", silent)
+                with contextlib.suppress(OSError):
+                    child.kill()
+                self._heard = time.monotonic()
 
     def _spawn(self) -> tuple[subprocess.Popen[str], IO[str]]:
         request = {
@@ -283,8 +318,8 @@ class Membership:
             "group": self.group_id,
             "interval": self.interval,
         }
-        child = subprocess.Popen(
-            [sys.executable, "-m", "behest.cluster.describer"],
+        child = subprocess.Popen(  # noqa: S603 - our own module, or a test's stand-in
+            self.describer,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -295,12 +330,14 @@ class Membership:
             raise RuntimeError("the describer has no pipes")
         with self._child_lock:
             self._child = child
+            self._heard = time.monotonic()
             stdin.write(json.dumps(request) + "\n")
             stdin.flush()
         return child, stdout
 
     def _take(self, line: str) -> None:
         """One description from the child: a new view (or, on an error, the last one)."""
+        self._heard = time.monotonic()
         answer = json.loads(line)
         if "error" in answer:
             log.warning("cannot describe consumer group %s: %s", self.group_id, answer["error"])

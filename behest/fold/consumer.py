@@ -16,7 +16,13 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from behest.config import Settings
-from behest.errors import BehestError, ConfigError, KafkaUnavailableError, TopicMissingError
+from behest.errors import (
+    BehestError,
+    ConfigError,
+    KafkaUnavailableError,
+    MemberFencedError,
+    TopicMissingError,
+)
 from behest.fold.membership import INSTANCE_ID_FILE
 
 __all__ = [
@@ -128,7 +134,7 @@ def membership_refused(
         )
     # a consumer hears of its fencing only as `_FATAL`, the cause in the text
     if error.code() == KafkaError.FENCED_INSTANCE_ID or "fenced" in error.str():
-        return ConfigError(
+        return MemberFencedError(
             f"another projector joined group {group_id!r} as member "
             f"{instance_id}, so the broker fenced this one off: is a copy of the "
             f"state dir {settings.state_dir} in use elsewhere? Delete the "

@@ -46,6 +46,7 @@ from behest import codec
 from behest.config import Settings
 from behest.errors import (
     BehestError,
+    MemberFencedError,
     TopicMissingError,
 )
 from behest.fold.bluegreen import Generations
@@ -83,6 +84,10 @@ DEFAULT_BATCH_SIZE: Final = 5000
 librdkafka has fetched already, so live traffic comes in small ones; while catching up,
 5000 (2.5x the former 2000) cut the fold's instructions per event by 9%: per-run work
 (state read, encode, index, head) is shared by more events."""
+FENCES_FORGIVEN: Final = 3
+"""Fencings of this static member within `FENCE_WINDOW` seconds that it rejoins after; one
+more is a real second holder of its id (each join fences the other), and stops it."""
+FENCE_WINDOW: Final = 600.0
 COMMIT_EVERY: Final = 1.0
 """Seconds between Kafka offset commits while batches come full (catching up): they are
 for lag monitoring only (RocksDB holds the offsets), and one per batch cost ~3% of a
@@ -165,6 +170,7 @@ class Projector:
             decode=framing_decoder(settings),  # Confluent framing too, with a registry
         )
         self._leaving = False
+        self._fenced_at: list[float] = []
         self._identity: StaticIdentity | None = None
         if settings.static_membership and "group.instance.id" not in settings.kafka_config:
             self._identity = StaticIdentity(settings.state_dir, projection.name, worker)
@@ -231,14 +237,13 @@ class Projector:
                 self._leave(consumer)
                 consumer = Consumer(self._consumer_config())
             targets = self._log_end_offsets(consumer, partitions) if until_caught_up else None
-            consumer.subscribe(
-                [self.topic],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            self._subscribe(consumer)
             while not stopped():
-                idle = self._step(consumer)
+                try:
+                    idle = self._step(consumer)
+                except MemberFencedError as fenced:
+                    consumer = self._rejoin(consumer, fenced)
+                    continue
                 if not writer.is_served():
                     self._generations.log_served_elsewhere(writer)
                     break
@@ -249,6 +254,44 @@ class Projector:
             self._stopping.clear()  # a stop asked for before or during this run ends it only
             self._leave(consumer)
         return self.metrics
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _rejoin(self, consumer: Consumer, fenced: MemberFencedError) -> Consumer:
+        """A new consumer in the group, after the broker fenced this one off.
+
+        A broker can fence a static member by its own `group.instance.id` when the answer
+        to its join was lost, as it is when the group coordinator moves (apache/kafka
+        #23542): no reason to stop folding. The fenced consumer is dead (librdkafka's
+        fatal error), so its partitions count as lost and a new one joins with the same
+        id. A real second holder of the id fences this one again at once: after
+        `FENCES_FORGIVEN` fencings in `FENCE_WINDOW` seconds, `fenced` is raised.
+        """
+        now = time.monotonic()
+        self._fenced_at = [t for t in self._fenced_at if now - t < FENCE_WINDOW] + [now]
+        if len(self._fenced_at) > FENCES_FORGIVEN:
+            raise fenced
+        log.warning(
+            "the broker fenced member %s off (%d time(s) in %.0f s): rejoining the group",
+            self.instance_id,
+            len(self._fenced_at),
+            FENCE_WINDOW,
+        )
+        held = [TopicPartition(self.topic, p) for p in self.metrics.assigned]
+        if held:
+            self._on_lost(consumer, held)
+        self._errors_seen.clear()
+        with contextlib.suppress(KafkaException, RuntimeError):  # it may refuse: it is dead
+            consumer.close()
+        rejoined = Consumer(self._consumer_config())
+        self._subscribe(rejoined)
+        return rejoined
 
     def _step(self, consumer: Consumer) -> bool:
         """Consume one batch and fold it; True if there was nothing to consume."""
@@ -403,7 +446,8 @@ class Projector:
         # A revoked partition's store closes (its next owner may be another process on this
         # state dir); when this projector leaves, they stay open for its in-process readers.
         self._commit(consumer, now=True)
-        consumer.unassign()
+        with contextlib.suppress(KafkaException):  # a fenced consumer cannot; it is closed next
+            consumer.unassign()
         self._schemas.forget([tp.partition for tp in partitions])
         writer = self._generations.writer
         if writer is not None:

@@ -84,6 +84,18 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The node's last log lines, minus the one-per-request forwarding failures."""
+        path = self.state_dir.parent / f"{self.name}.log"
+        if not path.exists():
+            return ""
+        kept = [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if "did not answer" not in line
+        ]
+        return "\n".join(kept[-lines:])
+
     def cluster(self, client: httpx.Client) -> dict[str, Any] | None:
         try:
             return client.get(f"{self.url}/cluster", timeout=2).json()  # type: ignore[no-any-return]

@@ -235,7 +235,13 @@ def _takeover_seconds(
                 continue
             assert state is not None and orjson.loads(state)["sequence"] >= acked - 1
             return time.monotonic() - killed
-    raise AssertionError(f"partition {partition} was not served again within {timeout} s")
+    with httpx.Client() as http:
+        views = {n.name: n.cluster(http) for n in nodes if n.alive()}
+    logs = "\n".join(f"--- {n.name} ({n.url}):\n{n.log_tail()}" for n in nodes)
+    raise AssertionError(
+        f"partition {partition} was not served again within {timeout} s after SIGKILL of "
+        f"{owner.name} ({owner.url}); the live nodes' views: {views}\n{logs}"
+    )
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -280,8 +282,43 @@ def _machine_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / _TICK
 
 
-def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[int, list[Fold]]:
-    """Folds of 1 and 2 workers over one filled topic, alternating."""
+SPIN: Final = 2_000_000
+"""Iterations of `_spin`: about 0.15 s of one core."""
+
+
+def _spin(n: int) -> int:
+    """Pure-Python CPU work, no I/O and nothing shared: the unit of `cpu_ceiling`."""
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x & 1
+
+
+def cpu_ceiling(pool: Any, repeats: int = 5) -> list[float]:
+    """What two processes give against one on this machine now, for work that scales
+    perfectly: the throughput of 2 spins at once against 1 (2.0 on two free, equal cores).
+    The ceiling of the workers' ratio: a VM's two vCPUs may not give that (a busy host,
+    hyper-threads shared with other guests); measured between the folds, the same load."""
+    ratios = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pool.apply(_spin, (SPIN,))
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        pool.map(_spin, [SPIN, SPIN], chunksize=1)
+        ratios.append(2 * one / (time.perf_counter() - start))
+    return ratios
+
+
+def measure(
+    bootstrap: str,
+    events: int,
+    repeats: int,
+    workdir: Path,
+    ceiling: list[float] | None = None,
+) -> dict[int, list[Fold]]:
+    """Folds of 1 and 2 workers over one filled topic, alternating; after each pair, the
+    machine's `cpu_ceiling` appended to `ceiling` (if given)."""
     topic = f"bench-workers-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic, PARTITIONS)
     try:
@@ -291,9 +328,13 @@ def measure(bootstrap: str, events: int, repeats: int, workdir: Path) -> dict[in
         # free core for and the 2-worker fold has not (in `make bench` earlier areas warm it)
         fold(bootstrap, topic, events // 3, 2, workdir)
         folds: dict[int, list[Fold]] = {1: [], 2: []}
-        for _ in range(repeats):
-            for workers in (1, 2):
-                folds[workers].append(fold(bootstrap, topic, events, workers, workdir))
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(_spin, [1, 1], chunksize=1)  # both started before any timing
+            for _ in range(repeats):
+                for workers in (1, 2):
+                    folds[workers].append(fold(bootstrap, topic, events, workers, workdir))
+                if ceiling is not None:
+                    ceiling.extend(cpu_ceiling(pool))
         return folds
     finally:
         delete_topic(bootstrap, topic)
@@ -331,7 +372,8 @@ def run(ctx: BenchContext) -> list[Row]:
     repeats = 1 if ctx.quick else 2
     ctx.log(f"workers: behest node --workers 2 vs 1, {events:,} events, x{repeats}")
     load = os.getloadavg()[0]
-    folds = measure(ctx.bootstrap, events, repeats, ctx.scratch("workers"))
+    ceiling: list[float] = []
+    folds = measure(ctx.bootstrap, events, repeats, ctx.scratch("workers"), ceiling)
     two = median([f.rate for f in folds[2]])
     one = median([f.rate for f in folds[1]])
     ratios = ", ".join(f"{b.rate / a.rate:.2f}x" for a, b in zip(folds[1], folds[2], strict=True))
@@ -340,6 +382,11 @@ def run(ctx: BenchContext) -> list[Row]:
         f"(per repeat {ratios}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after)"
     )
     ctx.note(f"workers: {describe(folds)}")
+    ctx.note(
+        f"workers: the machine's own ceiling, 2 processes against 1 on pure-Python CPU work "
+        f"(no I/O, nothing shared) between the folds: {median(ceiling):.2f}x (per repeat "
+        f"{', '.join(f'{r:.2f}x' for r in ceiling)})"
+    )
     busy = median([f.machine_cores for f in folds[1]])
     if busy > BUSY_MACHINE:
         ctx.note(
@@ -363,14 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
+    ceiling: list[float] = []
     with kafka_broker() as (bootstrap, _), tempfile.TemporaryDirectory() as workdir:
-        folds = measure(bootstrap, args.events, args.repeats, Path(workdir))
+        folds = measure(bootstrap, args.events, args.repeats, Path(workdir), ceiling)
     two = median([f.rate for f in folds[2]])
     one = median([f.rate for f in folds[1]])
     summary = {
         "workers_1_events_per_s": [round(f.rate) for f in folds[1]],
         "workers_2_events_per_s": [round(f.rate) for f in folds[2]],
         "ratio": round(two / one, 2),
+        "cpu_ceiling": [round(r, 2) for r in ceiling],
         "where": describe(folds),
         "load_before": load,
         "load_after": os.getloadavg()[0],

@@ -155,16 +155,13 @@ def _wait_until_visible(
     each broker learns of it from the metadata log a moment later, so a client asking
     another broker right away would be told it does not exist."""
     deadline = time.monotonic() + timeout
-    brokers = sorted(
-        f"{b.host}:{b.port}" for b in _metadata(admin, settings, None, timeout).brokers.values()
-    )
-    pending: list[str | None] = [*brokers] or [None]
+    metadata = _metadata(admin, settings, None, timeout)  # lists every live broker
+    pending = sorted(f"{b.host}:{b.port}" for b in metadata.brokers.values())
     counts: dict[str, tuple[int, int]] = {}
     while True:
         for broker in list(pending):
-            asked = (
-                admin if broker is None else admin_client(settings, **{"bootstrap.servers": broker})
-            )
+            # a fresh client bootstrapped on this broker alone sends it the first request
+            asked = admin_client(settings, **{"bootstrap.servers": broker})
             found = _leaders(_metadata(asked, settings, None, timeout), names)
             if len(found) == len(names):
                 counts = found
